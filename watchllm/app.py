@@ -1,0 +1,156 @@
+"""The one ASGI application. Entry points build an Env and hand it here.
+
+    app = Gateway(settings, env_factory)   # env_factory: async () -> Env, run at lifespan start
+
+Routing is a dict lookup on (method, path) plus a short list of prefix routes; there is no
+middleware stack, because every microsecond here is paid on every proxied request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from watchllm import core
+from watchllm.auth import Authenticator
+from watchllm.env.base import Env
+from watchllm.errors import INTERNAL_ERROR_BODY, NotFoundError, WatchLLMError
+from watchllm.http.asgi import ClientDisconnected, Receive, Request, Scope, Send, send_body
+from watchllm.metadata.store import MetadataStore
+from watchllm.proxy.context import ProxyContext
+from watchllm.proxy.router import ProviderRouter
+from watchllm.routes import admin, health
+from watchllm.routes import proxy as proxy_routes
+from watchllm.settings import Settings
+
+log = logging.getLogger("watchllm")
+Handler = Callable[["Gateway", Request, Send], Awaitable[None]]
+EnvFactory = Callable[[Settings], Awaitable[Env]]
+
+
+class Gateway:
+    def __init__(self, settings: Settings, env_factory: EnvFactory) -> None:
+        self.settings = settings
+        self._env_factory = env_factory
+        self._env: Env | None = None
+        self.inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.routes: dict[tuple[str, str], Handler] = {
+            ("GET", "/health"): health.health,
+            ("GET", "/ready"): health.ready,
+            ("GET", "/v1/models"): proxy_routes.list_models,
+            **admin.ROUTES,
+        }
+        self.prefix_routes: list[tuple[str, str, Handler]] = list(admin.PREFIX_ROUTES)
+
+    # -- lifecycle ----------------------------------------------------------------
+    @property
+    def env(self) -> Env:
+        if self._env is None:
+            raise RuntimeError("the gateway has not started (ASGI lifespan not run)")
+        return self._env
+
+    async def startup(self) -> None:
+        if self._env is not None:
+            return
+        self._env = await self._env_factory(self.settings)
+        self.store = MetadataStore(self._env.db)
+        self.auth = Authenticator(self.store, self.settings)
+        self.router = ProviderRouter(self.settings, self._env.http)
+        log.info("watchllm started: mode=%s core=%s", self._env.mode, core.BACKEND)
+
+    async def shutdown(self, drain_timeout_s: float = 30.0) -> None:
+        """Let in-flight requests finish, then flush events and close backends."""
+        if self._env is None:
+            return
+        try:
+            await asyncio.wait_for(self._idle.wait(), drain_timeout_s)
+        except TimeoutError:
+            log.warning("shutdown: %d requests still in flight after %ss", self.inflight,
+                        drain_timeout_s)
+        await self._env.events.flush()
+        await self._env.close()
+        self._env = None
+
+    async def __aenter__(self) -> Gateway:
+        await self.startup()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    # -- ASGI -----------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._env is None:  # servers without lifespan support
+            await self.startup()
+        req = Request(scope, receive)
+        request_id = req.headers.get("x-request-id") or "req_" + secrets.token_hex(12)
+        self.inflight += 1
+        self._idle.clear()
+        try:
+            endpoint = proxy_routes.ENDPOINTS.get(req.path) if req.method == "POST" else None
+            if endpoint is not None:
+                await proxy_routes.handle(self, req, send, ProxyContext(request_id, endpoint))
+                return
+            handler = self.routes.get((req.method, req.path)) or self._prefix(req)
+            try:
+                if handler is None:
+                    raise NotFoundError(f"Unknown endpoint: {req.method} {req.path}")
+                await handler(self, req, send)
+            except WatchLLMError as exc:
+                headers = [(b"content-type", b"application/json"),
+                           (b"x-request-id", request_id.encode())]
+                headers += [(k.encode(), v.encode()) for k, v in exc.headers.items()]
+                await send_body(send, exc.status, exc.body(), headers)
+        except ClientDisconnected:
+            pass
+        except Exception:
+            log.exception("unhandled error in %s %s (request %s)", req.method, req.path,
+                          request_id)
+            try:
+                await send_body(send, 500, INTERNAL_ERROR_BODY,
+                                [(b"content-type", b"application/json"),
+                                 (b"x-request-id", request_id.encode())])
+            except Exception:  # the response had already started; nothing more to say
+                pass
+        finally:
+            self.inflight -= 1
+            if not self.inflight:
+                self._idle.set()
+
+    def _prefix(self, req: Request) -> Handler | None:
+        for method, prefix, handler in self.prefix_routes:
+            if req.method == method and req.path.startswith(prefix):
+                return handler
+        return None
+
+
+def describe(gw: Gateway) -> dict[str, Any]:
+    return {"mode": gw.env.mode, "core": core.BACKEND}

@@ -1,0 +1,94 @@
+"""Who is calling: project keys (cached briefly in-process) and the admin key.
+
+A revoked key stops working within `WATCHLLM_KEY_CACHE_TTL` seconds (default 5) on every
+worker, because each worker re-reads a key once its cache entry is that old.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass
+
+from watchllm.errors import AuthenticationError, PermissionDeniedError
+from watchllm.metadata.store import ApiKey, MetadataStore, now_ms, parse_key
+from watchllm.settings import Settings
+
+ANONYMOUS_PROJECT = "default"
+_NEGATIVE_TTL_S = 1.0  # unknown key ids: cached briefly so a flood of bad keys stays cheap
+_MAX_CACHED = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    project_id: str  # "*" for the admin key
+    key_id: str
+    scopes: tuple[str, ...]
+    allowed_models: tuple[str, ...] | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.scopes and self.project_id == "*"
+
+    def require(self, scope: str) -> None:
+        if scope not in self.scopes and "admin" not in self.scopes:
+            raise PermissionDeniedError(f"this key lacks the {scope!r} scope")
+
+    def can_access(self, project_id: str) -> bool:
+        return self.project_id in ("*", project_id)
+
+    def check_model(self, model: str) -> None:
+        if self.allowed_models is not None and model not in self.allowed_models:
+            raise PermissionDeniedError(
+                f"this key may not use model {model!r}", param="model", code="model_not_allowed"
+            )
+
+
+ADMIN = Principal("*", "admin", ("proxy", "ingest", "analytics", "admin"))
+ANONYMOUS = Principal(ANONYMOUS_PROJECT, "anonymous", ("proxy", "ingest", "analytics"))
+
+_MISSING = AuthenticationError(
+    "Missing API key. Pass a WatchLLM key as 'Authorization: Bearer wl_...' (or x-api-key)."
+)
+
+
+class Authenticator:
+    def __init__(self, store: MetadataStore, settings: Settings) -> None:
+        self.store = store
+        self.ttl = settings.key_cache_ttl_s
+        self.require_auth = settings.require_auth
+        self.admin_key = settings.admin_key
+        self._cache: dict[str, tuple[ApiKey | None, float]] = {}
+
+    async def authenticate(self, token: str | None, scope: str) -> Principal:
+        if not token:
+            if not self.require_auth:
+                return ANONYMOUS
+            raise AuthenticationError(_MISSING.message)
+        if self.admin_key and hmac.compare_digest(token.encode(), self.admin_key.encode()):
+            return ADMIN
+        key_id = parse_key(token)
+        record = await self._lookup(key_id) if key_id else None
+        if record is None or not record.matches(token):
+            raise AuthenticationError("Incorrect API key provided.")
+        if not record.active(now_ms()):
+            what = "revoked" if record.revoked_at is not None else "expired"
+            raise AuthenticationError(f"This API key has been {what}.", code=f"key_{what}")
+        principal = Principal(record.project_id, record.id, record.scopes, record.allowed_models)
+        principal.require(scope)
+        return principal
+
+    async def _lookup(self, key_id: str) -> ApiKey | None:
+        now = time.monotonic()
+        hit = self._cache.get(key_id)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        record = await self.store.get_key(key_id)
+        if len(self._cache) >= _MAX_CACHED:
+            self._cache.clear()
+        self._cache[key_id] = (record, now + (self.ttl if record else _NEGATIVE_TTL_S))
+        return record
+
+    def forget(self, key_id: str) -> None:
+        """Drop a key from this worker's cache (after a revoke made through this worker)."""
+        self._cache.pop(key_id, None)

@@ -1,0 +1,35 @@
+"""Run the gateway under granian (Rust HTTP server) with uvloop."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from watchllm.settings import Settings
+
+log = logging.getLogger("watchllm")
+
+
+def serve(settings: Settings) -> None:
+    from granian import Granian
+    from granian.constants import Interfaces, Loops, RuntimeModes
+
+    workers = settings.workers
+    if settings.mode == "embedded" and workers > 1:
+        # In-process cache, limits and the chDB data directory belong to one process.
+        log.warning("embedded mode runs one worker; use WATCHLLM_MODE=self_hosted to scale out")
+        workers = 1
+    # Workers re-read settings from the environment: pass on what the CLI changed.
+    os.environ["WATCHLLM_HOST"], os.environ["WATCHLLM_PORT"] = settings.host, str(settings.port)
+    Granian(
+        "watchllm.entrypoints.asgi:app",
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        loop=Loops.uvloop,
+        runtime_mode=RuntimeModes.st,
+        workers=workers,
+        log_access=False,
+        log_level=settings.log_level,  # type: ignore[arg-type]
+        backlog=2048,
+    ).serve()

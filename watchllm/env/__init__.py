@@ -1,0 +1,1 @@
+"""Runtime adapters behind the seams in `base.py`; see docs/design.md."""

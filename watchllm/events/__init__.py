@@ -1,0 +1,1 @@
+"""Events: the schema, the producer side, and the pipeline into ClickHouse."""

@@ -1,0 +1,87 @@
+"""Token usage of a finished exchange: from the provider's own numbers when it sent them,
+counted with the tokenizer (`watchllm.core`) when it did not (streams without
+`stream_options.include_usage`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from watchllm import core
+from watchllm.proxy import sse
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt: int = 0
+    completion: int = 0
+    cached: int = 0
+    counted: bool = False  # True when we counted instead of the provider reporting
+
+
+def _from_usage(u: Any) -> Usage | None:
+    if not isinstance(u, dict):
+        return None
+    prompt = u.get("prompt_tokens", u.get("input_tokens", 0)) or 0
+    completion = u.get("completion_tokens", u.get("output_tokens", 0)) or 0
+    details = u.get("prompt_tokens_details") or u.get("input_tokens_details") or {}
+    cached = details.get("cached_tokens", 0) if isinstance(details, dict) else 0
+    return Usage(int(prompt), int(completion), int(cached or 0))
+
+
+def response_text(endpoint: str, doc: dict[str, Any]) -> str:
+    if endpoint == "chat/completions":
+        parts = []
+        for choice in doc.get("choices") or []:
+            msg = choice.get("message") or {}
+            parts.append(msg.get("content") or "")
+            parts += [(c.get("function") or {}).get("arguments", "")
+                      for c in msg.get("tool_calls") or []]
+        return "".join(parts)
+    if endpoint == "completions":
+        return "".join(c.get("text", "") for c in doc.get("choices") or [])
+    return ""
+
+
+def from_body(endpoint: str, body: bytes) -> tuple[Usage, str]:
+    """Usage and the generated text of a complete JSON response."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return Usage(), ""
+    if not isinstance(doc, dict):
+        return Usage(), ""
+    return _from_usage(doc.get("usage")) or Usage(), response_text(endpoint, doc)
+
+
+def from_stream(raw: bytes, request: dict[str, Any], request_body: bytes) -> tuple[Usage, str]:
+    """Usage and text of a streamed chat completion (SSE bytes as sent to the client)."""
+    text: list[str] = []
+    usage: Usage | None = None
+    for _, data in sse.iter_events(raw):
+        if data == sse.DONE:
+            continue
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(chunk, dict):
+            continue
+        usage = _from_usage(chunk.get("usage")) or usage
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            text.append(delta.get("content") or "")
+            text += [(c.get("function") or {}).get("arguments", "")
+                     for c in delta.get("tool_calls") or []]
+    joined = "".join(text)
+    if usage is None:
+        model = str(request.get("model", ""))
+        try:
+            prompt = core.count_chat_tokens(request_body)
+        except ValueError:
+            prompt = 0
+        usage = Usage(prompt, core.count_tokens(joined, core.encoding_for_model(model)),
+                      counted=True)
+    return usage, joined

@@ -1,0 +1,1 @@
+"""Minimal ASGI plumbing: requests, responses, server-sent events."""

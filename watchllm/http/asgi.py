@@ -1,0 +1,113 @@
+"""ASGI types and the few helpers the app needs: read a bounded body, send a response.
+
+No framework: a request costs one dict of headers and one body read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from watchllm.errors import InvalidRequestError, PayloadTooLargeError
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+RawHeaders = list[tuple[bytes, bytes]]
+
+JSON_HEADERS: RawHeaders = [(b"content-type", b"application/json")]
+SSE_HEADERS: RawHeaders = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # tell nginx-style proxies not to buffer the stream
+]
+
+
+class ClientDisconnected(Exception):
+    """The client went away before the response was complete."""
+
+
+class Request:
+    __slots__ = ("_body", "headers", "method", "path", "query", "receive", "scope")
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.query: bytes = scope.get("query_string", b"")
+        # Header names arrive lower-cased (ASGI spec); repeated headers: last wins.
+        self.headers: dict[str, str] = {
+            k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
+        }
+        self._body: bytes | None = None
+
+    async def body(self, limit: int) -> bytes:
+        """The whole body; 413 beyond `limit` bytes (checked before reading when declared)."""
+        if self._body is not None:
+            return self._body
+        declared = self.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLargeError(
+                f"Request body is {declared} bytes; the limit is {limit} bytes "
+                "(WATCHLLM_MAX_BODY_BYTES)."
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected()
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLargeError(
+                        f"Request body exceeds the limit of {limit} bytes (WATCHLLM_MAX_BODY_BYTES)."
+                    )
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        self._body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return self._body
+
+    async def json_object(self, limit: int) -> tuple[bytes, dict[str, Any]]:
+        """The body parsed as a JSON object (400 naming the problem otherwise)."""
+        raw = await self.body(limit)
+        if not raw:
+            raise InvalidRequestError("Request body is empty; expected a JSON object.")
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequestError(f"Request body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise InvalidRequestError(
+                f"Request body must be a JSON object, got {type(data).__name__}."
+            )
+        return raw, data
+
+    def query_params(self) -> dict[str, str]:
+        from urllib.parse import parse_qsl
+
+        return dict(parse_qsl(self.query.decode("latin-1"), keep_blank_values=True))
+
+    def bearer(self) -> str | None:
+        auth = self.headers.get("authorization")
+        if auth:
+            scheme, _, token = auth.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        return self.headers.get("x-api-key") or self.headers.get("api-key")
+
+
+async def send_body(send: Send, status: int, body: bytes, headers: RawHeaders) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(send: Send, status: int, data: Any, headers: RawHeaders | None = None) -> None:
+    await send_body(send, status, orjson.dumps(data), JSON_HEADERS + (headers or []))

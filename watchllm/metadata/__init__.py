@@ -1,0 +1,1 @@
+"""Projects, keys and plans: one logical schema for SQLite, PostgreSQL and D1."""

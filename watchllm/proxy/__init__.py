@@ -1,0 +1,1 @@
+"""Providers behind one seam: OpenAI-compatible, Anthropic (translated), and a mock."""

@@ -1,0 +1,63 @@
+"""The provider seam: one async `send` per provider, the same result shape for all."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+# Client headers forwarded upstream (OpenAI's own request options); nothing else is.
+FORWARDED_HEADERS = ("openai-organization", "openai-project", "openai-beta", "anthropic-beta",
+                     "anthropic-version", "idempotency-key")
+
+
+@dataclass(slots=True)
+class UpstreamCall:
+    endpoint: str  # "chat/completions", "completions", "embeddings", "responses"
+    body: bytes  # forwarded untouched unless the model name had to change
+    data: dict[str, Any]
+    model: str  # as the provider should see it
+    stream: bool
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def with_model(self, model: str) -> UpstreamCall:
+        """The same call for another model (a fallback, or a `provider/` prefix stripped)."""
+        if model == self.data.get("model"):
+            return self
+        import orjson
+
+        data = {**self.data, "model": model}
+        return UpstreamCall(self.endpoint, orjson.dumps(data), data, model, self.stream,
+                            self.headers)
+
+
+@dataclass(slots=True)
+class UpstreamResult:
+    """A provider's answer in OpenAI wire format.
+
+    Exactly one of `body` (complete) or `chunks` (SSE bytes as they arrive) is set.
+    """
+
+    status: int
+    headers: dict[str, str]
+    body: bytes | None = None
+    chunks: AsyncIterator[bytes] | None = None
+    close: Callable[[], None] = lambda: None
+
+    async def read(self) -> bytes:
+        if self.body is not None:
+            return self.body
+        assert self.chunks is not None
+        self.body = b"".join([c async for c in self.chunks])
+        self.chunks = None
+        return self.body
+
+
+class Provider(Protocol):
+    name: str
+    kind: str
+
+    async def send(self, call: UpstreamCall, connect_timeout: float,
+                   read_timeout: float) -> UpstreamResult: ...
+
+    def supports(self, endpoint: str) -> bool: ...

@@ -1,0 +1,82 @@
+"""What one proxied request did, gathered as it runs and emitted as one prompt_call event."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from watchllm.events.usage import Usage
+
+MAX_LOGGED_BODY = 1 << 20  # prompt/response text kept per event; longer is cut and marked
+_HOST = os.uname().nodename if hasattr(os, "uname") else ""
+
+
+def _cut(text: str) -> str:
+    if len(text) <= MAX_LOGGED_BODY:
+        return text
+    return text[:MAX_LOGGED_BODY] + f"...[truncated {len(text) - MAX_LOGGED_BODY} chars]"
+
+
+@dataclass(slots=True)
+class ProxyContext:
+    request_id: str
+    endpoint: str
+    started: float = field(default_factory=time.perf_counter)
+    wall_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    project_id: str = ""
+    key_id: str = ""
+    model: str = ""
+    provider: str = ""
+    stream: bool = False
+    status: int = 0
+    ttft_s: float | None = None
+    usage: Usage = field(default_factory=Usage)
+    cache_status: str = "NONE"
+    cost_usd: float = 0.0
+    cost_saved_usd: float = 0.0
+    error_type: str = ""
+    error_message: str = ""
+    prompt: str = ""
+    response: str = ""
+    user: str = ""
+    tags: list[str] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+    def event(self) -> dict[str, Any]:
+        ok = 200 <= self.status < 400
+        return {
+            "event_id": self.request_id,
+            "event_type": "prompt_call" if ok or not self.error_type else "error",
+            "project_id": self.project_id,
+            "timestamp": self.wall_ms,
+            "user_id": self.user,
+            "tags": self.tags,
+            "client_hostname": _HOST,
+            "client_sdk_version": "gateway",
+            "client_platform": "watchllm-gateway",
+            "endpoint": self.endpoint,
+            "prompt": _cut(self.prompt),
+            "response": _cut(self.response),
+            "model": self.model,
+            "provider": self.provider,
+            "tokens_input": self.usage.prompt,
+            "tokens_output": self.usage.completion,
+            "tokens_cached": self.usage.cached,
+            "cost_estimate_usd": self.cost_usd,
+            "cost_saved_usd": self.cost_saved_usd,
+            "latency_ms": round(self.elapsed_ms(), 3),
+            "time_to_first_token_ms": None if self.ttft_s is None else round(self.ttft_s * 1000, 3),
+            "status": "success" if ok else ("cancelled" if self.status == 499 else "error"),
+            "http_status": self.status,
+            "cache_status": self.cache_status,
+            "request_id": self.request_id,
+            "key_id": self.key_id,
+            "error_type": self.error_type,
+            "error_message": self.error_message[:2000],
+            "metadata": self.metadata,
+        }

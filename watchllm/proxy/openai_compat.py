@@ -1,0 +1,43 @@
+"""Any OpenAI-compatible upstream: OpenAI, Azure OpenAI, vLLM, Ollama, AI Gateway URLs."""
+
+from __future__ import annotations
+
+from watchllm.env.base import HttpClient
+from watchllm.proxy.base import UpstreamCall, UpstreamResult
+from watchllm.settings import ProviderSettings
+
+_JSON = {"content-type": "application/json", "accept": "application/json"}
+_STREAM = {"content-type": "application/json", "accept": "text/event-stream"}
+
+
+class OpenAICompatible:
+    kind = "openai"
+
+    def __init__(self, settings: ProviderSettings, http: HttpClient) -> None:
+        self.name = settings.name
+        self.base_url = settings.base_url
+        self.http = http
+        self._auth = {"authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+
+    def supports(self, endpoint: str) -> bool:
+        return True
+
+    async def send(self, call: UpstreamCall, connect_timeout: float,
+                   read_timeout: float) -> UpstreamResult:
+        headers = {**(_STREAM if call.stream else _JSON), **call.headers, **self._auth}
+        resp = await self.http.request(
+            "POST", f"{self.base_url}/{call.endpoint}", headers, call.body,
+            connect_timeout=connect_timeout, read_timeout=read_timeout,
+        )
+        is_sse = resp.headers.get("content-type", "").startswith("text/event-stream")
+        if call.stream and resp.status == 200 and is_sse:
+            return UpstreamResult(resp.status, dict(resp.headers), chunks=resp.iter_chunks(),
+                                  close=resp.close)
+        return UpstreamResult(resp.status, dict(resp.headers), body=await resp.read())
+
+    async def get(self, path: str, connect_timeout: float, read_timeout: float) -> UpstreamResult:
+        resp = await self.http.request(
+            "GET", f"{self.base_url}/{path}", {**_JSON, **self._auth}, None,
+            connect_timeout=connect_timeout, read_timeout=read_timeout,
+        )
+        return UpstreamResult(resp.status, dict(resp.headers), body=await resp.read())

@@ -1,0 +1,51 @@
+"""Server-sent events: incremental decoding and encoding (WHATWG framing)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+DONE = b"[DONE]"
+
+
+def encode(data: bytes, event: str | None = None) -> bytes:
+    head = f"event: {event}\n".encode() if event else b""
+    return head + b"data: " + data + b"\n\n"
+
+
+class SSEDecoder:
+    """Feed bytes as they arrive; get complete (event, data) pairs out."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
+        buf = self._buf + chunk
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *blocks, self._buf = buf.split(b"\n\n")
+        return [ev for ev in map(_parse_block, blocks) if ev is not None]
+
+    def close(self) -> list[tuple[str, bytes]]:
+        """Whatever was left without a final blank line."""
+        rest, self._buf = self._buf, b""
+        ev = _parse_block(rest)
+        return [ev] if ev is not None else []
+
+
+def _parse_block(block: bytes) -> tuple[str, bytes] | None:
+    event = "message"
+    data: list[bytes] = []
+    for line in block.split(b"\n"):
+        if line.startswith(b"data:"):
+            data.append(line[6:] if line[5:6] == b" " else line[5:])
+        elif line.startswith(b"event:"):
+            event = line[6:].strip().decode("utf-8", "replace")
+    return (event, b"\n".join(data)) if data else None
+
+
+def iter_events(raw: bytes) -> Iterator[tuple[str, bytes]]:
+    decoder = SSEDecoder()
+    yield from decoder.feed(raw)
+    yield from decoder.close()

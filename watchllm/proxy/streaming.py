@@ -1,0 +1,72 @@
+"""Forward an upstream SSE stream chunk by chunk, and stop the upstream if the client leaves.
+
+Chunks are written as they arrive (never buffered). A watcher waits on ASGI `receive` for
+`http.disconnect`; when it comes it closes the upstream response (the provider sees the
+request cancelled) and cancels the forwarding, without a per-chunk cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from watchllm.http.asgi import Receive, Send
+from watchllm.proxy.base import UpstreamResult
+
+
+class StreamOutcome:
+    __slots__ = ("chunks", "complete", "disconnected", "error", "ttft_s")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []  # what was sent, for usage capture and the cache
+        self.complete = False
+        self.disconnected = False
+        self.error: str | None = None
+        self.ttft_s: float | None = None
+
+    def raw(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+async def _watch_disconnect(receive: Receive, result: UpstreamResult, outcome: StreamOutcome,
+                            task: asyncio.Task[object]) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            outcome.disconnected = True
+            result.close()
+            task.cancel()
+            return
+
+
+async def forward_stream(send: Send, receive: Receive, result: UpstreamResult,
+                         headers: list[tuple[bytes, bytes]], started: float) -> StreamOutcome:
+    outcome = StreamOutcome()
+    task = asyncio.current_task()
+    assert task is not None and result.chunks is not None
+    watcher = asyncio.ensure_future(_watch_disconnect(receive, result, outcome, task))
+    try:
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        async for chunk in result.chunks:
+            if outcome.ttft_s is None:
+                outcome.ttft_s = time.perf_counter() - started
+            outcome.chunks.append(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        outcome.complete = True
+    except asyncio.CancelledError:
+        if not outcome.disconnected:
+            raise
+        task.uncancel()
+    except (TimeoutError, OSError, RuntimeError) as exc:
+        # Upstream broke mid-stream, or the client socket failed under us.
+        outcome.error = str(exc) or type(exc).__name__
+        result.close()
+        if not outcome.disconnected:
+            try:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except (OSError, RuntimeError):
+                outcome.disconnected = True
+    finally:
+        watcher.cancel()
+    return outcome

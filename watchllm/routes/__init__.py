@@ -1,0 +1,1 @@
+"""Thin HTTP handlers; the work happens in the feature packages."""

@@ -1,0 +1,173 @@
+"""The OpenAI-compatible endpoints: authenticate, validate, route, forward, record.
+
+Response bodies reach the client as the provider sent them; WatchLLM adds only the
+`x-request-id` and `x-watchllm-*` headers (and keeps the provider's rate-limit headers).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from watchllm.errors import InvalidRequestError, UpstreamError, WatchLLMError
+from watchllm.events import usage as usage_mod
+from watchllm.http.asgi import SSE_HEADERS, RawHeaders, Request, Send, send_body
+from watchllm.proxy.anthropic_translate import error_message
+from watchllm.proxy.base import FORWARDED_HEADERS, UpstreamCall, UpstreamResult
+from watchllm.proxy.context import ProxyContext
+from watchllm.proxy.streaming import forward_stream
+
+if TYPE_CHECKING:
+    from watchllm.app import Gateway
+
+ENDPOINTS = {
+    "/v1/chat/completions": "chat/completions",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+    "/v1/responses": "responses",
+}
+# The field each endpoint cannot do without, and the JSON types it may have.
+_REQUIRED: dict[str, tuple[str, tuple[type, ...]]] = {
+    "chat/completions": ("messages", (list,)),
+    "completions": ("prompt", (str, list)),
+    "embeddings": ("input", (str, list)),
+    "responses": ("input", (str, list)),
+}
+_KEPT_UPSTREAM = ("retry-after", "retry-after-ms", "openai-processing-ms", "openai-version",
+                  "openai-organization", "x-ratelimit-limit-requests",
+                  "x-ratelimit-limit-tokens", "x-ratelimit-remaining-requests",
+                  "x-ratelimit-remaining-tokens", "x-ratelimit-reset-requests",
+                  "x-ratelimit-reset-tokens")
+
+
+def validate(endpoint: str, data: dict[str, Any]) -> tuple[str, bool]:
+    """The model and stream flag; 400 naming the field otherwise."""
+    model = data.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequestError("'model' is required and must be a non-empty string.",
+                                  param="model")
+    stream = data.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise InvalidRequestError("'stream' must be a boolean.", param="stream")
+    field, types = _REQUIRED[endpoint]
+    value = data.get(field)
+    if not isinstance(value, types) or (isinstance(value, list | str) and not value):
+        kinds = " or ".join("an array" if t is list else "a string" for t in types)
+        raise InvalidRequestError(f"'{field}' is required and must be {kinds} (non-empty).",
+                                  param=field)
+    if endpoint == "chat/completions":
+        for i, msg in enumerate(value):
+            if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
+                raise InvalidRequestError(f"messages[{i}] must be an object with a 'role'.",
+                                          param=f"messages[{i}]")
+    if stream and endpoint == "embeddings":
+        raise InvalidRequestError("Embeddings cannot be streamed.", param="stream")
+    return model, stream
+
+
+def _prompt_text(endpoint: str, raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+def response_headers(ctx: ProxyContext, upstream: dict[str, str]) -> RawHeaders:
+    headers: RawHeaders = [
+        (b"x-request-id", ctx.request_id.encode()),
+        (b"x-watchllm-latency-ms", f"{ctx.elapsed_ms():.2f}".encode()),
+        (b"x-watchllm-provider", ctx.provider.encode()),
+    ]
+    if ctx.cache_status != "NONE":
+        headers.append((b"x-watchllm-cache", ctx.cache_status.encode()))
+    for name in _KEPT_UPSTREAM:
+        value = upstream.get(name)
+        if value is not None:
+            headers.append((name.encode(), value.encode("latin-1", "replace")))
+    if "x-request-id" in upstream:
+        headers.append((b"x-upstream-request-id", upstream["x-request-id"].encode("latin-1")))
+    return headers
+
+
+def _upstream_failure(ctx: ProxyContext, result: UpstreamResult) -> UpstreamError:
+    """A provider 5xx (after retries and fallbacks) as our 502, its status and message kept."""
+    body = result.body or b""
+    return UpstreamError(
+        f"Provider {ctx.provider!r} returned HTTP {result.status}: {error_message(body)}",
+        upstream_status=result.status)
+
+
+async def handle(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> None:
+    try:
+        await _proxy(gw, req, send, ctx)
+    except WatchLLMError as exc:
+        ctx.status = exc.status
+        ctx.error_type = exc.type
+        ctx.error_message = exc.message
+        headers = response_headers(ctx, {})
+        headers.append((b"content-type", b"application/json"))
+        headers += [(k.encode(), v.encode()) for k, v in exc.headers.items()]
+        await send_body(send, exc.status, exc.body(), headers)
+    finally:
+        if ctx.project_id:  # unauthenticated noise is not the project's event
+            gw.env.events.put(ctx.event())
+
+
+async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> None:
+    principal = await gw.auth.authenticate(req.bearer(), "proxy")
+    ctx.project_id, ctx.key_id = principal.project_id, principal.key_id
+    raw, data = await req.json_object(gw.settings.max_body_bytes)
+    ctx.model, ctx.stream = validate(ctx.endpoint, data)
+    principal.check_model(ctx.model)
+    ctx.prompt = _prompt_text(ctx.endpoint, raw)
+    if isinstance(data.get("user"), str):
+        ctx.user = data["user"]
+    headers = {k: req.headers[k] for k in FORWARDED_HEADERS if k in req.headers}
+    call = UpstreamCall(ctx.endpoint, raw, data, ctx.model, ctx.stream, headers)
+
+    route = gw.router.resolve(ctx.model)
+    ctx.provider = route.provider.name
+    result, route = await gw.router.send(call)
+    ctx.provider = route.provider.name
+    ctx.status = result.status
+
+    if result.chunks is not None:
+        out_headers = response_headers(ctx, result.headers) + SSE_HEADERS
+        outcome = await forward_stream(send, req.receive, result, out_headers, ctx.started)
+        ctx.ttft_s = outcome.ttft_s
+        ctx.usage, ctx.response = usage_mod.from_stream(outcome.raw(), data, raw)
+        if outcome.disconnected:
+            ctx.status, ctx.error_type = 499, "client_disconnected"
+            ctx.error_message = "client disconnected mid-stream; upstream request cancelled"
+        elif outcome.error:
+            ctx.error_type, ctx.error_message = "upstream_stream_error", outcome.error
+        return
+
+    body = result.body or b""
+    if result.status >= 500:
+        raise _upstream_failure(ctx, result)
+    if result.status == 200:
+        ctx.usage, ctx.response = usage_mod.from_body(ctx.endpoint, body)
+    else:
+        ctx.error_type, ctx.error_message = "upstream_error", error_message(body)
+    ctx.ttft_s = ctx.elapsed_ms() / 1000
+    out = response_headers(ctx, result.headers)
+    out.append((b"content-type", result.headers.get("content-type",
+                                                    "application/json").encode("latin-1")))
+    await send_body(send, result.status, body, out)
+
+
+async def list_models(gw: Gateway, req: Request, send: Send) -> None:
+    """Models the gateway can route: the default provider's list plus the mock's."""
+    await gw.auth.authenticate(req.bearer(), "proxy")
+    models: list[dict[str, Any]] = []
+    default = gw.router.providers[gw.settings.default_provider]
+    getter = getattr(default, "get", None)
+    if getter is not None and gw.settings.default_provider not in gw.router._unusable:
+        result = await getter("models", gw.settings.connect_timeout_s, 30.0)
+        if result.status == 200 and result.body:
+            models = list(orjson.loads(result.body).get("data", []))
+    models += [{"id": m, "object": "model", "created": 0, "owned_by": "watchllm-mock"}
+               for m in ("mock-1", "mock-embedding-1")]
+    await send_body(send, 200, orjson.dumps({"object": "list", "data": models}),
+                    [(b"content-type", b"application/json")])

@@ -1,0 +1,235 @@
+"""Typed settings, read from the environment (and an optional `.env` file) in one place.
+
+Provider settings use the names the SDKs already use (`OPENAI_API_KEY`, `OPENAI_BASE_URL`,
+`ANTHROPIC_API_KEY`, `ANTHROPIC_BASE_URL`); everything of WatchLLM's own is `WATCHLLM_*`.
+`.env.example` documents every variable with its default. An invalid value raises
+`SettingsError` naming the variable, which stops start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Mode = Literal["embedded", "self_hosted", "cloudflare"]
+_MODES = ("embedded", "self_hosted", "cloudflare")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSettings:
+    name: str
+    kind: Literal["openai", "anthropic", "mock"]
+    base_url: str
+    api_key: str = field(default="", repr=False)  # never printed
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    mode: Mode = "embedded"
+    data_dir: Path = Path(".watchllm")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    database_url: str = ""  # default: sqlite in data_dir
+    redis_url: str = ""
+    clickhouse_url: str = ""  # default: chdb in data_dir (embedded), empty = analytics off
+    admin_key: str = field(default="", repr=False)
+    require_auth: bool = True
+    max_body_bytes: int = 32 * 1024 * 1024
+    key_cache_ttl_s: float = 5.0
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 600.0
+    max_retries: int = 2
+    retry_backoff_s: float = 0.5
+    upstream_pool_size: int = 256
+    default_provider: str = ""  # default: openai if OPENAI_API_KEY is set, else mock
+    routes: tuple[tuple[str, str], ...] = ()  # (model glob, provider)
+    fallbacks: tuple[tuple[str, tuple[str, ...]], ...] = ()  # model -> alternatives
+    providers: tuple[ProviderSettings, ...] = ()
+    mock_latency_ms: float = 0.0
+    events_buffer: int = 100_000
+    log_level: str = "info"
+
+    def provider(self, name: str) -> ProviderSettings | None:
+        return next((p for p in self.providers if p.name == name), None)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Parse KEY=VALUE lines (comments, `export`, single/double quotes)."""
+    out: dict[str, str] = {}
+    if not path.is_file():
+        return out
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        out[key.strip()] = value
+    return out
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def str(self, name: str, default: str = "") -> str:
+        return self.env.get(name, default).strip() or default
+
+    def int(self, name: str, default: int, minimum: int = 0) -> int:
+        raw = self.env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+        if value < minimum:
+            raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+        return value
+
+    def float(self, name: str, default: float, minimum: float = 0.0) -> float:
+        raw = self.env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+        if not value >= minimum:
+            raise SettingsError(f"{name} must be >= {minimum}, got {raw}")
+        return value
+
+    def bool(self, name: str, default: bool) -> bool:
+        raw = self.env.get(name, "").strip().lower()
+        if not raw:
+            return default
+        if raw in _TRUE:
+            return True
+        if raw in _FALSE:
+            return False
+        raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+    def pairs(self, name: str) -> list[tuple[str, str]]:
+        """`a=b,c=d` -> [(a, b), (c, d)]."""
+        raw = self.env.get(name, "").strip()
+        out = []
+        for item in filter(None, (p.strip() for p in raw.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip() or not value.strip():
+                raise SettingsError(f"{name}: expected KEY=VALUE items, got {item!r}")
+            out.append((key.strip(), value.strip()))
+        return out
+
+
+def _url(name: str, value: str) -> str:
+    if value and not value.startswith(("http://", "https://")):
+        raise SettingsError(f"{name} must be an http(s) URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _providers(r: _Reader) -> tuple[ProviderSettings, ...]:
+    providers = [
+        ProviderSettings(
+            "openai",
+            "openai",
+            _url("OPENAI_BASE_URL", r.str("OPENAI_BASE_URL", "https://api.openai.com/v1")),
+            r.str("OPENAI_API_KEY"),
+        ),
+        ProviderSettings(
+            "anthropic",
+            "anthropic",
+            _url("ANTHROPIC_BASE_URL", r.str("ANTHROPIC_BASE_URL", "https://api.anthropic.com")),
+            r.str("ANTHROPIC_API_KEY"),
+        ),
+        ProviderSettings("mock", "mock", ""),
+    ]
+    # Extra OpenAI-compatible providers (vLLM, Ollama, Azure, AI Gateway...):
+    # WATCHLLM_PROVIDERS=local=http://127.0.0.1:8000/v1,groq=https://...; key in
+    # WATCHLLM_PROVIDER_<NAME>_API_KEY, kind anthropic with WATCHLLM_PROVIDER_<NAME>_KIND.
+    for name, base_url in r.pairs("WATCHLLM_PROVIDERS"):
+        upper = name.upper().replace("-", "_")
+        kind = r.str(f"WATCHLLM_PROVIDER_{upper}_KIND", "openai")
+        if kind not in ("openai", "anthropic"):
+            raise SettingsError(f"WATCHLLM_PROVIDER_{upper}_KIND must be openai or anthropic")
+        providers = [p for p in providers if p.name != name]
+        providers.append(
+            ProviderSettings(
+                name,
+                kind,  # type: ignore[arg-type]
+                _url(f"WATCHLLM_PROVIDERS ({name})", base_url),
+                r.str(f"WATCHLLM_PROVIDER_{upper}_API_KEY"),
+            )
+        )
+    return tuple(providers)
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")
+) -> Settings:
+    """Build Settings from `environ` (default os.environ) over an optional .env file."""
+    env: dict[str, str] = read_dotenv(dotenv) if dotenv else {}
+    env.update(os.environ if environ is None else environ)
+    r = _Reader(env)
+
+    mode = r.str("WATCHLLM_MODE", "embedded")
+    if mode not in _MODES:
+        raise SettingsError(f"WATCHLLM_MODE must be one of {', '.join(_MODES)}, got {mode!r}")
+    providers = _providers(r)
+    names = {p.name for p in providers}
+    default_provider = r.str("WATCHLLM_DEFAULT_PROVIDER") or (
+        "openai" if r.str("OPENAI_API_KEY") else "mock"
+    )
+    routes = tuple(r.pairs("WATCHLLM_ROUTES"))
+    for _, provider in (*routes, ("", default_provider)):
+        if provider not in names:
+            raise SettingsError(f"unknown provider {provider!r}; known: {', '.join(sorted(names))}")
+    fallbacks = tuple((m, tuple(a.split("|"))) for m, a in r.pairs("WATCHLLM_FALLBACKS"))
+    log_level = r.str("WATCHLLM_LOG_LEVEL", "info").lower()
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise SettingsError(f"WATCHLLM_LOG_LEVEL must be debug/info/warning/error, got {log_level!r}")
+    port = r.int("WATCHLLM_PORT", 8080, minimum=0)
+    if port > 65535:
+        raise SettingsError(f"WATCHLLM_PORT must be <= 65535, got {port}")
+
+    return Settings(
+        mode=mode,  # type: ignore[arg-type]
+        data_dir=Path(r.str("WATCHLLM_DATA_DIR", ".watchllm")),
+        host=r.str("WATCHLLM_HOST", "127.0.0.1"),
+        port=port,
+        workers=r.int("WATCHLLM_WORKERS", 1, minimum=1),
+        database_url=r.str("WATCHLLM_DATABASE_URL"),
+        redis_url=r.str("WATCHLLM_REDIS_URL"),
+        clickhouse_url=r.str("WATCHLLM_CLICKHOUSE_URL"),
+        admin_key=r.str("WATCHLLM_ADMIN_KEY"),
+        require_auth=r.bool("WATCHLLM_REQUIRE_AUTH", True),
+        max_body_bytes=r.int("WATCHLLM_MAX_BODY_BYTES", 32 * 1024 * 1024, minimum=1024),
+        key_cache_ttl_s=r.float("WATCHLLM_KEY_CACHE_TTL", 5.0),
+        connect_timeout_s=r.float("WATCHLLM_CONNECT_TIMEOUT", 10.0, minimum=0.001),
+        read_timeout_s=r.float("WATCHLLM_READ_TIMEOUT", 600.0, minimum=0.001),
+        max_retries=r.int("WATCHLLM_MAX_RETRIES", 2),
+        retry_backoff_s=r.float("WATCHLLM_RETRY_BACKOFF", 0.5),
+        upstream_pool_size=r.int("WATCHLLM_UPSTREAM_POOL_SIZE", 256, minimum=1),
+        default_provider=default_provider,
+        routes=routes,
+        fallbacks=fallbacks,
+        providers=providers,
+        mock_latency_ms=r.float("WATCHLLM_MOCK_LATENCY_MS", 0.0),
+        events_buffer=r.int("WATCHLLM_EVENTS_BUFFER", 100_000, minimum=1),
+        log_level=log_level,
+    )
