@@ -1,0 +1,161 @@
+"""The drop-in promise: the official openai SDK, pointed at the gateway, just works."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.conftest import stats
+from watchllm.testing.servers import Server
+
+MSG = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_chat_completion_sync(client: openai.OpenAI, upstream: Server) -> None:
+    before = stats(upstream)["requests"].get("/v1/chat/completions", 0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MSG, extra_body={"unknown_field": {"kept": True}})
+    reply = raw.parse()
+    assert reply.choices[0].message.content.endswith("What is the capital of France?")
+    assert reply.usage is not None and reply.usage.prompt_tokens > 0
+    assert raw.headers["x-request-id"].startswith("req_")
+    assert float(raw.headers["x-watchllm-latency-ms"]) >= 0
+    s = stats(upstream)
+    assert s["requests"]["/v1/chat/completions"] == before + 1
+    assert s["last_body"]["unknown_field"] == {"kept": True}  # unknown fields pass through
+    # The provider key is what the upstream saw; the client's key never reaches it.
+    assert s["last_headers"]["authorization"] == "Bearer sk-upstream-secret-never-shown"
+
+
+def test_body_reaches_client_byte_for_byte(gateway: Server, api_key: str,
+                                           upstream: Server) -> None:
+    body = {"model": "gpt-4o-mini", "messages": MSG, "mock": {"content": "exact  bytes\u00e9"}}
+    via = httpx.post(gateway.url + "/v1/chat/completions", json=body,
+                     headers={"authorization": f"Bearer {api_key}"})
+    direct = httpx.post(upstream.url + "/v1/chat/completions", json=body)
+    strip = ("id", "created")
+    a, b = via.json(), direct.json()
+    assert {k: v for k, v in a.items() if k not in strip} == \
+        {k: v for k, v in b.items() if k not in strip}
+    assert via.headers["content-type"] == "application/json"
+
+
+async def test_chat_completion_async(aclient: openai.AsyncOpenAI) -> None:
+    replies = await asyncio.gather(*(aclient.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": f"q{i}"}]) for i in range(20)))
+    assert [r.choices[0].message.content.endswith(f"q{i}") for i, r in enumerate(replies)] == \
+        [True] * 20
+    await aclient.close()
+
+
+def test_streaming_arrives_incrementally(client: openai.OpenAI) -> None:
+    start = time.perf_counter()
+    arrivals = []
+    text = []
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", messages=MSG, stream=True,
+        extra_body={"mock": {"chunk_delay_ms": 150, "chunks": 4}})
+    for chunk in stream:
+        arrivals.append(time.perf_counter() - start)
+        if chunk.choices and chunk.choices[0].delta.content:
+            text.append(chunk.choices[0].delta.content)
+    assert "".join(text).endswith("What is the capital of France?")
+    # Four content chunks 150 ms apart: the first must not wait for the last.
+    assert arrivals[0] < 0.5
+    assert arrivals[-1] - arrivals[0] >= 0.5
+
+
+def test_stream_usage_from_final_chunk(client: openai.OpenAI) -> None:
+    chunks = list(client.chat.completions.create(
+        model="gpt-4o-mini", messages=MSG, stream=True,
+        stream_options={"include_usage": True}))
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    assert chunks[-1].choices == []
+
+
+def test_embeddings(client: openai.OpenAI) -> None:
+    result = client.embeddings.create(model="text-embedding-3-small", input=["a", "b", "a"])
+    vectors = [d.embedding for d in result.data]
+    assert len(vectors) == 3 and len(vectors[0]) == 1536
+    assert vectors[0] == vectors[2] and vectors[0] != vectors[1]
+
+
+def test_models(client: openai.OpenAI) -> None:
+    ids = {m.id for m in client.models.list()}
+    assert {"gpt-4o-mini", "mock-1"} <= ids
+
+
+def test_legacy_completions(client: openai.OpenAI) -> None:
+    result = client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Say hi")
+    assert result.choices[0].text.endswith("Say hi")
+
+
+def test_responses_pass_through(client: openai.OpenAI) -> None:
+    result = client.responses.create(model="gpt-4o-mini", input="Hello there")
+    assert result.output_text.endswith("Hello there")
+
+
+def test_request_id_is_echoed(client: openai.OpenAI) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MSG, extra_headers={"x-request-id": "my-trace-123"})
+    assert raw.headers["x-request-id"] == "my-trace-123"
+
+
+def test_client_disconnect_cancels_upstream(gateway: Server, api_key: str,
+                                            upstream: Server) -> None:
+    before = stats(upstream)["cancelled"]
+    body = {"model": "gpt-4o-mini", "messages": MSG, "stream": True,
+            "mock": {"chunk_delay_ms": 200, "chunks": 20}}
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body,
+                      headers={"authorization": f"Bearer {api_key}"}, timeout=10) as r:
+        assert r.status_code == 200
+        next(r.iter_bytes())
+    deadline = time.monotonic() + 3
+    while stats(upstream)["cancelled"] == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stats(upstream)["cancelled"] == before + 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_translation(client: openai.OpenAI, upstream: Server, stream: bool) -> None:
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Name a colour"}]
+    if stream:
+        parts = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="claude-sonnet-4-5", messages=messages, stream=True, max_tokens=50)
+            if c.choices]
+        text = "".join(parts)
+    else:
+        reply = client.chat.completions.create(model="claude-sonnet-4-5", messages=messages,
+                                               max_tokens=50)
+        text = reply.choices[0].message.content or ""
+        assert reply.choices[0].finish_reason == "stop"
+        assert reply.usage is not None and reply.usage.prompt_tokens == 11
+    assert text.endswith("Name a colour")
+    sent = stats(upstream)["last_body"]
+    assert sent["system"] == "Be brief."
+    assert sent["messages"] == [{"role": "user", "content": [{"type": "text",
+                                                              "text": "Name a colour"}]}]
+    assert sent["max_tokens"] == 50
+    assert stats(upstream)["last_headers"]["x-api-key"] == "ak-upstream-secret"
+
+
+def test_anthropic_tool_calls(client: openai.OpenAI) -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    extra = {"mock": {"tool_call": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}}
+    reply = client.chat.completions.create(model="claude-sonnet-4-5", messages=MSG, tools=tools,
+                                           extra_body=extra)
+    call = reply.choices[0].message.tool_calls[0]
+    assert (call.function.name, call.function.arguments) == ("get_weather", '{"city":"Paris"}')
+    assert reply.choices[0].finish_reason == "tool_calls"
+    args = "".join(
+        tc.function.arguments or ""
+        for c in client.chat.completions.create(model="claude-sonnet-4-5", messages=MSG,
+                                                tools=tools, extra_body=extra, stream=True)
+        if c.choices for tc in (c.choices[0].delta.tool_calls or []))
+    assert args == '{"city": "Paris"}'
