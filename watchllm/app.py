@@ -9,6 +9,7 @@ middleware stack, because every microsecond here is paid on every proxied reques
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -134,12 +135,11 @@ class Gateway:
         except Exception:
             log.exception("unhandled error in %s %s (request %s)", req.method, req.path,
                           request_id)
-            try:
+            # If the response had already started there is nothing more to say.
+            with contextlib.suppress(Exception):
                 await send_body(send, 500, INTERNAL_ERROR_BODY,
                                 [(b"content-type", b"application/json"),
                                  (b"x-request-id", request_id.encode())])
-            except Exception:  # the response had already started; nothing more to say
-                pass
         finally:
             self.inflight -= 1
             if not self.inflight:

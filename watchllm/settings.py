@@ -88,10 +88,10 @@ class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
 
-    def str(self, name: str, default: str = "") -> str:
+    def text(self, name: str, default: str = "") -> str:
         return self.env.get(name, default).strip() or default
 
-    def int(self, name: str, default: int, minimum: int = 0) -> int:
+    def integer(self, name: str, default: int, minimum: int = 0) -> int:
         raw = self.env.get(name, "").strip()
         if not raw:
             return default
@@ -103,7 +103,7 @@ class _Reader:
             raise SettingsError(f"{name} must be >= {minimum}, got {value}")
         return value
 
-    def float(self, name: str, default: float, minimum: float = 0.0) -> float:
+    def number(self, name: str, default: float, minimum: float = 0.0) -> float:
         raw = self.env.get(name, "").strip()
         if not raw:
             return default
@@ -115,7 +115,7 @@ class _Reader:
             raise SettingsError(f"{name} must be >= {minimum}, got {raw}")
         return value
 
-    def bool(self, name: str, default: bool) -> bool:
+    def flag(self, name: str, default: bool) -> bool:
         raw = self.env.get(name, "").strip().lower()
         if not raw:
             return default
@@ -148,14 +148,14 @@ def _providers(r: _Reader) -> tuple[ProviderSettings, ...]:
         ProviderSettings(
             "openai",
             "openai",
-            _url("OPENAI_BASE_URL", r.str("OPENAI_BASE_URL", "https://api.openai.com/v1")),
-            r.str("OPENAI_API_KEY"),
+            _url("OPENAI_BASE_URL", r.text("OPENAI_BASE_URL", "https://api.openai.com/v1")),
+            r.text("OPENAI_API_KEY"),
         ),
         ProviderSettings(
             "anthropic",
             "anthropic",
-            _url("ANTHROPIC_BASE_URL", r.str("ANTHROPIC_BASE_URL", "https://api.anthropic.com")),
-            r.str("ANTHROPIC_API_KEY"),
+            _url("ANTHROPIC_BASE_URL", r.text("ANTHROPIC_BASE_URL", "https://api.anthropic.com")),
+            r.text("ANTHROPIC_API_KEY"),
         ),
         ProviderSettings("mock", "mock", ""),
     ]
@@ -164,7 +164,7 @@ def _providers(r: _Reader) -> tuple[ProviderSettings, ...]:
     # WATCHLLM_PROVIDER_<NAME>_API_KEY, kind anthropic with WATCHLLM_PROVIDER_<NAME>_KIND.
     for name, base_url in r.pairs("WATCHLLM_PROVIDERS"):
         upper = name.upper().replace("-", "_")
-        kind = r.str(f"WATCHLLM_PROVIDER_{upper}_KIND", "openai")
+        kind = r.text(f"WATCHLLM_PROVIDER_{upper}_KIND", "openai")
         if kind not in ("openai", "anthropic"):
             raise SettingsError(f"WATCHLLM_PROVIDER_{upper}_KIND must be openai or anthropic")
         providers = [p for p in providers if p.name != name]
@@ -173,7 +173,7 @@ def _providers(r: _Reader) -> tuple[ProviderSettings, ...]:
                 name,
                 kind,  # type: ignore[arg-type]
                 _url(f"WATCHLLM_PROVIDERS ({name})", base_url),
-                r.str(f"WATCHLLM_PROVIDER_{upper}_API_KEY"),
+                r.text(f"WATCHLLM_PROVIDER_{upper}_API_KEY"),
             )
         )
     return tuple(providers)
@@ -187,49 +187,51 @@ def load_settings(
     env.update(os.environ if environ is None else environ)
     r = _Reader(env)
 
-    mode = r.str("WATCHLLM_MODE", "embedded")
+    mode = r.text("WATCHLLM_MODE", "embedded")
     if mode not in _MODES:
         raise SettingsError(f"WATCHLLM_MODE must be one of {', '.join(_MODES)}, got {mode!r}")
     providers = _providers(r)
     names = {p.name for p in providers}
-    default_provider = r.str("WATCHLLM_DEFAULT_PROVIDER") or (
-        "openai" if r.str("OPENAI_API_KEY") else "mock"
+    default_provider = r.text("WATCHLLM_DEFAULT_PROVIDER") or (
+        "openai" if r.text("OPENAI_API_KEY") else "mock"
     )
     routes = tuple(r.pairs("WATCHLLM_ROUTES"))
     for _, provider in (*routes, ("", default_provider)):
         if provider not in names:
             raise SettingsError(f"unknown provider {provider!r}; known: {', '.join(sorted(names))}")
     fallbacks = tuple((m, tuple(a.split("|"))) for m, a in r.pairs("WATCHLLM_FALLBACKS"))
-    log_level = r.str("WATCHLLM_LOG_LEVEL", "info").lower()
+    log_level = r.text("WATCHLLM_LOG_LEVEL", "info").lower()
     if log_level not in ("debug", "info", "warning", "error"):
-        raise SettingsError(f"WATCHLLM_LOG_LEVEL must be debug/info/warning/error, got {log_level!r}")
-    port = r.int("WATCHLLM_PORT", 8080, minimum=0)
+        raise SettingsError(
+            f"WATCHLLM_LOG_LEVEL must be debug/info/warning/error, got {log_level!r}"
+        )
+    port = r.integer("WATCHLLM_PORT", 8080, minimum=0)
     if port > 65535:
         raise SettingsError(f"WATCHLLM_PORT must be <= 65535, got {port}")
 
     return Settings(
         mode=mode,  # type: ignore[arg-type]
-        data_dir=Path(r.str("WATCHLLM_DATA_DIR", ".watchllm")),
-        host=r.str("WATCHLLM_HOST", "127.0.0.1"),
+        data_dir=Path(r.text("WATCHLLM_DATA_DIR", ".watchllm")),
+        host=r.text("WATCHLLM_HOST", "127.0.0.1"),
         port=port,
-        workers=r.int("WATCHLLM_WORKERS", 1, minimum=1),
-        database_url=r.str("WATCHLLM_DATABASE_URL"),
-        redis_url=r.str("WATCHLLM_REDIS_URL"),
-        clickhouse_url=r.str("WATCHLLM_CLICKHOUSE_URL"),
-        admin_key=r.str("WATCHLLM_ADMIN_KEY"),
-        require_auth=r.bool("WATCHLLM_REQUIRE_AUTH", True),
-        max_body_bytes=r.int("WATCHLLM_MAX_BODY_BYTES", 32 * 1024 * 1024, minimum=1024),
-        key_cache_ttl_s=r.float("WATCHLLM_KEY_CACHE_TTL", 5.0),
-        connect_timeout_s=r.float("WATCHLLM_CONNECT_TIMEOUT", 10.0, minimum=0.001),
-        read_timeout_s=r.float("WATCHLLM_READ_TIMEOUT", 600.0, minimum=0.001),
-        max_retries=r.int("WATCHLLM_MAX_RETRIES", 2),
-        retry_backoff_s=r.float("WATCHLLM_RETRY_BACKOFF", 0.5),
-        upstream_pool_size=r.int("WATCHLLM_UPSTREAM_POOL_SIZE", 256, minimum=1),
+        workers=r.integer("WATCHLLM_WORKERS", 1, minimum=1),
+        database_url=r.text("WATCHLLM_DATABASE_URL"),
+        redis_url=r.text("WATCHLLM_REDIS_URL"),
+        clickhouse_url=r.text("WATCHLLM_CLICKHOUSE_URL"),
+        admin_key=r.text("WATCHLLM_ADMIN_KEY"),
+        require_auth=r.flag("WATCHLLM_REQUIRE_AUTH", True),
+        max_body_bytes=r.integer("WATCHLLM_MAX_BODY_BYTES", 32 * 1024 * 1024, minimum=1024),
+        key_cache_ttl_s=r.number("WATCHLLM_KEY_CACHE_TTL", 5.0),
+        connect_timeout_s=r.number("WATCHLLM_CONNECT_TIMEOUT", 10.0, minimum=0.001),
+        read_timeout_s=r.number("WATCHLLM_READ_TIMEOUT", 600.0, minimum=0.001),
+        max_retries=r.integer("WATCHLLM_MAX_RETRIES", 2),
+        retry_backoff_s=r.number("WATCHLLM_RETRY_BACKOFF", 0.5),
+        upstream_pool_size=r.integer("WATCHLLM_UPSTREAM_POOL_SIZE", 256, minimum=1),
         default_provider=default_provider,
         routes=routes,
         fallbacks=fallbacks,
         providers=providers,
-        mock_latency_ms=r.float("WATCHLLM_MOCK_LATENCY_MS", 0.0),
-        events_buffer=r.int("WATCHLLM_EVENTS_BUFFER", 100_000, minimum=1),
+        mock_latency_ms=r.number("WATCHLLM_MOCK_LATENCY_MS", 0.0),
+        events_buffer=r.integer("WATCHLLM_EVENTS_BUFFER", 100_000, minimum=1),
         log_level=log_level,
     )

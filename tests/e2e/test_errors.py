@@ -158,7 +158,8 @@ def test_revoked_key_stops_working(gateway: Server) -> None:
 
 
 def test_admin_api_needs_admin_key(gateway: Server, api_key: str) -> None:
-    r = httpx.get(gateway.url + "/v1/admin/projects", headers={"authorization": f"Bearer {api_key}"})
+    r = httpx.get(gateway.url + "/v1/admin/projects",
+                  headers={"authorization": f"Bearer {api_key}"})
     assert r.status_code == 403 and _error(r)["type"] == "permission_error"
     listing = admin(gateway, "GET", "/v1/admin/keys").json()["data"]
     assert listing and all("key" not in k and "key_hash" not in k for k in listing)

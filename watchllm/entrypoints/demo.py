@@ -60,6 +60,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30
 
 def run_demo(settings: Settings) -> int:
     import openai
+    from openai.types.chat import ChatCompletionMessageParam
 
     key = asyncio.run(_make_key(settings))
     port = _free_port()
@@ -70,7 +71,9 @@ def run_demo(settings: Settings) -> int:
         _wait_healthy(base, proc)
         client = openai.OpenAI(base_url=base + "/v1", api_key=key)
         model = os.environ.get("WATCHLLM_DEMO_MODEL", "gpt-4o-mini")
-        question = [{"role": "user", "content": "What does an LLM gateway do?"}]
+        question: list[ChatCompletionMessageParam] = [
+            {"role": "user", "content": "What does an LLM gateway do?"}
+        ]
         print(f"\n== WatchLLM on {base} (provider: {settings.default_provider}) ==")
         for attempt in ("first call", "same call again"):
             raw = client.chat.completions.with_raw_response.create(model=model, messages=question)

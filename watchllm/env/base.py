@@ -110,8 +110,13 @@ class Analytics(Protocol):
 
 
 class HttpResponse(Protocol):
-    status: int
-    headers: Mapping[str, str]  # lower-case names
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Lower-case names."""
+        ...
 
     async def read(self) -> bytes: ...
 

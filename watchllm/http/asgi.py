@@ -67,7 +67,8 @@ class Request:
                 size += len(chunk)
                 if size > limit:
                     raise PayloadTooLargeError(
-                        f"Request body exceeds the limit of {limit} bytes (WATCHLLM_MAX_BODY_BYTES)."
+                        f"Request body exceeds the limit of {limit} bytes "
+                        "(WATCHLLM_MAX_BODY_BYTES)."
                     )
                 chunks.append(chunk)
             if not message.get("more_body", False):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from typing import Any
 
 from watchllm.env.base import SqlDatabase
 from watchllm.errors import ServiceUnavailableError
@@ -27,7 +29,9 @@ async def migrate(db: SqlDatabase) -> list[int]:
     for m in MIGRATIONS:
         if m.version <= version:
             continue
-        statements = [(sql, ()) for sql in migration_sql(m, db.dialect)]
+        statements: list[tuple[str, Sequence[Any]]] = [
+            (sql, ()) for sql in migration_sql(m, db.dialect)
+        ]
         statements.append(
             (
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",

@@ -93,7 +93,9 @@ LATEST_VERSION = MIGRATIONS[-1].version
 
 _TYPES = {
     "sqlite": {"TEXT": "TEXT", "INTEGER": "INTEGER", "REAL": "REAL", "BOOL": "INTEGER"},
-    "postgres": {"TEXT": "TEXT", "INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION", "BOOL": "BOOLEAN"},
+    "postgres": {
+        "TEXT": "TEXT", "INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION", "BOOL": "BOOLEAN"
+    },
 }
 _TYPES["d1"] = _TYPES["sqlite"]
 

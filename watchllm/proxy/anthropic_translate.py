@@ -148,7 +148,8 @@ def to_chat_completion(msg: dict[str, Any], model: str) -> dict[str, Any]:
     """An Anthropic Messages response as an OpenAI chat completion."""
     text = "".join(b.get("text", "") for b in msg.get("content", []) if b.get("type") == "text")
     calls = [{"id": b["id"], "type": "function",
-              "function": {"name": b["name"], "arguments": orjson.dumps(b.get("input", {})).decode()}}
+              "function": {"name": b["name"],
+                           "arguments": orjson.dumps(b.get("input", {})).decode()}}
              for b in msg.get("content", []) if b.get("type") == "tool_use"]
     message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else ""),
                                "refusal": None}

@@ -17,8 +17,12 @@ import time
 from dataclasses import dataclass
 
 from watchllm.env.base import ConnectError, HttpClient
-from watchllm.errors import InvalidRequestError, UnknownModelError, UpstreamError, \
-    UpstreamTimeoutError
+from watchllm.errors import (
+    InvalidRequestError,
+    UnknownModelError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
 from watchllm.proxy.anthropic import AnthropicProvider
 from watchllm.proxy.base import Provider, UpstreamCall, UpstreamResult
 from watchllm.proxy.mock import MockProvider

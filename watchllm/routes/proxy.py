@@ -59,6 +59,7 @@ def validate(endpoint: str, data: dict[str, Any]) -> tuple[str, bool]:
         raise InvalidRequestError(f"'{field}' is required and must be {kinds} (non-empty).",
                                   param=field)
     if endpoint == "chat/completions":
+        assert isinstance(value, list)
         for i, msg in enumerate(value):
             if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
                 raise InvalidRequestError(f"messages[{i}] must be an object with a 'role'.",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import time
 from collections import Counter
@@ -122,10 +123,8 @@ class MockUpstream:
             for event in events:
                 await send({"type": "http.response.body", "body": event, "more_body": True})
                 if delay:
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(gone.wait(), delay)
-                    except TimeoutError:
-                        pass
                 if gone.is_set():
                     self.cancelled += 1
                     return
