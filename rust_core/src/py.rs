@@ -1,8 +1,301 @@
-//! Python bindings: every `#[pyfunction]` lives here.
+//! Python bindings: every `#[pyfunction]`/`#[pyclass]` lives here. The heavy calls
+//! release the GIL; every error becomes `CoreError` (or `RowBinaryError`).
+use crate::rowbinary::{self, Input, Int};
+use crate::cache_key as keys;
+use crate::{similarity, tokens};
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
+use std::borrow::Cow;
+
+pyo3::create_exception!(_core, CoreError, PyValueError, "Invalid input to a core function.");
+pyo3::create_exception!(_core, RowBinaryError, CoreError, "A row cannot be encoded (.row, .column).");
+
+/// Work on inputs at least this large runs with the GIL released.
+const DETACH_BYTES: usize = 16 * 1024;
+
+fn core_err(e: impl std::fmt::Display) -> PyErr {
+    CoreError::new_err(e.to_string())
+}
+
+#[pyfunction]
+fn cache_key(py: Python<'_>, body: &[u8], namespace: &str) -> PyResult<String> {
+    let run = || keys::cache_key(body, namespace);
+    if body.len() >= DETACH_BYTES { py.detach(run) } else { run() }.map_err(core_err)
+}
+
+#[pyfunction]
+fn context_key(py: Python<'_>, body: &[u8], namespace: &str) -> PyResult<String> {
+    let run = || keys::context_key(body, namespace);
+    if body.len() >= DETACH_BYTES { py.detach(run) } else { run() }.map_err(core_err)
+}
+
+#[pyfunction]
+fn embed_text(body: &[u8]) -> PyResult<Option<String>> {
+    keys::embed_text(body).map_err(core_err)
+}
+
+fn text_arg<'a>(text: &'a Bound<'_, PyString>) -> PyResult<Cow<'a, str>> {
+    text.to_cow().map_err(|_| CoreError::new_err("text is not valid Unicode (lone surrogate)"))
+}
+
+#[pyfunction]
+fn count_tokens(py: Python<'_>, text: &Bound<'_, PyString>, encoding: &str) -> PyResult<usize> {
+    let bpe = tokens::bpe(encoding).map_err(core_err)?;
+    let text = text_arg(text)?;
+    let run = || if text.is_empty() { 0 } else { bpe.encode_ordinary(&text).len() };
+    Ok(if text.len() >= DETACH_BYTES / 4 { py.detach(run) } else { run() })
+}
+
+#[pyfunction]
+fn encoding_for_model(model: &str) -> &'static str {
+    tokens::encoding_for_model(model)
+}
+
+#[pyfunction]
+fn count_chat_tokens(py: Python<'_>, body: &[u8]) -> PyResult<usize> {
+    py.detach(|| tokens::count_chat_tokens(body)).map_err(core_err)
+}
+
+/// Cosine top-k index (see `similarity.rs`).
+#[pyclass(frozen, module = "watchllm._core")]
+struct VectorIndex {
+    inner: similarity::VectorIndex,
+}
+
+fn vector_arg(v: &Bound<'_, PyAny>) -> PyResult<Vec<f64>> {
+    let py = v.py();
+    if let Ok(buf) = PyBuffer::<f32>::get(v) {
+        if buf.dimensions() == 1 {
+            return Ok(buf.to_vec(py)?.into_iter().map(f64::from).collect());
+        }
+    } else if let Ok(buf) = PyBuffer::<f64>::get(v) {
+        if buf.dimensions() == 1 {
+            return buf.to_vec(py);
+        }
+    } else if let Ok(list) = v.extract::<Vec<f64>>() {
+        return Ok(list);
+    }
+    Err(CoreError::new_err("vector must be a 1-D sequence or buffer of floats"))
+}
+
+#[pymethods]
+impl VectorIndex {
+    #[new]
+    fn new(dim: usize) -> PyResult<Self> {
+        Ok(Self { inner: similarity::VectorIndex::new(dim).map_err(core_err)? })
+    }
+
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+
+    fn add(&self, namespace: &str, id: &str, vector: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.inner.add(namespace, id, &vector_arg(vector)?).map_err(core_err)
+    }
+
+    fn remove(&self, namespace: &str, id: &str) -> bool {
+        self.inner.remove(namespace, id)
+    }
+
+    fn search(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        query: &Bound<'_, PyAny>,
+        k: i64,
+        threshold: f64,
+    ) -> PyResult<Vec<(String, f64)>> {
+        let q = vector_arg(query)?;
+        let k = usize::try_from(k).unwrap_or(0);
+        py.detach(|| self.inner.search(namespace, &q, k, threshold)).map_err(core_err)
+    }
+
+    fn namespace_len(&self, namespace: &str) -> usize {
+        self.inner.namespace_len(namespace)
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+}
+
+/// Classes the RowBinary encoder recognises, imported once.
+struct Classes<'py> {
+    datetime: &'py Bound<'py, PyType>,
+    date: &'py Bound<'py, PyType>,
+    uuid: &'py Bound<'py, PyType>,
+}
+
+static DATETIME: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static DATE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static UUID: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+struct PyVal<'a, 'py> {
+    obj: Bound<'py, PyAny>,
+    cls: &'a Classes<'py>,
+}
+
+impl<'a, 'py> PyVal<'a, 'py> {
+    fn wrap(&self, obj: Bound<'py, PyAny>) -> Self {
+        Self { obj, cls: self.cls }
+    }
+
+    fn attr_i128(&self, obj: &Bound<'py, PyAny>, name: &str) -> Result<i128, String> {
+        obj.getattr(name).and_then(|v| v.extract::<i64>()).map(i128::from).map_err(|e| e.to_string())
+    }
+}
+
+impl Input for PyVal<'_, '_> {
+    fn is_none(&self) -> bool {
+        self.obj.is_none()
+    }
+    fn as_text(&self) -> Option<Cow<'_, str>> {
+        self.obj.cast::<PyString>().ok().and_then(|s| s.to_cow().ok())
+    }
+    fn as_blob(&self) -> Option<Cow<'_, [u8]>> {
+        if let Ok(b) = self.obj.cast::<PyBytes>() {
+            Some(Cow::Borrowed(b.as_bytes()))
+        } else {
+            self.obj.cast::<PyByteArray>().ok().map(|b| Cow::Owned(b.to_vec()))
+        }
+    }
+    fn as_bool(&self) -> Option<bool> {
+        self.obj.cast::<PyBool>().ok().map(|b| b.is_true())
+    }
+    fn as_int(&self) -> Option<Int> {
+        if self.obj.is_instance_of::<PyBool>() || !self.obj.is_instance_of::<PyInt>() {
+            return None;
+        }
+        Some(match self.obj.extract::<i64>() {
+            Ok(i) => Int::Value(i128::from(i)),
+            Err(_) => self.obj.extract::<u64>().map_or(Int::TooBig, |u| Int::Value(i128::from(u))),
+        })
+    }
+    fn as_float(&self) -> Option<f64> {
+        self.obj.cast::<PyFloat>().ok().map(|f| f.value())
+    }
+    fn as_list(&self) -> Option<Vec<Self>> {
+        if let Ok(l) = self.obj.cast::<PyList>() {
+            Some(l.iter().map(|x| self.wrap(x)).collect())
+        } else {
+            let t = self.obj.cast::<PyTuple>().ok()?;
+            Some(t.iter().map(|x| self.wrap(x)).collect())
+        }
+    }
+    fn as_map(&self) -> Option<Vec<(Self, Self)>> {
+        let d = self.obj.cast::<PyDict>().ok()?;
+        Some(d.iter().map(|(k, v)| (self.wrap(k), self.wrap(v))).collect())
+    }
+    fn as_datetime_micros(&self) -> Option<Result<i128, String>> {
+        if !self.obj.is_instance(self.cls.datetime).unwrap_or(false) {
+            return None;
+        }
+        let o = &self.obj;
+        let get = |name: &str| self.attr_i128(o, name);
+        Some((|| {
+            let days = rowbinary::days_from_civil(get("year")? as i64, get("month")? as i64, get("day")? as i64);
+            let secs = i128::from(days) * 86_400 + get("hour")? * 3600 + get("minute")? * 60 + get("second")?;
+            let mut us = secs * 1_000_000 + get("microsecond")?;
+            let offset = o.call_method0("utcoffset").map_err(|e| e.to_string())?;
+            if !offset.is_none() {
+                let off = |name: &str| self.attr_i128(&offset, name);
+                us -= (off("days")? * 86_400 + off("seconds")?) * 1_000_000 + off("microseconds")?;
+            }
+            Ok(us)
+        })())
+    }
+    fn as_date_days(&self) -> Option<i64> {
+        if !self.obj.is_instance(self.cls.date).unwrap_or(false)
+            || self.obj.is_instance(self.cls.datetime).unwrap_or(false)
+        {
+            return None;
+        }
+        let get = |name: &str| self.attr_i128(&self.obj, name).ok().map(|v| v as i64);
+        Some(rowbinary::days_from_civil(get("year")?, get("month")?, get("day")?))
+    }
+    fn as_uuid(&self) -> Option<u128> {
+        if !self.obj.is_instance(self.cls.uuid).unwrap_or(false) {
+            return None;
+        }
+        self.obj.getattr("int").ok()?.extract::<u128>().ok()
+    }
+    fn type_name(&self) -> String {
+        self.obj.get_type().name().map_or_else(|_| "?".into(), |n| n.to_string())
+    }
+}
+
+fn row_error(py: Python<'_>, row: usize, column: &str, reason: &str) -> PyErr {
+    let message = if column.is_empty() {
+        format!("row {row}: {reason}")
+    } else {
+        format!("row {row}, column '{column}': {reason}")
+    };
+    let err = RowBinaryError::new_err(message);
+    let value = err.value(py);
+    if let Err(e) = value.setattr("row", row).and_then(|()| value.setattr("column", column)) {
+        return e;
+    }
+    err
+}
+
+#[pyfunction]
+fn encode_rowbinary<'py>(
+    py: Python<'py>,
+    columns: Vec<(String, String)>,
+    rows: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let types = columns
+        .iter()
+        .map(|(_, t)| rowbinary::parse_type(t))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(CoreError::new_err)?;
+    let keys: Vec<Bound<'py, PyString>> = columns.iter().map(|(n, _)| PyString::new(py, n)).collect();
+    let cls = Classes {
+        datetime: DATETIME.import(py, "datetime", "datetime")?,
+        date: DATE.import(py, "datetime", "date")?,
+        uuid: UUID.import(py, "uuid", "UUID")?,
+    };
+    let mut out = Vec::with_capacity(256);
+    let mut encode_row = |i: usize, row: Bound<'py, PyAny>| -> PyResult<()> {
+        let dict = row.cast::<PyDict>().map_err(|_| {
+            let name = PyVal { obj: row.clone(), cls: &cls }.type_name();
+            row_error(py, i, "", &format!("expected dict, got {name}"))
+        })?;
+        for ((key, ty), (name, _)) in keys.iter().zip(&types).zip(&columns) {
+            let value = dict.get_item(key)?.map(|obj| PyVal { obj, cls: &cls });
+            rowbinary::encode(ty, value.as_ref(), &mut out).map_err(|e| row_error(py, i, name, &e))?;
+        }
+        Ok(())
+    };
+    if let Ok(list) = rows.cast::<PyList>() {
+        for (i, row) in list.iter().enumerate() {
+            encode_row(i, row)?;
+        }
+    } else {
+        for (i, row) in rows.try_iter()?.enumerate() {
+            encode_row(i, row?)?;
+        }
+    }
+    Ok(PyBytes::new(py, &out))
+}
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
     m.add("__version__", crate::VERSION)?;
+    m.add("CoreError", py.get_type::<CoreError>())?;
+    m.add("RowBinaryError", py.get_type::<RowBinaryError>())?;
+    m.add_class::<VectorIndex>()?;
+    m.add_function(wrap_pyfunction!(cache_key, m)?)?;
+    m.add_function(wrap_pyfunction!(context_key, m)?)?;
+    m.add_function(wrap_pyfunction!(embed_text, m)?)?;
+    m.add_function(wrap_pyfunction!(count_tokens, m)?)?;
+    m.add_function(wrap_pyfunction!(encoding_for_model, m)?)?;
+    m.add_function(wrap_pyfunction!(count_chat_tokens, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_rowbinary, m)?)?;
     Ok(())
 }

@@ -140,7 +140,7 @@ pub fn encode<V: Input>(ty: &Type, value: Option<&V>, out: &mut Vec<u8>) -> Resu
                 Some(d) => i128::from(d),
                 None => match v.as_datetime_micros() {
                     Some(us) => us?.div_euclid(86_400_000_000),
-                    None => int_of(v).map_err(|_| expected("int (days) or date", v))?,
+                    None => int_or(v, "int (days) or date")?,
                 },
             };
             let days =
@@ -151,7 +151,7 @@ pub fn encode<V: Input>(ty: &Type, value: Option<&V>, out: &mut Vec<u8>) -> Resu
         Type::DateTime => {
             let secs = match v.as_datetime_micros() {
                 Some(us) => us?.div_euclid(1_000_000),
-                None => int_of(v).map_err(|_| expected("int (seconds) or datetime", v))?,
+                None => int_or(v, "int (seconds) or datetime")?,
             };
             let secs =
                 u32::try_from(secs).map_err(|_| format!("{secs} is out of range for DateTime"))?;
@@ -168,7 +168,7 @@ pub fn encode<V: Input>(ty: &Type, value: Option<&V>, out: &mut Vec<u8>) -> Resu
                         us * 10i128.pow(p - 6)
                     }
                 }
-                None => int_of(v).map_err(|_| expected("int (ticks) or datetime", v))?,
+                None => int_or(v, "int (ticks) or datetime")?,
             };
             let ticks = i64::try_from(ticks)
                 .map_err(|_| format!("{ticks} is out of range for {}", ty.name()))?;
@@ -195,10 +195,14 @@ fn expected<V: Input>(what: &str, v: &V) -> String {
 }
 
 fn int_of<V: Input>(v: &V) -> Result<i128, String> {
+    int_or(v, "int")
+}
+
+fn int_or<V: Input>(v: &V, what: &str) -> Result<i128, String> {
     match v.as_int() {
         Some(Int::Value(i)) => Ok(i),
         Some(Int::TooBig) => Err("integer is out of range".into()),
-        None => Err(expected("int", v)),
+        None => Err(expected(what, v)),
     }
 }
 

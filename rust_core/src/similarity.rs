@@ -149,7 +149,7 @@ impl VectorIndex {
         let mut heap: BinaryHeap<Hit<'_>> = BinaryHeap::with_capacity(k + 1);
         for (row, chunk) in space.data.chunks_exact(self.dim).enumerate() {
             let score = dot(chunk, &q);
-            if score.is_nan() || score < threshold {
+            if score.partial_cmp(&threshold).is_none_or(Ordering::is_lt) {
                 continue;
             }
             let hit = Hit {

@@ -1,0 +1,31 @@
+"""Pure-Python twins of `watchllm._core`: same functions, same results.
+
+Used when the Rust extension is not available (Cloudflare Python Workers/Pyodide)
+or when `WATCHLLM_CORE=python`. Each module mirrors one Rust module:
+`_cache_key` ↔ `cache_key.rs`, `_tokens` ↔ `tokens.rs`, `_vector` ↔
+`similarity.rs`, `_rowbinary` ↔ `rowbinary.rs`.
+"""
+
+from __future__ import annotations
+
+from ._cache_key import cache_key, context_key, embed_text
+from ._errors import CoreError, RowBinaryError
+from ._rowbinary import encode_rowbinary
+from ._tokens import count_chat_tokens, count_tokens, encoding_for_model
+from ._vector import VectorIndex
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CoreError",
+    "RowBinaryError",
+    "VectorIndex",
+    "__version__",
+    "cache_key",
+    "context_key",
+    "count_chat_tokens",
+    "count_tokens",
+    "embed_text",
+    "encode_rowbinary",
+    "encoding_for_model",
+]

@@ -1,0 +1,94 @@
+"""Twin of `rust_core/src/similarity.rs`: cosine top-k in pure Python (no numpy).
+
+Same arithmetic as the Rust side: the norm is summed sequentially in float64,
+components are rounded to float32 after normalising (`array("f")`), and scores
+are float64 sums of exact float32 products, so the two agree to ~1e-15.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from array import array
+from collections.abc import Sequence
+from operator import mul
+from typing import Any
+
+from ._errors import CoreError
+
+
+def _floats(vector: Any) -> list[float]:
+    try:
+        mv = memoryview(vector)
+    except TypeError:
+        mv = None
+    if mv is not None and mv.format in ("f", "d", "<f", "<d", "=f", "=d"):
+        if mv.ndim != 1:
+            raise CoreError("vector must be a 1-D sequence or buffer of floats")
+        return mv.tolist()  # type: ignore[return-value]
+    try:
+        return [float(x) for x in vector]
+    except (TypeError, ValueError):
+        raise CoreError("vector must be a 1-D sequence or buffer of floats") from None
+
+
+class VectorIndex:
+    """namespace → (id → unit vector); `search` returns the best ids by cosine."""
+
+    def __init__(self, dim: int) -> None:
+        if dim <= 0:
+            raise CoreError("dimension must be positive")
+        self._dim = dim
+        self._spaces: dict[str, dict[str, array[float]]] = {}
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def _normalise(self, vector: Sequence[float] | Any) -> array[float]:
+        v = _floats(vector)
+        if len(v) != self._dim:
+            raise CoreError(f"vector has {len(v)} dimensions, the index has {self._dim}")
+        sq = 0.0
+        for x in v:
+            if not math.isfinite(x):
+                raise CoreError("vector has a non-finite component")
+            sq += x * x
+        norm = math.sqrt(sq)
+        if norm == 0.0:
+            raise CoreError("zero vector has no direction")
+        if not math.isfinite(norm):
+            raise CoreError("vector norm overflows")
+        return array("f", [x / norm for x in v])
+
+    def add(self, namespace: str, id: str, vector: Sequence[float] | Any) -> None:
+        self._spaces.setdefault(namespace, {})[id] = self._normalise(vector)
+
+    def remove(self, namespace: str, id: str) -> bool:
+        space = self._spaces.get(namespace)
+        if space is None or id not in space:
+            return False
+        del space[id]
+        if not space:
+            del self._spaces[namespace]
+        return True
+
+    def search(
+        self, namespace: str, query: Sequence[float] | Any, k: int, threshold: float
+    ) -> list[tuple[str, float]]:
+        q = self._normalise(query).tolist()
+        space = self._spaces.get(namespace)
+        if not space or k <= 0:
+            return []
+        hits = []
+        for id, row in space.items():
+            score = math.fsum(map(mul, row, q))
+            if score >= threshold:
+                hits.append((-score, id))
+        return [(id, -neg) for neg, id in heapq.nsmallest(k, hits)]
+
+    def namespace_len(self, namespace: str) -> int:
+        return len(self._spaces.get(namespace, ()))
+
+    def __len__(self) -> int:
+        return sum(map(len, self._spaces.values()))
