@@ -57,8 +57,26 @@ class Settings:
     fallbacks: tuple[tuple[str, tuple[str, ...]], ...] = ()  # model -> alternatives
     providers: tuple[ProviderSettings, ...] = ()
     mock_latency_ms: float = 0.0
+    # Response cache (docs/cache.md).
+    cache_enabled: bool = True
+    cache_ttl_s: float = 86400.0
+    cache_max_bytes: int = 256 * 1024 * 1024
+    cache_multi_choice: str = "bypass"  # n > 1: bypass | cache
+    cache_max_temperature: float | None = None  # above it: bypass; None: no bound
+    cache_lock_wait_s: float = 30.0
+    semantic_cache: bool = False
+    semantic_threshold: float = 0.90
+    embedding_model: str = "local/all-minilm-l6-v2"
     events_buffer: int = 100_000
     log_level: str = "info"
+    # Event pipeline and self-hosted backends (docs/pipeline.md).
+    spool_dir: Path | None = None  # default: data_dir / "spool"
+    events_batch_size: int = 5000  # flush to ClickHouse at N events...
+    events_flush_ms: float = 1000.0  # ...or after T ms, whichever comes first
+    spool_max_bytes: int = 1 << 30  # events not yet in ClickHouse, on disk
+    pg_pool_size: int = 10
+    redis_fail_mode: Literal["open", "closed"] = "open"  # open: degrade to in-process
+    event_ttl_days: int = 90  # raw events; 0 keeps them forever
 
     def provider(self, name: str) -> ProviderSettings | None:
         return next((p for p in self.providers if p.name == name), None)
@@ -234,4 +252,44 @@ def load_settings(
         mock_latency_ms=r.number("WATCHLLM_MOCK_LATENCY_MS", 0.0),
         events_buffer=r.integer("WATCHLLM_EVENTS_BUFFER", 100_000, minimum=1),
         log_level=log_level,
+        **_pipeline_settings(r),
+        **_cache_settings(r),
     )
+
+
+def _pipeline_settings(r: _Reader) -> dict[str, Any]:
+    fail_mode = r.text("WATCHLLM_REDIS_FAIL_MODE", "open").lower()
+    if fail_mode not in ("open", "closed"):
+        raise SettingsError(f"WATCHLLM_REDIS_FAIL_MODE must be open or closed, got {fail_mode!r}")
+    spool = r.text("WATCHLLM_SPOOL_DIR")
+    return {
+        "spool_dir": Path(spool) if spool else None,
+        "events_batch_size": r.integer("WATCHLLM_EVENTS_BATCH_SIZE", 5000, minimum=1),
+        "events_flush_ms": r.number("WATCHLLM_EVENTS_FLUSH_MS", 1000.0, minimum=1.0),
+        "spool_max_bytes": r.integer("WATCHLLM_SPOOL_MAX_BYTES", 1 << 30, minimum=1 << 20),
+        "pg_pool_size": r.integer("WATCHLLM_PG_POOL_SIZE", 10, minimum=1),
+        "redis_fail_mode": fail_mode,
+        "event_ttl_days": r.integer("WATCHLLM_EVENT_TTL_DAYS", 90),
+    }
+
+
+def _cache_settings(r: _Reader) -> dict[str, Any]:
+    multi = r.text("WATCHLLM_CACHE_MULTI_CHOICE", "bypass")
+    if multi not in ("bypass", "cache"):
+        raise SettingsError(f"WATCHLLM_CACHE_MULTI_CHOICE must be bypass or cache, got {multi!r}")
+    max_temp = r.text("WATCHLLM_CACHE_MAX_TEMPERATURE")
+    threshold = r.number("WATCHLLM_SEMANTIC_THRESHOLD", 0.90)
+    if threshold > 1:
+        raise SettingsError(f"WATCHLLM_SEMANTIC_THRESHOLD must be <= 1, got {threshold}")
+    return {
+        "cache_enabled": r.flag("WATCHLLM_CACHE", True),
+        "cache_ttl_s": r.number("WATCHLLM_CACHE_TTL", 86400.0),
+        "cache_max_bytes": r.integer("WATCHLLM_CACHE_MAX_BYTES", 256 * 1024 * 1024, minimum=0),
+        "cache_multi_choice": multi,
+        "cache_max_temperature": r.number("WATCHLLM_CACHE_MAX_TEMPERATURE", 0.0)
+        if max_temp else None,
+        "cache_lock_wait_s": r.number("WATCHLLM_CACHE_LOCK_WAIT", 30.0),
+        "semantic_cache": r.flag("WATCHLLM_SEMANTIC_CACHE", False),
+        "semantic_threshold": threshold,
+        "embedding_model": r.text("WATCHLLM_EMBEDDING_MODEL", "local/all-minilm-l6-v2"),
+    }

@@ -147,15 +147,14 @@ def test_anthropic_translation(client: openai.OpenAI, upstream: Server, stream: 
 def test_anthropic_tool_calls(client: openai.OpenAI) -> None:
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
         "type": "object", "properties": {"city": {"type": "string"}}}}}]
-    extra = {"mock": {"tool_call": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}}
     reply = client.chat.completions.create(model="claude-sonnet-4-5", messages=MSG, tools=tools,
-                                           extra_body=extra)
+                                           tool_choice="required")
     call = reply.choices[0].message.tool_calls[0]
-    assert (call.function.name, call.function.arguments) == ("get_weather", '{"city":"Paris"}')
+    assert (call.function.name, call.function.arguments) == ("get_weather", '{"city":"mock"}')
     assert reply.choices[0].finish_reason == "tool_calls"
     args = "".join(
         tc.function.arguments or ""
         for c in client.chat.completions.create(model="claude-sonnet-4-5", messages=MSG,
-                                                tools=tools, extra_body=extra, stream=True)
+                                                tools=tools, tool_choice="required", stream=True)
         if c.choices for tc in (c.choices[0].delta.tool_calls or []))
-    assert args == '{"city": "Paris"}'
+    assert args == '{"city":"mock"}'

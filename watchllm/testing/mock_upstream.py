@@ -146,7 +146,7 @@ class MockUpstream:
         text = mock.reply_text(as_openai)
         usage = {"input_tokens": 11, "output_tokens": len(text.split())}
         msg_id = f"msg_{time.time_ns()}"
-        tool = (data.get("mock") or {}).get("tool_call") if data.get("tools") else None
+        tool = _forced_tool(data)
         content: list[dict[str, Any]] = [{"type": "text", "text": text}]
         if tool:
             content.append({"type": "tool_use", "id": "toolu_1", "name": tool["name"],
@@ -183,6 +183,16 @@ class MockUpstream:
         events.append(ev("message_stop", {}))
         script = data.get("mock") or {}
         await self._stream(events, float(script.get("chunk_delay_ms", 0)) / 1000, receive, send)
+
+
+def _forced_tool(data: dict[str, Any]) -> dict[str, Any] | None:
+    """When tool use is required, call the (named or first) tool with "mock" arguments."""
+    choice = data.get("tool_choice") or {}
+    if not data.get("tools") or choice.get("type") not in ("any", "tool"):
+        return None
+    tool = next((t for t in data["tools"] if t["name"] == choice.get("name")), data["tools"][0])
+    props = (tool.get("input_schema") or {}).get("properties") or {}
+    return {"name": tool["name"], "arguments": orjson.dumps({p: "mock" for p in props}).decode()}
 
 
 app = MockUpstream(fixed=os.environ.get("WATCHLLM_MOCK_FIXED") == "1")
