@@ -94,10 +94,13 @@ class _Parser:
             if self.i >= len(self.s):
                 raise ValueError("unterminated string")
             c = self.s[self.i]
-            if c == 39:  # '
+            if c == 39 and self.s[self.i + 1 : self.i + 2] == b"'":  # '' is a quote
+                out.append(39)
+                self.i += 2
+            elif c == 39:  # '
                 self.i += 1
                 break
-            if c == 92:  # backslash
+            elif c == 92:  # backslash
                 if self.i + 1 >= len(self.s):
                     raise ValueError("unterminated string")
                 out.append(self.s[self.i + 1])

@@ -125,13 +125,17 @@ impl Parser<'_> {
             .ok_or_else(|| format!("expected an integer at offset {start}"))
     }
 
-    /// A single-quoted string with backslash escapes.
+    /// A single-quoted string with backslash escapes (`\\'`) or doubled quotes (`''`).
     fn quoted(&mut self) -> Result<String, String> {
         self.eat(b'\'')?;
         let mut out = Vec::new();
         loop {
             match self.s.get(self.i) {
                 None => return Err("unterminated string".into()),
+                Some(b'\'') if self.s.get(self.i + 1) == Some(&b'\'') => {
+                    out.push(b'\'');
+                    self.i += 2;
+                }
                 Some(b'\'') => {
                     self.i += 1;
                     break;

@@ -1,0 +1,271 @@
+"""Micro-benchmarks of the core: Rust (`watchllm._core`) vs the pure-Python twin vs
+the obvious baseline, all measured in the same run. Not part of the test suite.
+
+    .venv/bin/python bench/micro/run.py [--quick]
+
+Prints a Markdown table; docs/core.md records a run with this exact command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np
+import orjson
+
+from watchllm import _core as rust
+from watchllm import _twins as twin
+from watchllm.events.schema import EVENTS_COLUMNS
+
+ROWS: list[tuple[str, str, str, str]] = []
+
+
+def best(fn: Callable[[], Any], *, min_time: float = 0.2, repeat: int = 5) -> float:
+    """Best-of-`repeat` seconds per call, each repeat running ≥ `min_time`."""
+    fn()
+    n = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        dt = time.perf_counter() - t0
+        if dt >= min_time / 4:
+            break
+        n *= 4
+    n = max(1, int(n * min_time / max(dt, 1e-9) / 4) or 1)
+    times = []
+    for _ in range(repeat):
+        gc.disable()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        times.append((time.perf_counter() - t0) / n)
+        gc.enable()
+    return min(times)
+
+
+def fmt_time(s: float) -> str:
+    if s < 1e-3:
+        return f"{s * 1e6:.2f} µs"
+    if s < 1:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s:.2f} s"
+
+
+def row(bench: str, impl: str, value: str, note: str = "") -> None:
+    ROWS.append((bench, impl, value, note))
+    print(f"  {bench:<28} {impl:<34} {value:>14}  {note}", flush=True)
+
+
+def chat_body() -> bytes:
+    return json.dumps(
+        {
+            "model": "gpt-4o-mini",
+            "messages": [
+                {"role": "system", "content": "You are a concise support assistant for an e-commerce site. " * 3},
+                {"role": "user", "content": "My order #48213 has not arrived yet, it has been 9 days."},
+                {"role": "assistant", "content": "I'm sorry to hear that. Could you confirm the shipping address?"},
+                {"role": "user", "content": "Sure: 221B Baker Street, London. Can you check the carrier status?"},
+            ],
+            "tools": [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": "track_order",
+                        "description": "Look up the carrier status of an order.",
+                        "parameters": {
+                            "type": "object",
+                            "properties": {"order_id": {"type": "string", "description": "The order number"}},
+                            "required": ["order_id"],
+                        },
+                    },
+                }
+            ],
+            "temperature": 0.2,
+            "max_tokens": 300,
+            "user": "u-123",
+            "stream": True,
+        }
+    ).encode()
+
+
+def bench_keys() -> None:
+    body = chat_body()
+    print(f"cache_key: chat body of {len(body)} bytes")
+
+    def baseline() -> str:
+        canon = orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS)
+        return hashlib.blake2b(canon, digest_size=16).hexdigest()
+
+    t_rust = best(lambda: rust.cache_key(body, "proj"))
+    t_twin = best(lambda: twin.cache_key(body, "proj"))
+    t_base = best(baseline)
+    row("cache_key (1.4 KB body)", "rust _core", fmt_time(t_rust), f"{t_twin / t_rust:.1f}x twin")
+    row("cache_key (1.4 KB body)", "python twin", fmt_time(t_twin))
+    row("cache_key (1.4 KB body)", "orjson sort_keys + blake2b", fmt_time(t_base), f"rust = {t_base / t_rust:.2f}x")
+    t_ctx = best(lambda: rust.context_key(body, "proj"))
+    row("context_key", "rust _core", fmt_time(t_ctx), f"{best(lambda: twin.context_key(body, 'proj')) / t_ctx:.1f}x twin")
+
+
+def bench_tokens() -> None:
+    import tiktoken  # the package, built offline from the same ranks
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests", "core"))
+    from test_tokens import tiktoken_encoding  # type: ignore[import-not-found]
+
+    prose = open(__file__, encoding="utf-8").read()[:2000] + " Überprüfung 東京タワー 😀 " * 10
+    for enc in ("o200k_base", "cl100k_base"):
+        tk = tiktoken_encoding(enc)
+        assert isinstance(tk, tiktoken.Encoding)
+        expected = len(tk.encode_ordinary(prose))
+        assert rust.count_tokens(prose, enc) == expected == twin.count_tokens(prose, enc)
+        name = f"count_tokens {enc} ({len(prose)} ch)"
+        t_rust = best(lambda: rust.count_tokens(prose, enc))  # noqa: B023
+        t_tk = best(lambda: len(tk.encode_ordinary(prose)))  # noqa: B023
+        t_twin = best(lambda: twin.count_tokens(prose, enc), min_time=0.5, repeat=3)  # noqa: B023
+        row(name, "rust _core", fmt_time(t_rust), f"{expected} tokens; {t_tk / t_rust:.2f}x tiktoken")
+        row(name, "tiktoken package (same ranks)", fmt_time(t_tk))
+        row(name, "python twin (BPE cache warm)", fmt_time(t_twin))
+    body = chat_body()
+    t = best(lambda: rust.count_chat_tokens(body))
+    row("count_chat_tokens (chat body)", "rust _core", fmt_time(t), f"{best(lambda: twin.count_chat_tokens(body)) / t:.1f}x twin")
+
+
+def bench_topk(n: int) -> None:
+    dim, k = 384, 10
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((n, dim), dtype=np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    q = rng.standard_normal(dim).astype(np.float32)
+    ix = rust.VectorIndex(dim)
+    for i in range(n):
+        ix.add("ns", str(i), data[i])
+    mb = n * dim * 4 / 1e6
+    print(f"top-k: {n} x {dim} float32 = {mb:.0f} MB, k={k}")
+
+    def numpy_topk() -> list[int]:
+        scores = data @ q
+        top = np.argpartition(-scores, k)[:k]
+        return top[np.argsort(-scores[top])].tolist()
+
+    got = [int(i) for i, _ in ix.search("ns", q, k, -1.0)]
+    assert got == numpy_topk(), "rust top-k disagrees with numpy"
+    big = np.ones(100_000_000, dtype=np.float32)  # 400 MB, far beyond the caches
+    t_bw = best(lambda: big.sum(), min_time=0.5, repeat=5)
+    bw = big.nbytes / t_bw / 1e9
+    del big
+    t_rust = best(lambda: ix.search("ns", q, k, -1.0), min_time=0.5)
+    t_np = best(numpy_topk, min_time=0.5)
+    gbs = mb / 1e3 / t_rust
+    row("memory bandwidth", "numpy float32 sum (400 MB)", f"{bw:.1f} GB/s", "single core, read")
+    row(f"top-{k} of {n // 1000}k x {dim}", "rust VectorIndex.search", fmt_time(t_rust), f"{gbs:.1f} GB/s = {100 * gbs / bw:.0f}% of bandwidth")
+    row(f"top-{k} of {n // 1000}k x {dim}", "numpy matmul + argpartition", fmt_time(t_np), f"rust = {t_np / t_rust:.2f}x")
+    small = 2_000
+    tw = twin.VectorIndex(dim)
+    for i in range(small):
+        tw.add("ns", str(i), data[i])
+    t_twin = best(lambda: tw.search("ns", q, k, -1.0), min_time=0.3, repeat=3) * n / small
+    row(f"top-{k} of {n // 1000}k x {dim}", "python twin (extrapolated from 2k)", fmt_time(t_twin))
+
+
+def event_row(i: int) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "event_type": "prompt_call",
+        "project_id": "proj_1",
+        "timestamp": 1_763_856_000_000 + i,
+        "run_id": f"run-{i // 10}",
+        "user_id": "user-42",
+        "tags": ["prod", "chat", "support"],
+        "release": "1.2.3",
+        "env": "production",
+        "client_hostname": "gateway-1",
+        "client_sdk_version": "watchllm/0.1.0",
+        "client_platform": "linux",
+        "endpoint": "/v1/chat/completions",
+        "prompt": ("Summarise this support ticket in two sentences, keep the order id. " * 3)[:200],
+        "response": ("The customer reports that order 48213 has not arrived after nine days. " * 6)[:400],
+        "model": "gpt-4o-mini",
+        "provider": "openai",
+        "tokens_input": 120 + i % 50,
+        "tokens_output": 230,
+        "tokens_cached": 0,
+        "cost_estimate_usd": 0.000153,
+        "cost_saved_usd": 0.0,
+        "latency_ms": 812.5,
+        "time_to_first_token_ms": 120.25,
+        "status": "ok",
+        "http_status": 200,
+        "cache_status": "MISS",
+        "request_id": f"req_{i:08d}",
+        "key_id": "key_abc",
+        "error_type": "",
+        "error_message": "",
+        "metadata": {"team": "support", "feature": "summary"},
+        "properties": '{"temperature":0.2}',
+    }
+
+
+def bench_rowbinary(n: int) -> None:
+    import clickhouse_connect
+
+    cols = list(EVENTS_COLUMNS)
+    names = [c for c, _ in cols]
+    events = [event_row(i) for i in range(n)]
+    assert rust.encode_rowbinary(cols, events[:100]) == twin.encode_rowbinary(cols, events[:100])
+    print(f"RowBinary: {n} prompt_call events, {len(cols)} columns")
+    t_rust = best(lambda: rust.encode_rowbinary(cols, events), min_time=0.5)
+    t_twin = best(lambda: twin.encode_rowbinary(cols, events), min_time=1.0, repeat=2)
+    row("encode_rowbinary (events)", "rust _core", f"{n / t_rust:,.0f} rows/s", f"{t_twin / t_rust:.0f}x twin")
+    row("encode_rowbinary (events)", "python twin", f"{n / t_twin:,.0f} rows/s")
+    with tempfile.TemporaryDirectory(prefix="watchllm-bench-") as path:
+        client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
+        ddl = ", ".join(f"`{c}` {t}" for c, t in cols)
+        client.command(f"CREATE TABLE ev ({ddl}) ENGINE = Memory")
+        matrix = [[e[c] for c in names] for e in events]
+        for e in matrix:  # clickhouse-connect wants datetimes for DateTime64 columns
+            e[3] = np.datetime64(e[3], "ms").astype(object)
+
+        def cc_insert() -> None:
+            client.insert("ev", matrix, column_names=names)
+
+        def our_insert() -> None:
+            client.raw_insert("ev", names, insert_block=rust.encode_rowbinary(cols, events), fmt="RowBinary")
+
+        t_cc = best(cc_insert, min_time=1.0, repeat=3)
+        t_ours = best(our_insert, min_time=1.0, repeat=3)
+        count = client.query("SELECT count() FROM ev").result_rows[0][0]
+        assert count > 0
+        row("insert into chDB (events)", "clickhouse-connect client.insert", f"{n / t_cc:,.0f} rows/s")
+        row("insert into chDB (events)", "encode_rowbinary + raw_insert", f"{n / t_ours:,.0f} rows/s", f"{t_cc / t_ours:.1f}x clickhouse-connect")
+        client.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    args = ap.parse_args()
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, numpy {np.__version__}")
+    bench_keys()
+    bench_tokens()
+    bench_topk(10_000 if args.quick else 100_000)
+    bench_rowbinary(2_000 if args.quick else 20_000)
+    print("\n| benchmark | implementation | result | note |\n| --- | --- | --- | --- |")
+    for r in ROWS:
+        print("| " + " | ".join(r) + " |")
+
+
+if __name__ == "__main__":
+    main()

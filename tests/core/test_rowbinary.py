@@ -1,0 +1,245 @@
+"""RowBinary: twin bytes == extension bytes, errors name the row and column, and
+chDB (the real ClickHouse engine) reads the bytes back into the same values."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import uuid
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from watchllm.events.schema import EVENTS_COLUMNS
+
+ALL_TYPES: list[tuple[str, str]] = [
+    ("s", "String"),
+    ("fs", "FixedString(4)"),
+    ("lc", "LowCardinality(String)"),
+    ("ns", "Nullable(String)"),
+    ("arr", "Array(LowCardinality(String))"),
+    ("arr_n", "Array(Nullable(Int32))"),
+    ("m", "Map(String, String)"),
+    ("m_i", "Map(LowCardinality(String), Array(UInt8))"),
+    ("e8", "Enum8('a' = 1, 'b' = 2, 'it''s' = -3)"),
+    ("e16", "Enum16('x' = 1000, 'y' = -1000)"),
+    ("ts", "DateTime64(3, 'UTC')"),
+    ("ts6", "DateTime64(6)"),
+    ("d", "DateTime('UTC')"),
+    ("day", "Date"),
+    ("u8", "UInt8"),
+    ("u16", "UInt16"),
+    ("u32", "UInt32"),
+    ("u64", "UInt64"),
+    ("i8", "Int8"),
+    ("i16", "Int16"),
+    ("i32", "Int32"),
+    ("i64", "Int64"),
+    ("f32", "Float32"),
+    ("f64", "Float64"),
+    ("nf32", "Nullable(Float32)"),
+    ("b", "Bool"),
+    ("id", "UUID"),
+]
+REQUIRED = {"e8", "e16", "ts", "ts6", "d", "day", "id"}
+
+
+def ints(bits: int, signed: bool) -> st.SearchStrategy[int]:
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    return st.integers(lo, hi)
+
+
+strings = st.text(max_size=12)
+value_strategies: dict[str, st.SearchStrategy[Any]] = {
+    "s": strings | st.binary(max_size=5),
+    "fs": st.text(alphabet="abcé", max_size=2),
+    "lc": strings,
+    "ns": st.none() | strings,
+    "arr": st.lists(strings, max_size=3) | st.tuples(strings),
+    "arr_n": st.lists(st.none() | ints(32, True), max_size=3),
+    "m": st.dictionaries(strings, strings, max_size=3),
+    "m_i": st.dictionaries(strings, st.lists(ints(8, False), max_size=2), max_size=2),
+    "e8": st.sampled_from(["a", "b", "it's"]),
+    "e16": st.sampled_from(["x", "y"]),
+    "ts": st.integers(0, 2**41) | st.datetimes(min_value=dt.datetime(1970, 1, 2), timezones=st.none() | st.just(dt.UTC)),
+    "ts6": st.integers(-(2**50), 2**50),
+    "d": st.integers(0, 2**32 - 1),
+    "day": st.integers(0, 40000) | st.dates(min_value=dt.date(1970, 1, 1), max_value=dt.date(2149, 6, 6)),
+    "u8": ints(8, False),
+    "u16": ints(16, False),
+    "u32": ints(32, False),
+    "u64": ints(64, False),
+    "i8": ints(8, True),
+    "i16": ints(16, True),
+    "i32": ints(32, True),
+    "i64": ints(64, True),
+    "f32": st.floats(width=32) | st.integers(-(2**40), 2**40),
+    "f64": st.floats(),
+    "nf32": st.none() | st.floats(width=32),
+    "b": st.booleans(),
+    "id": st.uuids() | st.uuids().map(str) | st.uuids().map(lambda u: u.hex.upper()),
+}
+
+
+@st.composite
+def rows(draw: st.DrawFn, valid: bool = True) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for name, _ in ALL_TYPES:
+        if name in REQUIRED or draw(st.booleans()):
+            row[name] = draw(value_strategies[name])
+    if not valid:
+        name = draw(st.sampled_from([n for n, _ in ALL_TYPES]))
+        row[name] = draw(
+            st.sampled_from([None, 1.5, "x", b"y", -1, 2**64, 2**70, [1], {"k": 1}, True, math.nan, 1e300, "\ud800"])
+        )
+    return row
+
+
+@settings(max_examples=200, deadline=None)
+@given(batch=st.lists(rows(), max_size=5))
+def test_twin_bytes_equal_rust_bytes(rust: ModuleType, twin: ModuleType, batch: list[dict[str, Any]]) -> None:
+    assert twin.encode_rowbinary(ALL_TYPES, batch) == rust.encode_rowbinary(ALL_TYPES, batch)
+
+
+@settings(max_examples=300, deadline=None)
+@given(batch=st.lists(rows(valid=False), min_size=1, max_size=3))
+def test_twin_and_rust_fail_alike(rust: ModuleType, twin: ModuleType, batch: list[dict[str, Any]]) -> None:
+    outcomes = []
+    for mod in (rust, twin):
+        try:
+            outcomes.append(mod.encode_rowbinary(ALL_TYPES, batch))
+        except mod.RowBinaryError as e:
+            assert isinstance(e, mod.CoreError)
+            assert f"row {e.row}, column '{e.column}'" in str(e)
+            outcomes.append((e.row, e.column))
+    assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.parametrize("backend", ["rust", "twin"])
+def test_errors_name_row_and_column(backend: str, rust: ModuleType, twin: ModuleType) -> None:
+    mod = rust if backend == "rust" else twin
+    cols = [("a", "String"), ("n", "UInt8"), ("e", "Enum8('x' = 1)")]
+    good = {"a": "ok", "n": 1, "e": "x"}
+    cases = [({"a": 1, "e": "x"}, "a"), ({"n": 256, "e": "x"}, "n"), ({"e": "nope"}, "e"), ({"a": "x"}, "e")]
+    for bad, column in cases:
+        with pytest.raises(mod.RowBinaryError) as info:
+            mod.encode_rowbinary(cols, [good, good, bad])
+        assert (info.value.row, info.value.column) == (2, column)
+        assert f"row 2, column '{column}'" in str(info.value)
+    with pytest.raises(mod.RowBinaryError) as info:
+        mod.encode_rowbinary(cols, [good, ["not", "a", "dict"]])
+    assert info.value.row == 1
+    with pytest.raises(mod.CoreError):
+        mod.encode_rowbinary([("a", "Decimal(10, 2)")], [])
+
+
+def ddl(table: str, columns: list[tuple[str, str]]) -> str:
+    cols = ", ".join(f"`{n}` {t}" for n, t in columns)
+    return f"CREATE TABLE {table} ({cols}) ENGINE = Memory"
+
+
+@pytest.mark.parametrize("backend", ["rust", "twin"])
+def test_chdb_reads_back_all_types(backend: str, rust: ModuleType, twin: ModuleType, chdb_client: Any) -> None:
+    mod = rust if backend == "rust" else twin
+    table = f"rb_all_{backend}"
+    chdb_client.command(f"DROP TABLE IF EXISTS {table}")
+    chdb_client.command(ddl(table, ALL_TYPES))
+    u = uuid.UUID("12345678-9abc-def0-1234-56789abcdef0")
+    full = {
+        "s": "héllo\n\0", "fs": "ab", "lc": "lc", "ns": "n", "arr": ["x", "y"], "arr_n": [1, None, -5],
+        "m": {"k": "v", "é": ""}, "m_i": {"a": [1, 2]}, "e8": "it's", "e16": "y",
+        "ts": 1_700_000_000_123, "ts6": -1_500_000, "d": 4_000_000_000, "day": dt.date(2024, 2, 29),
+        "u8": 255, "u16": 65535, "u32": 2**32 - 1, "u64": 2**64 - 1, "i8": -128, "i16": -32768,
+        "i32": -(2**31), "i64": -(2**63), "f32": 1.5, "f64": -0.1, "nf32": None, "b": True, "id": u,
+    }
+    sparse = {"e8": "a", "e16": "x", "ts": dt.datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC),
+              "ts6": dt.datetime(1969, 12, 31, 23, 59, 59, 999999), "d": 0, "day": 0, "id": str(u).upper()}
+    data = mod.encode_rowbinary(ALL_TYPES, [full, sparse])
+    chdb_client.raw_insert(table, [n for n, _ in ALL_TYPES], insert_block=data, fmt="RowBinary")
+    got = chdb_client.query(f"SELECT * FROM {table}").result_rows
+    assert len(got) == 2
+    row_full, row_sparse = (dict(zip([n for n, _ in ALL_TYPES], r, strict=True)) for r in got)
+    expected_full = dict(full)
+    expected_full.update(
+        fs=b"ab\0\0", ts=dt.datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=dt.UTC),
+        ts6=dt.datetime(1969, 12, 31, 23, 59, 58, 500000), d=dt.datetime(2096, 10, 2, 7, 6, 40, tzinfo=dt.UTC), f64=-0.1,
+    )
+    for k, v in expected_full.items():
+        actual = row_full[k]
+        if isinstance(actual, str) and isinstance(v, bytes):
+            actual = actual.encode()
+        if isinstance(actual, dt.datetime) and actual.tzinfo is None and v.tzinfo is not None:
+            actual = actual.replace(tzinfo=dt.UTC)
+        if k == "fs" and isinstance(actual, str):
+            actual = actual.encode()
+        assert actual == v, k
+    assert row_sparse["s"] == "" and row_sparse["ns"] is None and row_sparse["arr"] == [] and row_sparse["m"] == {}
+    assert row_sparse["u64"] == 0 and row_sparse["b"] is False and row_sparse["f32"] == 0.0
+    assert row_sparse["ts"].replace(tzinfo=dt.UTC) == dt.datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC)
+    assert row_sparse["ts6"].replace(tzinfo=None) == dt.datetime(1969, 12, 31, 23, 59, 59, 999999)
+    assert row_sparse["id"] == u and row_sparse["day"] == dt.date(1970, 1, 1)
+
+
+def event_row(i: int) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.UUID(int=i)),
+        "event_type": "prompt_call",
+        "project_id": "proj_1",
+        "timestamp": 1_763_856_000_000 + i,
+        "run_id": f"run-{i // 10}",
+        "user_id": "user-42",
+        "tags": ["prod", "chat"],
+        "release": "1.2.3",
+        "env": "production",
+        "client_hostname": "gateway-1",
+        "client_sdk_version": "watchllm/0.1.0",
+        "client_platform": "linux",
+        "endpoint": "/v1/chat/completions",
+        "prompt": "Summarise the following support ticket in two sentences. " * 4,
+        "response": "The customer reports intermittent failures when exporting reports. " * 6,
+        "model": "gpt-4o-mini",
+        "provider": "openai",
+        "tokens_input": 120 + i % 50,
+        "tokens_output": 230,
+        "tokens_cached": 0,
+        "cost_estimate_usd": 0.000153,
+        "cost_saved_usd": 0.0,
+        "latency_ms": 812.5,
+        "time_to_first_token_ms": None if i % 2 else 120.25,
+        "status": "ok",
+        "http_status": 200,
+        "cache_status": "MISS",
+        "request_id": f"req_{i:08d}",
+        "key_id": "key_abc",
+        "error_type": "",
+        "error_message": "",
+        "metadata": {"team": "support", "feature": "summary"},
+        "properties": '{"temperature":0.2}',
+    }
+
+
+@pytest.mark.parametrize("backend", ["rust", "twin"])
+def test_chdb_reads_back_events(backend: str, rust: ModuleType, twin: ModuleType, chdb_client: Any) -> None:
+    mod = rust if backend == "rust" else twin
+    table = f"rb_events_{backend}"
+    cols = list(EVENTS_COLUMNS)
+    chdb_client.command(f"DROP TABLE IF EXISTS {table}")
+    chdb_client.command(ddl(table, cols))
+    events = [event_row(i) for i in range(100)]
+    data = mod.encode_rowbinary(cols, events)
+    assert data == (twin if mod is rust else rust).encode_rowbinary(cols, events)
+    chdb_client.raw_insert(table, [n for n, _ in cols], insert_block=data, fmt="RowBinary")
+    got = chdb_client.query(f"SELECT * FROM {table} ORDER BY timestamp").result_rows
+    assert len(got) == 100
+    for ev, row in zip(events, got, strict=True):
+        back = dict(zip([n for n, _ in cols], row, strict=True))
+        for k, v in ev.items():
+            if k == "timestamp":
+                assert round(back[k].replace(tzinfo=dt.UTC).timestamp() * 1000) == v
+            elif k == "latency_ms":
+                assert back[k] == pytest.approx(v)
+            else:
+                assert back[k] == v, k
