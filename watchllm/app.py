@@ -17,9 +17,12 @@ from typing import Any
 
 from watchllm import core
 from watchllm.auth import Authenticator
+from watchllm.cache.embedder import make_embedder
+from watchllm.cache.service import ResponseCache
 from watchllm.env.base import Env
 from watchllm.errors import INTERNAL_ERROR_BODY, NotFoundError, WatchLLMError
 from watchllm.http.asgi import ClientDisconnected, Receive, Request, Scope, Send, send_body
+from watchllm.metadata.cached import ProjectSettingsCache
 from watchllm.metadata.store import MetadataStore
 from watchllm.proxy.context import ProxyContext
 from watchllm.proxy.router import ProviderRouter
@@ -62,6 +65,10 @@ class Gateway:
         self.store = MetadataStore(self._env.db)
         self.auth = Authenticator(self.store, self.settings)
         self.router = ProviderRouter(self.settings, self._env.http)
+        self.projects = ProjectSettingsCache(self.store, self.settings.key_cache_ttl_s)
+        vectors = self._env.vectors
+        embedder = make_embedder(self.settings.embedding_model, self.router) if vectors else None
+        self.cache = ResponseCache(self.settings, self._env.kv, vectors, embedder)
         log.info("watchllm started: mode=%s core=%s", self._env.mode, core.BACKEND)
 
     async def shutdown(self, drain_timeout_s: float = 30.0) -> None:

@@ -20,6 +20,11 @@ class Usage:
     cached: int = 0
     counted: bool = False  # True when we counted instead of the provider reporting
 
+    def as_openai(self) -> dict[str, Any]:
+        return {"prompt_tokens": self.prompt, "completion_tokens": self.completion,
+                "total_tokens": self.prompt + self.completion,
+                "prompt_tokens_details": {"cached_tokens": self.cached}}
+
 
 def _from_usage(u: Any) -> Usage | None:
     if not isinstance(u, dict):
@@ -29,6 +34,10 @@ def _from_usage(u: Any) -> Usage | None:
     details = u.get("prompt_tokens_details") or u.get("input_tokens_details") or {}
     cached = details.get("cached_tokens", 0) if isinstance(details, dict) else 0
     return Usage(int(prompt), int(completion), int(cached or 0))
+
+
+def from_usage_doc(u: Any) -> Usage:
+    return _from_usage(u) or Usage()
 
 
 def response_text(endpoint: str, doc: dict[str, Any]) -> str:
@@ -45,15 +54,17 @@ def response_text(endpoint: str, doc: dict[str, Any]) -> str:
     return ""
 
 
-def from_body(endpoint: str, body: bytes) -> tuple[Usage, str]:
-    """Usage and the generated text of a complete JSON response."""
+def from_body(endpoint: str, body: bytes) -> tuple[Usage, str, dict[str, Any] | None]:
+    """Usage, the generated text, and the raw usage object of a complete JSON response."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return Usage(), ""
+        return Usage(), "", None
     if not isinstance(doc, dict):
-        return Usage(), ""
-    return _from_usage(doc.get("usage")) or Usage(), response_text(endpoint, doc)
+        return Usage(), "", None
+    raw = doc.get("usage")
+    return _from_usage(raw) or Usage(), response_text(endpoint, doc), \
+        raw if isinstance(raw, dict) else None
 
 
 def from_stream(raw: bytes, request: dict[str, Any], request_body: bytes) -> tuple[Usage, str]:

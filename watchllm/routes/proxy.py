@@ -10,9 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from watchllm.cache import controls as cache_controls
+from watchllm.cache.entry import CacheEntry, as_json, as_sse, entry_from_stream
+from watchllm.cache.service import CacheHit, CachePlan
 from watchllm.errors import InvalidRequestError, UpstreamError, WatchLLMError
 from watchllm.events import usage as usage_mod
-from watchllm.http.asgi import SSE_HEADERS, RawHeaders, Request, Send, send_body
+from watchllm.http.asgi import JSON_HEADERS, SSE_HEADERS, RawHeaders, Request, Send, send_body
 from watchllm.proxy.anthropic_translate import error_message
 from watchllm.proxy.base import FORWARDED_HEADERS, UpstreamCall, UpstreamResult
 from watchllm.proxy.context import ProxyContext
@@ -69,8 +72,9 @@ def validate(endpoint: str, data: dict[str, Any]) -> tuple[str, bool]:
     return model, stream
 
 
-def _prompt_text(endpoint: str, raw: bytes) -> str:
-    return raw.decode("utf-8", "replace")
+def _include_usage(data: dict[str, Any]) -> bool:
+    options = data.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
 
 
 def response_headers(ctx: ProxyContext, upstream: dict[str, str]) -> RawHeaders:
@@ -120,14 +124,41 @@ async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
     raw, data = await req.json_object(gw.settings.max_body_bytes)
     ctx.model, ctx.stream = validate(ctx.endpoint, data)
     principal.check_model(ctx.model)
-    ctx.prompt = _prompt_text(ctx.endpoint, raw)
+    controls = cache_controls.parse(req.headers, data.get("watchllm"))
+    if "watchllm" in data:  # our control field never reaches the provider
+        data = {k: v for k, v in data.items() if k != "watchllm"}
+        raw = orjson.dumps(data)
+    ctx.prompt = raw.decode("utf-8", "replace")
     if isinstance(data.get("user"), str):
         ctx.user = data["user"]
-    headers = {k: req.headers[k] for k in FORWARDED_HEADERS if k in req.headers}
-    call = UpstreamCall(ctx.endpoint, raw, data, ctx.model, ctx.stream, headers)
-
     route = gw.router.resolve(ctx.model)
     ctx.provider = route.provider.name
+
+    project_cache = (await gw.projects.get(ctx.project_id)).get("cache") or {}
+    plan = gw.cache.plan(ctx.project_id, project_cache, controls, ctx.endpoint, raw, data)
+    ctx.cache_status = "BYPASS" if plan is None else "MISS"
+    if plan is not None:
+        hit = await gw.cache.lookup(plan)
+        if hit is None and plan.write:
+            hit = await gw.cache.wait_or_lead(plan)
+        if hit is not None:
+            await _replay(send, ctx, hit, data)
+            return
+    entry: CacheEntry | None = None
+    try:
+        headers = {k: req.headers[k] for k in FORWARDED_HEADERS if k in req.headers}
+        call = UpstreamCall(ctx.endpoint, raw, data, ctx.model, ctx.stream, headers)
+        entry = await _forward(gw, req, send, ctx, call, cache=plan is not None)
+    finally:
+        if plan is not None and plan.leader:
+            await gw.cache.complete(plan, entry)
+        elif plan is not None and entry is not None and plan.write:
+            await gw.cache.store(plan, entry)
+
+
+async def _forward(gw: Gateway, req: Request, send: Send, ctx: ProxyContext,
+                   call: UpstreamCall, cache: bool) -> CacheEntry | None:
+    """Send upstream and relay the answer; return a cache entry if it is one to keep."""
     result, route = await gw.router.send(call)
     ctx.provider = route.provider.name
     ctx.status = result.status
@@ -136,19 +167,31 @@ async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
         out_headers = response_headers(ctx, result.headers) + SSE_HEADERS
         outcome = await forward_stream(send, req.receive, result, out_headers, ctx.started)
         ctx.ttft_s = outcome.ttft_s
-        ctx.usage, ctx.response = usage_mod.from_stream(outcome.raw(), data, raw)
+        raw_stream = outcome.raw()
+        ctx.usage, ctx.response = usage_mod.from_stream(raw_stream, call.data, call.body)
         if outcome.disconnected:
             ctx.status, ctx.error_type = 499, "client_disconnected"
             ctx.error_message = "client disconnected mid-stream; upstream request cancelled"
-        elif outcome.error:
+            return None
+        if outcome.error:
             ctx.error_type, ctx.error_message = "upstream_stream_error", outcome.error
-        return
+            return None
+        if not cache:
+            return None
+        entry = entry_from_stream(ctx.endpoint, raw_stream)
+        if entry is not None:
+            entry.usage = entry.usage or ctx.usage.as_openai()
+            entry.cost_usd = ctx.cost_usd
+        return entry
 
     body = result.body or b""
     if result.status >= 500:
         raise _upstream_failure(ctx, result)
+    entry = None
     if result.status == 200:
-        ctx.usage, ctx.response = usage_mod.from_body(ctx.endpoint, body)
+        ctx.usage, ctx.response, usage_doc = usage_mod.from_body(ctx.endpoint, body)
+        if cache:
+            entry = CacheEntry(ctx.endpoint, body=body, usage=usage_doc, cost_usd=ctx.cost_usd)
     else:
         ctx.error_type, ctx.error_message = "upstream_error", error_message(body)
     ctx.ttft_s = ctx.elapsed_ms() / 1000
@@ -156,6 +199,28 @@ async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
     out.append((b"content-type", result.headers.get("content-type",
                                                     "application/json").encode("latin-1")))
     await send_body(send, result.status, body, out)
+    return entry
+
+
+async def _replay(send: Send, ctx: ProxyContext, hit: CacheHit, data: dict[str, Any]) -> None:
+    """Answer from the cache, in the form this request asked for."""
+    entry = hit.entry
+    ctx.status, ctx.cache_status = 200, hit.status
+    ctx.usage = usage_mod.from_usage_doc(entry.usage)
+    ctx.cost_saved_usd = entry.cost_usd
+    headers = response_headers(ctx, {})
+    headers.append((b"age", str(hit.age_s).encode()))
+    if hit.similarity is not None:
+        headers.append((b"x-watchllm-cache-similarity", f"{hit.similarity:.4f}".encode()))
+    if ctx.stream:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": headers + SSE_HEADERS})
+        for chunk in as_sse(entry, _include_usage(data)):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    else:
+        await send_body(send, 200, as_json(entry), headers + JSON_HEADERS)
+    ctx.ttft_s = ctx.elapsed_ms() / 1000
 
 
 async def list_models(gw: Gateway, req: Request, send: Send) -> None:

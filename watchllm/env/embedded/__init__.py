@@ -5,6 +5,7 @@ from __future__ import annotations
 from watchllm.env.base import Env
 from watchllm.env.embedded.memory import LruKeyValue, MemoryCounters
 from watchllm.env.embedded.sqlite import SqliteDatabase
+from watchllm.env.embedded.vectors import CoreVectorIndex
 from watchllm.env.http_aiohttp import AiohttpClient
 from watchllm.events.memory_queue import MemoryEventQueue
 from watchllm.metadata.migrate import migrate
@@ -31,9 +32,10 @@ async def build_env(settings: Settings) -> Env:
         mode="embedded",
         settings=settings,
         db=db,
-        kv=LruKeyValue(),
+        kv=LruKeyValue(settings.cache_max_bytes),
         counters=MemoryCounters(),
         events=MemoryEventQueue(settings.events_buffer),
         http=AiohttpClient(settings.upstream_pool_size),
+        vectors=CoreVectorIndex(),
         checks={"metadata": check_db},
     )

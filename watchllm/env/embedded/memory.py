@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
+
+from watchllm.limits.ops import MemoryLimiter, Op, Outcome
 
 
 class LruKeyValue:
@@ -73,6 +76,10 @@ class LruKeyValue:
 class MemoryCounters:
     def __init__(self) -> None:
         self._data: dict[str, tuple[float, float]] = {}
+        self._limiter = MemoryLimiter()
+
+    async def apply(self, ops: Sequence[Op], now_ms: int | None = None) -> Outcome:
+        return await self._limiter.apply(ops, now_ms)
 
     async def incr(self, key: str, amount: float, ttl_s: float) -> float:
         now = time.monotonic()

@@ -1,0 +1,1 @@
+"""Response cache: exact and semantic, streaming-aware, single-flight (docs/cache.md)."""
