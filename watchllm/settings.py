@@ -77,6 +77,17 @@ class Settings:
     pg_pool_size: int = 10
     redis_fail_mode: Literal["open", "closed"] = "open"  # open: degrade to in-process
     event_ttl_days: int = 90  # raw events; 0 keeps them forever
+    # Limits, prices, provider keys (docs/limits.md, docs/pricing.md). Per-key rate defaults
+    # apply when neither the key nor its project's plan sets one; None = unlimited.
+    default_rpm: int | None = None
+    default_tpm: int | None = None
+    default_max_concurrent: int | None = None
+    limits_fail_mode: Literal["open", "closed"] = "open"  # when the counters backend is down
+    limits_timeout_s: float = 1.0  # one limits round trip; slower counts as backend down
+    limits_lease_s: float = 900.0  # a concurrency slot frees itself after this (crashed worker)
+    prices_file: str = ""  # JSON merged over the shipped price table
+    master_key: str = field(default="", repr=False)  # AES-256-GCM key for provider keys
+    master_key_previous: tuple[str, ...] = field(default=(), repr=False)  # rotation: old keys
 
     def provider(self, name: str) -> ProviderSettings | None:
         return next((p for p in self.providers if p.name == name), None)
@@ -254,6 +265,7 @@ def load_settings(
         log_level=log_level,
         **_pipeline_settings(r),
         **_cache_settings(r),
+        **_limits_settings(r),
     )
 
 
@@ -292,4 +304,22 @@ def _cache_settings(r: _Reader) -> dict[str, Any]:
         "semantic_cache": r.flag("WATCHLLM_SEMANTIC_CACHE", False),
         "semantic_threshold": threshold,
         "embedding_model": r.text("WATCHLLM_EMBEDDING_MODEL", "local/all-minilm-l6-v2"),
+    }
+
+
+def _limits_settings(r: _Reader) -> dict[str, Any]:
+    fail_mode = r.text("WATCHLLM_LIMITS_FAIL_MODE", "open").lower()
+    if fail_mode not in ("open", "closed"):
+        raise SettingsError(f"WATCHLLM_LIMITS_FAIL_MODE must be open or closed, got {fail_mode!r}")
+    previous = r.text("WATCHLLM_MASTER_KEY_PREVIOUS")
+    return {
+        "default_rpm": r.integer("WATCHLLM_DEFAULT_RPM", 0) or None,  # unset or 0: unlimited
+        "default_tpm": r.integer("WATCHLLM_DEFAULT_TPM", 0) or None,
+        "default_max_concurrent": r.integer("WATCHLLM_DEFAULT_MAX_CONCURRENT", 0) or None,
+        "limits_fail_mode": fail_mode,
+        "limits_timeout_s": r.number("WATCHLLM_LIMITS_TIMEOUT", 1.0, minimum=0.001),
+        "limits_lease_s": r.number("WATCHLLM_LIMITS_LEASE", 900.0, minimum=1.0),
+        "prices_file": r.text("WATCHLLM_PRICES_FILE"),
+        "master_key": r.text("WATCHLLM_MASTER_KEY"),
+        "master_key_previous": tuple(k.strip() for k in previous.split(",") if k.strip()),
     }
