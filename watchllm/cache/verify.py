@@ -88,7 +88,7 @@ centos windows macos ios android bash zsh powershell git github gitlab bitbucket
 svelte django flask fastapi rails laravel node deno npm yarn pip conda numpy pandas pytorch
 tensorflow excel vscode vim emacs aws azure gcp lambda s3 gmail chrome firefox safari
 europe asia africa america australia canada china japan india france germany italy spain uk usa
-brazil mexico russia korea""")
+brazil mexico russia korea ww1 ww2 llm vscode venv""")  # last: alias targets
 _CASED_ONLY = _words("go rust swift dart julia r c crystal nim zig spring express")
 _UNITS = {
     "km": "km", "kilometer": "km", "kilometre": "km", "mile": "mile", "mi": "mile",
@@ -348,7 +348,7 @@ def _parse(text: str) -> _Parsed:
               and tok.isalpha() and stem not in _KNOWN):
             degrees.add(tok + "+")
         if (tok not in _STOP and tok not in _NEGATION and tok not in _SUPER and tok not in _MORE
-                and tok != "good" and (tok.replace("-", "").isalpha() or tok in ("c++", "c#"))):
+                and tok != "good" and (tok.replace("-", "").isalnum() or tok in ("c++", "c#"))):
             content.append(stem)
     bag = frozenset(tokens) | frozenset(map(_stem, tokens)) | frozenset(
         w for tok in tokens if not tok.isalnum() for w in _PARTS.split(tok) if w)
@@ -417,6 +417,10 @@ def _swap(a: _Parsed, b: _Parsed) -> str | None:
         return None
     x, y = diff[0]
     if x.endswith(y) or y.endswith(x):  # "healthy"/"unhealthy": the negation check decided
+        return None
+    short = min(len(x), len(y))
+    common = next((i for i in range(short) if x[i] != y[i]), short)
+    if common >= max(4, short - 1):  # inflections: parse/parsing, format/formats
         return None
     if x in _SYN_OF and _SYN_OF[x] == _SYN_OF.get(y):
         return None
