@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from watchllm.settings import Mode, Settings
+
+if TYPE_CHECKING:
+    from watchllm.limits.ops import Op, Outcome
 
 Row = dict[str, Any]
 
@@ -65,7 +68,21 @@ class Counters(Protocol):
 
     async def get(self, key: str) -> float: ...
 
+    async def apply(self, ops: Sequence[Op], now_ms: int | None = None) -> Outcome:
+        """Evaluate a batch of limit checks atomically: all writes or none.
+
+        The semantics are `watchllm/limits/ops.py` (GCRA rates, concurrency leases,
+        period quotas); the in-process adapter runs that code, Redis runs its Lua port
+        (`watchllm.limits.redis.RedisLimiter`) in one round trip. `now_ms` None means
+        the backend's own clock. Raises `CountersUnavailable` when the backend is down.
+        """
+        ...
+
     async def close(self) -> None: ...
+
+
+class CountersUnavailable(ConnectionError):
+    """The counters backend could not be reached; limits then fail open or closed."""
 
 
 @runtime_checkable

@@ -1,0 +1,174 @@
+"""The one atomic limits operation: a batch of checks, evaluated all-or-nothing.
+
+A request's checks (per-key and per-project rates, concurrency, quotas) go to the
+`Counters` seam as one batch. If any CHECK/PEEK op fails, nothing is written and the
+index of the first failing op is reported; otherwise every op's write is applied. This
+module is the reference semantics: `MemoryLimiter` below runs it in-process, and the Lua
+script in `watchllm/limits/redis.py` is a line-for-line port of `_rate`, `_conc`, `_quota`.
+
+RATE (GCRA, the generic cell rate algorithm of ITU-T I.371, token-bucket equivalent)
+    `limit` units per `window_ms`, burst capacity `limit`. State: the theoretical arrival
+    time TAT. A request of cost n at time t is admitted iff max(TAT, t) + n*W/L - t <= W,
+    then TAT := max(TAT, t) + n*W/L. TAT is kept as whole ms plus a remainder in units of
+    1/L ms, so every comparison is exact integer arithmetic (no float drift, in Lua too):
+    D = (TAT - t) * L is an integer, one request adds W to it, capacity is W * L.
+CONC  at most `limit` leases held; a lease expires after `window_ms` (a crashed worker
+    cannot leak a slot for longer). RELEASE drops the lease named `member`.
+QUOTA a counter for one period: CHECK admits iff value + cost <= limit; `window_ms` is the
+    absolute end of the period (epoch ms), when the key expires.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+RATE, CONC, QUOTA = 0, 1, 2
+CHECK, PEEK, FORCE, RELEASE = 0, 1, 2, 3
+NEVER = -1  # retry_ms when waiting cannot help (cost above the whole limit)
+# Exact integer arithmetic in Lua needs every intermediate below 2**53.
+MAX_CAPACITY = 1 << 48  # window_ms * limit
+MAX_DEBT = 16  # FORCE may push a bucket at most this many windows into debt
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    kind: int  # RATE | CONC | QUOTA
+    key: str
+    limit: int
+    window_ms: int  # RATE: window; CONC: lease length; QUOTA: absolute period end (epoch ms)
+    cost: int = 1  # may be negative with FORCE (reconciliation, refunds)
+    mode: int = CHECK  # CHECK | PEEK (check, write nothing) | FORCE (write, no check) | RELEASE
+    member: str = ""  # CONC: the lease id
+
+
+@dataclass(frozen=True, slots=True)
+class OpResult:
+    remaining: int  # after this request when admitted, else before it
+    reset_ms: int  # RATE: until the bucket is full again; QUOTA: until the period ends
+    retry_ms: int  # 0 when admitted; NEVER when waiting cannot help
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    allowed: bool
+    denied: int  # index of the first failing op, -1 when allowed
+    now_ms: int  # the clock the decision used (Redis TIME on Redis)
+    results: tuple[OpResult, ...]
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# Each evaluator returns (allowed, result, new_state) for one op; new_state is written
+# only when the whole batch is allowed. They are pure so the Lua port can be checked
+# against them on random traces (tests/limits/test_exactness.py).
+
+RateState = tuple[int, int, int]  # (tat_ms, remainder in 1/L0 ms, L0)
+
+
+def rate(state: RateState | None, op: Op, now: int) -> tuple[bool, OpResult, RateState | None]:
+    limit, win, n = op.limit, op.window_ms, op.cost
+    d = 0
+    if state is not None and state[0] >= now:
+        ms, rem, l0 = state
+        if l0 != limit:  # the plan changed: keep TAT, re-express its fraction in 1/L ms
+            rem = rem * limit // l0
+        d = (ms - now) * limit + rem
+    cap = win * limit
+    if op.mode == FORCE:
+        dn = min(max(d + n * win, 0), cap * MAX_DEBT)
+        return True, OpResult((cap - min(dn, cap)) // win, _ceil_div(dn, limit), 0), (
+            now + dn // limit, dn % limit, limit)
+    dn = d + n * win
+    if dn <= cap:
+        new = (now + dn // limit, dn % limit, limit) if op.mode == CHECK else None
+        return True, OpResult((cap - dn) // win, _ceil_div(dn, limit), 0), new
+    retry = NEVER if n > limit else _ceil_div(dn - cap, limit)
+    return False, OpResult(max(cap - d, 0) // win, _ceil_div(d, limit), retry), None
+
+
+ConcState = dict[str, int]  # lease id -> expiry (epoch ms)
+
+
+def conc(state: ConcState | None, op: Op, now: int) -> tuple[bool, OpResult, ConcState | None]:
+    leases = {m: exp for m, exp in (state or {}).items() if exp > now}
+    if op.mode == RELEASE:
+        leases.pop(op.member, None)
+        return True, OpResult(op.limit - len(leases), 0, 0), leases
+    if len(leases) < op.limit:
+        if op.mode != CHECK:
+            return True, OpResult(op.limit - len(leases), 0, 0), leases
+        remaining = op.limit - len(leases) - 1  # counted before the insert, as the Lua does
+        leases[op.member] = now + op.window_ms
+        return True, OpResult(remaining, 0, 0), leases
+    return False, OpResult(0, 0, NEVER if op.limit <= 0 else 1000), None
+
+
+def quota(state: int | None, op: Op, now: int) -> tuple[bool, OpResult, int | None]:
+    value = state or 0
+    reset = max(op.window_ms - now, 0)
+    if op.mode == FORCE:
+        value = max(value + op.cost, 0)
+        return True, OpResult(max(op.limit - value, 0), reset, 0), value
+    if value + op.cost <= op.limit:
+        if op.mode != CHECK:
+            return True, OpResult(op.limit - value, reset, 0), None
+        return True, OpResult(op.limit - value - op.cost, reset, 0), value + op.cost
+    retry = NEVER if op.cost > op.limit else reset
+    return False, OpResult(max(op.limit - value, 0), reset, retry), None
+
+
+class MemoryLimiter:
+    """The batch semantics on dicts: exact within one process (the embedded runtime)."""
+
+    def __init__(self) -> None:
+        self._rate: dict[str, RateState] = {}
+        self._conc: dict[str, ConcState] = {}
+        self._quota: dict[str, tuple[int, int]] = {}  # key -> (value, expires at ms)
+        self._sweep_at = 0
+
+    async def apply(self, ops: Sequence[Op], now_ms: int | None = None) -> Outcome:
+        # No await inside: the batch is atomic with respect to every other coroutine.
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        results: list[OpResult] = []
+        writes: list[tuple[Op, object]] = []
+        denied = -1
+        for i, op in enumerate(ops):
+            new: object
+            if op.kind == RATE:
+                ok, res, new = rate(self._rate.get(op.key), op, now)
+            elif op.kind == CONC:
+                ok, res, new = conc(self._conc.get(op.key), op, now)
+            else:
+                q = self._quota.get(op.key)
+                ok, res, new = quota(q[0] if q and q[1] > now else None, op, now)
+            results.append(res)
+            if not ok and denied < 0:
+                denied = i
+            elif new is not None:
+                writes.append((op, new))
+        if denied < 0:
+            for op, new in writes:
+                if op.kind == RATE:
+                    self._rate[op.key] = new  # type: ignore[assignment]
+                elif op.kind == CONC:
+                    self._conc[op.key] = new  # type: ignore[assignment]
+                else:
+                    # Kept a minute past the period's end, like the Redis key.
+                    self._quota[op.key] = (new, op.window_ms + 60_000)  # type: ignore[assignment]
+        if now >= self._sweep_at:
+            self._sweep(now)
+        return Outcome(denied < 0, denied, now, tuple(results))
+
+    def _sweep(self, now: int) -> None:
+        """Drop state that no longer limits anything (full buckets, past periods)."""
+        self._sweep_at = now + 60_000
+        self._rate = {k: v for k, v in self._rate.items() if v[0] >= now}
+        self._conc = {k: v for k, v in self._conc.items() if any(e > now for e in v.values())}
+        self._quota = {k: v for k, v in self._quota.items() if v[1] > now}
+
+    def __len__(self) -> int:
+        return len(self._rate) + len(self._conc) + len(self._quota)

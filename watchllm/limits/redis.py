@@ -1,0 +1,178 @@
+"""Limits on Redis: every check of a request in ONE EVALSHA (one round trip).
+
+The Lua script is a port of `watchllm/limits/ops.py` (`rate`, `conc`, `quota`); the
+exactness tests run both on the same traces. Redis runs a script atomically, so N workers
+on M machines see one limit. The clock is Redis's own (`TIME`) unless the caller passes
+`now_ms` (tests, replays), so machines with skewed clocks still agree.
+
+All keys of a batch must hash to one slot on Redis Cluster: `LimitsService` puts the
+project id in a hash tag (`wl:{proj}:...`).
+
+    limiter = RedisLimiter(redis.asyncio.Redis(...))   # the Redis Counters adapter delegates
+    outcome = await limiter.apply(ops)                 # `Counters.apply` to this
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from watchllm.env.base import CountersUnavailable
+from watchllm.limits.ops import Op, OpResult, Outcome
+
+# KEYS[i] = key of op i. ARGV[1] = now in ms ('' = Redis TIME), then 6 per op:
+# kind, limit, window_ms, cost, mode, member. Numbers stay below 2^53 (ops.MAX_CAPACITY),
+# so Lua's doubles do exact integer arithmetic; math.floor(a / b) is exact floor division.
+LUA = r"""
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local out = {1, -1, now}
+local writes = {}
+local denied = -1
+local function fdiv(a, b) return math.floor(a / b) end
+local function cdiv(a, b) return -math.floor(-a / b) end
+for i = 1, #KEYS do
+  local a = 1 + (i - 1) * 6
+  local kind, limit, win = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local n, mode, member = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), ARGV[a + 6]
+  local key = KEYS[i]
+  local ok, rem_out, reset, retry = true, 0, 0, 0
+  if kind == 0 then -- RATE (GCRA)
+    local d = 0
+    local v = redis.call('GET', key)
+    if v then
+      local ms, rem, l0 = string.match(v, '^(%-?%d+):(%d+):(%d+)$')
+      ms, rem, l0 = tonumber(ms), tonumber(rem), tonumber(l0)
+      if ms and ms >= now then
+        if l0 ~= limit then rem = fdiv(rem * limit, l0) end
+        d = (ms - now) * limit + rem
+      end
+    end
+    local cap = win * limit
+    local dn = d + n * win
+    if mode == 2 then -- FORCE
+      if dn < 0 then dn = 0 end
+      if dn > cap * 16 then dn = cap * 16 end
+      rem_out, reset = fdiv(cap - math.min(dn, cap), win), cdiv(dn, limit)
+      writes[#writes + 1] = {0, key, dn, limit}
+    elseif dn <= cap then
+      rem_out, reset = fdiv(cap - dn, win), cdiv(dn, limit)
+      if mode == 0 then writes[#writes + 1] = {0, key, dn, limit} end
+    else
+      ok = false
+      rem_out, reset = fdiv(math.max(cap - d, 0), win), cdiv(d, limit)
+      if n > limit then retry = -1 else retry = cdiv(dn - cap, limit) end
+    end
+  elseif kind == 1 then -- CONC (leases in a sorted set, scored by expiry)
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    if mode == 3 then -- RELEASE, deferred like every write
+      local count = redis.call('ZCARD', key)
+      if redis.call('ZSCORE', key, member) then count = count - 1 end
+      rem_out = limit - count
+      writes[#writes + 1] = {3, key, member}
+    else
+      local count = redis.call('ZCARD', key)
+      if count < limit then
+        if mode == 0 then
+          writes[#writes + 1] = {1, key, now + win, member, win}
+          count = count + 1
+        end
+        rem_out = limit - count
+      else
+        ok = false
+        if limit <= 0 then retry = -1 else retry = 1000 end
+      end
+    end
+  else -- QUOTA (counter of one period; win = the period's end in epoch ms)
+    local value = tonumber(redis.call('GET', key) or '0')
+    reset = math.max(win - now, 0)
+    if mode == 2 then
+      value = math.max(value + n, 0)
+      rem_out = math.max(limit - value, 0)
+      writes[#writes + 1] = {2, key, value, reset}
+    elseif value + n <= limit then
+      if mode == 0 then
+        writes[#writes + 1] = {2, key, value + n, reset}
+        rem_out = limit - value - n
+      else
+        rem_out = limit - value
+      end
+    else
+      ok = false
+      rem_out = math.max(limit - value, 0)
+      if n > limit then retry = -1 else retry = reset end
+    end
+  end
+  if not ok and denied < 0 then denied = i - 1 end
+  out[#out + 1] = rem_out
+  out[#out + 1] = reset
+  out[#out + 1] = retry
+end
+if denied >= 0 then
+  out[1] = 0
+  out[2] = denied
+  return out
+end
+for _, w in ipairs(writes) do
+  local k = w[2]
+  if w[1] == 0 then
+    local dn, limit = w[3], w[4]
+    if dn <= 0 then
+      redis.call('DEL', k)
+    else
+      local ms = now + fdiv(dn, limit)
+      redis.call('SET', k, string.format('%d:%d:%d', ms, dn % limit, limit),
+                 'PX', cdiv(dn, limit) + 1)
+    end
+  elseif w[1] == 1 then
+    redis.call('ZADD', k, w[3], w[4])
+    redis.call('PEXPIRE', k, w[5])
+  elseif w[1] == 3 then
+    redis.call('ZREM', k, w[3])
+  else
+    redis.call('SET', k, string.format('%d', w[3]), 'PX', w[4] + 60000)
+  end
+end
+return out
+"""
+SHA = hashlib.sha1(LUA.encode()).hexdigest()
+
+
+def encode(ops: Sequence[Op], now_ms: int | None) -> tuple[list[str], list[str | int]]:
+    keys = [op.key for op in ops]
+    args: list[str | int] = ["" if now_ms is None else now_ms]
+    for op in ops:
+        args += (op.kind, op.limit, op.window_ms, op.cost, op.mode, op.member)
+    return keys, args
+
+
+def decode(raw: Sequence[Any]) -> Outcome:
+    values = [int(v) for v in raw]
+    results = tuple(OpResult(values[i], values[i + 1], values[i + 2])
+                    for i in range(3, len(values), 3))
+    return Outcome(values[0] == 1, values[1], values[2], results)
+
+
+class RedisLimiter:
+    """`Counters.apply` on Redis. Connection failures become `CountersUnavailable`."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client  # redis.asyncio.Redis (typed Any: redis is an optional extra)
+
+    async def apply(self, ops: Sequence[Op], now_ms: int | None = None) -> Outcome:
+        from redis.exceptions import ConnectionError, NoScriptError, TimeoutError
+
+        keys, args = encode(ops, now_ms)
+        try:
+            try:
+                raw = await self.client.evalsha(SHA, len(keys), *keys, *args)
+            except NoScriptError:  # first call after a Redis restart or failover
+                await self.client.script_load(LUA)
+                raw = await self.client.evalsha(SHA, len(keys), *keys, *args)
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            raise CountersUnavailable(f"redis: {exc}") from exc
+        return decode(raw)
