@@ -1,0 +1,311 @@
+"""Admit a request before the provider call, settle it after; OpenAI's 429s and headers.
+
+    admission = await limits.admit(project_id, key_id, estimated_prompt_tokens)  # may raise 429
+    ...call the provider...
+    await limits.settle(admission, real_tokens, cost_usd)  # TPM reconciliation, spend, release
+    headers += limits.headers(admission)                   # x-ratelimit-* on every response
+
+All checks of a request are one `Counters.apply` batch: one Redis round trip for admit,
+one for settle (none when nothing is limited). See docs/limits.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from watchllm import metrics
+from watchllm.env.base import Counters, CountersUnavailable
+from watchllm.errors import RateLimitError, ServiceUnavailableError
+from watchllm.limits.ops import CHECK, CONC, FORCE, NEVER, PEEK, QUOTA, RATE, RELEASE, Op, Outcome
+from watchllm.limits.plan import (
+    RATE_WINDOW_MS,
+    Limits,
+    Scope,
+    parse_limits,
+    parse_scope,
+    period_bounds,
+)
+from watchllm.settings import Settings
+
+log = logging.getLogger("watchllm.limits")
+RawHeaders = list[tuple[bytes, bytes]]
+_BREAKER_S = 1.0  # after a backend failure, skip it this long (no connect timeout per request)
+_MICRO = 1_000_000  # budgets are counted in micro-USD: integers, exact in Lua
+
+
+class QuotaExceededError(RateLimitError):
+    """The plan's budget or request/token quota for the period is used up (OpenAI's shape)."""
+
+    type = "insufficient_quota"
+    default_code = "insufficient_quota"
+
+
+class PlanSource(Protocol):
+    """Where plans and per-key limits live (watchllm.metadata.plans.PlanStore)."""
+
+    async def project_limits(self, project_id: str) -> dict[str, Any] | None: ...
+
+    async def key_limits(self, key_id: str) -> dict[str, Any] | None: ...
+
+
+@dataclass(slots=True)
+class Admission:
+    project_id: str
+    key_id: str
+    estimated_tokens: int = 0
+    ops: tuple[Op, ...] = ()
+    names: tuple[str, ...] = ()  # per op: "key.rpm", "project.tpm", "budget", ...
+    outcome: Outcome | None = None
+    degraded: bool = False  # admitted without checking: the backend was down (fail open)
+    settled: bool = field(default=False)
+
+
+def duration(ms: int) -> str:
+    """OpenAI's reset format (Go durations): "20ms", "1s", "8.64s", "6m0s", "1h2m3s"."""
+    if ms < 1000:
+        return f"{max(ms, 0)}ms"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    seconds = f"{rest / 1000:.3f}".rstrip("0").rstrip(".") + "s"
+    if hours:
+        return f"{hours}h{minutes}m{seconds}"
+    return f"{minutes}m{seconds}" if minutes else seconds
+
+
+def _key(project_id: str, rest: str) -> str:
+    return f"wl:{{{project_id}}}:{rest}"  # hash tag: one Redis Cluster slot per project
+
+
+class LimitsService:
+    def __init__(
+        self,
+        counters: Counters,
+        settings: Settings,
+        plans: PlanSource | None = None,
+        clock: Callable[[], float] | None = None,  # epoch seconds; None: the backend's clock
+    ) -> None:
+        self.counters = counters
+        self.plans = plans
+        self.clock = clock
+        self.fail_mode = settings.limits_fail_mode
+        self.timeout_s = settings.limits_timeout_s
+        self.lease_ms = int(settings.limits_lease_s * 1000)
+        self.cache_ttl_s = settings.key_cache_ttl_s
+        self.defaults = Scope(settings.default_rpm, settings.default_tpm,
+                              settings.default_max_concurrent)
+        self._cache: dict[tuple[str, str], tuple[Limits, float]] = {}
+        self._periods: dict[str, tuple[str, int, int]] = {}  # period -> (id, valid from, end)
+        self._down_until = 0.0
+        self._leases = itertools.count()
+        self._lease_prefix = f"{os.getpid()}.{id(self):x}."
+
+    # -- limits of a caller ---------------------------------------------------------------
+    async def limits_for(self, project_id: str, key_id: str) -> Limits:
+        """The caller's limits: plan + key override + defaults, cached `key_cache_ttl_s`."""
+        now = time.monotonic()
+        hit = self._cache.get((project_id, key_id))
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        plan_doc = key_doc = None
+        if self.plans is not None:
+            plan_doc = await self.plans.project_limits(project_id)
+            key_doc = await self.plans.key_limits(key_id)
+        try:
+            plan, own = parse_limits(plan_doc), parse_scope(key_doc)
+        except Exception:  # stored documents are validated on write; never fail a request
+            log.warning("invalid limits stored for %s/%s; using defaults", project_id, key_id)
+            plan, own = Limits(), Scope()
+        limits = Limits(plan.project, own.over(plan.key).over(self.defaults), plan.budget_usd,
+                        plan.max_requests, plan.max_tokens, plan.period)
+        if len(self._cache) > 100_000:
+            self._cache.clear()
+        self._cache[(project_id, key_id)] = (limits, now + self.cache_ttl_s)
+        return limits
+
+    def forget(self, project_id: str | None = None) -> None:
+        """Drop cached limits (all, or one project's) after a plan change on this worker."""
+        if project_id is None:
+            self._cache.clear()
+        else:
+            self._cache = {k: v for k, v in self._cache.items() if k[0] != project_id}
+
+    # -- admit ----------------------------------------------------------------------------
+    async def admit(self, project_id: str, key_id: str, estimated_prompt_tokens: int = 0,
+                    limits: Limits | None = None) -> Admission:
+        """Check and count one request; raises RateLimitError (429) when over a limit."""
+        if limits is None:
+            if project_id == "*":  # the admin key is not limited
+                return Admission(project_id, key_id)
+            limits = await self.limits_for(project_id, key_id)
+        if limits.unlimited:
+            return Admission(project_id, key_id)
+        tokens = max(int(estimated_prompt_tokens), 0)
+        now_ms = None if self.clock is None else int(self.clock() * 1000)
+        ops, names = self._admit_ops(project_id, key_id, limits, tokens, now_ms)
+        admission = Admission(project_id, key_id, tokens, tuple(ops), tuple(names))
+        outcome = await self._apply(ops, now_ms, admission)
+        if outcome is None:
+            return admission  # fail open
+        admission.outcome = outcome
+        if not outcome.allowed:
+            admission.settled = True  # nothing was written, nothing to settle
+            raise self._rejection(admission, outcome, limits)
+        return admission
+
+    def _admit_ops(self, project_id: str, key_id: str, limits: Limits, tokens: int,
+                   now_ms: int | None) -> tuple[list[Op], list[str]]:
+        ops: list[Op] = []
+        names: list[str] = []
+        lease = ""
+        for scope_name, scope, prefix in (("key", limits.key, f"k:{key_id}:"),
+                                          ("project", limits.project, "")):
+            if scope.rpm is not None:
+                ops.append(Op(RATE, _key(project_id, prefix + "rpm"), scope.rpm, RATE_WINDOW_MS))
+                names.append(scope_name + ".rpm")
+            if scope.tpm is not None:
+                ops.append(Op(RATE, _key(project_id, prefix + "tpm"), scope.tpm, RATE_WINDOW_MS,
+                              tokens))
+                names.append(scope_name + ".tpm")
+            if scope.max_concurrent is not None:
+                lease = lease or self._lease_prefix + str(next(self._leases))
+                ops.append(Op(CONC, _key(project_id, prefix + "conc"), scope.max_concurrent,
+                              self.lease_ms, 1, CHECK, lease))
+                names.append(scope_name + ".concurrent")
+        if limits.max_requests is not None or limits.max_tokens is not None or (
+                limits.budget_usd is not None):
+            pid, end = self._period(limits.period, now_ms)
+            if limits.max_requests is not None:
+                ops.append(Op(QUOTA, _key(project_id, f"q:req:{pid}"), limits.max_requests, end))
+                names.append("requests")
+            if limits.max_tokens is not None:
+                ops.append(Op(QUOTA, _key(project_id, f"q:tok:{pid}"), limits.max_tokens, end,
+                              max(tokens, 1)))
+                names.append("tokens")
+            if limits.budget_usd is not None:  # spend < budget; the cost is known at settle
+                ops.append(Op(QUOTA, _key(project_id, f"q:usd:{pid}"),
+                              round(limits.budget_usd * _MICRO), end, 1, PEEK))
+                names.append("budget")
+        return ops, names
+
+    def _period(self, period: str, now_ms: int | None) -> tuple[str, int]:
+        now = now_ms if now_ms is not None else int(time.time() * 1000)
+        hit = self._periods.get(period)
+        if hit is not None and hit[1] <= now < hit[2]:
+            return hit[0], hit[2]
+        pid, end = period_bounds(period, now / 1000)
+        self._periods[period] = (pid, now, end)
+        return pid, end
+
+    async def _apply(self, ops: list[Op], now_ms: int | None,
+                     admission: Admission | None) -> Outcome | None:
+        """One round trip; None when the backend is down and limits fail open."""
+        if time.monotonic() >= self._down_until:
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    return await self.counters.apply(ops, now_ms)
+            except (CountersUnavailable, TimeoutError, OSError) as exc:
+                self._down_until = time.monotonic() + _BREAKER_S
+                log.warning("limits backend unavailable (%s); failing %s", exc, self.fail_mode)
+        metrics.limits_unavailable(self.fail_mode)
+        if admission is None:
+            return None  # settle: the spend/refund is lost, counted in the metric
+        if self.fail_mode == "closed":
+            raise ServiceUnavailableError(
+                "Rate limits cannot be checked right now (counters backend unreachable).",
+                code="limits_unavailable", headers={"retry-after": "1"})
+        admission.degraded = True
+        admission.ops, admission.names = (), ()
+        return None
+
+    def _rejection(self, adm: Admission, outcome: Outcome, limits: Limits) -> RateLimitError:
+        i = outcome.denied
+        op, res, name = adm.ops[i], outcome.results[i], adm.names[i]
+        scope, _, what = name.partition(".")
+        metrics.rate_limited(scope if what else "project", what or name)
+        headers = {k.decode(): v.decode() for k, v in self.headers(adm)}
+        retry_ms = res.retry_ms
+        if retry_ms == NEVER or op.kind == QUOTA:
+            headers["x-should-retry"] = "false"  # the openai SDK then does not retry
+        if retry_ms != NEVER:
+            headers["retry-after"] = str(max(1, -(-retry_ms // 1000)))
+            headers["retry-after-ms"] = str(max(retry_ms, 1))
+        who = f"key {adm.key_id}" if scope == "key" else f"project {adm.project_id}"
+        if op.kind == QUOTA:
+            end = duration(res.reset_ms)
+            if name == "budget":
+                msg = (f"Project {adm.project_id} has used its budget of "
+                       f"${limits.budget_usd:.2f} for this {limits.period}; it resets in {end}.")
+            else:
+                msg = (f"Project {adm.project_id} has used its {name} quota for this "
+                       f"{limits.period} (limit {op.limit}); it resets in {end}.")
+            return QuotaExceededError(msg, headers=headers)
+        if what == "concurrent":
+            msg = f"Too many concurrent requests for {who}: limit {op.limit}."
+        elif retry_ms == NEVER:
+            msg = (f"Request too large for {who}: {op.cost} tokens requested, the limit is "
+                   f"{op.limit} tokens per minute.")
+        else:
+            unit = "requests" if what == "rpm" else "tokens"
+            msg = (f"Rate limit reached for {unit} per minute ({what}) on {who}: limit "
+                   f"{op.limit}, remaining {res.remaining}, requested {op.cost}. "
+                   f"Please try again in {duration(retry_ms)}.")
+        return RateLimitError(msg, headers=headers)
+
+    # -- settle ---------------------------------------------------------------------------
+    async def settle(self, admission: Admission, real_tokens: int, cost_usd: float) -> None:
+        """Reconcile TPM and token quota to the real usage, add spend, release the slot.
+
+        Never raises: it runs after the response. Idempotent per admission.
+        """
+        if admission.settled or admission.degraded or not admission.ops:
+            admission.settled = True
+            return
+        admission.settled = True
+        real = max(int(real_tokens), 0)
+        spend = round(cost_usd * _MICRO)
+        ops: list[Op] = []
+        for op, name in zip(admission.ops, admission.names, strict=True):
+            if op.kind == CONC:
+                ops.append(Op(CONC, op.key, op.limit, op.window_ms, 0, RELEASE, op.member))
+            elif (name.endswith("tpm") or name == "tokens") and real != op.cost:
+                # op.cost is what admit charged: the estimate (the token quota charges >= 1).
+                ops.append(Op(op.kind, op.key, op.limit, op.window_ms, real - op.cost, FORCE))
+            elif name == "budget" and spend > 0:
+                ops.append(Op(QUOTA, op.key, op.limit, op.window_ms, spend, FORCE))
+        if ops:
+            now_ms = None if self.clock is None else int(self.clock() * 1000)
+            await self._apply(ops, now_ms, None)
+
+    # -- headers --------------------------------------------------------------------------
+    def headers(self, admission: Admission) -> RawHeaders:
+        """OpenAI's x-ratelimit-* for the tightest request and token limits (none if unlimited)."""
+        outcome = admission.outcome
+        if outcome is None:
+            return []
+        best: dict[str, tuple[int, int, int]] = {}  # unit -> (remaining, limit, reset_ms)
+        for i, (op, name, res) in enumerate(zip(admission.ops, admission.names,
+                                                 outcome.results, strict=True)):
+            unit = "requests" if name.endswith("rpm") else "tokens" if name.endswith("tpm") else ""
+            if not unit:
+                continue
+            remaining, reset = res.remaining, res.reset_ms
+            if not outcome.allowed and i != outcome.denied:
+                # A passing op reports the state as if admitted; nothing was written, so
+                # undo this request's cost (exact for remaining, within 1 ms for reset).
+                remaining += op.cost
+                reset = max(0, reset - op.cost * op.window_ms // op.limit)
+            if unit not in best or remaining < best[unit][0]:
+                best[unit] = (remaining, op.limit, reset)
+        out: RawHeaders = []
+        for unit, (remaining, limit, reset) in best.items():
+            out += [(b"x-ratelimit-limit-" + unit.encode(), str(limit).encode()),
+                    (b"x-ratelimit-remaining-" + unit.encode(), str(remaining).encode()),
+                    (b"x-ratelimit-reset-" + unit.encode(), duration(reset).encode())]
+        return out

@@ -1,0 +1,206 @@
+"""Prometheus metrics: cheap recording helpers and the `GET /metrics` handler.
+
+Several granian workers: set `PROMETHEUS_MULTIPROC_DIR` before any worker imports
+prometheus_client (`prepare_multiprocess_dir` does it in the serving process; workers
+inherit it). Each worker then writes its samples to mmap'd files there and a scrape,
+answered by any worker, sums them. Live gauges of dead workers are dropped at scrape.
+
+Recording is a dict lookup of a cached labelled child plus one increment (~1 µs each;
+`bench/limits/bench_metrics.py`). Label values are bounded: models beyond the first
+`MAX_MODELS` seen are recorded as "other", so clients cannot explode the series count.
+Without prometheus-client installed every helper is a no-op and /metrics answers 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from watchllm.app import Gateway
+    from watchllm.http.asgi import Request, Send
+
+try:
+    import prometheus_client as prom
+    from prometheus_client import multiprocess
+except ImportError:  # the embedded install may not carry the server extra
+    prom = None  # type: ignore[assignment]
+
+MAX_MODELS = 200
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+_DEAD_FILE = re.compile(r"^gauge_live\w*?_(\d+)\.db$")
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def prepare_multiprocess_dir(path: str | Path) -> Path:
+    """Create (and empty: old pids' files) the shared directory; export it to workers.
+
+    Call in the serving process before granian starts its workers.
+    """
+    directory = Path(path)
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    return directory
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        assert prom is not None
+        self.registry = prom.CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self.requests = prom.Counter("watchllm_requests", "Proxied requests.",
+                                     ("route", "model", "status"), registry=r)
+        self.latency = prom.Histogram("watchllm_request_duration_seconds",
+                                      "Whole-request latency.", ("route",), registry=r,
+                                      buckets=LATENCY_BUCKETS)
+        self.ttft = prom.Histogram("watchllm_time_to_first_token_seconds",
+                                   "Time to the first byte of the answer.", ("route",),
+                                   registry=r, buckets=TTFT_BUCKETS)
+        self.tokens = prom.Counter("watchllm_tokens", "Tokens by model.", ("model", "kind"),
+                                   registry=r)
+        self.cost = prom.Counter("watchllm_cost_usd", "Estimated spend by model (USD).",
+                                 ("model",), registry=r)
+        self.upstream_errors = prom.Counter("watchllm_upstream_errors", "Provider failures.",
+                                            ("provider", "kind"), registry=r)
+        self.cache = prom.Counter("watchllm_cache_lookups", "Response-cache outcomes.",
+                                  ("outcome",), registry=r)
+        self.rate_limited = prom.Counter("watchllm_rate_limited", "Requests answered 429.",
+                                         ("scope", "limit"), registry=r)
+        self.limits_unavailable = prom.Counter(
+            "watchllm_limits_backend_unavailable",
+            "Limit decisions taken without the counters backend (fail open/closed).",
+            ("mode",), registry=r)
+        self.queue_depth = prom.Gauge("watchllm_queue_depth", "Items waiting, summed over "
+                                      "live workers.", ("queue",), registry=r,
+                                      multiprocess_mode="livesum")
+        self.backend_up = prom.Gauge("watchllm_backend_up", "1 when the backend answers "
+                                     "(minimum over live workers).", ("backend",), registry=r,
+                                     multiprocess_mode="livemin")
+        self.children: dict[tuple[Any, ...], Any] = {}
+        self.models: set[str] = set()
+
+
+_m: _Metrics | None = _Metrics() if prom is not None else None
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    assert _m is not None
+    key = (id(metric), *labels)
+    child = _m.children.get(key)
+    if child is None:
+        child = _m.children[key] = metric.labels(*labels)
+    return child
+
+
+def _model(model: str) -> str:
+    assert _m is not None
+    if model in _m.models:
+        return model
+    if len(_m.models) >= MAX_MODELS or len(model) > 100:
+        return "other"
+    _m.models.add(model)
+    return model
+
+
+def record_request(route: str, model: str, status: int, duration_s: float,
+                   ttft_s: float | None = None, prompt_tokens: int = 0,
+                   completion_tokens: int = 0, cost_usd: float = 0.0) -> None:
+    """One proxied request, at its end (after the last byte or the error)."""
+    m = _m
+    if m is None:
+        return
+    label = _model(model) if model else "none"
+    _child(m.requests, route, label, str(status)).inc()
+    _child(m.latency, route).observe(duration_s)
+    if ttft_s is not None:
+        _child(m.ttft, route).observe(ttft_s)
+    if prompt_tokens:
+        _child(m.tokens, label, "prompt").inc(prompt_tokens)
+    if completion_tokens:
+        _child(m.tokens, label, "completion").inc(completion_tokens)
+    if cost_usd:
+        _child(m.cost, label).inc(cost_usd)
+
+
+def upstream_error(provider: str, kind: str) -> None:
+    """kind: e.g. "connect", "timeout", "5xx", "stream"."""
+    if _m is not None:
+        _child(_m.upstream_errors, provider, kind).inc()
+
+
+def cache_outcome(outcome: str) -> None:
+    """outcome: the x-watchllm-cache value (HIT, MISS, SEMANTIC_HIT, BYPASS...)."""
+    if _m is not None:
+        _child(_m.cache, outcome).inc()
+
+
+def rate_limited(scope: str, limit: str) -> None:
+    if _m is not None:
+        _child(_m.rate_limited, scope, limit).inc()
+
+
+def limits_unavailable(mode: str) -> None:
+    if _m is not None:
+        _child(_m.limits_unavailable, mode).inc()
+
+
+def set_queue_depth(queue: str, depth: int) -> None:
+    if _m is not None:
+        _child(_m.queue_depth, queue).set(depth)
+
+
+def set_backend_up(backend: str, up: bool) -> None:
+    if _m is not None:
+        _child(_m.backend_up, backend).set(1 if up else 0)
+
+
+def _drop_dead_workers(directory: str) -> None:
+    """Live gauges of workers that have exited (granian respawns) must not count."""
+    for name in os.listdir(directory):
+        match = _DEAD_FILE.match(name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+        except PermissionError:  # alive, another user's
+            pass
+
+
+def render() -> bytes:
+    """The exposition text: this process's registry, or every worker's files."""
+    assert prom is not None and _m is not None
+    directory = multiprocess_dir()
+    if directory is None:
+        return prom.generate_latest(_m.registry)
+    _drop_dead_workers(directory)
+    registry = prom.CollectorRegistry(auto_describe=False)
+    multiprocess.MultiProcessCollector(registry, directory)  # type: ignore[no-untyped-call]
+    return prom.generate_latest(registry)
+
+
+async def metrics_endpoint(gw: Gateway, req: Request, send: Send) -> None:
+    """`GET /metrics`. Serve it on an internal interface: it is not authenticated."""
+    from watchllm.http.asgi import send_body
+
+    if prom is None:
+        await send_body(send, 503, b"prometheus-client is not installed (pip install "
+                        b"'watchllm[server]')\n", [(b"content-type", b"text/plain")])
+        return
+    with contextlib.suppress(Exception):  # the gateway may not have started its env
+        set_queue_depth("events", gw.env.events.depth())
+    # Reading many workers' files is file I/O: keep it off the event loop.
+    body = await asyncio.to_thread(render) if multiprocess_dir() else render()
+    await send_body(send, 200, body, [(b"content-type", prom.CONTENT_TYPE_LATEST.encode())])
