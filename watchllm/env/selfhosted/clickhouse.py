@@ -1,0 +1,186 @@
+"""Analytics on clickhouse-connect: one client path for a ClickHouse server (`http(s)://`)
+and the embedded engine (`chdb://path`).
+
+clickhouse-connect is synchronous (and chDB has no async client), so inserts run on one
+dedicated thread and queries on another: the event loop never waits on ClickHouse, and a
+slow analytics query never holds up ingestion.
+
+chDB allows one data directory per process (a second path fails deep in the engine), so
+`chdb_path()` records the first one this process opened and refuses another with a clear
+message; clients on that path share the engine. Tests use `chdb_path()` to reuse it.
+
+Errors: `InsertRejected` (a ValueError: ClickHouse refused the data itself; retrying the
+same rows cannot help) and `AnalyticsUnavailable` (a ConnectionError: down, unreachable,
+table missing; retry later). The event pipeline relies on that split.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from watchllm.env.base import Row
+
+T = TypeVar("T")
+# ClickHouse error codes that mean "this data is bad", not "the server is unwell".
+_DATA_ERRORS = {6, 26, 27, 32, 33, 38, 41, 53, 69, 70, 72, 117, 131, 349, 469}
+_CODE = re.compile(r"Code: (\d+)")
+_process_chdb: list[str] = []
+_anchor: list[Any] = []
+_chdb_lock = threading.Lock()
+
+
+class InsertRejected(ValueError):
+    """ClickHouse rejected the rows themselves (parse error, constraint)."""
+
+
+class AnalyticsUnavailable(ConnectionError):
+    """ClickHouse could not take the request now (down, unreachable, table missing)."""
+
+
+def chdb_path(path: str | os.PathLike[str] | None = None) -> str:
+    """The chDB data directory of this process: `path` if none is open yet (a temporary
+    directory when `path` is None), the open one when `path` is None or the same."""
+    with _chdb_lock:
+        if not _process_chdb:
+            wanted = str(path) if path is not None else tempfile.mkdtemp(prefix="watchllm-chdb-")
+            os.makedirs(wanted, exist_ok=True)
+            _process_chdb.append(os.path.realpath(wanted))
+        current = _process_chdb[0]
+        if path is not None and os.path.realpath(path) != current:
+            raise AnalyticsUnavailable(
+                f"chDB is already open at {current} in this process and allows one data "
+                f"directory per process; cannot also open {os.path.realpath(path)}"
+            )
+        return current
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    return url
+
+
+def open_client(url: str, database: str | None = None) -> Any:
+    """A clickhouse-connect client for `http(s)://user:pass@host:port/db` or `chdb://path`."""
+    import clickhouse_connect
+
+    try:
+        if url.startswith("chdb://"):
+            path = chdb_path(url.removeprefix("chdb://") or None)
+            with _chdb_lock:
+                if not _anchor:  # keeps the engine open while adapters come and go
+                    _anchor.append(clickhouse_connect.get_client(dsn=f"chdb://{path}"))
+            return clickhouse_connect.get_client(dsn=f"chdb://{path}", database=database)
+        if database:
+            return clickhouse_connect.get_client(dsn=url, database=database)
+        return clickhouse_connect.get_client(dsn=url)
+    except AnalyticsUnavailable:
+        raise
+    except Exception as e:
+        raise AnalyticsUnavailable(f"ClickHouse at {_redact(url)} is unavailable: {e}") from e
+
+
+def _classify(e: Exception, what: str) -> Exception:
+    from clickhouse_connect.driver.exceptions import DatabaseError, DataError
+
+    message = str(e).strip().splitlines()[0][:500] if str(e).strip() else type(e).__name__
+    code = _CODE.search(str(e))
+    if isinstance(e, DataError) or (
+        isinstance(e, DatabaseError) and code and int(code.group(1)) in _DATA_ERRORS
+    ):
+        return InsertRejected(f"{what}: {message}")
+    return AnalyticsUnavailable(f"{what}: {message}")
+
+
+class ClickHouseAnalytics:
+    """The Analytics seam. `url` is `http(s)://...` or `chdb://path`."""
+
+    # Duplicates of a retried batch collapse at merge time (ReplacingMergeTree); sorting
+    # them out inside each insert as well costs ~30% of chDB's insert throughput.
+    INSERT_SETTINGS: Mapping[str, Any] = {"optimize_on_insert": 0}
+
+    def __init__(self, url: str, database: str | None = None) -> None:
+        self.url = url
+        self.database = database
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="watchllm-ch-insert")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="watchllm-ch-query")
+        self._clients: dict[str, Any] = {}  # one client per thread ("insert", "query")
+
+    def _client(self, role: str) -> Any:
+        client = self._clients.get(role)
+        if client is None:
+            client = self._clients[role] = open_client(self.url, self.database)
+        return client
+
+    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn)
+
+    async def insert_rowbinary(self, table: str, columns: Sequence[str], data: bytes) -> None:
+        def insert() -> None:
+            try:
+                self._client("insert").raw_insert(
+                    table, list(columns), data, settings=dict(self.INSERT_SETTINGS), fmt="RowBinary"
+                )
+            except AnalyticsUnavailable:
+                raise
+            except Exception as e:
+                if _broken(e):
+                    self._clients.pop("insert", None)
+                raise _classify(e, f"insert into {table}") from e
+
+        await self._run(self._writer, insert)
+
+    async def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
+        def run() -> list[Row]:
+            try:
+                result = self._client("query").query(sql, parameters=dict(params or {}))
+            except AnalyticsUnavailable:
+                raise
+            except Exception as e:
+                raise _classify(e, "query") from e
+            return [dict(zip(result.column_names, r, strict=True)) for r in result.result_rows]
+
+        return await self._run(self._reader, run)
+
+    async def command(self, sql: str) -> None:
+        """A DDL or other statement without a result (schema migrations)."""
+
+        def run() -> None:
+            try:
+                self._client("query").command(sql)
+            except AnalyticsUnavailable:
+                raise
+            except Exception as e:
+                raise _classify(e, "command") from e
+
+        await self._run(self._reader, run)
+
+    async def ping(self) -> None:
+        await self.query("SELECT 1")
+
+    async def close(self) -> None:
+        def close_all() -> None:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+
+        await self._run(self._reader, close_all)
+        self._writer.shutdown(wait=True)
+        self._reader.shutdown(wait=True)
+
+
+def _broken(e: Exception) -> bool:
+    """A connection-level failure after which a fresh client is the safe choice."""
+    from clickhouse_connect.driver.exceptions import OperationalError
+
+    return isinstance(e, (OperationalError, OSError))

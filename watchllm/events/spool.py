@@ -1,0 +1,310 @@
+"""A write-ahead spool: events wait on local disk until ClickHouse has accepted them.
+
+Layout: ``<dir>/slot-<n>/`` is owned by one process at a time (an exclusive ``flock`` on
+``slot-<n>/lock``, released by the kernel even on ``kill -9``), so several workers can
+share one spool directory. A slot holds numbered segment files and one ``ack`` file::
+
+    seg-0000000000000007.wal   records, appended only
+    ack                         (segment, offset) up to which ClickHouse has the data
+
+A record is one group commit of the writer (many events)::
+
+    b"WLS1" | payload length u32 | event count u32 | crc32 u32 | payload
+    payload = event JSON documents joined by b"\\n" (JSON never contains a raw newline)
+
+The crc covers length, count and payload, so a torn tail write or a flipped bit is
+detected; the reader then skips forward to the next valid record (or segment) and counts
+the bytes it lost in ``corrupt_bytes``. After a restart the writer always starts a new
+segment, so it never appends behind a torn tail.
+
+Durability: every append is written with one ``write()`` before it is published, so a
+crashed or killed process loses nothing the spool returned a position for. ``fsync``
+(against power loss) follows the policy: ``always`` (every group commit), ``interval``
+(at most ``fsync_interval_s`` of data at risk) or ``never``.
+
+Delivery: ``ack(position)`` records how far the consumer got; segments wholly before it
+are deleted. A crash between an insert and its ack re-delivers that batch once more
+(at-least-once); ClickHouse's ReplacingMergeTree collapses the duplicates by event_id.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+MAGIC = b"WLS1"
+HEADER = struct.Struct("<4sIII")  # magic, payload length, event count, crc32
+ACK = struct.Struct("<QQI")  # segment, offset, crc32 of the first 16 bytes
+MAX_PAYLOAD = 256 << 20
+FsyncPolicy = Literal["always", "interval", "never"]
+Position = tuple[int, int]  # (segment id, byte offset): ordered like the data
+
+
+class SpoolError(OSError):
+    """The spool directory cannot be used (no free slot, unwritable disk)."""
+
+
+@dataclass(slots=True)
+class Record:
+    payload: bytes
+    count: int
+
+
+def _crc(length: int, count: int, payload: bytes) -> int:
+    return zlib.crc32(payload, zlib.crc32(struct.pack("<II", length, count)))
+
+
+def encode_record(lines: list[bytes]) -> bytes:
+    payload = b"\n".join(lines)
+    return HEADER.pack(MAGIC, len(payload), len(lines), _crc(len(payload), len(lines), payload)) + (
+        payload
+    )
+
+
+def parse_records(buf: bytes) -> tuple[list[tuple[int, Record]], int]:
+    """Valid records in `buf` as [(offset, record)], and the offset where parsing stopped
+    (the end, or fewer than a header's bytes before it). Garbage, bad checksums and
+    incomplete records are skipped by resynchronising on the next magic."""
+    out: list[tuple[int, Record]] = []
+    pos, n = 0, len(buf)
+    while pos + HEADER.size <= n:
+        magic, length, count, crc = HEADER.unpack_from(buf, pos)
+        end = pos + HEADER.size + length
+        if magic == MAGIC and end <= n:
+            payload = buf[pos + HEADER.size : end]
+            if _crc(length, count, payload) == crc:
+                out.append((pos, Record(payload, count)))
+                pos = end
+                continue
+        nxt = buf.find(MAGIC, pos + 1)
+        pos = n if nxt < 0 else nxt
+    return out, pos
+
+
+def _seg_name(seg: int) -> str:
+    return f"seg-{seg:016d}.wal"
+
+
+class Spool:
+    """One slot of a spool directory: an appender (one thread) and a reader (another)."""
+
+    def __init__(
+        self,
+        directory: Path | str,
+        *,
+        max_bytes: int = 1 << 30,
+        segment_bytes: int = 16 << 20,
+        fsync: FsyncPolicy = "interval",
+        fsync_interval_s: float = 0.5,
+    ) -> None:
+        self.root = Path(directory)
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.fsync = fsync
+        self.fsync_interval_s = fsync_interval_s
+        self.corrupt_bytes = 0
+        self.pending_events = 0
+        self._lock = threading.Lock()
+        self._sizes: dict[int, int] = {}  # segment id -> bytes on disk
+        self._ack: Position = (0, 0)
+        self._committed: Position = (0, 0)
+        self._fd = -1
+        self._lock_fd = -1
+        self._last_sync = time.monotonic()
+        self._dirty = False
+        self.dir = self._claim_slot()
+        self._recover()
+
+    # -- opening -------------------------------------------------------------------
+    def _claim_slot(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        for n in range(1024):
+            slot = self.root / f"slot-{n}"
+            slot.mkdir(exist_ok=True)
+            fd = os.open(slot / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self._lock_fd = fd
+            return slot
+        raise SpoolError(f"no free slot in spool directory {self.root}")
+
+    def _read_ack(self) -> Position | None:
+        try:
+            raw = (self.dir / "ack").read_bytes()
+            seg, off, crc = ACK.unpack(raw)
+        except (OSError, struct.error):
+            return None
+        return (seg, off) if zlib.crc32(raw[:16]) == crc else None
+
+    def _recover(self) -> None:
+        segs = sorted(int(p.name[4:-4]) for p in self.dir.glob("seg-*.wal"))
+        ack = self._read_ack() or ((segs[0], 0) if segs else (0, 0))
+        for seg in segs:
+            if seg < ack[0]:
+                (self.dir / _seg_name(seg)).unlink(missing_ok=True)
+            else:
+                self._sizes[seg] = (self.dir / _seg_name(seg)).stat().st_size
+        self._ack = ack
+        # Count what is still to deliver (headers only), then write to a fresh segment.
+        pos: Position = ack
+        while True:
+            records, end = self._read_from(pos, limit_events=1 << 62, final=True)
+            self.pending_events += sum(r.count for r in records)
+            if end == pos:
+                break
+            pos = end
+        self._open_segment(max([*self._sizes, ack[0]], default=0) + 1)
+
+    def _open_segment(self, seg: int) -> None:
+        if self._fd >= 0:
+            self._sync()
+            os.close(self._fd)
+        self._fd = os.open(self.dir / _seg_name(seg), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        with self._lock:
+            self._sizes[seg] = 0
+            self._committed = (seg, 0)
+        self._fsync_dir()
+
+    def _fsync_dir(self) -> None:
+        if self.fsync != "never":
+            fd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    # -- appending (the writer thread) --------------------------------------------
+    @property
+    def pending_bytes(self) -> int:
+        with self._lock:
+            return sum(s for seg, s in self._sizes.items() if seg >= self._ack[0]) - self._ack[1]
+
+    def committed(self) -> Position:
+        with self._lock:
+            return self._committed
+
+    def append(self, lines: list[bytes]) -> Position | None:
+        """Write one record; return the position after it, or None when the spool is full."""
+        if not lines:
+            return self.committed()
+        data = encode_record(lines)
+        if self.pending_bytes + len(data) > self.max_bytes:
+            return None
+        seg, size = self.committed()
+        if size and size + len(data) > self.segment_bytes:
+            self._open_segment(seg + 1)
+            seg, size = seg + 1, 0
+        written = os.write(self._fd, data)
+        if written != len(data):  # a short write: disk full; never publish a partial record
+            raise SpoolError(f"short write to spool ({written} of {len(data)} bytes)")
+        self._dirty = True
+        if self.fsync == "always":
+            self._sync()
+        else:
+            self.sync_if_due()
+        with self._lock:
+            self._sizes[seg] = size + len(data)
+            self._committed = (seg, size + len(data))
+            self.pending_events += len(lines)
+            return self._committed
+
+    def _sync(self) -> None:
+        if self._dirty and self.fsync != "never" and self._fd >= 0:
+            os.fsync(self._fd)
+        self._dirty = False
+        self._last_sync = time.monotonic()
+
+    def sync_if_due(self) -> None:
+        if self._dirty and time.monotonic() - self._last_sync >= self.fsync_interval_s:
+            self._sync()
+
+    # -- reading and acknowledging (the consumer) ----------------------------------
+    def read(self, start: Position, max_events: int) -> tuple[list[Record], Position]:
+        """Whole records from `start` (at least one when any is ready, until `max_events`
+        is reached) and the position after the last one returned."""
+        records: list[Record] = []
+        pos = start
+        while sum(r.count for r in records) < max_events:
+            more, end = self._read_from(pos, max_events - sum(r.count for r in records))
+            records += more
+            if end == pos:
+                break
+            pos = end
+        return records, pos
+
+    def _read_from(
+        self, pos: Position, limit_events: int, final: bool = False
+    ) -> tuple[list[Record], Position]:
+        """Records of one segment from `pos`; moves to the next segment at its end."""
+        seg, off = pos
+        with self._lock:
+            committed = self._committed
+            later = sorted(s for s in self._sizes if s > seg)
+        live = not final and seg == committed[0]
+        path = self.dir / _seg_name(seg)
+        try:
+            with open(path, "rb") as f:
+                f.seek(off)
+                chunk = f.read((committed[1] - off) if live else -1)
+        except FileNotFoundError:
+            chunk = b""
+        found, end = parse_records(chunk)
+        out: list[Record] = []
+        used = size = 0
+        for rec_off, rec in found:
+            if out and used + rec.count > limit_events:
+                end = rec_off
+                break
+            out.append(rec)
+            used += rec.count
+            size += HEADER.size + len(rec.payload)
+        else:
+            if not live:  # a finished segment: whatever follows the last record is lost
+                end = len(chunk)
+        if not final:
+            self.corrupt_bytes += end - size
+        if live or end < len(chunk) or not later:
+            return out, (seg, off + end)
+        return out, (later[0], 0)
+
+    def ack(self, pos: Position, events: int) -> None:
+        """Everything before `pos` is in ClickHouse: persist that, drop finished segments."""
+        raw = struct.pack("<QQ", *pos)
+        tmp = self.dir / "ack.tmp"
+        with open(tmp, "wb") as f:
+            f.write(raw + struct.pack("<I", zlib.crc32(raw)))
+            if self.fsync == "always":
+                os.fsync(f.fileno())
+        os.replace(tmp, self.dir / "ack")
+        with self._lock:
+            self._ack = pos
+            self.pending_events = max(0, self.pending_events - events)
+            doomed = [s for s in self._sizes if s < pos[0]]
+            for s in doomed:
+                del self._sizes[s]
+        for s in doomed:
+            (self.dir / _seg_name(s)).unlink(missing_ok=True)
+
+    @property
+    def acked(self) -> Position:
+        with self._lock:
+            return self._ack
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self._sync()
+            os.close(self._fd)
+            self._fd = -1
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the slot's flock
+            self._lock_fd = -1
