@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from watchllm.env.base import Env
+import importlib.util
+
+from watchllm.env.base import Analytics, Check, Env, EventQueue
 from watchllm.env.embedded.memory import LruKeyValue, MemoryCounters
 from watchllm.env.embedded.sqlite import SqliteDatabase
 from watchllm.env.embedded.vectors import CoreVectorIndex
@@ -28,14 +30,32 @@ async def build_env(settings: Settings) -> Env:
     async def check_db() -> None:
         await db.fetch_one("SELECT 1 AS ok")
 
+    checks: dict[str, Check] = {"metadata": check_db}
+    events, analytics = await _events(settings, checks)
     return Env(
         mode="embedded",
         settings=settings,
         db=db,
         kv=LruKeyValue(settings.cache_max_bytes),
         counters=MemoryCounters(),
-        events=MemoryEventQueue(settings.events_buffer),
+        events=events,
         http=AiohttpClient(settings.upstream_pool_size),
         vectors=CoreVectorIndex(),
-        checks={"metadata": check_db},
+        analytics=analytics,
+        checks=checks,
     )
+
+
+async def _events(
+    settings: Settings, checks: dict[str, Check]
+) -> tuple[EventQueue, Analytics | None]:
+    """chDB under the data dir, fed by the durable pipeline, when chdb is installed; the
+    in-memory queue when it is not or WATCHLLM_CLICKHOUSE_URL=off."""
+    if settings.clickhouse_url == "off" or (
+        not settings.clickhouse_url and importlib.util.find_spec("chdb") is None
+    ):
+        return MemoryEventQueue(settings.events_buffer), None
+    from watchllm.env.selfhosted import build_pipeline
+    from watchllm.events.clickhouse_schema import clickhouse_url
+
+    return await build_pipeline(settings, clickhouse_url(settings), checks)
