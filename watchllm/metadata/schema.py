@@ -87,6 +87,44 @@ MIGRATIONS: tuple[Migration, ...] = (
             Index("api_keys_project", "api_keys", ("project_id",)),
         ),
     ),
+    Migration(
+        2,
+        "plans_and_provider_keys",
+        (
+            # limits: the plan document of watchllm/limits/plan.py (rates, budget, quotas).
+            Table(
+                "plans",
+                (
+                    _c("id", "TEXT", primary=True),
+                    _c("name", "TEXT"),
+                    _c("limits", "TEXT", default="'{}'"),
+                    _c("created_at", "INTEGER"),
+                    _c("updated_at", "INTEGER"),
+                ),
+            ),
+            Index("plans_name", "plans", ("name",), unique=True),
+            # Per-key overrides of the plan's key limits ({"rpm", "tpm", "max_concurrent"}).
+            AddColumn("api_keys", _c("limits", "TEXT", nullable=True)),
+            # Provider API keys per project, AES-256-GCM: base64(nonce || ciphertext+tag),
+            # bound to (id, project_id, provider) as associated data; key_id names the
+            # master key that sealed it (rotation re-seals under the current one).
+            Table(
+                "provider_keys",
+                (
+                    _c("id", "TEXT", primary=True),
+                    _c("project_id", "TEXT"),
+                    _c("provider", "TEXT"),
+                    _c("ciphertext", "TEXT"),
+                    _c("key_id", "TEXT"),
+                    _c("hint", "TEXT"),
+                    _c("created_at", "INTEGER"),
+                    _c("updated_at", "INTEGER"),
+                ),
+            ),
+            Index("provider_keys_project", "provider_keys", ("project_id", "provider"),
+                  unique=True),
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
