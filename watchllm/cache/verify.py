@@ -41,7 +41,11 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
-__all__ = ["Verdict", "verify"]
+__all__ = ["DEFAULT_THRESHOLD", "Verdict", "verify"]
+
+# Cosine threshold this rule was evaluated with (docs/semantic-cache.md): below it the
+# vector search should not return a candidate at all.
+DEFAULT_THRESHOLD = 0.80
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +175,7 @@ _SYNONYMS = [_words(g) for g in _split("""exit quit|delete remove drop erase
 |sum total|tip advice|size length|recipe make cook|dog puppy|job position role""", "|")]
 _SYN_OF = {w: i for i, g in enumerate(_SYNONYMS) for w in g}
 _NEG_PREFIXES = ("un", "de", "dis", "in", "im", "non-", "non")
+_NOT_CONTENT = _STOP | _NEGATION | set(_SUPER) | set(_MORE) | set(_TIME) | {"good"}
 # Stop words that carry no slot (units like "m"/"s" and "this/last ..." excluded).
 _PLAIN_STOP = _STOP - _TIME_MODS - set(_UNITS) - set(_TIME)
 _MORE_NEUTRAL = _STOP | _words("detail info information example than")  # "tell me more about"
@@ -347,8 +352,8 @@ def _parse(text: str) -> _Parsed:
         elif (tok.endswith("est") and len(tok) > 5 and tok not in _NOT_SUPER
               and tok.isalpha() and stem not in _KNOWN):
             degrees.add(tok + "+")
-        if (tok not in _STOP and tok not in _NEGATION and tok not in _SUPER and tok not in _MORE
-                and tok != "good" and (tok.replace("-", "").isalnum() or tok in ("c++", "c#"))):
+        # Words owned by another slot (negation, degree, time) are not swap candidates.
+        if (tok not in _NOT_CONTENT and (tok.replace("-", "").isalnum() or tok in ("c++", "c#"))):
             content.append(stem)
     bag = frozenset(tokens) | frozenset(map(_stem, tokens)) | frozenset(
         w for tok in tokens if not tok.isalnum() for w in _PARTS.split(tok) if w)
