@@ -283,6 +283,29 @@ class LimitsService:
             now_ms = None if self.clock is None else int(self.clock() * 1000)
             await self._apply(ops, now_ms, None)
 
+    async def usage(self, project_id: str) -> dict[str, Any]:
+        """The current period's quota use of a project (only the quotas its plan sets)."""
+        limits = await self.limits_for(project_id, "")
+        now_ms = None if self.clock is None else int(self.clock() * 1000)
+        ops, names = self._admit_ops(project_id, "", Limits(
+            budget_usd=limits.budget_usd, max_requests=limits.max_requests,
+            max_tokens=limits.max_tokens, period=limits.period), 0, now_ms)
+        out: dict[str, Any] = {"period": limits.period}
+        if not ops:
+            return out
+        # FORCE with cost 0 reads without a check (a PEEK would fail once over the limit).
+        peek = [Op(QUOTA, op.key, op.limit, op.window_ms, 0, FORCE) for op in ops]
+        outcome = await self.counters.apply(peek, now_ms)
+        out["period_id"] = ops[0].key.rsplit(":", 1)[1]
+        for op, name, res in zip(ops, names, outcome.results, strict=True):
+            used: float = op.limit - res.remaining
+            limit: float = op.limit
+            if name == "budget":
+                used, limit = used / _MICRO, limit / _MICRO
+            out[name] = {"used": used, "limit": limit, "exhausted": res.remaining <= 0,
+                         "resets_in": duration(res.reset_ms)}
+        return out
+
     # -- headers --------------------------------------------------------------------------
     def headers(self, admission: Admission) -> RawHeaders:
         """OpenAI's x-ratelimit-* for the tightest request and token limits (none if unlimited)."""
