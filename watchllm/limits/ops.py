@@ -74,9 +74,9 @@ def rate(state: RateState | None, op: Op, now: int) -> tuple[bool, OpResult, Rat
     d = 0
     if state is not None and state[0] >= now:
         ms, rem, l0 = state
-        if l0 != limit:  # the plan changed: keep TAT, re-express its fraction in 1/L ms
-            rem = rem * limit // l0
-        d = (ms - now) * limit + rem
+        # In units of the stored limit L0, d counts consumed cells * W; kept as-is when the
+        # plan changes the limit, so "3 of 6 used" becomes "3 of 60 used" (not a time debt).
+        d = (ms - now) * l0 + rem
     cap = win * limit
     if op.mode == FORCE:
         dn = min(max(d + n * win, 0), cap * MAX_DEBT)

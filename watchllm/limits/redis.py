@@ -47,10 +47,7 @@ for i = 1, #KEYS do
     if v then
       local ms, rem, l0 = string.match(v, '^(%-?%d+):(%d+):(%d+)$')
       ms, rem, l0 = tonumber(ms), tonumber(rem), tonumber(l0)
-      if ms and ms >= now then
-        if l0 ~= limit then rem = fdiv(rem * limit, l0) end
-        d = (ms - now) * limit + rem
-      end
+      if ms and ms >= now then d = (ms - now) * l0 + rem end
     end
     local cap = win * limit
     local dn = d + n * win

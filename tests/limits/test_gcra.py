@@ -1,0 +1,128 @@
+"""The rate algorithm against its exact definition, and the Lua port against the Python.
+
+Reference: ITU-T I.371's continuous-state leaky bucket, in exact rational arithmetic
+(Fraction). A bucket of capacity W drains 1 per ms; a cell of cost n adds n*T (T = W/L)
+and conforms iff the bucket then holds at most W. It is a different formulation from the
+virtual-scheduling GCRA we implement, and the two must agree on every decision.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+from fractions import Fraction
+from typing import Any
+
+import pytest
+
+from watchllm.limits.ops import CHECK, CONC, FORCE, PEEK, QUOTA, RATE, RELEASE, MemoryLimiter, Op
+from watchllm.limits.redis import RedisLimiter
+
+from .conftest import needs_redis, redis_client
+
+NOW0 = 1_790_000_000_000
+
+
+class LeakyBucket:
+    def __init__(self, limit: int, window_ms: int) -> None:
+        self.t, self.w = Fraction(window_ms, limit), Fraction(window_ms)
+        self.x, self.lct = Fraction(0), 0
+
+    def offer(self, now: int, n: int) -> tuple[bool, int]:
+        """(conforms, remaining whole cells afterwards) at integer time `now`."""
+        x = max(Fraction(0), self.x - (now - self.lct))
+        ok = x + n * self.t <= self.w
+        if ok:
+            self.x, self.lct = x + n * self.t, now
+        level = x + n * self.t if ok else x
+        return ok, int((self.w - level) / self.t)
+
+
+def trace(seed: int, steps: int) -> list[tuple[int, int]]:
+    rng = random.Random(seed)
+    now, out = NOW0, []
+    for _ in range(steps):
+        now += rng.choice([0, 0, 1, 2, 5, 50, 333, 857, 1000, 4000, 20_000])
+        out.append((now, rng.choice([0, 1, 1, 1, 2, 3])))
+    return out
+
+
+async def _limiter(kind: str) -> tuple[Any, Any]:
+    if kind == "memory":
+        return MemoryLimiter(), None
+    client = redis_client()
+    return RedisLimiter(client), client
+
+
+@pytest.mark.parametrize("kind", ["memory", pytest.param("redis", marks=needs_redis)])
+@pytest.mark.parametrize(("limit", "window_ms"), [(7, 60_000), (60, 60_000), (3, 1_000),
+                                                  (1000, 60_000), (13, 7_001)])
+async def test_gcra_matches_exact_leaky_bucket(kind: str, limit: int, window_ms: int) -> None:
+    limiter, client = await _limiter(kind)
+    key = "wl:{t" + secrets.token_hex(6) + "}:rate"
+    ref = LeakyBucket(limit, window_ms)
+    admitted = 0
+    for now, n in trace(limit * 31 + window_ms, 1500):
+        cost = n * (limit // 7 or 1)
+        out = await limiter.apply([Op(RATE, key, limit, window_ms, cost)], now)
+        ok, remaining = ref.offer(now, cost)
+        assert (out.allowed, out.results[0].remaining) == (ok, remaining), (now, cost)
+        admitted += ok
+    assert 0 < admitted < 1500
+    if client is not None:
+        await client.aclose()
+
+
+async def test_burst_then_steady_rate_bound() -> None:
+    """Token-bucket bound: in any interval of length d at most L + d*L/W are admitted."""
+    limiter, limit, window = MemoryLimiter(), 10, 60_000
+    times = [now for now in range(NOW0, NOW0 + 300_000, 500)  # every 0.5 s for 5 minutes
+             if (await limiter.apply([Op(RATE, "k", limit, window)], now)).allowed]
+    steady = 300_000 // (window // limit)  # one per T = 6 s after the burst
+    assert limit + steady - 2 <= len(times) <= limit + steady
+    for i, start in enumerate(times):
+        for d in (1_000, 30_000, 60_000):
+            inside = sum(1 for t in times[i:] if t < start + d)
+            assert inside <= limit + d * limit // window
+
+
+@needs_redis
+async def test_lua_port_matches_python_on_random_batches() -> None:
+    """Every kind and mode, several ops per batch, all-or-nothing writes, same results."""
+    client = redis_client()
+    red, mem = RedisLimiter(client), MemoryLimiter()
+    rng = random.Random(7)
+    tag = "{t" + secrets.token_hex(6) + "}"  # fresh keys: earlier runs left state in Redis
+    now = NOW0
+    for _ in range(4000):
+        now += rng.choice([0, 0, 1, 3, 17, 250, 1000, 7000])
+        ops, used = [], set()
+        for _ in range(rng.randint(1, 4)):
+            kind = rng.choice([RATE, RATE, CONC, QUOTA])
+            key = f"wl:{tag}:{kind}:{rng.randint(0, 2)}"
+            if kind == QUOTA:
+                key += f":{now // 100_000}"  # the period is part of a quota key
+            if key in used:
+                continue
+            used.add(key)
+            limit = {RATE: rng.choice([1, 3, 7, 60]), CONC: 2, QUOTA: 50}[kind]
+            window = {RATE: rng.choice([60_000, 7_001]), CONC: 5_000,
+                      QUOTA: (now // 100_000 + 1) * 100_000}[kind]
+            modes = [CHECK, RELEASE] if kind == CONC else [CHECK, CHECK, PEEK, FORCE]
+            mode = rng.choice(modes)
+            cost = rng.randint(-3, 8) if mode == FORCE else rng.randint(0, 4)
+            ops.append(Op(kind, key, limit, window, cost, mode, str(rng.randint(0, 3))))
+        assert await red.apply(ops, now) == await mem.apply(ops, now), ops
+    await client.aclose()
+
+
+async def test_plan_change_keeps_what_was_used() -> None:
+    limiter = MemoryLimiter()
+    for _ in range(3):
+        assert (await limiter.apply([Op(RATE, "k", 3, 60_000)], NOW0)).allowed
+    assert not (await limiter.apply([Op(RATE, "k", 3, 60_000)], NOW0)).allowed
+    # Upgrading keeps what was used (3), not the time debt: 3 of 6 left, this one included.
+    raised = await limiter.apply([Op(RATE, "k", 6, 60_000)], NOW0)
+    assert raised.allowed and raised.results[0].remaining == 2
+    lowered = await limiter.apply([Op(RATE, "k", 2, 60_000)], NOW0)  # 4 used of 2: none left
+    assert not lowered.allowed and lowered.results[0].retry_ms == 90_000  # 3 cells at 30 s
