@@ -30,6 +30,7 @@ import datetime as dt
 import logging
 import os
 import random
+import re
 import threading
 import time
 from collections import deque
@@ -49,6 +50,7 @@ from watchllm.events.spool import FsyncPolicy, Position, Spool
 log = logging.getLogger("watchllm.events")
 RECORD_EVENTS = 2000  # most events the writer puts in one spool record
 Columns = list[tuple[str, str]]
+_ENUM_ZERO = re.compile(r"^Enum(?:8|16)\(.*?'([^']*)' = 0\b")
 
 
 def default_route(event: Row) -> tuple[str, ...]:
@@ -125,6 +127,11 @@ class EventPipeline:
         self.drain_timeout_s = drain_timeout_s
         self.columns: dict[str, Columns] = {t: list(c) for t, c in tables.items()}
         self.metrics = Metrics()
+        events_columns = tables.get("events", ())
+        self._event_columns = {c for c, _ in events_columns}
+        self._enum_defaults = {
+            c: m.group(1) for c, t in events_columns if (m := _ENUM_ZERO.search(t))
+        }
         self.spool = Spool(spool_dir, max_bytes=max_bytes, fsync=fsync)
         self.dead_letter_path = Path(dead_letter or Path(spool_dir) / "dead-letter.jsonl")
         self._buf: deque[Any] = deque()
@@ -219,7 +226,7 @@ class EventPipeline:
                 self._wake.wait(self.spool.fsync_interval_s)
                 self._wake.clear()
                 continue
-            take = min(len(self._buf), RECORD_EVENTS)
+            take = min(len(self._buf), RECORD_EVENTS, self.batch_size)
             items = [self._buf.popleft() for _ in range(take)]
             lines: list[bytes] = []
             good: list[Row] = []
@@ -259,7 +266,8 @@ class EventPipeline:
                 self._hot_events -= len(self._hot.popleft()[2])
             events: list[Row] = []
             pos, count = cursor, 0
-            while self._hot and self._hot[0][0] == pos and count < self.batch_size:
+            while (self._hot and self._hot[0][0] == pos
+                   and (not count or count + len(self._hot[0][2]) <= self.batch_size)):
                 _, pos, items = self._hot.popleft()
                 self._hot_events -= len(items)
                 events += items
@@ -332,9 +340,21 @@ class EventPipeline:
             count = sum(r.count for r in records)
         batch = Batch(end, count, len(events))
         for ev in events:
+            if ev.get("event_type") != "prompt_call":
+                self._complete(ev)
             for table in self.route(ev):
                 batch.tables.setdefault(table, []).append(ev)
         return batch
+
+    def _complete(self, ev: Row) -> None:
+        """Fill what other event types leave out: enum columns default to their 0 label,
+        fields without a column of their own go to `properties` (JSON)."""
+        for col, label in self._enum_defaults.items():
+            ev.setdefault(col, label)
+        if "properties" not in ev:
+            extra = {k: v for k, v in ev.items() if k not in self._event_columns}
+            if extra:
+                ev["properties"] = dumps(extra).decode()
 
     async def _send(self, batch: Batch) -> None:
         """Insert each table's rows (tables already done are not sent again), then ack."""

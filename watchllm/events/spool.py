@@ -163,7 +163,12 @@ class Spool:
             if end == pos:
                 break
             pos = end
-        self._open_segment(max([*self._sizes, ack[0]], default=0) + 1)
+        last = max([*self._sizes, ack[0]], default=0)
+        if not self.pending_events:  # only delivered (or unreadable) data left: drop it
+            for seg in list(self._sizes):
+                (self.dir / _seg_name(seg)).unlink(missing_ok=True)
+            self._sizes.clear()
+        self._open_segment(last + 1)
 
     def _open_segment(self, seg: int) -> None:
         if self._fd >= 0:

@@ -1,0 +1,22 @@
+-- Migration 0002 plans_and_provider_keys (d1).
+-- Generated from watchllm/metadata/schema.py: edit that, then `make migrations`.
+CREATE TABLE IF NOT EXISTS plans (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    limits TEXT NOT NULL DEFAULT '{}',
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS plans_name ON plans (name);
+ALTER TABLE api_keys ADD COLUMN limits TEXT;
+CREATE TABLE IF NOT EXISTS provider_keys (
+    id TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    ciphertext TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    hint TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS provider_keys_project ON provider_keys (project_id, provider);

@@ -1,0 +1,62 @@
+"""A child process for the kill -9 test: `produce` events into chDB through the pipeline,
+reporting how many are durable (in the spool) as it goes; `check` reopens the same
+directories, lets the pipeline drain what the killed producer left, and reports counts.
+
+    python -m tests.pipeline.producer produce DIR
+    python -m tests.pipeline.producer check DIR DURABLE
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import orjson
+
+from tests.pipeline.helpers import make_event
+from watchllm.env.selfhosted.clickhouse import ClickHouseAnalytics
+from watchllm.events.clickhouse_schema import ensure_schema
+from watchllm.events.pipeline import EventPipeline
+
+
+async def open_pipeline(root: Path) -> tuple[ClickHouseAnalytics, EventPipeline]:
+    analytics = ClickHouseAnalytics(f"chdb://{root / 'ch'}")
+    await ensure_schema(analytics, 0)
+    pipeline = EventPipeline(analytics, root / "spool", batch_size=2000, flush_ms=20)
+    return analytics, await pipeline.start()
+
+
+async def produce(root: Path) -> None:
+    _, p = await open_pipeline(root)
+    print("ready", flush=True)
+    i = 0
+    while True:  # until killed
+        for _ in range(500):
+            p.put(make_event(i, run="k"))
+            i += 1
+        await asyncio.sleep(0.002)
+        print(f"durable {p.metrics.spooled} sent {p.metrics.events_sent}", flush=True)
+
+
+async def check(root: Path, durable: int) -> None:
+    analytics, p = await open_pipeline(root)
+    recovered = p.depth()
+    await p.flush()
+    rows = await analytics.query(
+        "SELECT count() AS n, uniqExact(event_id) AS u, "
+        "countIf(event_id < {edge:String}) AS acked FROM events FINAL",
+        {"edge": f"k-{durable:08d}"},
+    )
+    raw = await analytics.query("SELECT count() AS n FROM events")
+    print(orjson.dumps({**rows[0], "raw": raw[0]["n"], "recovered": recovered}).decode())
+    await p.close()
+    await analytics.close()
+
+
+if __name__ == "__main__":
+    mode, root = sys.argv[1], Path(sys.argv[2])
+    if mode == "produce":
+        asyncio.run(produce(root))
+    else:
+        asyncio.run(check(root, int(sys.argv[3])))
