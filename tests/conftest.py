@@ -49,9 +49,9 @@ async def clickhouse(chdb_url: str) -> AsyncIterator[Any]:
     await analytics.close()
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 10.0, every: float = 0.02) -> None:
-    """Await until `check()` (sync or async) is truthy; fail after `timeout` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
+async def eventually(check: Callable[[], Any], within_s: float = 10.0, every: float = 0.02) -> None:
+    """Await until `check()` (sync or async) is truthy; fail after `within_s` seconds."""
+    deadline = asyncio.get_running_loop().time() + within_s
     while True:
         result = check()
         if asyncio.iscoroutine(result):
@@ -59,5 +59,5 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0, every: flo
         if result:
             return
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"condition not met within {within_s}s")
         await asyncio.sleep(every)

@@ -77,5 +77,7 @@ class FlakySink:
 
 async def stored(analytics: Any, table: str = "events") -> tuple[int, int]:
     """(rows, distinct event ids) in `table` after collapsing duplicates."""
-    rows = await analytics.query(f"SELECT count() AS n, uniqExact(event_id) AS u FROM {table} FINAL")
+    rows = await analytics.query(
+        f"SELECT count() AS n, uniqExact(event_id) AS u FROM {table} FINAL"
+    )
     return int(rows[0]["n"]), int(rows[0]["u"])

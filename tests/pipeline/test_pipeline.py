@@ -57,12 +57,14 @@ async def test_flushes_after_interval_without_a_full_batch(clickhouse: Any, tmp_
     p = await started(clickhouse, tmp_path, batch_size=10_000, flush_ms=100)
     p.put(make_event(1))
     assert await stored(clickhouse) == (0, 0)
-    await eventually(lambda: p.metrics.events_sent == 1, timeout=5)
+    await eventually(lambda: p.metrics.events_sent == 1, within_s=5)
     assert await stored(clickhouse) == (1, 1)
     await p.close()
 
 
-async def test_tool_calls_and_agent_steps_reach_their_tables(clickhouse: Any, tmp_path: Path) -> None:
+async def test_tool_calls_and_agent_steps_reach_their_tables(
+    clickhouse: Any, tmp_path: Path
+) -> None:
     p = await started(clickhouse, tmp_path)
     now = dt.datetime.now(dt.UTC)
     p.put({"event_id": "t1", "event_type": "tool_call", "project_id": "p", "timestamp": now,

@@ -51,7 +51,7 @@ def test_read_stops_at_whole_records_near_max_events(tmp_path: Path) -> None:
 def test_restart_delivers_what_was_not_acked_and_nothing_acked(tmp_path: Path) -> None:
     s = Spool(tmp_path)
     s.append(lines(0, 4))
-    records, end = s.read(s.acked, 1)  # the first record: 4 events
+    _, end = s.read(s.acked, 1)  # the first record: 4 events
     s.ack(end, 4)
     s.append(lines(4, 3))
     s.close()
@@ -101,7 +101,7 @@ def test_bounded_bytes_refuses_instead_of_growing(tmp_path: Path) -> None:
     while s.append(lines(accepted, 10)) is not None:
         accepted += 10
     assert 0 < s.pending_bytes <= 1000
-    got, end = drain(s)
+    _, end = drain(s)
     s.ack(end, accepted)
     assert s.append(lines(0, 10)) is not None  # room again once delivered
     s.close()
