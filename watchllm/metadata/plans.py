@@ -79,8 +79,15 @@ class KeyRing:
             raise ServiceUnavailableError(
                 f"provider key sealed by master key {key_id}, which is not configured "
                 "(WATCHLLM_MASTER_KEY / WATCHLLM_MASTER_KEY_PREVIOUS)", code="master_key_missing")
+        from cryptography.exceptions import InvalidTag
+
         raw = base64.b64decode(ciphertext)
-        return aead.decrypt(raw[:12], raw[12:], aad).decode()
+        try:
+            return aead.decrypt(raw[:12], raw[12:], aad).decode()
+        except InvalidTag:  # altered, or copied from another row/project
+            raise ServiceUnavailableError(
+                "a stored provider key failed its integrity check (altered or moved)",
+                code="provider_key_unreadable") from None
 
 
 @dataclass(frozen=True, slots=True)
