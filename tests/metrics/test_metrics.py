@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from watchllm import metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+RECORD = """
+import sys
+from watchllm import metrics
+for _ in range(int(sys.argv[1])):
+    metrics.record_request("chat/completions", "gpt-4o", 200, 0.12, 0.03, 10, 5, 0.001)
+metrics.rate_limited("key", "rpm")
+metrics.set_queue_depth("events", int(sys.argv[1]))
+"""
+RENDER = "from watchllm import metrics; sys_out = metrics.render(); print(sys_out.decode())"
+
+
+def _python(code: str, env: dict[str, str], *args: str) -> str:
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, check=True,
+                          capture_output=True, text=True, timeout=60).stdout
+
+
+def _sample(text: str, prefix: str) -> float:
+    line = next(ln for ln in text.splitlines() if ln.startswith(prefix))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_workers_are_summed_and_dead_workers_live_gauges_dropped(tmp_path: Path) -> None:
+    directory = tmp_path / "prom"
+    directory.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory), "PYTHONPATH": str(ROOT)}
+    _python(RECORD, env, "3")  # two worker processes, then both exit
+    _python(RECORD, env, "4")
+    out = _python(RENDER, env)
+    assert _sample(out, 'watchllm_requests_total{model="gpt-4o",route="chat/completions",'
+                        'status="200"}') == 7
+    assert _sample(out, 'watchllm_request_duration_seconds_count{route="chat/completions"}') == 7
+    assert _sample(out, 'watchllm_rate_limited_total{limit="rpm",scope="key"}') == 2
+    assert _sample(out, 'watchllm_cost_usd_total{model="gpt-4o"}') == 0.007
+    # Both recording processes have exited: their live queue-depth gauges are gone.
+    assert 'watchllm_queue_depth{queue="events"}' not in out
+
+
+def test_single_process_render_and_bounded_model_labels() -> None:
+    metrics.record_request("embeddings", "text-embedding-3-small", 200, 0.01)
+    for i in range(metrics.MAX_MODELS + 5):
+        metrics.record_request("chat/completions", f"m-{i}", 200, 0.01)
+    metrics.cache_outcome("HIT")
+    metrics.upstream_error("openai", "timeout")
+    metrics.set_backend_up("redis", False)
+    text = metrics.render().decode()
+    assert 'watchllm_cache_lookups_total{outcome="HIT"}' in text
+    assert 'watchllm_upstream_errors_total{kind="timeout",provider="openai"}' in text
+    assert 'watchllm_backend_up{backend="redis"} 0.0' in text
+    assert 'model="other"' in text
+
+
+async def test_metrics_endpoint_answers_prometheus_text() -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await metrics.metrics_endpoint(None, None, send)  # type: ignore[arg-type]
+    assert sent[0]["status"] == 200
+    assert dict(sent[0]["headers"])[b"content-type"].startswith(b"text/plain")
+    assert b"watchllm_requests_total" in sent[1]["body"]
