@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, Literal, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -203,7 +204,8 @@ class RedisCounters:
             b.degraded_ops += 1
             raise CountersUnavailable("redis is down (waiting to probe again)")
         try:
-            outcome = await self._limiter.apply(ops, now_ms)
+            keyed = [replace(op, key=self.prefix + op.key) for op in ops]
+            outcome = await self._limiter.apply(keyed, now_ms)
         except CountersUnavailable:
             b.trip()
             b.degraded_ops += 1

@@ -1,0 +1,129 @@
+"""Adapters of each seam, as parametrised fixtures: a contract test is written once and
+runs against every adapter. PostgreSQL and Redis must be running (`make services`);
+their URLs can be overridden with WATCHLLM_TEST_POSTGRES_URL / WATCHLLM_TEST_REDIS_URL."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import fresh_clickhouse
+
+PG_URL = os.environ.get(
+    "WATCHLLM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("WATCHLLM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def sql_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    if request.param == "sqlite":
+        from watchllm.env.embedded.sqlite import SqliteDatabase
+
+        db: Any = SqliteDatabase(tmp_path / "contract.db")
+        yield db
+        await db.close()
+        return
+    import asyncpg
+
+    from watchllm.env.selfhosted.postgres import PostgresDatabase
+
+    schema = "contract_" + secrets.token_hex(5)
+    admin = await asyncpg.connect(PG_URL)
+    await admin.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in PG_URL else "?"
+    db = await PostgresDatabase.connect(f"{PG_URL}{sep}search_path={schema}", pool_size=4)
+    yield db
+    await db.close()
+    await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    await admin.close()
+
+
+def _redis_client() -> Any:
+    from watchllm.env.selfhosted.redis import connect
+
+    return connect(REDIS_URL, max_connections=8)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def kv(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    if request.param == "memory":
+        from watchllm.env.embedded.memory import LruKeyValue
+
+        store: Any = LruKeyValue()
+        yield store
+        await store.close()
+        return
+    from watchllm.env.selfhosted.redis import RedisKeyValue
+
+    store = RedisKeyValue(_redis_client(), prefix=f"test:{secrets.token_hex(4)}:")
+    yield store
+    await store.delete_prefix("")
+    await store.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def counters(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    if request.param == "memory":
+        from watchllm.env.embedded.memory import MemoryCounters
+
+        c: Any = MemoryCounters()
+        yield c
+        await c.close()
+        return
+    from watchllm.env.selfhosted.redis import RedisCounters
+
+    c = RedisCounters(_redis_client(), prefix=f"test:{secrets.token_hex(4)}:")
+    yield c
+    await c.close()
+
+
+@pytest.fixture(params=["chdb"])
+async def analytics(request: pytest.FixtureRequest, chdb_url: str) -> AsyncIterator[Any]:
+    a = await fresh_clickhouse(chdb_url, schema=False)
+    yield a
+    await a.command(f"DROP DATABASE IF EXISTS {a.database}")
+    await a.close()
+
+
+class QueueUnderTest:
+    """An EventQueue and how to see what it delivered (ids, in delivery order)."""
+
+    def __init__(self, queue: Any, delivered: Callable[[], Awaitable[list[str]]]) -> None:
+        self.queue = queue
+        self.delivered = delivered
+
+
+@pytest.fixture(params=["memory", "pipeline"])
+async def event_queue(
+    request: pytest.FixtureRequest, chdb_url: str, tmp_path: Path
+) -> AsyncIterator[QueueUnderTest]:
+    if request.param == "memory":
+        from watchllm.events.memory_queue import MemoryEventQueue
+
+        mq = MemoryEventQueue(10_000)
+
+        async def drained() -> list[str]:
+            return [e.get("event_id") for e in mq.snapshot() if isinstance(e, dict)]
+
+        yield QueueUnderTest(mq, drained)
+        await mq.close()
+        return
+    from watchllm.events.pipeline import EventPipeline
+
+    sink = await fresh_clickhouse(chdb_url)
+    pq = await EventPipeline(sink, tmp_path / "spool", flush_ms=20).start()
+
+    async def stored() -> list[str]:
+        rows = await sink.query("SELECT event_id FROM events FINAL ORDER BY event_id")
+        return [r["event_id"] for r in rows]
+
+    yield QueueUnderTest(pq, stored)
+    await pq.close()
+    await sink.command(f"DROP DATABASE IF EXISTS {sink.database}")
+    await sink.close()
