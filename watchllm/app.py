@@ -119,7 +119,7 @@ class Gateway:
         if self._env is None:  # servers without lifespan support
             await self.startup()
         req = Request(scope, receive)
-        request_id = req.headers.get("x-request-id") or "req_" + secrets.token_hex(12)
+        request_id = req.header(b"x-request-id") or "req_" + secrets.token_hex(12)
         self.inflight += 1
         self._idle.clear()
         try:

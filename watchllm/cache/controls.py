@@ -44,6 +44,11 @@ def _number(value: Any, name: str, lo: float, hi: float) -> float:
     return number
 
 
+DEFAULT = CacheControls()
+HEADER_NAMES = (b"cache-control", b"x-watchllm-cache-mode", b"x-watchllm-cache-ttl",
+                b"x-watchllm-cache-namespace", b"x-watchllm-cache-threshold")
+
+
 def parse(headers: dict[str, str], body_field: Any) -> CacheControls:
     body = body_field.get("cache") if isinstance(body_field, dict) else None
     if body_field is not None and not isinstance(body_field, dict):

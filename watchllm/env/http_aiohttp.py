@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
@@ -23,7 +22,7 @@ class AiohttpResponse:
     async def read(self) -> bytes:
         try:
             return await self._resp.read()
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TimeoutError("upstream did not finish the response in time") from None
         except aiohttp.ClientError as exc:
             raise ConnectError(f"upstream response broke: {exc}") from None
@@ -34,7 +33,7 @@ class AiohttpResponse:
         try:
             async for chunk in self._resp.content.iter_any():
                 yield chunk
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TimeoutError("upstream stopped sending within the read timeout") from None
         except aiohttp.ClientError as exc:
             raise ConnectionError(f"upstream stream broke: {exc}") from None
@@ -46,8 +45,9 @@ class AiohttpResponse:
 
 
 class AiohttpClient:
-    def __init__(self, pool_size: int = 256) -> None:
+    def __init__(self, pool_size: int = 256, trust_env: bool = False) -> None:
         self._pool_size = pool_size
+        self._trust_env = trust_env  # honour HTTP(S)_PROXY
         self._session: aiohttp.ClientSession | None = None
 
     def _get_session(self) -> aiohttp.ClientSession:
@@ -61,6 +61,7 @@ class AiohttpClient:
                 skip_auto_headers=_SKIP,
                 auto_decompress=True,
                 cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=self._trust_env,
             )
         return self._session
 
@@ -82,7 +83,7 @@ class AiohttpClient:
         except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
                 aiohttp.ClientOSError) as exc:
             raise ConnectError(f"cannot reach {_origin(url)}: {exc}") from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TimeoutError(f"{_origin(url)} did not answer within the timeout") from None
         return AiohttpResponse(resp)
 

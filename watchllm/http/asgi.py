@@ -32,7 +32,8 @@ class ClientDisconnected(Exception):
 
 
 class Request:
-    __slots__ = ("_body", "headers", "method", "path", "query", "receive", "scope")
+    __slots__ = ("_body", "_headers", "method", "path", "query", "raw_headers", "receive",
+                 "scope")
 
     def __init__(self, scope: Scope, receive: Receive) -> None:
         self.scope = scope
@@ -40,17 +41,28 @@ class Request:
         self.method: str = scope["method"]
         self.path: str = scope["path"]
         self.query: bytes = scope.get("query_string", b"")
-        # Header names arrive lower-cased (ASGI spec); repeated headers: last wins.
-        self.headers: dict[str, str] = {
-            k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
-        }
+        # Header names arrive lower-cased (ASGI spec); repeated headers: last wins. Kept as
+        # bytes: the hot path reads three or four of them, so nothing else is decoded.
+        self.raw_headers: dict[bytes, bytes] = dict(scope["headers"])
+        self._headers: dict[str, str] | None = None
         self._body: bytes | None = None
+
+    def header(self, name: bytes) -> str | None:
+        value = self.raw_headers.get(name)
+        return None if value is None else value.decode("latin-1")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self._headers is None:
+            self._headers = {k.decode("latin-1"): v.decode("latin-1")
+                             for k, v in self.raw_headers.items()}
+        return self._headers
 
     async def body(self, limit: int) -> bytes:
         """The whole body; 413 beyond `limit` bytes (checked before reading when declared)."""
         if self._body is not None:
             return self._body
-        declared = self.headers.get("content-length")
+        declared = self.header(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLargeError(
                 f"Request body is {declared} bytes; the limit is {limit} bytes "
@@ -97,12 +109,12 @@ class Request:
         return dict(parse_qsl(self.query.decode("latin-1"), keep_blank_values=True))
 
     def bearer(self) -> str | None:
-        auth = self.headers.get("authorization")
+        auth = self.header(b"authorization")
         if auth:
             scheme, _, token = auth.partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
-        return self.headers.get("x-api-key") or self.headers.get("api-key")
+        return self.header(b"x-api-key") or self.header(b"api-key")
 
 
 async def send_body(send: Send, status: int, body: bytes, headers: RawHeaders) -> None:

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 # Client headers forwarded upstream (OpenAI's own request options); nothing else is.
-FORWARDED_HEADERS = ("openai-organization", "openai-project", "openai-beta", "anthropic-beta",
-                     "anthropic-version", "idempotency-key")
+FORWARDED_HEADERS = frozenset((b"openai-organization", b"openai-project", b"openai-beta",
+                               b"anthropic-beta", b"anthropic-version", b"idempotency-key"))
 
 
 @dataclass(slots=True)

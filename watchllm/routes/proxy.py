@@ -37,11 +37,11 @@ _REQUIRED: dict[str, tuple[str, tuple[type, ...]]] = {
     "embeddings": ("input", (str, list)),
     "responses": ("input", (str, list)),
 }
-_KEPT_UPSTREAM = ("retry-after", "retry-after-ms", "openai-processing-ms", "openai-version",
-                  "openai-organization", "x-ratelimit-limit-requests",
-                  "x-ratelimit-limit-tokens", "x-ratelimit-remaining-requests",
-                  "x-ratelimit-remaining-tokens", "x-ratelimit-reset-requests",
-                  "x-ratelimit-reset-tokens")
+_KEPT_UPSTREAM = frozenset((
+    "retry-after", "retry-after-ms", "openai-processing-ms", "openai-version",
+    "openai-organization", "x-ratelimit-limit-requests", "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"))
 
 
 def validate(endpoint: str, data: dict[str, Any]) -> tuple[str, bool]:
@@ -85,12 +85,11 @@ def response_headers(ctx: ProxyContext, upstream: dict[str, str]) -> RawHeaders:
     ]
     if ctx.cache_status != "NONE":
         headers.append((b"x-watchllm-cache", ctx.cache_status.encode()))
-    for name in _KEPT_UPSTREAM:
-        value = upstream.get(name)
-        if value is not None:
+    for name, value in upstream.items():  # a handful of headers: cheaper than probing 11 names
+        if name in _KEPT_UPSTREAM:
             headers.append((name.encode(), value.encode("latin-1", "replace")))
-    if "x-request-id" in upstream:
-        headers.append((b"x-upstream-request-id", upstream["x-request-id"].encode("latin-1")))
+        elif name == "x-request-id":
+            headers.append((b"x-upstream-request-id", value.encode("latin-1", "replace")))
     return headers
 
 
@@ -124,7 +123,12 @@ async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
     raw, data = await req.json_object(gw.settings.max_body_bytes)
     ctx.model, ctx.stream = validate(ctx.endpoint, data)
     principal.check_model(ctx.model)
-    controls = cache_controls.parse(req.headers, data.get("watchllm"))
+    body_controls = data.get("watchllm")
+    raw_headers = req.raw_headers
+    if body_controls is None and not any(h in raw_headers for h in cache_controls.HEADER_NAMES):
+        controls = cache_controls.DEFAULT  # the common case: nothing to parse
+    else:
+        controls = cache_controls.parse(req.headers, body_controls)
     if "watchllm" in data:  # our control field never reaches the provider
         data = {k: v for k, v in data.items() if k != "watchllm"}
         raw = orjson.dumps(data)
@@ -146,7 +150,8 @@ async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
             return
     entry: CacheEntry | None = None
     try:
-        headers = {k: req.headers[k] for k in FORWARDED_HEADERS if k in req.headers}
+        headers = {k: v.decode("latin-1") for k, v in raw_headers.items()
+                   if k in FORWARDED_HEADERS}
         call = UpstreamCall(ctx.endpoint, raw, data, ctx.model, ctx.stream, headers)
         entry = await _forward(gw, req, send, ctx, call, cache=plan is not None)
     finally:

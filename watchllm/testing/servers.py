@@ -79,6 +79,7 @@ def start_mock_upstream(log_dir: Path, fixed: bool = False, cpu: int | None = No
 def start_gateway(data_dir: Path, env: Mapping[str, str], cpu: int | None = None,
                   workers: int = 1) -> Server:
     port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
     full = {"WATCHLLM_DATA_DIR": str(data_dir), "WATCHLLM_PORT": str(port),
             "WATCHLLM_WORKERS": str(workers), **env}
     return start(["-m", "watchllm.entrypoints.cli", "serve"], full, port,

@@ -8,7 +8,7 @@ from watchllm.env.base import Analytics, Check, Env, EventQueue
 from watchllm.env.embedded.memory import LruKeyValue, MemoryCounters
 from watchllm.env.embedded.sqlite import SqliteDatabase
 from watchllm.env.embedded.vectors import CoreVectorIndex
-from watchllm.env.http_aiohttp import AiohttpClient
+from watchllm.env.http_lean import make_http_client
 from watchllm.events.memory_queue import MemoryEventQueue
 from watchllm.metadata.migrate import migrate
 from watchllm.settings import Settings
@@ -39,7 +39,7 @@ async def build_env(settings: Settings) -> Env:
         kv=LruKeyValue(settings.cache_max_bytes),
         counters=MemoryCounters(),
         events=events,
-        http=AiohttpClient(settings.upstream_pool_size),
+        http=make_http_client(settings.upstream_pool_size),
         vectors=CoreVectorIndex(),
         analytics=analytics,
         checks=checks,

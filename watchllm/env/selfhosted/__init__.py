@@ -9,7 +9,7 @@ from pathlib import Path
 
 from watchllm.env.base import Analytics, Check, Counters, Env, EventQueue, KeyValue
 from watchllm.env.embedded.memory import LruKeyValue, MemoryCounters
-from watchllm.env.http_aiohttp import AiohttpClient
+from watchllm.env.http_lean import make_http_client
 from watchllm.env.selfhosted.clickhouse import ClickHouseAnalytics
 from watchllm.env.selfhosted.postgres import PostgresDatabase
 from watchllm.errors import ServiceUnavailableError
@@ -97,7 +97,7 @@ async def build_env(settings: Settings) -> Env:
         kv=kv,
         counters=counters,
         events=events,
-        http=AiohttpClient(settings.upstream_pool_size),
+        http=make_http_client(settings.upstream_pool_size),
         analytics=analytics,
         checks=checks,
         closers=closers,

@@ -1,0 +1,173 @@
+"""Gateway overhead, measured side by side in one run.
+
+    .venv/bin/python bench/load/run.py [--seconds 10] [--rate 1000]
+
+Layout (2 cores): the gateway (1 worker) pinned to core 0; the mock upstream and the load
+generator (`hey`) on core 1. Scenarios, each also run directly against the mock upstream:
+- fixed rate (open loop, `hey -q`): p50/p99 latency; the gateway's added latency is the
+  difference to the direct run;
+- saturation (closed loop): requests/s and the gateway's CPU time per request (from
+  /proc, all of its processes);
+- cache hits vs the ceiling: a minimal granian app returning a fixed body;
+- streaming: SSE through the gateway vs direct.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from watchllm.testing.servers import Server, free_port, start, start_gateway  # noqa: E402
+
+CLK = os.sysconf("SC_CLK_TCK")
+BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime+stime of a process and all its descendants."""
+    total = 0.0
+    pids = [pid]
+    while pids:
+        p = pids.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLK
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+            pids += [int(c) for c in children]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def hey(url: str, seconds: int, body: Path | None, headers: dict[str, str],
+        rate: int | None = None, conc: int = 50) -> dict[str, float]:
+    cmd = ["taskset", "-c", "1", "hey", "-z", f"{seconds}s", "-c", str(conc)]
+    if rate:
+        cmd += ["-q", str(rate / conc)]
+    if body is not None:
+        cmd += ["-m", "POST", "-T", "application/json", "-D", str(body)]
+    for k, v in headers.items():
+        cmd += ["-H", f"{k}: {v}"]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+    res = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
+    for pct in ("50", "90", "99"):
+        m = re.search(rf"{pct}% in ([\d.]+) secs", out)
+        res[f"p{pct}_ms"] = float(m.group(1)) * 1000 if m else float("nan")
+    codes = dict(re.findall(r"\[(\d+)\]\s+(\d+) responses", out))
+    res["non200"] = sum(int(n) for c, n in codes.items() if c != "200")
+    res["n"] = sum(int(n) for n in codes.values())
+    return res
+
+
+def measured(server: Server | None, fn: Any) -> dict[str, float]:
+    before = _cpu_seconds(server.proc.pid) if server else 0.0
+    res = fn()
+    if server:
+        res["cpu_ms_per_req"] = (_cpu_seconds(server.proc.pid) - before) * 1000 / max(res["n"], 1)
+    return res
+
+
+def make_key(gw: Server, admin: str) -> str:
+    def post(path: str, data: dict[str, Any]) -> dict[str, Any]:
+        req = urllib.request.Request(gw.url + path, json.dumps(data).encode(), method="POST",
+                                     headers={"authorization": f"Bearer {admin}",
+                                              "content-type": "application/json"})
+        with urllib.request.urlopen(req) as r:
+            return dict(json.load(r))
+    project = post("/v1/admin/projects", {"name": f"bench{time.time_ns()}"})
+    return str(post("/v1/admin/keys", {"project_id": project["id"]})["key"])
+
+
+def row(name: str, r: dict[str, float]) -> str:
+    cpu = f"{r['cpu_ms_per_req']:.3f}" if "cpu_ms_per_req" in r else "-"
+    return (f"| {name} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {cpu} | "
+            f"{int(r['non200'])} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--seconds", type=int, default=10)
+    p.add_argument("--rate", type=int, default=1000)
+    args = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="watchllm-bench-"))
+    body = tmp / "body.json"
+    body.write_text(json.dumps(BODY))
+    stream_body = tmp / "stream.json"
+    stream_body.write_text(json.dumps({**BODY, "stream": True}))
+
+    mock_port = free_port()
+    mock = start(["-m", "watchllm.testing.mock_upstream", "--port", str(mock_port), "--fixed"],
+                 {}, mock_port, tmp / "mock.log", "/_mock/stats", cpu=1)
+    stream_mock_port = free_port()
+    stream_mock = start(["-m", "watchllm.testing.mock_upstream", "--port",
+                         str(stream_mock_port)], {}, stream_mock_port, tmp / "smock.log",
+                        "/_mock/stats", cpu=1)
+    ceiling_port = free_port()
+    ceiling = start(["bench/load/ceiling.py", str(ceiling_port)], {}, ceiling_port,
+                    tmp / "ceiling.log", "/", cpu=0)
+    admin = "bench-admin"
+    env = {"OPENAI_BASE_URL": f"{mock.url}/v1", "OPENAI_API_KEY": "sk-bench",
+           "WATCHLLM_ADMIN_KEY": admin, "WATCHLLM_LOG_LEVEL": "warning"}
+    gw = start_gateway(tmp / "gw", env, cpu=0)
+    env_s = {**env, "OPENAI_BASE_URL": f"{stream_mock.url}/v1"}
+    gw_stream = start_gateway(tmp / "gws", env_s, cpu=0)
+    try:
+        key = make_key(gw, admin)
+        skey = make_key(gw_stream, admin)
+        auth = {"authorization": f"Bearer {key}"}
+        nocache = {**auth, "x-watchllm-cache-mode": "off"}
+        s = args.seconds
+        url, direct = f"{gw.url}/v1/chat/completions", f"{mock.url}/v1/chat/completions"
+        hey(url, 2, body, nocache)  # warm-up
+        hey(url, 2, body, auth)
+        results = {
+            "direct, fixed rate": measured(None, lambda: hey(direct, s, body, {}, args.rate)),
+            "gateway, fixed rate": measured(gw, lambda: hey(url, s, body, nocache, args.rate)),
+            "direct, saturation": measured(None, lambda: hey(direct, s, body, {})),
+            "gateway, saturation": measured(gw, lambda: hey(url, s, body, nocache)),
+            "ceiling app, saturation": measured(ceiling, lambda: hey(ceiling.url, s, None, {})),
+            "gateway cache hit, saturation": measured(gw, lambda: hey(url, s, body, auth)),
+            "gateway cache hit, 5000 rps": measured(gw, lambda: hey(url, s, body, auth, 5000)),
+        }
+        sauth = {"authorization": f"Bearer {skey}", "x-watchllm-cache-mode": "off"}
+        surl = f"{gw_stream.url}/v1/chat/completions"
+        sdirect = f"{stream_mock.url}/v1/chat/completions"
+        hey(surl, 2, stream_body, sauth)
+        results["direct, streaming, saturation"] = measured(
+            None, lambda: hey(sdirect, s, stream_body, {}))
+        results["gateway, streaming, saturation"] = measured(
+            gw_stream, lambda: hey(surl, s, stream_body, sauth))
+    finally:
+        for server in (gw, gw_stream, mock, stream_mock, ceiling):
+            server.stop()
+
+    print(f"\n`{' '.join(sys.argv)}` — {time.strftime('%Y-%m-%d %H:%M')}, hey, {s}s per row\n")
+    print("| scenario | requests/s | p50 ms | p99 ms | gateway CPU ms/req | non-200 |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, r in results.items():
+        print(row(name, r))
+    fr_d, fr_g = results["direct, fixed rate"], results["gateway, fixed rate"]
+    sat_g = results["gateway, saturation"]
+    hit, ceil = results["gateway cache hit, saturation"], results["ceiling app, saturation"]
+    print(f"\nadded latency at {args.rate} rps: p50 {fr_g['p50_ms'] - fr_d['p50_ms']:+.2f} ms, "
+          f"p99 {fr_g['p99_ms'] - fr_d['p99_ms']:+.2f} ms")
+    print(f"passthrough: {sat_g['rps']:,.0f} req/s, {sat_g['cpu_ms_per_req']:.3f} ms CPU/req")
+    print(f"cache hit: {hit['rps']:,.0f} req/s = {hit['rps'] / ceil['rps']:.0%} of the ceiling "
+          f"app's {ceil['rps']:,.0f}; p99 at 5000 rps: "
+          f"{results['gateway cache hit, 5000 rps']['p99_ms']:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()

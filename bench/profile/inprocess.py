@@ -1,0 +1,73 @@
+"""Drive the ASGI app in-process (no server, no sockets) to profile our own per-request cost.
+
+    .venv/bin/python bench/profile/inprocess.py [hit|miss] [N] [--profile]
+
+`miss` uses the in-process mock provider with caching off, `hit` a cached answer. Prints
+microseconds per request of pure application work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from watchllm.app import Gateway  # noqa: E402
+from watchllm.entrypoints.factory import build_env  # noqa: E402
+from watchllm.settings import load_settings  # noqa: E402
+
+BODY = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]})
+
+
+async def main(kind: str, n: int, profile: bool) -> None:
+    data_dir = tempfile.mkdtemp()
+    settings = load_settings({"WATCHLLM_DATA_DIR": data_dir, "WATCHLLM_CLICKHOUSE_URL": "off"},
+                             None)
+    gw = Gateway(settings, build_env)
+    await gw.startup()
+    project = await gw.store.create_project("p")
+    _, key = await gw.store.create_key(project.id)
+    headers = [(b"authorization", f"Bearer {key}".encode()),
+               (b"content-type", b"application/json")]
+    if kind == "miss":
+        headers.append((b"x-watchllm-cache-mode", b"off"))
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
+             "query_string": b"", "headers": headers}
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": BODY, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    for _ in range(200):
+        await gw(scope, receive, send)
+    assert sent[0]["status"] == 200, sent[:2]
+    prof = cProfile.Profile() if profile else None
+    if prof:
+        prof.enable()
+    start = time.perf_counter()
+    for _ in range(n):
+        await gw(scope, receive, send)
+    elapsed = time.perf_counter() - start
+    if prof:
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    print(f"{kind}: {elapsed / n * 1e6:.1f} us per request (n={n})")
+    await gw.shutdown()
+
+
+if __name__ == "__main__":
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    asyncio.run(main(args[0] if args else "hit", int(args[1]) if len(args) > 1 else 20000,
+                     "--profile" in sys.argv))

@@ -1,0 +1,207 @@
+"""The HttpClient seam: one suite, every adapter (lean httptools client, aiohttp).
+
+Edge cases use tiny raw-socket servers so each behaviour is forced exactly: chunked
+bodies trickling in, a server that closes idle keep-alive connections, bodies delimited by
+connection close, slow answers, clients hanging up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from watchllm.env.base import ConnectError, HttpClient
+from watchllm.env.http_aiohttp import AiohttpClient
+from watchllm.env.http_lean import LeanHttpClient
+from watchllm.testing.servers import free_port
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture(params=["lean", "aiohttp"])
+async def client(request: pytest.FixtureRequest) -> AsyncIterator[HttpClient]:
+    c: HttpClient = LeanHttpClient(pool_size=4) if request.param == "lean" else AiohttpClient(4)
+    yield c
+    await c.close()
+
+
+@contextlib.asynccontextmanager
+async def serve(handler: Handler) -> AsyncIterator[str]:
+    connections: list[asyncio.StreamWriter] = []
+
+    async def wrapped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await handler(reader, writer)
+
+    server = await asyncio.start_server(wrapped, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for w in connections:
+            w.close()
+        server.close()
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], bytes]:
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:] if h)}
+    body = await reader.readexactly(int(headers.get("content-length", 0)))
+    return head[0], headers, body
+
+
+def respond(body: bytes, extra: str = "") -> bytes:
+    return (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{extra}"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def echo_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while True:
+        line, headers, body = await read_request(reader)
+        writer.write(respond(line.encode() + b"|" + headers["x-test"].encode() + b"|" + body))
+        await writer.drain()
+
+
+async def call(c: HttpClient, url: str, body: bytes = b"{}", timeout: float = 5) -> bytes:
+    resp = await c.request("POST", url, {"x-test": "yes"}, body, connect_timeout=2,
+                           read_timeout=timeout)
+    assert resp.status == 200
+    return await resp.read()
+
+
+async def test_request_line_headers_body_and_keep_alive(client: HttpClient) -> None:
+    async with serve(echo_server) as url:
+        for i in range(5):  # same connection, sequential requests
+            assert await call(client, f"{url}/v1/x?q={i}", b"payload") == \
+                f"POST /v1/x?q={i} HTTP/1.1|yes|payload".encode()
+        results = await asyncio.gather(*(call(client, f"{url}/p", b"%d" % i) for i in range(20)))
+        assert results == [b"POST /p HTTP/1.1|yes|%d" % i for i in range(20)]
+
+
+async def test_large_bodies_both_ways(client: HttpClient) -> None:
+    big = b"x" * (3 << 20)
+    async with serve(echo_server) as url:
+        assert (await call(client, url + "/big", big)).endswith(big)
+
+
+async def test_chunked_stream_arrives_incrementally(client: HttpClient) -> None:
+    release = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        writer.write(b"7\r\ndata: 1\r\n")
+        await writer.drain()
+        await release.wait()
+        writer.write(b"7\r\ndata: 2\r\n0\r\n\r\n")
+        await writer.drain()
+
+    async with serve(handler) as url:
+        resp = await client.request("POST", url + "/s", {}, b"{}", connect_timeout=2,
+                                    read_timeout=5)
+        chunks = resp.iter_chunks()
+        assert await asyncio.wait_for(chunks.__anext__(), 2) == b"data: 1"
+        release.set()
+        assert b"".join([c async for c in chunks]) == b"data: 2"
+
+
+async def test_server_closing_idle_connections_is_survived(client: HttpClient) -> None:
+    async def one_shot(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(respond(b"ok"))  # keep-alive promised...
+        await writer.drain()
+        writer.close()  # ...then the connection is closed while idle
+
+    async with serve(one_shot) as url:
+        for _ in range(3):
+            assert await call(client, url) == b"ok"
+            await asyncio.sleep(0.05)
+
+
+async def test_body_until_connection_close(client: HttpClient) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil-eof")
+        await writer.drain()
+        writer.close()
+
+    async with serve(handler) as url:
+        assert await call(client, url) == b"until-eof"
+
+
+async def test_connect_error(client: HttpClient) -> None:
+    with pytest.raises(ConnectError):
+        await call(client, f"http://127.0.0.1:{free_port()}/")
+
+
+async def test_read_timeout(client: HttpClient) -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(5)
+
+    async with serve(slow) as url:
+        with pytest.raises(TimeoutError):
+            await call(client, url, timeout=0.3)
+
+
+async def test_close_mid_stream_reaches_the_server(client: HttpClient) -> None:
+    closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        await writer.drain()
+        if await reader.read(1) == b"":  # EOF: the client dropped the connection
+            closed.set()
+
+    async with serve(handler) as url:
+        resp = await client.request("POST", url, {}, b"{}", connect_timeout=2, read_timeout=5)
+        assert await resp.iter_chunks().__anext__() == b"abc"
+        resp.close()
+        await asyncio.wait_for(closed.wait(), 2)
+
+
+async def test_pool_limit_queues_instead_of_failing(client: HttpClient) -> None:
+    active = 0
+    peak = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal active, peak
+        while True:
+            await read_request(reader)
+            active += 1
+            peak = max(peak, active)
+            await asyncio.sleep(0.02)
+            active -= 1
+            writer.write(respond(b"ok"))
+            await writer.drain()
+
+    async with serve(handler) as url:
+        assert await asyncio.gather(*(call(client, url) for _ in range(30))) == [b"ok"] * 30
+    assert peak <= 4  # pool_size
+
+
+async def test_slow_consumer_of_a_large_stream_gets_every_byte(client: HttpClient) -> None:
+    piece = b"y" * 65536
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(80):  # 5 MiB, more than the client buffers before pausing
+            writer.write(b"%x\r\n" % len(piece) + piece + b"\r\n")
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async with serve(handler) as url:
+        resp = await client.request("POST", url, {}, b"{}", connect_timeout=2, read_timeout=5)
+        total = 0
+        async for chunk in resp.iter_chunks():
+            total += len(chunk)
+            await asyncio.sleep(0)
+        assert total == 80 * len(piece)

@@ -1,0 +1,329 @@
+"""HttpClient for the hot path: HTTP/1.1 keep-alive over asyncio, parsed by httptools.
+
+Why not aiohttp: on this machine aiohttp's client costs ~180 us of CPU per request
+(bench/micro/http_client.py), most of the whole per-request budget of the gateway. This
+client does only what an upstream call needs — one request per pooled connection, bodies
+by Content-Length or chunked (httptools decodes), streaming with back-pressure, connect
+and read timeouts, TLS — and costs a fraction of that. Proxies (HTTPS_PROXY) are not
+supported here; `make_http_client` picks aiohttp when one is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from urllib.parse import urlsplit
+
+import httptools
+
+from watchllm.env.base import ConnectError
+from watchllm.env.http_aiohttp import AiohttpClient
+
+_HIGH_WATER = 1 << 20  # buffered body bytes before we stop reading from the socket
+_IDLE_TTL_S = 30.0
+
+
+class _Response:
+    """One response; filled by the connection's parser callbacks, read by the caller."""
+
+    __slots__ = ("_conn", "_waiter", "buffered", "chunks", "done", "error", "headers",
+                 "status", "streaming")
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn = conn
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.done = False
+        self.error: BaseException | None = None
+        self.streaming = False  # back-pressure only applies to a consumer reading chunks
+        self._waiter: asyncio.Future[None] | None = None
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def _wait(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, self._timeout)
+        try:
+            await self._waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def _timeout(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_exception(TimeoutError("upstream did not send data within the read timeout"))
+
+    async def read(self) -> bytes:
+        while not self.done and self.error is None:
+            await self._wait(self._conn.read_timeout)
+        if self.error is not None and not self.done:
+            self.close()
+            raise ConnectionError(f"upstream response broke: {self.error}")
+        body = b"".join(self.chunks)
+        self.chunks.clear()
+        self._conn.release()
+        return body
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        self.streaming = True
+        try:
+            while True:
+                if self.chunks:
+                    chunk = self.chunks.popleft()
+                    self.buffered -= len(chunk)
+                    self._conn.resume()
+                    yield chunk
+                elif self.done:
+                    break
+                elif self.error is not None:
+                    raise ConnectionError(f"upstream stream broke: {self.error}")
+                else:
+                    await self._wait(self._conn.read_timeout)
+        finally:
+            if self.done:
+                self._conn.release()
+            else:
+                self.close()
+
+    def close(self) -> None:
+        """Abort: drop the connection so the upstream sees the request cancelled."""
+        self._conn.abort()
+
+
+class _Connection(asyncio.Protocol):
+    __slots__ = ("_header", "_reused", "closed", "idle_since", "parser", "pool", "read_timeout",
+                 "response", "transport")
+
+    def __init__(self, pool: _Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.response: _Response | None = None
+        self.closed = False
+        self.read_timeout = 600.0
+        self.idle_since = 0.0
+        self._header: bytes = b""
+        self._reused = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # small SSE writes must not wait for delayed ACKs (Nagle)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(exc)
+            self.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        r = self.response
+        if (exc is None and r is not None and r.status and "content-length" not in r.headers
+                and "chunked" not in r.headers.get("transfer-encoding", "")):
+            r.done = True  # a body delimited by the end of the connection
+            r._wake()
+            return
+        self._fail(exc or ConnectionResetError("connection closed by upstream"))
+
+    # -- httptools callbacks --------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.response is not None:
+            self.response.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        r = self.response
+        if r is not None:
+            r.status = self.parser.get_status_code()
+            r._wake()
+
+    def on_body(self, body: bytes) -> None:
+        r = self.response
+        if r is not None:
+            r.chunks.append(body)
+            r.buffered += len(body)
+            if r.streaming and r.buffered > _HIGH_WATER and self.transport is not None:
+                self.transport.pause_reading()
+            r._wake()
+
+    def on_message_complete(self) -> None:
+        r = self.response
+        if r is not None:
+            r.done = True
+            r._wake()
+        if not self.parser.should_keep_alive():
+            self.closed = True
+
+    # -- use --------------------------------------------------------------------------
+    def _fail(self, exc: BaseException) -> None:
+        r = self.response
+        if r is not None and not r.done and r.error is None:
+            r.error = exc
+            r._wake()
+
+    def resume(self) -> None:
+        if self.transport is not None and self.response is not None \
+                and self.response.buffered <= _HIGH_WATER:
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        """Close now; if a request was using this connection, give its pool slot back."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+        if self.response is not None:
+            self.response = None
+            self.pool.release_slot()
+
+    def release(self) -> None:
+        """The response was read to its end: the connection may serve the next request."""
+        if self.response is None:
+            return
+        if self.closed or self.transport is None or self.transport.is_closing():
+            self.abort()
+            return
+        self.response = None
+        self.transport.resume_reading()
+        self.pool.put_back(self)
+
+    async def send(self, head: bytes, body: bytes | None, read_timeout: float) -> _Response:
+        assert self.transport is not None
+        self.read_timeout = read_timeout
+        self.parser = httptools.HttpResponseParser(self)
+        r = self.response = _Response(self)
+        self.transport.write(head + body if body else head)
+        while r.status == 0 and r.error is None:
+            await r._wait(read_timeout)
+        if r.status == 0:
+            raise ConnectError(f"connection failed before a response: {r.error}")
+        return r
+
+
+class _Pool:
+    """Keep-alive connections to one origin, at most `limit` in use at once."""
+
+    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None, limit: int) -> None:
+        self.host, self.port, self.tls, self.limit = host, port, tls, limit
+        self.idle: list[_Connection] = []
+        self.active = 0
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self, connect_timeout: float) -> _Connection:
+        loop = asyncio.get_running_loop()
+        while self.active >= self.limit:
+            fut = loop.create_future()
+            self.waiters.append(fut)
+            await fut
+        self.active += 1
+        now = loop.time()
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.closed and now - conn.idle_since < _IDLE_TTL_S:
+                conn._reused = True
+                return conn
+            conn.abort()
+        try:
+            _, conn = await asyncio.wait_for(loop.create_connection(
+                lambda: _Connection(self), self.host, self.port, ssl=self.tls,
+                server_hostname=self.host if self.tls else None), connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            self.release_slot()
+            kind = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+            raise ConnectError(f"cannot connect to {self.host}:{self.port}: {kind}") from None
+        conn._reused = False
+        return conn
+
+    def release_slot(self) -> None:
+        self.active -= 1
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                break
+
+    def put_back(self, conn: _Connection) -> None:
+        conn.idle_since = asyncio.get_running_loop().time()
+        self.idle.append(conn)
+        self.release_slot()
+
+    def close(self) -> None:
+        for conn in self.idle:
+            conn.abort()
+        self.idle.clear()
+
+
+class LeanHttpClient:
+    def __init__(self, pool_size: int = 256) -> None:
+        self.pool_size = pool_size
+        self._pools: dict[str, _Pool] = {}
+        self._tls: ssl.SSLContext | None = None
+
+    def _pool(self, origin: str) -> tuple[_Pool, str]:
+        parts = urlsplit(origin)
+        pool = self._pools.get(parts.netloc + parts.scheme)
+        if pool is None:
+            tls = None
+            if parts.scheme == "https":
+                tls = self._tls = self._tls or ssl.create_default_context()
+            port = parts.port or (443 if tls else 80)
+            pool = _Pool(parts.hostname or "", port, tls, self.pool_size)
+            self._pools[parts.netloc + parts.scheme] = pool
+        return pool, parts.netloc
+
+    async def request(self, method: str, url: str, headers: Mapping[str, str],
+                      body: bytes | None, *, connect_timeout: float,
+                      read_timeout: float) -> _Response:
+        scheme, _, rest = url.partition("://")
+        netloc, slash, path = rest.partition("/")
+        pool, host = self._pool(f"{scheme}://{netloc}")
+        lines = [f"{method} /{path if slash else ''} HTTP/1.1", f"Host: {host}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        lines.append(f"Content-Length: {len(body) if body else 0}")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        for attempt in (0, 1):
+            conn = await pool.acquire(connect_timeout)
+            try:
+                return await conn.send(head, body, read_timeout)
+            except ConnectError:
+                # An idle connection the server had already closed: nothing was processed,
+                # so one immediate retry on a fresh connection is safe.
+                reused = conn._reused
+                conn.abort()
+                if not reused or attempt:
+                    raise
+            except TimeoutError:
+                conn.abort()
+                raise
+            except BaseException:
+                conn.abort()
+                raise
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+
+def make_http_client(pool_size: int) -> LeanHttpClient | AiohttpClient:
+    """The lean client, unless an HTTP(S) proxy is configured (aiohttp speaks CONNECT)."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY",
+                                        "http_proxy")):
+        return AiohttpClient(pool_size, trust_env=True)
+    return LeanHttpClient(pool_size)
