@@ -74,10 +74,22 @@ def chat_body() -> bytes:
         {
             "model": "gpt-4o-mini",
             "messages": [
-                {"role": "system", "content": "You are a concise support assistant for an e-commerce site. " * 3},
-                {"role": "user", "content": "My order #48213 has not arrived yet, it has been 9 days."},
-                {"role": "assistant", "content": "I'm sorry to hear that. Could you confirm the shipping address?"},
-                {"role": "user", "content": "Sure: 221B Baker Street, London. Can you check the carrier status?"},
+                {
+                    "role": "system",
+                    "content": "You are a concise support assistant for an e-commerce site. " * 3,
+                },
+                {
+                    "role": "user",
+                    "content": "My order #48213 has not arrived yet, it has been 9 days.",
+                },
+                {
+                    "role": "assistant",
+                    "content": "I'm sorry to hear that. Could you confirm the shipping address?",
+                },
+                {
+                    "role": "user",
+                    "content": "Sure: 221B Baker Street, London. Can you check the carrier status?",
+                },
             ],
             "tools": [
                 {
@@ -87,7 +99,9 @@ def chat_body() -> bytes:
                         "description": "Look up the carrier status of an order.",
                         "parameters": {
                             "type": "object",
-                            "properties": {"order_id": {"type": "string", "description": "The order number"}},
+                            "properties": {
+                                "order_id": {"type": "string", "description": "The order number"}
+                            },
                             "required": ["order_id"],
                         },
                     },
@@ -114,9 +128,19 @@ def bench_keys() -> None:
     t_base = best(baseline)
     row("cache_key (1.4 KB body)", "rust _core", fmt_time(t_rust), f"{t_twin / t_rust:.1f}x twin")
     row("cache_key (1.4 KB body)", "python twin", fmt_time(t_twin))
-    row("cache_key (1.4 KB body)", "orjson sort_keys + blake2b", fmt_time(t_base), f"rust = {t_base / t_rust:.2f}x")
+    row(
+        "cache_key (1.4 KB body)",
+        "orjson sort_keys + blake2b",
+        fmt_time(t_base),
+        f"rust = {t_base / t_rust:.2f}x",
+    )
     t_ctx = best(lambda: rust.context_key(body, "proj"))
-    row("context_key", "rust _core", fmt_time(t_ctx), f"{best(lambda: twin.context_key(body, 'proj')) / t_ctx:.1f}x twin")
+    row(
+        "context_key",
+        "rust _core",
+        fmt_time(t_ctx),
+        f"{best(lambda: twin.context_key(body, 'proj')) / t_ctx:.1f}x twin",
+    )
 
 
 def bench_tokens() -> None:
@@ -125,7 +149,8 @@ def bench_tokens() -> None:
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests", "core"))
     from test_tokens import tiktoken_encoding  # type: ignore[import-not-found]
 
-    prose = open(__file__, encoding="utf-8").read()[:2000] + " Überprüfung 東京タワー 😀 " * 10
+    with open(__file__, encoding="utf-8") as f:
+        prose = f.read()[:2000] + " Überprüfung 東京タワー 😀 " * 10
     for enc in ("o200k_base", "cl100k_base"):
         tk = tiktoken_encoding(enc)
         assert isinstance(tk, tiktoken.Encoding)
@@ -135,12 +160,28 @@ def bench_tokens() -> None:
         t_rust = best(lambda: rust.count_tokens(prose, enc))  # noqa: B023
         t_tk = best(lambda: len(tk.encode_ordinary(prose)))  # noqa: B023
         t_twin = best(lambda: twin.count_tokens(prose, enc), min_time=0.5, repeat=3)  # noqa: B023
-        row(name, "rust _core", fmt_time(t_rust), f"{expected} tokens; {t_tk / t_rust:.2f}x tiktoken")
+        row(
+            name,
+            "rust _core",
+            fmt_time(t_rust),
+            f"{expected} tokens; {t_tk / t_rust:.2f}x tiktoken",
+        )
         row(name, "tiktoken package (same ranks)", fmt_time(t_tk))
         row(name, "python twin (BPE cache warm)", fmt_time(t_twin))
     body = chat_body()
     t = best(lambda: rust.count_chat_tokens(body))
-    row("count_chat_tokens (chat body)", "rust _core", fmt_time(t), f"{best(lambda: twin.count_chat_tokens(body)) / t:.1f}x twin")
+    row(
+        "count_chat_tokens (chat body)",
+        "rust _core",
+        fmt_time(t),
+        f"{best(lambda: twin.count_chat_tokens(body)) / t:.1f}x twin",
+    )
+
+
+def read_bandwidth() -> float:
+    """Single-core read bandwidth in GB/s: numpy sum over 400 MB (beyond the caches)."""
+    big = np.ones(100_000_000, dtype=np.float32)
+    return big.nbytes / best(big.sum, min_time=0.5, repeat=5) / 1e9
 
 
 def bench_topk(n: int) -> None:
@@ -162,16 +203,23 @@ def bench_topk(n: int) -> None:
 
     got = [int(i) for i, _ in ix.search("ns", q, k, -1.0)]
     assert got == numpy_topk(), "rust top-k disagrees with numpy"
-    big = np.ones(100_000_000, dtype=np.float32)  # 400 MB, far beyond the caches
-    t_bw = best(lambda: big.sum(), min_time=0.5, repeat=5)
-    bw = big.nbytes / t_bw / 1e9
-    del big
+    bw = read_bandwidth()
     t_rust = best(lambda: ix.search("ns", q, k, -1.0), min_time=0.5)
     t_np = best(numpy_topk, min_time=0.5)
     gbs = mb / 1e3 / t_rust
     row("memory bandwidth", "numpy float32 sum (400 MB)", f"{bw:.1f} GB/s", "single core, read")
-    row(f"top-{k} of {n // 1000}k x {dim}", "rust VectorIndex.search", fmt_time(t_rust), f"{gbs:.1f} GB/s = {100 * gbs / bw:.0f}% of bandwidth")
-    row(f"top-{k} of {n // 1000}k x {dim}", "numpy matmul + argpartition", fmt_time(t_np), f"rust = {t_np / t_rust:.2f}x")
+    row(
+        f"top-{k} of {n // 1000}k x {dim}",
+        "rust VectorIndex.search",
+        fmt_time(t_rust),
+        f"{gbs:.1f} GB/s = {100 * gbs / bw:.0f}% of bandwidth",
+    )
+    row(
+        f"top-{k} of {n // 1000}k x {dim}",
+        "numpy matmul + argpartition",
+        fmt_time(t_np),
+        f"rust = {t_np / t_rust:.2f}x",
+    )
     small = 2_000
     tw = twin.VectorIndex(dim)
     for i in range(small):
@@ -196,7 +244,9 @@ def event_row(i: int) -> dict[str, Any]:
         "client_platform": "linux",
         "endpoint": "/v1/chat/completions",
         "prompt": ("Summarise this support ticket in two sentences, keep the order id. " * 3)[:200],
-        "response": ("The customer reports that order 48213 has not arrived after nine days. " * 6)[:400],
+        "response": ("The customer reports that order 48213 has not arrived after nine days. " * 6)[
+            :400
+        ],
         "model": "gpt-4o-mini",
         "provider": "openai",
         "tokens_input": 120 + i % 50,
@@ -228,7 +278,12 @@ def bench_rowbinary(n: int) -> None:
     print(f"RowBinary: {n} prompt_call events, {len(cols)} columns")
     t_rust = best(lambda: rust.encode_rowbinary(cols, events), min_time=0.5)
     t_twin = best(lambda: twin.encode_rowbinary(cols, events), min_time=1.0, repeat=2)
-    row("encode_rowbinary (events)", "rust _core", f"{n / t_rust:,.0f} rows/s", f"{t_twin / t_rust:.0f}x twin")
+    row(
+        "encode_rowbinary (events)",
+        "rust _core",
+        f"{n / t_rust:,.0f} rows/s",
+        f"{t_twin / t_rust:.0f}x twin",
+    )
     row("encode_rowbinary (events)", "python twin", f"{n / t_twin:,.0f} rows/s")
     with tempfile.TemporaryDirectory(prefix="watchllm-bench-") as path:
         client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
@@ -242,14 +297,25 @@ def bench_rowbinary(n: int) -> None:
             client.insert("ev", matrix, column_names=names)
 
         def our_insert() -> None:
-            client.raw_insert("ev", names, insert_block=rust.encode_rowbinary(cols, events), fmt="RowBinary")
+            client.raw_insert(
+                "ev", names, insert_block=rust.encode_rowbinary(cols, events), fmt="RowBinary"
+            )
 
         t_cc = best(cc_insert, min_time=1.0, repeat=3)
         t_ours = best(our_insert, min_time=1.0, repeat=3)
         count = client.query("SELECT count() FROM ev").result_rows[0][0]
         assert count > 0
-        row("insert into chDB (events)", "clickhouse-connect client.insert", f"{n / t_cc:,.0f} rows/s")
-        row("insert into chDB (events)", "encode_rowbinary + raw_insert", f"{n / t_ours:,.0f} rows/s", f"{t_cc / t_ours:.1f}x clickhouse-connect")
+        row(
+            "insert into chDB (events)",
+            "clickhouse-connect client.insert",
+            f"{n / t_cc:,.0f} rows/s",
+        )
+        row(
+            "insert into chDB (events)",
+            "encode_rowbinary + raw_insert",
+            f"{n / t_ours:,.0f} rows/s",
+            f"{t_cc / t_ours:.1f}x clickhouse-connect",
+        )
         client.close()
 
 

@@ -40,7 +40,7 @@ fn ranges(re: &Regex) -> String {
     let mut start: Option<u32> = None;
     let mut prev = 0u32;
     let mut buf = [0u8; 4];
-    let mut flush = |out: &mut String, a: u32, b: u32| {
+    let flush = |out: &mut String, a: u32, b: u32| {
         if a == b {
             write!(out, "\\U{a:08x}").unwrap();
         } else {

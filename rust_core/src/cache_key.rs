@@ -6,6 +6,8 @@ use blake2::{Blake2b, Digest};
 use serde_json::{Map, Value};
 use std::fmt;
 
+mod stream;
+
 type Blake2b128 = Blake2b<U16>;
 
 /// Top-level request fields that never change the provider's answer.
@@ -28,14 +30,14 @@ const CONTEXT_DOMAIN: &[u8] = b"watchllm.context_key.v1";
 /// Deepest nesting of arrays/objects accepted (serde_json's own limit is 128).
 pub const MAX_DEPTH: usize = 100;
 
-const TAG_NULL: u8 = 0;
-const TAG_FALSE: u8 = 1;
-const TAG_TRUE: u8 = 2;
-const TAG_INT: u8 = 3;
-const TAG_FLOAT: u8 = 4;
-const TAG_STR: u8 = 5;
-const TAG_ARRAY: u8 = 6;
-const TAG_OBJECT: u8 = 7;
+pub(crate) const TAG_NULL: u8 = 0;
+pub(crate) const TAG_FALSE: u8 = 1;
+pub(crate) const TAG_TRUE: u8 = 2;
+pub(crate) const TAG_INT: u8 = 3;
+pub(crate) const TAG_FLOAT: u8 = 4;
+pub(crate) const TAG_STR: u8 = 5;
+pub(crate) const TAG_ARRAY: u8 = 6;
+pub(crate) const TAG_OBJECT: u8 = 7;
 
 /// Why a body has no key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,10 +84,22 @@ fn depth(v: &Value) -> usize {
     }
 }
 
-/// The cache key of a request body in a namespace.
+/// The cache key of a request body in a namespace (single pass, no `Value` tree).
 pub fn cache_key(body: &[u8], namespace: &str) -> Result<String, KeyError> {
-    let map = parse_object(body)?;
-    Ok(key_of(CACHE_DOMAIN, namespace, &map, None))
+    let mut enc = Encoder(Vec::with_capacity(body.len() + 64));
+    enc.bytes(CACHE_DOMAIN);
+    enc.bytes(namespace.as_bytes());
+    stream::encode_body(body, &mut enc.0).map_err(|e| {
+        let message = e.to_string();
+        if message.starts_with(stream::NOT_OBJECT) {
+            KeyError(stream::NOT_OBJECT.into())
+        } else if message.starts_with(stream::TOO_DEEP) || message.starts_with("recursion limit") {
+            too_deep()
+        } else {
+            KeyError(format!("request body is not valid JSON: {e}"))
+        }
+    })?;
+    Ok(hex(&Blake2b128::digest(&enc.0)))
 }
 
 /// The key of the request with its last user message removed.
@@ -130,7 +144,7 @@ pub fn embed_text(body: &[u8]) -> Result<Option<String>, KeyError> {
 }
 
 fn key_of(domain: &[u8], namespace: &str, map: &Map<String, Value>, skip: Option<usize>) -> String {
-    let mut h = Hasher(Blake2b128::new());
+    let mut h = Encoder(Vec::with_capacity(1024));
     h.bytes(domain);
     h.bytes(namespace.as_bytes());
     let kept: Vec<(&String, &Value)> = map
@@ -152,31 +166,33 @@ fn key_of(domain: &[u8], namespace: &str, map: &Map<String, Value>, skip: Option
             _ => h.value(v),
         }
     }
-    hex(&h.0.finalize())
+    hex(&Blake2b128::digest(&h.0))
 }
 
-struct Hasher(Blake2b128);
+/// Writes the canonical encoding into a buffer that is hashed once at the end
+/// (many small `update` calls on the hasher cost more than the copy).
+struct Encoder(Vec<u8>);
 
-impl Hasher {
+impl Encoder {
     fn tag_len(&mut self, tag: u8, len: usize) {
-        self.0.update([tag]);
-        self.0.update((len as u64).to_le_bytes());
+        self.0.push(tag);
+        self.0.extend_from_slice(&(len as u64).to_le_bytes());
     }
 
     /// Length-prefixed bytes (no tag): namespace, domain, object keys.
     fn bytes(&mut self, b: &[u8]) {
-        self.0.update((b.len() as u64).to_le_bytes());
-        self.0.update(b);
+        self.0.extend_from_slice(&(b.len() as u64).to_le_bytes());
+        self.0.extend_from_slice(b);
     }
 
     fn value(&mut self, v: &Value) {
         match v {
-            Value::Null => self.0.update([TAG_NULL]),
-            Value::Bool(false) => self.0.update([TAG_FALSE]),
-            Value::Bool(true) => self.0.update([TAG_TRUE]),
+            Value::Null => self.0.push(TAG_NULL),
+            Value::Bool(false) => self.0.push(TAG_FALSE),
+            Value::Bool(true) => self.0.push(TAG_TRUE),
             Value::Number(n) => self.number(n),
             Value::String(s) => {
-                self.0.update([TAG_STR]);
+                self.0.push(TAG_STR);
                 self.bytes(s.as_bytes());
             }
             Value::Array(items) => {
@@ -203,15 +219,15 @@ impl Hasher {
         match float_as_int(f) {
             Some(i) => self.int(i),
             None => {
-                self.0.update([TAG_FLOAT]);
-                self.0.update(f.to_bits().to_le_bytes());
+                self.0.push(TAG_FLOAT);
+                self.0.extend_from_slice(&f.to_bits().to_le_bytes());
             }
         }
     }
 
     fn int(&mut self, i: i64) {
-        self.0.update([TAG_INT]);
-        self.0.update(i.to_le_bytes());
+        self.0.push(TAG_INT);
+        self.0.extend_from_slice(&i.to_le_bytes());
     }
 }
 
@@ -241,6 +257,20 @@ mod tests {
 
     fn key(s: &str) -> String {
         cache_key(s.as_bytes(), "ns").unwrap()
+    }
+
+    #[test]
+    fn single_pass_equals_value_tree() {
+        let bodies = [
+            r#"{}"#,
+            r#"{"b":1,"a":2,"b":3,"user":"x"}"#,
+            r#"{"z":{"y":[1,2.5,{"k":null,"a":true,"k":false}],"x":"s"},"a":-0.0,"m":18446744073709551615}"#,
+            r#"{"stream":true,"metadata":{"a":1},"messages":[{"role":"user","content":"\u00e9\ud83d\ude00"}]}"#,
+        ];
+        for b in bodies {
+            let map = parse_object(b.as_bytes()).unwrap();
+            assert_eq!(key(b), key_of(CACHE_DOMAIN, "ns", &map, None), "{b}");
+        }
     }
 
     #[test]

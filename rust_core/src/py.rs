@@ -1,17 +1,29 @@
 //! Python bindings: every `#[pyfunction]`/`#[pyclass]` lives here. The heavy calls
 //! release the GIL; every error becomes `CoreError` (or `RowBinaryError`).
-use crate::rowbinary::{self, Input, Int};
 use crate::cache_key as keys;
+use crate::rowbinary::{self, Input, Int};
 use crate::{similarity, tokens};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
+use pyo3::types::{
+    PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType,
+};
 use std::borrow::Cow;
 
-pyo3::create_exception!(_core, CoreError, PyValueError, "Invalid input to a core function.");
-pyo3::create_exception!(_core, RowBinaryError, CoreError, "A row cannot be encoded (.row, .column).");
+pyo3::create_exception!(
+    _core,
+    CoreError,
+    PyValueError,
+    "Invalid input to a core function."
+);
+pyo3::create_exception!(
+    _core,
+    RowBinaryError,
+    CoreError,
+    "A row cannot be encoded (.row, .column)."
+);
 
 /// Work on inputs at least this large runs with the GIL released.
 const DETACH_BYTES: usize = 16 * 1024;
@@ -23,13 +35,23 @@ fn core_err(e: impl std::fmt::Display) -> PyErr {
 #[pyfunction]
 fn cache_key(py: Python<'_>, body: &[u8], namespace: &str) -> PyResult<String> {
     let run = || keys::cache_key(body, namespace);
-    if body.len() >= DETACH_BYTES { py.detach(run) } else { run() }.map_err(core_err)
+    if body.len() >= DETACH_BYTES {
+        py.detach(run)
+    } else {
+        run()
+    }
+    .map_err(core_err)
 }
 
 #[pyfunction]
 fn context_key(py: Python<'_>, body: &[u8], namespace: &str) -> PyResult<String> {
     let run = || keys::context_key(body, namespace);
-    if body.len() >= DETACH_BYTES { py.detach(run) } else { run() }.map_err(core_err)
+    if body.len() >= DETACH_BYTES {
+        py.detach(run)
+    } else {
+        run()
+    }
+    .map_err(core_err)
 }
 
 #[pyfunction]
@@ -38,15 +60,26 @@ fn embed_text(body: &[u8]) -> PyResult<Option<String>> {
 }
 
 fn text_arg<'a>(text: &'a Bound<'_, PyString>) -> PyResult<Cow<'a, str>> {
-    text.to_cow().map_err(|_| CoreError::new_err("text is not valid Unicode (lone surrogate)"))
+    text.to_cow()
+        .map_err(|_| CoreError::new_err("text is not valid Unicode (lone surrogate)"))
 }
 
 #[pyfunction]
 fn count_tokens(py: Python<'_>, text: &Bound<'_, PyString>, encoding: &str) -> PyResult<usize> {
     let bpe = tokens::bpe(encoding).map_err(core_err)?;
     let text = text_arg(text)?;
-    let run = || if text.is_empty() { 0 } else { bpe.encode_ordinary(&text).len() };
-    Ok(if text.len() >= DETACH_BYTES / 4 { py.detach(run) } else { run() })
+    let run = || {
+        if text.is_empty() {
+            0
+        } else {
+            bpe.encode_ordinary(&text).len()
+        }
+    };
+    Ok(if text.len() >= DETACH_BYTES / 4 {
+        py.detach(run)
+    } else {
+        run()
+    })
 }
 
 #[pyfunction]
@@ -56,7 +89,8 @@ fn encoding_for_model(model: &str) -> &'static str {
 
 #[pyfunction]
 fn count_chat_tokens(py: Python<'_>, body: &[u8]) -> PyResult<usize> {
-    py.detach(|| tokens::count_chat_tokens(body)).map_err(core_err)
+    py.detach(|| tokens::count_chat_tokens(body))
+        .map_err(core_err)
 }
 
 /// Cosine top-k index (see `similarity.rs`).
@@ -78,14 +112,18 @@ fn vector_arg(v: &Bound<'_, PyAny>) -> PyResult<Vec<f64>> {
     } else if let Ok(list) = v.extract::<Vec<f64>>() {
         return Ok(list);
     }
-    Err(CoreError::new_err("vector must be a 1-D sequence or buffer of floats"))
+    Err(CoreError::new_err(
+        "vector must be a 1-D sequence or buffer of floats",
+    ))
 }
 
 #[pymethods]
 impl VectorIndex {
     #[new]
     fn new(dim: usize) -> PyResult<Self> {
-        Ok(Self { inner: similarity::VectorIndex::new(dim).map_err(core_err)? })
+        Ok(Self {
+            inner: similarity::VectorIndex::new(dim).map_err(core_err)?,
+        })
     }
 
     #[getter]
@@ -94,7 +132,9 @@ impl VectorIndex {
     }
 
     fn add(&self, namespace: &str, id: &str, vector: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.inner.add(namespace, id, &vector_arg(vector)?).map_err(core_err)
+        self.inner
+            .add(namespace, id, &vector_arg(vector)?)
+            .map_err(core_err)
     }
 
     fn remove(&self, namespace: &str, id: &str) -> bool {
@@ -111,7 +151,8 @@ impl VectorIndex {
     ) -> PyResult<Vec<(String, f64)>> {
         let q = vector_arg(query)?;
         let k = usize::try_from(k).unwrap_or(0);
-        py.detach(|| self.inner.search(namespace, &q, k, threshold)).map_err(core_err)
+        py.detach(|| self.inner.search(namespace, &q, k, threshold))
+            .map_err(core_err)
     }
 
     fn namespace_len(&self, namespace: &str) -> usize {
@@ -145,7 +186,10 @@ impl<'a, 'py> PyVal<'a, 'py> {
     }
 
     fn attr_i128(&self, obj: &Bound<'py, PyAny>, name: &str) -> Result<i128, String> {
-        obj.getattr(name).and_then(|v| v.extract::<i64>()).map(i128::from).map_err(|e| e.to_string())
+        obj.getattr(name)
+            .and_then(|v| v.extract::<i64>())
+            .map(i128::from)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -154,13 +198,19 @@ impl Input for PyVal<'_, '_> {
         self.obj.is_none()
     }
     fn as_text(&self) -> Option<Cow<'_, str>> {
-        self.obj.cast::<PyString>().ok().and_then(|s| s.to_cow().ok())
+        self.obj
+            .cast::<PyString>()
+            .ok()
+            .and_then(|s| s.to_cow().ok())
     }
     fn as_blob(&self) -> Option<Cow<'_, [u8]>> {
         if let Ok(b) = self.obj.cast::<PyBytes>() {
             Some(Cow::Borrowed(b.as_bytes()))
         } else {
-            self.obj.cast::<PyByteArray>().ok().map(|b| Cow::Owned(b.to_vec()))
+            self.obj
+                .cast::<PyByteArray>()
+                .ok()
+                .map(|b| Cow::Owned(b.to_vec()))
         }
     }
     fn as_bool(&self) -> Option<bool> {
@@ -172,7 +222,10 @@ impl Input for PyVal<'_, '_> {
         }
         Some(match self.obj.extract::<i64>() {
             Ok(i) => Int::Value(i128::from(i)),
-            Err(_) => self.obj.extract::<u64>().map_or(Int::TooBig, |u| Int::Value(i128::from(u))),
+            Err(_) => self
+                .obj
+                .extract::<u64>()
+                .map_or(Int::TooBig, |u| Int::Value(i128::from(u))),
         })
     }
     fn as_float(&self) -> Option<f64> {
@@ -188,7 +241,11 @@ impl Input for PyVal<'_, '_> {
     }
     fn as_map(&self) -> Option<Vec<(Self, Self)>> {
         let d = self.obj.cast::<PyDict>().ok()?;
-        Some(d.iter().map(|(k, v)| (self.wrap(k), self.wrap(v))).collect())
+        Some(
+            d.iter()
+                .map(|(k, v)| (self.wrap(k), self.wrap(v)))
+                .collect(),
+        )
     }
     fn as_datetime_micros(&self) -> Option<Result<i128, String>> {
         if !self.obj.is_instance(self.cls.datetime).unwrap_or(false) {
@@ -197,8 +254,15 @@ impl Input for PyVal<'_, '_> {
         let o = &self.obj;
         let get = |name: &str| self.attr_i128(o, name);
         Some((|| {
-            let days = rowbinary::days_from_civil(get("year")? as i64, get("month")? as i64, get("day")? as i64);
-            let secs = i128::from(days) * 86_400 + get("hour")? * 3600 + get("minute")? * 60 + get("second")?;
+            let days = rowbinary::days_from_civil(
+                get("year")? as i64,
+                get("month")? as i64,
+                get("day")? as i64,
+            );
+            let secs = i128::from(days) * 86_400
+                + get("hour")? * 3600
+                + get("minute")? * 60
+                + get("second")?;
             let mut us = secs * 1_000_000 + get("microsecond")?;
             let offset = o.call_method0("utcoffset").map_err(|e| e.to_string())?;
             if !offset.is_none() {
@@ -215,7 +279,11 @@ impl Input for PyVal<'_, '_> {
             return None;
         }
         let get = |name: &str| self.attr_i128(&self.obj, name).ok().map(|v| v as i64);
-        Some(rowbinary::days_from_civil(get("year")?, get("month")?, get("day")?))
+        Some(rowbinary::days_from_civil(
+            get("year")?,
+            get("month")?,
+            get("day")?,
+        ))
     }
     fn as_uuid(&self) -> Option<u128> {
         if !self.obj.is_instance(self.cls.uuid).unwrap_or(false) {
@@ -224,7 +292,10 @@ impl Input for PyVal<'_, '_> {
         self.obj.getattr("int").ok()?.extract::<u128>().ok()
     }
     fn type_name(&self) -> String {
-        self.obj.get_type().name().map_or_else(|_| "?".into(), |n| n.to_string())
+        self.obj
+            .get_type()
+            .name()
+            .map_or_else(|_| "?".into(), |n| n.to_string())
     }
 }
 
@@ -236,7 +307,10 @@ fn row_error(py: Python<'_>, row: usize, column: &str, reason: &str) -> PyErr {
     };
     let err = RowBinaryError::new_err(message);
     let value = err.value(py);
-    if let Err(e) = value.setattr("row", row).and_then(|()| value.setattr("column", column)) {
+    if let Err(e) = value
+        .setattr("row", row)
+        .and_then(|()| value.setattr("column", column))
+    {
         return e;
     }
     err
@@ -253,31 +327,43 @@ fn encode_rowbinary<'py>(
         .map(|(_, t)| rowbinary::parse_type(t))
         .collect::<Result<Vec<_>, _>>()
         .map_err(CoreError::new_err)?;
-    let keys: Vec<Bound<'py, PyString>> = columns.iter().map(|(n, _)| PyString::new(py, n)).collect();
+    // Interned like the keys of dicts built from literals, so lookups hit on identity.
+    let keys: Vec<Bound<'py, PyString>> = columns
+        .iter()
+        .map(|(n, _)| PyString::intern(py, n))
+        .collect();
     let cls = Classes {
         datetime: DATETIME.import(py, "datetime", "datetime")?,
         date: DATE.import(py, "datetime", "date")?,
         uuid: UUID.import(py, "uuid", "UUID")?,
     };
     let mut out = Vec::with_capacity(256);
-    let mut encode_row = |i: usize, row: Bound<'py, PyAny>| -> PyResult<()> {
+    let encode_row = |i: usize, row: Bound<'py, PyAny>, out: &mut Vec<u8>| -> PyResult<()> {
         let dict = row.cast::<PyDict>().map_err(|_| {
-            let name = PyVal { obj: row.clone(), cls: &cls }.type_name();
+            let name = PyVal {
+                obj: row.clone(),
+                cls: &cls,
+            }
+            .type_name();
             row_error(py, i, "", &format!("expected dict, got {name}"))
         })?;
         for ((key, ty), (name, _)) in keys.iter().zip(&types).zip(&columns) {
             let value = dict.get_item(key)?.map(|obj| PyVal { obj, cls: &cls });
-            rowbinary::encode(ty, value.as_ref(), &mut out).map_err(|e| row_error(py, i, name, &e))?;
+            rowbinary::encode(ty, value.as_ref(), out).map_err(|e| row_error(py, i, name, &e))?;
         }
         Ok(())
     };
     if let Ok(list) = rows.cast::<PyList>() {
         for (i, row) in list.iter().enumerate() {
-            encode_row(i, row)?;
+            encode_row(i, row, &mut out)?;
+            if i == 0 {
+                // Size the buffer once from the first row instead of growing it.
+                out.reserve(out.len() * list.len() * 9 / 8);
+            }
         }
     } else {
         for (i, row) in rows.try_iter()?.enumerate() {
-            encode_row(i, row?)?;
+            encode_row(i, row?, &mut out)?;
         }
     }
     Ok(PyBytes::new(py, &out))

@@ -136,11 +136,12 @@ pub fn encode<V: Input>(ty: &Type, value: Option<&V>, out: &mut Vec<u8>) -> Resu
             Ok(())
         }
         Type::Date => {
-            let days = match v.as_date_days() {
-                Some(d) => i128::from(d),
-                None => match v.as_datetime_micros() {
+            let days = match (v.as_int(), v.as_date_days()) {
+                (Some(_), _) => int_of(v)?,
+                (None, Some(d)) => i128::from(d),
+                (None, None) => match v.as_datetime_micros() {
                     Some(us) => us?.div_euclid(86_400_000_000),
-                    None => int_or(v, "int (days) or date")?,
+                    None => return Err(expected("int (days) or date", v)),
                 },
             };
             let days =
@@ -149,9 +150,12 @@ pub fn encode<V: Input>(ty: &Type, value: Option<&V>, out: &mut Vec<u8>) -> Resu
             Ok(())
         }
         Type::DateTime => {
-            let secs = match v.as_datetime_micros() {
-                Some(us) => us?.div_euclid(1_000_000),
-                None => int_or(v, "int (seconds) or datetime")?,
+            let secs = match v.as_int() {
+                Some(_) => int_of(v)?,
+                None => match v.as_datetime_micros() {
+                    Some(us) => us?.div_euclid(1_000_000),
+                    None => return Err(expected("int (seconds) or datetime", v)),
+                },
             };
             let secs =
                 u32::try_from(secs).map_err(|_| format!("{secs} is out of range for DateTime"))?;
@@ -159,16 +163,13 @@ pub fn encode<V: Input>(ty: &Type, value: Option<&V>, out: &mut Vec<u8>) -> Resu
             Ok(())
         }
         Type::DateTime64(p) => {
-            let ticks = match v.as_datetime_micros() {
-                Some(us) => {
-                    let us = us?;
-                    if *p <= 6 {
-                        us.div_euclid(10i128.pow(6 - p))
-                    } else {
-                        us * 10i128.pow(p - 6)
-                    }
-                }
-                None => int_or(v, "int (ticks) or datetime")?,
+            let ticks = match v.as_int() {
+                Some(_) => int_of(v)?,
+                None => match v.as_datetime_micros() {
+                    Some(us) if *p <= 6 => us?.div_euclid(10i128.pow(6 - p)),
+                    Some(us) => us? * 10i128.pow(p - 6),
+                    None => return Err(expected("int (ticks) or datetime", v)),
+                },
             };
             let ticks = i64::try_from(ticks)
                 .map_err(|_| format!("{ticks} is out of range for {}", ty.name()))?;
@@ -195,14 +196,10 @@ fn expected<V: Input>(what: &str, v: &V) -> String {
 }
 
 fn int_of<V: Input>(v: &V) -> Result<i128, String> {
-    int_or(v, "int")
-}
-
-fn int_or<V: Input>(v: &V, what: &str) -> Result<i128, String> {
     match v.as_int() {
         Some(Int::Value(i)) => Ok(i),
         Some(Int::TooBig) => Err("integer is out of range".into()),
-        None => Err(expected(what, v)),
+        None => Err(expected("int", v)),
     }
 }
 

@@ -22,7 +22,9 @@ scalars = (
 )
 json_values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=25,
 )
 json_objects = st.dictionaries(
@@ -62,7 +64,9 @@ def test_twin_equals_rust(rust: ModuleType, twin: ModuleType, obj: dict[str, Any
 def test_order_whitespace_and_number_spelling_do_not_matter(
     rust: ModuleType, obj: dict[str, Any], seed: int, indent: int | None
 ) -> None:
-    other = json.dumps(shuffled(obj, random.Random(seed)), indent=indent, ensure_ascii=bool(seed % 2))
+    other = json.dumps(
+        shuffled(obj, random.Random(seed)), indent=indent, ensure_ascii=bool(seed % 2)
+    )
     assert rust.cache_key(json.dumps(obj).encode(), "ns") == rust.cache_key(other.encode(), "ns")
 
 
@@ -141,7 +145,15 @@ def test_context_key_ignores_only_the_last_user_message(rust: ModuleType) -> Non
 def test_embed_text(rust: ModuleType, twin: ModuleType) -> None:
     cases: list[tuple[Any, str | None]] = [
         ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "a"),
-        ([{"role": "user", "content": [{"type": "text", "text": "x"}, {"type": "text", "text": "y"}]}], "x\ny"),
+        (
+            [
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "x"}, {"type": "text", "text": "y"}],
+                }
+            ],
+            "x\ny",
+        ),
         ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u"}}]}], None),
         ([{"role": "system", "content": "s"}], None),
         ([], None),

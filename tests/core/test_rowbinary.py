@@ -64,10 +64,12 @@ value_strategies: dict[str, st.SearchStrategy[Any]] = {
     "m_i": st.dictionaries(strings, st.lists(ints(8, False), max_size=2), max_size=2),
     "e8": st.sampled_from(["a", "b", "it's"]),
     "e16": st.sampled_from(["x", "y"]),
-    "ts": st.integers(0, 2**41) | st.datetimes(min_value=dt.datetime(1970, 1, 2), timezones=st.none() | st.just(dt.UTC)),
+    "ts": st.integers(0, 2**41)
+    | st.datetimes(min_value=dt.datetime(1970, 1, 2), timezones=st.none() | st.just(dt.UTC)),
     "ts6": st.integers(-(2**50), 2**50),
     "d": st.integers(0, 2**32 - 1),
-    "day": st.integers(0, 40000) | st.dates(min_value=dt.date(1970, 1, 1), max_value=dt.date(2149, 6, 6)),
+    "day": st.integers(0, 40000)
+    | st.dates(min_value=dt.date(1970, 1, 1), max_value=dt.date(2149, 6, 6)),
     "u8": ints(8, False),
     "u16": ints(16, False),
     "u32": ints(32, False),
@@ -93,20 +95,40 @@ def rows(draw: st.DrawFn, valid: bool = True) -> dict[str, Any]:
     if not valid:
         name = draw(st.sampled_from([n for n, _ in ALL_TYPES]))
         row[name] = draw(
-            st.sampled_from([None, 1.5, "x", b"y", -1, 2**64, 2**70, [1], {"k": 1}, True, math.nan, 1e300, "\ud800"])
+            st.sampled_from(
+                [
+                    None,
+                    1.5,
+                    "x",
+                    b"y",
+                    -1,
+                    2**64,
+                    2**70,
+                    [1],
+                    {"k": 1},
+                    True,
+                    math.nan,
+                    1e300,
+                    "\ud800",
+                ]
+            )
         )
     return row
 
 
 @settings(max_examples=200, deadline=None)
 @given(batch=st.lists(rows(), max_size=5))
-def test_twin_bytes_equal_rust_bytes(rust: ModuleType, twin: ModuleType, batch: list[dict[str, Any]]) -> None:
+def test_twin_bytes_equal_rust_bytes(
+    rust: ModuleType, twin: ModuleType, batch: list[dict[str, Any]]
+) -> None:
     assert twin.encode_rowbinary(ALL_TYPES, batch) == rust.encode_rowbinary(ALL_TYPES, batch)
 
 
 @settings(max_examples=300, deadline=None)
 @given(batch=st.lists(rows(valid=False), min_size=1, max_size=3))
-def test_twin_and_rust_fail_alike(rust: ModuleType, twin: ModuleType, batch: list[dict[str, Any]]) -> None:
+def test_twin_and_rust_fail_alike(
+    rust: ModuleType, twin: ModuleType, batch: list[dict[str, Any]]
+) -> None:
     outcomes = []
     for mod in (rust, twin):
         try:
@@ -123,7 +145,12 @@ def test_errors_name_row_and_column(backend: str, rust: ModuleType, twin: Module
     mod = rust if backend == "rust" else twin
     cols = [("a", "String"), ("n", "UInt8"), ("e", "Enum8('x' = 1)")]
     good = {"a": "ok", "n": 1, "e": "x"}
-    cases = [({"a": 1, "e": "x"}, "a"), ({"n": 256, "e": "x"}, "n"), ({"e": "nope"}, "e"), ({"a": "x"}, "e")]
+    cases = [
+        ({"a": 1, "e": "x"}, "a"),
+        ({"n": 256, "e": "x"}, "n"),
+        ({"e": "nope"}, "e"),
+        ({"a": "x"}, "e"),
+    ]
     for bad, column in cases:
         with pytest.raises(mod.RowBinaryError) as info:
             mod.encode_rowbinary(cols, [good, good, bad])
@@ -142,21 +169,52 @@ def ddl(table: str, columns: list[tuple[str, str]]) -> str:
 
 
 @pytest.mark.parametrize("backend", ["rust", "twin"])
-def test_chdb_reads_back_all_types(backend: str, rust: ModuleType, twin: ModuleType, chdb_client: Any) -> None:
+def test_chdb_reads_back_all_types(
+    backend: str, rust: ModuleType, twin: ModuleType, chdb_client: Any
+) -> None:
     mod = rust if backend == "rust" else twin
     table = f"rb_all_{backend}"
     chdb_client.command(f"DROP TABLE IF EXISTS {table}")
     chdb_client.command(ddl(table, ALL_TYPES))
     u = uuid.UUID("12345678-9abc-def0-1234-56789abcdef0")
     full = {
-        "s": "héllo\n\0", "fs": "ab", "lc": "lc", "ns": "n", "arr": ["x", "y"], "arr_n": [1, None, -5],
-        "m": {"k": "v", "é": ""}, "m_i": {"a": [1, 2]}, "e8": "it's", "e16": "y",
-        "ts": 1_700_000_000_123, "ts6": -1_500_000, "d": 4_000_000_000, "day": dt.date(2024, 2, 29),
-        "u8": 255, "u16": 65535, "u32": 2**32 - 1, "u64": 2**64 - 1, "i8": -128, "i16": -32768,
-        "i32": -(2**31), "i64": -(2**63), "f32": 1.5, "f64": -0.1, "nf32": None, "b": True, "id": u,
+        "s": "héllo\n\0",
+        "fs": "ab",
+        "lc": "lc",
+        "ns": "n",
+        "arr": ["x", "y"],
+        "arr_n": [1, None, -5],
+        "m": {"k": "v", "é": ""},
+        "m_i": {"a": [1, 2]},
+        "e8": "it's",
+        "e16": "y",
+        "ts": 1_700_000_000_123,
+        "ts6": -1_500_000,
+        "d": 4_000_000_000,
+        "day": dt.date(2024, 2, 29),
+        "u8": 255,
+        "u16": 65535,
+        "u32": 2**32 - 1,
+        "u64": 2**64 - 1,
+        "i8": -128,
+        "i16": -32768,
+        "i32": -(2**31),
+        "i64": -(2**63),
+        "f32": 1.5,
+        "f64": -0.1,
+        "nf32": None,
+        "b": True,
+        "id": u,
     }
-    sparse = {"e8": "a", "e16": "x", "ts": dt.datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC),
-              "ts6": dt.datetime(1969, 12, 31, 23, 59, 59, 999999), "d": 0, "day": 0, "id": str(u).upper()}
+    sparse = {
+        "e8": "a",
+        "e16": "x",
+        "ts": dt.datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC),
+        "ts6": dt.datetime(1969, 12, 31, 23, 59, 59, 999999),
+        "d": 0,
+        "day": 0,
+        "id": str(u).upper(),
+    }
     data = mod.encode_rowbinary(ALL_TYPES, [full, sparse])
     chdb_client.raw_insert(table, [n for n, _ in ALL_TYPES], insert_block=data, fmt="RowBinary")
     got = chdb_client.query(f"SELECT * FROM {table}").result_rows
@@ -164,8 +222,11 @@ def test_chdb_reads_back_all_types(backend: str, rust: ModuleType, twin: ModuleT
     row_full, row_sparse = (dict(zip([n for n, _ in ALL_TYPES], r, strict=True)) for r in got)
     expected_full = dict(full)
     expected_full.update(
-        fs=b"ab\0\0", ts=dt.datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=dt.UTC),
-        ts6=dt.datetime(1969, 12, 31, 23, 59, 58, 500000), d=dt.datetime(2096, 10, 2, 7, 6, 40, tzinfo=dt.UTC), f64=-0.1,
+        fs=b"ab\0\0",
+        ts=dt.datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=dt.UTC),
+        ts6=dt.datetime(1969, 12, 31, 23, 59, 58, 500000),
+        d=dt.datetime(2096, 10, 2, 7, 6, 40, tzinfo=dt.UTC),
+        f64=-0.1,
     )
     for k, v in expected_full.items():
         actual = row_full[k]
@@ -176,9 +237,16 @@ def test_chdb_reads_back_all_types(backend: str, rust: ModuleType, twin: ModuleT
         if k == "fs" and isinstance(actual, str):
             actual = actual.encode()
         assert actual == v, k
-    assert row_sparse["s"] == "" and row_sparse["ns"] is None and row_sparse["arr"] == [] and row_sparse["m"] == {}
+    assert (
+        row_sparse["s"] == ""
+        and row_sparse["ns"] is None
+        and row_sparse["arr"] == []
+        and row_sparse["m"] == {}
+    )
     assert row_sparse["u64"] == 0 and row_sparse["b"] is False and row_sparse["f32"] == 0.0
-    assert row_sparse["ts"].replace(tzinfo=dt.UTC) == dt.datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC)
+    assert row_sparse["ts"].replace(tzinfo=dt.UTC) == dt.datetime(
+        2025, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC
+    )
     assert row_sparse["ts6"].replace(tzinfo=None) == dt.datetime(1969, 12, 31, 23, 59, 59, 999999)
     assert row_sparse["id"] == u and row_sparse["day"] == dt.date(1970, 1, 1)
 
@@ -222,7 +290,9 @@ def event_row(i: int) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("backend", ["rust", "twin"])
-def test_chdb_reads_back_events(backend: str, rust: ModuleType, twin: ModuleType, chdb_client: Any) -> None:
+def test_chdb_reads_back_events(
+    backend: str, rust: ModuleType, twin: ModuleType, chdb_client: Any
+) -> None:
     mod = rust if backend == "rust" else twin
     table = f"rb_events_{backend}"
     cols = list(EVENTS_COLUMNS)

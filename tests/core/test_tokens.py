@@ -17,7 +17,10 @@ ENCODINGS = ["cl100k_base", "o200k_base"]
 
 # tiktoken-rs's split patterns (the same ones the `tiktoken` package uses).
 TIKTOKEN_PATTERNS = {
-    "cl100k_base": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
+    "cl100k_base": (
+        r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+"""
+        r"""| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+    ),
     "o200k_base": "|".join(
         [
             r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
@@ -46,14 +49,37 @@ def tiktoken_encoding(name: str) -> Any:
         ranks[blob[i + 1 : i + 1 + n]] = len(ranks)
         i += 1 + n
     return tiktoken.Encoding(
-        name=f"watchllm-{name}", pat_str=TIKTOKEN_PATTERNS[name], mergeable_ranks=ranks, special_tokens={}
+        name=f"watchllm-{name}",
+        pat_str=TIKTOKEN_PATTERNS[name],
+        mergeable_ranks=ranks,
+        special_tokens={},
     )
 
 
 tricky = st.text(
     alphabet=st.sampled_from(
-        list(" \t\n\r\x0b\x0c\x1c\x1f\x85\xa0\u2028\u3000'sStTdDmMlLvVeErR\u017f\u212a/0123456789")
-        + ["é", "ß", "İ", "ǅ", "ʰ", "\u0301", "中", "文", "😀", "👍", "\U0001f3fd", "Ω", "١", "Ⅻ", "_", "-", "!", "?", "."]
+        [
+            *" \t\n\r\x0b\x0c\x1c\x1f\x85\xa0\u2028\u3000'sStTdDmMlLvVeErR\u017f\u212a/0123456789",
+            "é",
+            "ß",
+            "İ",
+            "ǅ",
+            "ʰ",
+            "\u0301",
+            "中",
+            "文",
+            "😀",
+            "👍",
+            "\U0001f3fd",
+            "Ω",
+            "\u0661",
+            "Ⅻ",
+            "_",
+            "-",
+            "!",
+            "?",
+            ".",
+        ]
     ),
     max_size=40,
 )
@@ -81,7 +107,9 @@ def test_twin_equals_rust_equals_tiktoken(
         ("<|endoftext|>", "cl100k_base", 7),
     ],
 )
-def test_known_counts(rust: ModuleType, twin: ModuleType, text: str, encoding: str, count: int) -> None:
+def test_known_counts(
+    rust: ModuleType, twin: ModuleType, text: str, encoding: str, count: int
+) -> None:
     assert rust.count_tokens(text, encoding) == count
     assert twin.count_tokens(text, encoding) == count
 
@@ -128,9 +156,11 @@ def test_encoding_for_model(rust: ModuleType, twin: ModuleType, model: str, enco
 
 def cookbook_count(body: dict[str, Any]) -> int:
     """OpenAI cookbook's num_tokens_from_messages + num_tokens_for_tools, with tiktoken."""
-    enc_name = {"gpt-4o-mini": "o200k_base", "gpt-4": "cl100k_base", "gpt-3.5-turbo": "cl100k_base"}[
-        body["model"]
-    ]
+    enc_name = {
+        "gpt-4o-mini": "o200k_base",
+        "gpt-4": "cl100k_base",
+        "gpt-3.5-turbo": "cl100k_base",
+    }[body["model"]]
     enc = tiktoken_encoding(enc_name)
     n = 0
     for m in body["messages"]:
@@ -169,8 +199,15 @@ TOOLS = [
             "parameters": {
                 "type": "object",
                 "properties": {
-                    "location": {"type": "string", "description": "The city and state, e.g. San Francisco, CA"},
-                    "unit": {"type": "string", "description": "The unit.", "enum": ["celsius", "fahrenheit"]},
+                    "location": {
+                        "type": "string",
+                        "description": "The city and state, e.g. San Francisco, CA",
+                    },
+                    "unit": {
+                        "type": "string",
+                        "description": "The unit.",
+                        "enum": ["celsius", "fahrenheit"],
+                    },
                 },
                 "required": ["location"],
             },
@@ -181,12 +218,18 @@ TOOLS = [
 
 @pytest.mark.parametrize("model", ["gpt-4o-mini", "gpt-4", "gpt-3.5-turbo"])
 @pytest.mark.parametrize("with_tools", [False, True])
-def test_chat_tokens_follow_the_cookbook(rust: ModuleType, twin: ModuleType, model: str, with_tools: bool) -> None:
+def test_chat_tokens_follow_the_cookbook(
+    rust: ModuleType, twin: ModuleType, model: str, with_tools: bool
+) -> None:
     body: dict[str, Any] = {
         "model": model,
         "messages": [
             {"role": "system", "content": "You are a helpful, pattern-following assistant."},
-            {"role": "system", "name": "example_user", "content": "New synergies will help drive top-line growth."},
+            {
+                "role": "system",
+                "name": "example_user",
+                "content": "New synergies will help drive top-line growth.",
+            },
             {"role": "user", "content": "What's the weather like in San Francisco? 🌁"},
         ],
     }
@@ -204,7 +247,12 @@ chat_bodies = st.fixed_dictionaries(
                 st.sampled_from(["role", "content", "name", "tool_calls", "tool_call_id"]),
                 st.text(max_size=20)
                 | st.lists(
-                    st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url"]), "text": st.text(max_size=10)})
+                    st.fixed_dictionaries(
+                        {
+                            "type": st.sampled_from(["text", "image_url"]),
+                            "text": st.text(max_size=10),
+                        }
+                    )
                 )
                 | st.none(),
             ),

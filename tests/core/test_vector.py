@@ -12,10 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 DIM = 4
-components = st.floats(min_value=-100, max_value=100, allow_nan=False).filter(lambda x: x == 0 or abs(x) > 1e-30)
+components = st.floats(min_value=-100, max_value=100, allow_nan=False).filter(
+    lambda x: x == 0 or abs(x) > 1e-30
+)
 vectors = st.lists(components, min_size=DIM, max_size=DIM).filter(lambda v: any(v))
 ops = st.lists(
-    st.tuples(st.sampled_from(["add", "add", "add", "remove"]), st.sampled_from(["a", "b"]), st.text("xyz", min_size=1, max_size=2), vectors),
+    st.tuples(
+        st.sampled_from(["add", "add", "add", "remove"]),
+        st.sampled_from(["a", "b"]),
+        st.text("xyz", min_size=1, max_size=2),
+        vectors,
+    ),
     max_size=30,
 )
 
@@ -59,7 +66,9 @@ def test_against_brute_force(rust: ModuleType) -> None:
     q = [rnd.gauss(0, 1) for _ in range(dim)]
 
     def cos(a: list[float], b: list[float]) -> float:
-        return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+        return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(
+            sum(x * x for x in a) * sum(y * y for y in b)
+        )
 
     expected = sorted(((cos(v, q), id) for id, v in data.items()), key=lambda t: (-t[0], t[1]))[:10]
     got = ix.search("ns", q, 10, -1.0)

@@ -67,7 +67,8 @@ class _Parser:
         self.ws()
         start = self.i
         while self.i < len(self.s) and (
-            chr(self.s[self.i]).isascii() and (chr(self.s[self.i]).isalnum() or self.s[self.i] == 95)
+            chr(self.s[self.i]).isascii()
+            and (chr(self.s[self.i]).isalnum() or self.s[self.i] == 95)
         ):
             self.i += 1
         return self.s[start : self.i].decode()

@@ -84,9 +84,7 @@ def _zero(ty: Type, out: bytearray) -> None:
         out.append(1)
     elif k in ("String", "Array", "Map", "Bool"):
         out.append(0)
-    elif k == "FixedString":
-        out += bytes(ty.args[0])  # type: ignore[call-overload]
-    elif k == "Int":
+    elif k == "FixedString" or k == "Int":
         out += bytes(ty.args[0])  # type: ignore[call-overload]
     elif k == "Float32":
         out += b"\0" * 4
@@ -96,7 +94,7 @@ def _zero(ty: Type, out: bytearray) -> None:
         raise _Fail(f"a value is required for {ty.name}")
 
 
-def _encode(ty: Type, v: Any, out: bytearray) -> None:  # noqa: C901 - one branch per type
+def _encode(ty: Type, v: Any, out: bytearray) -> None:
     if v is None:
         _zero(ty, out)
         return
@@ -215,9 +213,7 @@ def _int_or(v: Any, what: str) -> int:
     raise _expected(what, v)
 
 
-def encode_rowbinary(
-    columns: Sequence[tuple[str, str]], rows: Iterable[dict[str, Any]]
-) -> bytes:
+def encode_rowbinary(columns: Sequence[tuple[str, str]], rows: Iterable[dict[str, Any]]) -> bytes:
     """RowBinary bytes of `rows` for the schema `columns` (name, ClickHouse type)."""
     types = [(name, parse_type(t)) for name, t in columns]
     out = bytearray()

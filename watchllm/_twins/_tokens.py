@@ -55,7 +55,9 @@ PATTERNS = {
 
 class _Encoding:
     def __init__(self, name: str) -> None:
-        blob = zlib.decompress(resources.files(__package__).joinpath(f"data/{name}.ranks.z").read_bytes())
+        blob = zlib.decompress(
+            resources.files(__package__).joinpath(f"data/{name}.ranks.z").read_bytes()
+        )
         ranks: dict[bytes, int] = {}
         i = rank = 0
         while i < len(blob):
@@ -106,9 +108,7 @@ def _encoding(name: str) -> _Encoding:
 
 def _get(encoding: str) -> _Encoding:
     if encoding not in PATTERNS:
-        raise CoreError(
-            f'unknown encoding {encoding!r} (expected "cl100k_base" or "o200k_base")'
-        )
+        raise CoreError(f'unknown encoding {encoding!r} (expected "cl100k_base" or "o200k_base")')
     return _encoding(encoding)
 
 

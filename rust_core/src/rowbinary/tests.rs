@@ -149,7 +149,10 @@ fn type_parser() {
         Type::Nullable(Box::new(Type::Float32))
     );
     assert_eq!(parse_type("DateTime('UTC')").unwrap(), Type::DateTime);
-    let doubled = Type::Enum { wide: false, labels: vec![("it's".into(), 1)] };
+    let doubled = Type::Enum {
+        wide: false,
+        labels: vec![("it's".into(), 1)],
+    };
     assert_eq!(parse_type("Enum8('it''s' = 1)").unwrap(), doubled);
     for bad in [
         "",
