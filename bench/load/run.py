@@ -60,7 +60,7 @@ def hey(url: str, seconds: int, body: Path | None, headers: dict[str, str],
         cmd += ["-m", "POST", "-T", "application/json", "-D", str(body)]
     for k, v in headers.items():
         cmd += ["-H", f"{k}: {v}"]
-    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
     res = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
     for pct in ("50", "90", "99"):
         m = re.search(rf"{pct}% in ([\d.]+) secs", out)

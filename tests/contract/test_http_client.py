@@ -66,9 +66,9 @@ async def echo_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
         await writer.drain()
 
 
-async def call(c: HttpClient, url: str, body: bytes = b"{}", timeout: float = 5) -> bytes:
+async def call(c: HttpClient, url: str, body: bytes = b"{}", read_timeout: float = 5) -> bytes:
     resp = await c.request("POST", url, {"x-test": "yes"}, body, connect_timeout=2,
-                           read_timeout=timeout)
+                           read_timeout=read_timeout)
     assert resp.status == 200
     return await resp.read()
 
@@ -146,7 +146,7 @@ async def test_read_timeout(client: HttpClient) -> None:
 
     async with serve(slow) as url:
         with pytest.raises(TimeoutError):
-            await call(client, url, timeout=0.3)
+            await call(client, url, read_timeout=0.3)
 
 
 async def test_close_mid_stream_reaches_the_server(client: HttpClient) -> None:

@@ -158,3 +158,12 @@ def test_anthropic_tool_calls(client: openai.OpenAI) -> None:
                                                 tools=tools, tool_choice="required", stream=True)
         if c.choices for tc in (c.choices[0].delta.tool_calls or []))
     assert args == '{"city":"mock"}'
+
+
+def test_openai_option_headers_are_forwarded(client: openai.OpenAI, upstream: Server) -> None:
+    unique = [{"role": "user", "content": f"headers {time.time_ns()}"}]
+    client.chat.completions.create(model="gpt-4o-mini", messages=unique,
+                                   extra_headers={"OpenAI-Beta": "assistants=v2",
+                                                  "x-private": "not forwarded"})
+    sent = stats(upstream)["last_headers"]
+    assert sent["openai-beta"] == "assistants=v2" and "x-private" not in sent

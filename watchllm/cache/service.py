@@ -87,7 +87,8 @@ class ResponseCache:
             return None
         prefix = f"wlc{FORMAT_VERSION}:{project_id}:{controls.namespace}:"
         key = prefix + core.cache_key(raw, f"{project_id}\x00{controls.namespace}\x00{endpoint}")
-        ttl = controls.ttl_s if controls.ttl_s is not None else project_cache.get("ttl", s.cache_ttl_s)
+        ttl = controls.ttl_s if controls.ttl_s is not None \
+            else project_cache.get("ttl", s.cache_ttl_s)
         semantic = (mode == "semantic" and endpoint == "chat/completions"
                     and self.vectors is not None and self.embedder is not None)
         threshold = controls.threshold or project_cache.get("threshold") or s.semantic_threshold

@@ -50,10 +50,11 @@ class _Response:
         if w is not None and not w.done():
             w.set_result(None)
 
-    async def _wait(self, timeout: float) -> None:
+    async def _wait(self, limit_s: float) -> None:
+        # A bare timer instead of asyncio.timeout(): this runs per chunk on the hot path.
         loop = asyncio.get_running_loop()
         self._waiter = loop.create_future()
-        timer = loop.call_later(timeout, self._timeout)
+        timer = loop.call_later(limit_s, self._timeout)
         try:
             await self._waiter
         finally:

@@ -12,7 +12,7 @@ import orjson
 
 from watchllm.cache import controls as cache_controls
 from watchllm.cache.entry import CacheEntry, as_json, as_sse, entry_from_stream
-from watchllm.cache.service import CacheHit, CachePlan
+from watchllm.cache.service import CacheHit
 from watchllm.errors import InvalidRequestError, UpstreamError, WatchLLMError
 from watchllm.events import usage as usage_mod
 from watchllm.http.asgi import JSON_HEADERS, SSE_HEADERS, RawHeaders, Request, Send, send_body
@@ -150,7 +150,7 @@ async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
             return
     entry: CacheEntry | None = None
     try:
-        headers = {k: v.decode("latin-1") for k, v in raw_headers.items()
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw_headers.items()
                    if k in FORWARDED_HEADERS}
         call = UpstreamCall(ctx.endpoint, raw, data, ctx.model, ctx.stream, headers)
         entry = await _forward(gw, req, send, ctx, call, cache=plan is not None)
