@@ -32,7 +32,9 @@ MAX_CAPACITY = 1 << 48  # window_ms * limit
 MAX_DEBT = 16  # FORCE may push a bucket at most this many windows into debt
 
 
-@dataclass(frozen=True, slots=True)
+# Plain slotted dataclasses: several are built per request, and a frozen dataclass's
+# or NamedTuple's constructor costs several times more. Treat them as immutable.
+@dataclass(slots=True)
 class Op:
     kind: int  # RATE | CONC | QUOTA
     key: str
@@ -43,14 +45,14 @@ class Op:
     member: str = ""  # CONC: the lease id
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OpResult:
     remaining: int  # after this request when admitted, else before it
     reset_ms: int  # RATE: until the bucket is full again; QUOTA: until the period ends
     retry_ms: int  # 0 when admitted; NEVER when waiting cannot help
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     allowed: bool
     denied: int  # index of the first failing op, -1 when allowed

@@ -14,6 +14,7 @@ project id in a hash tag (`wl:{proj}:...`).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Sequence
 from typing import Any
@@ -157,19 +158,21 @@ def decode(raw: Sequence[Any]) -> Outcome:
 class RedisLimiter:
     """`Counters.apply` on Redis. Connection failures become `CountersUnavailable`."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, timeout_s: float = 1.0) -> None:
         self.client = client  # redis.asyncio.Redis (typed Any: redis is an optional extra)
+        self.timeout_s = timeout_s  # settings.limits_timeout_s: slower counts as unavailable
 
     async def apply(self, ops: Sequence[Op], now_ms: int | None = None) -> Outcome:
-        from redis.exceptions import ConnectionError, NoScriptError, TimeoutError
+        from redis import exceptions as rexc
 
         keys, args = encode(ops, now_ms)
         try:
-            try:
-                raw = await self.client.evalsha(SHA, len(keys), *keys, *args)
-            except NoScriptError:  # first call after a Redis restart or failover
-                await self.client.script_load(LUA)
-                raw = await self.client.evalsha(SHA, len(keys), *keys, *args)
-        except (ConnectionError, TimeoutError, OSError) as exc:
-            raise CountersUnavailable(f"redis: {exc}") from exc
+            async with asyncio.timeout(self.timeout_s):
+                try:
+                    raw = await self.client.evalsha(SHA, len(keys), *keys, *args)
+                except rexc.NoScriptError:  # first call after a Redis restart or failover
+                    await self.client.script_load(LUA)
+                    raw = await self.client.evalsha(SHA, len(keys), *keys, *args)
+        except (rexc.ConnectionError, rexc.TimeoutError, OSError, TimeoutError) as exc:
+            raise CountersUnavailable(f"redis: {exc!r}") from exc
         return decode(raw)

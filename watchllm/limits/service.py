@@ -11,7 +11,6 @@ one for settle (none when nothing is limited). See docs/limits.md.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import os
@@ -38,6 +37,14 @@ log = logging.getLogger("watchllm.limits")
 RawHeaders = list[tuple[bytes, bytes]]
 _BREAKER_S = 1.0  # after a backend failure, skip it this long (no connect timeout per request)
 _MICRO = 1_000_000  # budgets are counted in micro-USD: integers, exact in Lua
+_ONE, _TOKENS, _AT_LEAST_ONE = 0, 1, 2  # what an op costs per request
+# (kind, key, limit, window_ms, cost kind, mode, name); the template is (limits, rows, names).
+_Row = tuple[int, str, int, int, int, int, str]
+_Template = tuple["Limits", tuple[_Row, ...], tuple[str, ...]]
+_HEADER_NAMES = tuple(
+    (suffix, tuple(f"x-ratelimit-{part}-{unit}".encode()
+                   for part in ("limit", "remaining", "reset")))
+    for suffix, unit in (("rpm", "requests"), ("tpm", "tokens")))
 
 
 class QuotaExceededError(RateLimitError):
@@ -60,7 +67,7 @@ class Admission:
     project_id: str
     key_id: str
     estimated_tokens: int = 0
-    ops: tuple[Op, ...] = ()
+    ops: list[Op] = field(default_factory=list)
     names: tuple[str, ...] = ()  # per op: "key.rpm", "project.tpm", "budget", ...
     outcome: Outcome | None = None
     degraded: bool = False  # admitted without checking: the backend was down (fail open)
@@ -95,13 +102,13 @@ class LimitsService:
         self.plans = plans
         self.clock = clock
         self.fail_mode = settings.limits_fail_mode
-        self.timeout_s = settings.limits_timeout_s
         self.lease_ms = int(settings.limits_lease_s * 1000)
         self.cache_ttl_s = settings.key_cache_ttl_s
         self.defaults = Scope(settings.default_rpm, settings.default_tpm,
                               settings.default_max_concurrent)
         self._cache: dict[tuple[str, str], tuple[Limits, float]] = {}
         self._periods: dict[str, tuple[str, int, int]] = {}  # period -> (id, valid from, end)
+        self._templates: dict[tuple[str, str], _Template] = {}
         self._down_until = 0.0
         self._leases = itertools.count()
         self._lease_prefix = f"{os.getpid()}.{id(self):x}."
@@ -135,6 +142,7 @@ class LimitsService:
             self._cache.clear()
         else:
             self._cache = {k: v for k, v in self._cache.items() if k[0] != project_id}
+        self._templates.clear()
 
     # -- admit ----------------------------------------------------------------------------
     async def admit(self, project_id: str, key_id: str, estimated_prompt_tokens: int = 0,
@@ -148,8 +156,9 @@ class LimitsService:
             return Admission(project_id, key_id)
         tokens = max(int(estimated_prompt_tokens), 0)
         now_ms = None if self.clock is None else int(self.clock() * 1000)
-        ops, names = self._admit_ops(project_id, key_id, limits, tokens, now_ms)
-        admission = Admission(project_id, key_id, tokens, tuple(ops), tuple(names))
+        template = self._template(project_id, key_id, limits)
+        ops = self._admit_ops(template, tokens, now_ms)
+        admission = Admission(project_id, key_id, tokens, ops, template[2])
         outcome = await self._apply(ops, now_ms, admission)
         if outcome is None:
             return admission  # fail open
@@ -159,40 +168,59 @@ class LimitsService:
             raise self._rejection(admission, outcome, limits)
         return admission
 
-    def _admit_ops(self, project_id: str, key_id: str, limits: Limits, tokens: int,
-                   now_ms: int | None) -> tuple[list[Op], list[str]]:
-        ops: list[Op] = []
-        names: list[str] = []
-        lease = ""
+    def _template(self, project_id: str, key_id: str, limits: Limits) -> _Template:
+        """A caller's ops minus what changes per request (token cost, lease id, period).
+
+        Cached per (project, key) while the Limits object is the same: building key
+        strings per request costs more than the in-process check itself.
+        """
+        hit = self._templates.get((project_id, key_id))
+        if hit is not None and hit[0] is limits:
+            return hit
+        rows: list[_Row] = []
         for scope_name, scope, prefix in (("key", limits.key, f"k:{key_id}:"),
                                           ("project", limits.project, "")):
             if scope.rpm is not None:
-                ops.append(Op(RATE, _key(project_id, prefix + "rpm"), scope.rpm, RATE_WINDOW_MS))
-                names.append(scope_name + ".rpm")
+                rows.append((RATE, _key(project_id, prefix + "rpm"), scope.rpm, RATE_WINDOW_MS,
+                             _ONE, CHECK, scope_name + ".rpm"))
             if scope.tpm is not None:
-                ops.append(Op(RATE, _key(project_id, prefix + "tpm"), scope.tpm, RATE_WINDOW_MS,
-                              tokens))
-                names.append(scope_name + ".tpm")
+                rows.append((RATE, _key(project_id, prefix + "tpm"), scope.tpm, RATE_WINDOW_MS,
+                             _TOKENS, CHECK, scope_name + ".tpm"))
             if scope.max_concurrent is not None:
+                rows.append((CONC, _key(project_id, prefix + "conc"), scope.max_concurrent,
+                             self.lease_ms, _ONE, CHECK, scope_name + ".concurrent"))
+        # Quota keys get the period id appended per request.
+        if limits.max_requests is not None:
+            rows.append((QUOTA, _key(project_id, "q:req:"), limits.max_requests, 0, _ONE, CHECK,
+                         "requests"))
+        if limits.max_tokens is not None:
+            rows.append((QUOTA, _key(project_id, "q:tok:"), limits.max_tokens, 0, _AT_LEAST_ONE,
+                         CHECK, "tokens"))
+        if limits.budget_usd is not None:  # spend < budget: the cost is only known at settle
+            rows.append((QUOTA, _key(project_id, "q:usd:"), round(limits.budget_usd * _MICRO), 0,
+                         _ONE, PEEK, "budget"))
+        template = (limits, tuple(rows), tuple(r[6] for r in rows))
+        if len(self._templates) > 100_000:
+            self._templates.clear()
+        self._templates[(project_id, key_id)] = template
+        return template
+
+    def _admit_ops(self, template: _Template, tokens: int, now_ms: int | None) -> list[Op]:
+        ops: list[Op] = []
+        lease = pid = ""
+        end = 0
+        for kind, key, limit, window, cost_kind, mode, _ in template[1]:
+            cost = 1 if cost_kind == _ONE else tokens if cost_kind == _TOKENS else max(tokens, 1)
+            if kind == RATE:
+                ops.append(Op(RATE, key, limit, window, cost))
+            elif kind == CONC:
                 lease = lease or self._lease_prefix + str(next(self._leases))
-                ops.append(Op(CONC, _key(project_id, prefix + "conc"), scope.max_concurrent,
-                              self.lease_ms, 1, CHECK, lease))
-                names.append(scope_name + ".concurrent")
-        if limits.max_requests is not None or limits.max_tokens is not None or (
-                limits.budget_usd is not None):
-            pid, end = self._period(limits.period, now_ms)
-            if limits.max_requests is not None:
-                ops.append(Op(QUOTA, _key(project_id, f"q:req:{pid}"), limits.max_requests, end))
-                names.append("requests")
-            if limits.max_tokens is not None:
-                ops.append(Op(QUOTA, _key(project_id, f"q:tok:{pid}"), limits.max_tokens, end,
-                              max(tokens, 1)))
-                names.append("tokens")
-            if limits.budget_usd is not None:  # spend < budget; the cost is known at settle
-                ops.append(Op(QUOTA, _key(project_id, f"q:usd:{pid}"),
-                              round(limits.budget_usd * _MICRO), end, 1, PEEK))
-                names.append("budget")
-        return ops, names
+                ops.append(Op(CONC, key, limit, window, 1, CHECK, lease))
+            else:
+                if not pid:
+                    pid, end = self._period(template[0].period, now_ms)
+                ops.append(Op(QUOTA, key + pid, limit, end, cost, mode))
+        return ops
 
     def _period(self, period: str, now_ms: int | None) -> tuple[str, int]:
         now = now_ms if now_ms is not None else int(time.time() * 1000)
@@ -208,8 +236,7 @@ class LimitsService:
         """One round trip; None when the backend is down and limits fail open."""
         if time.monotonic() >= self._down_until:
             try:
-                async with asyncio.timeout(self.timeout_s):
-                    return await self.counters.apply(ops, now_ms)
+                return await self.counters.apply(ops, now_ms)
             except (CountersUnavailable, TimeoutError, OSError) as exc:
                 self._down_until = time.monotonic() + _BREAKER_S
                 log.warning("limits backend unavailable (%s); failing %s", exc, self.fail_mode)
@@ -221,7 +248,7 @@ class LimitsService:
                 "Rate limits cannot be checked right now (counters backend unreachable).",
                 code="limits_unavailable", headers={"retry-after": "1"})
         admission.degraded = True
-        admission.ops, admission.names = (), ()
+        admission.ops, admission.names = [], ()
         return None
 
     def _rejection(self, adm: Admission, outcome: Outcome, limits: Limits) -> RateLimitError:
@@ -287,9 +314,10 @@ class LimitsService:
         """The current period's quota use of a project (only the quotas its plan sets)."""
         limits = await self.limits_for(project_id, "")
         now_ms = None if self.clock is None else int(self.clock() * 1000)
-        ops, names = self._admit_ops(project_id, "", Limits(
-            budget_usd=limits.budget_usd, max_requests=limits.max_requests,
-            max_tokens=limits.max_tokens, period=limits.period), 0, now_ms)
+        quotas = Limits(budget_usd=limits.budget_usd, max_requests=limits.max_requests,
+                        max_tokens=limits.max_tokens, period=limits.period)
+        template = self._template(project_id, "", quotas)
+        ops, names = self._admit_ops(template, 0, now_ms), template[2]
         out: dict[str, Any] = {"period": limits.period}
         if not ops:
             return out
@@ -312,23 +340,22 @@ class LimitsService:
         outcome = admission.outcome
         if outcome is None:
             return []
-        best: dict[str, tuple[int, int, int]] = {}  # unit -> (remaining, limit, reset_ms)
-        for i, (op, name, res) in enumerate(zip(admission.ops, admission.names,
-                                                 outcome.results, strict=True)):
-            unit = "requests" if name.endswith("rpm") else "tokens" if name.endswith("tpm") else ""
-            if not unit:
-                continue
-            remaining, reset = res.remaining, res.reset_ms
-            if not outcome.allowed and i != outcome.denied:
-                # A passing op reports the state as if admitted; nothing was written, so
-                # undo this request's cost (exact for remaining, within 1 ms for reset).
-                remaining += op.cost
-                reset = max(0, reset - op.cost * op.window_ms // op.limit)
-            if unit not in best or remaining < best[unit][0]:
-                best[unit] = (remaining, op.limit, reset)
         out: RawHeaders = []
-        for unit, (remaining, limit, reset) in best.items():
-            out += [(b"x-ratelimit-limit-" + unit.encode(), str(limit).encode()),
-                    (b"x-ratelimit-remaining-" + unit.encode(), str(remaining).encode()),
-                    (b"x-ratelimit-reset-" + unit.encode(), duration(reset).encode())]
+        for suffix, names in _HEADER_NAMES:
+            best: tuple[int, int, int] | None = None  # (remaining, limit, reset_ms)
+            for i, name in enumerate(admission.names):
+                if not name.endswith(suffix):
+                    continue
+                op, res = admission.ops[i], outcome.results[i]
+                remaining, reset = res.remaining, res.reset_ms
+                if not outcome.allowed and i != outcome.denied:
+                    # A passing op reports the state as if admitted; nothing was written, so
+                    # undo this request's cost (exact for remaining, within 1 ms for reset).
+                    remaining += op.cost
+                    reset = max(0, reset - op.cost * op.window_ms // op.limit)
+                if best is None or remaining < best[0]:
+                    best = (remaining, op.limit, reset)
+            if best is not None:
+                out += [(names[0], b"%d" % best[1]), (names[1], b"%d" % best[0]),
+                        (names[2], duration(best[2]).encode())]
         return out

@@ -1,0 +1,150 @@
+"""Limits and metrics on the hot path: µs per request and Redis round trips per request.
+
+    .venv/bin/python bench/limits/run.py [--quick]
+
+Measured in the same run, each against a baseline:
+  * admit+settle in-process (MemoryCounters) with a typical plan, vs an unlimited caller;
+  * admit+settle on Redis, sequential (latency) and 64 concurrent (throughput), vs a bare
+    PING round trip; round trips per request from Redis `INFO commandstats` deltas;
+  * metrics.record_request, single process and in multiprocess mode (mmap files).
+docs/limits.md records a run with this exact command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from watchllm.env.embedded.memory import MemoryCounters
+from watchllm.limits import Limits, LimitsService, Scope
+from watchllm.limits.redis import RedisLimiter
+from watchllm.settings import Settings
+
+PLAN = Limits(project=Scope(rpm=10**7, tpm=10**9, max_concurrent=10**6),
+              key=Scope(rpm=10**7, tpm=10**9), budget_usd=10**6)
+
+
+class RedisCounters:
+    def __init__(self, client: Any) -> None:
+        self.apply = RedisLimiter(client).apply
+
+
+async def per_request_us(svc: LimitsService, n: int, limits: Limits | None) -> float:
+    t0 = time.perf_counter()
+    for i in range(n):
+        a = await svc.admit("bench", f"k{i & 7}", 120, limits)
+        headers = svc.headers(a)
+        await svc.settle(a, 150, 0.0004)
+    assert headers is not None
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+async def concurrent_rps(svc: LimitsService, n: int, width: int = 64) -> float:
+    async def worker(k: int) -> None:
+        for _ in range(n // width):
+            a = await svc.admit("bench", f"k{k & 7}", 120, PLAN)
+            await svc.settle(a, 150, 0.0004)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(k) for k in range(width)))
+    return (n // width * width) / (time.perf_counter() - t0)
+
+
+async def commandstats(client: Any) -> dict[str, int]:
+    info = await client.info("commandstats")
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()}
+
+
+async def redis_part(n: int) -> list[tuple[str, str]]:
+    import redis.asyncio as redis
+
+    client = redis.Redis(db=14)
+    try:
+        await client.ping()
+    except Exception as exc:
+        return [("Redis", f"skipped: {exc}")]
+    await client.flushdb()
+    svc = LimitsService(RedisCounters(client), Settings())  # type: ignore[arg-type]
+    await per_request_us(svc, 50, PLAN)  # warm: script loaded, connection open
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await client.ping()
+    ping_us = (time.perf_counter() - t0) / n * 1e6
+    before = await commandstats(client)
+    seq_us = await per_request_us(svc, n, PLAN)
+    after = await commandstats(client)
+    calls = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    calls = {k: v for k, v in calls.items() if v > 0 and k != "info"}
+    admit_only = LimitsService(RedisCounters(client), Settings())  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    for i in range(n):
+        await admit_only.admit("bench2", f"k{i & 7}", 120,
+                               Limits(project=Scope(rpm=10**7), key=Scope(rpm=10**7)))
+    admit_us = (time.perf_counter() - t0) / n * 1e6
+    rps = await concurrent_rps(svc, n * 2)
+    await client.aclose()
+    per_req = {k: round(v / n, 3) for k, v in calls.items()}
+    return [
+        ("Redis PING round trip (baseline)", f"{ping_us:.0f} µs"),
+        ("Redis admit only, rpm key+project (1 EVALSHA)", f"{admit_us:.0f} µs"),
+        ("Redis admit+headers+settle, full plan (sequential)", f"{seq_us:.0f} µs"),
+        ("Redis admit+settle, 64 concurrent, one connection pool", f"{rps:,.0f} req/s"),
+        ("Redis commands per request (INFO commandstats)", f"{per_req}"),
+    ]
+
+
+METRICS_CODE = """
+import time
+from watchllm import metrics
+n = {n}
+for _ in range(1000):
+    metrics.record_request("chat/completions", "gpt-4o", 200, 0.12, 0.03, 10, 5, 0.001)
+t0 = time.perf_counter()
+for _ in range(n):
+    metrics.record_request("chat/completions", "gpt-4o", 200, 0.12, 0.03, 10, 5, 0.001)
+print((time.perf_counter() - t0) / n * 1e6)
+"""
+
+
+def metrics_part(n: int) -> list[tuple[str, str]]:
+    rows = []
+    with tempfile.TemporaryDirectory() as directory:
+        for label, extra in (("single process", {}),
+                             ("multiprocess (PROMETHEUS_MULTIPROC_DIR)",
+                              {"PROMETHEUS_MULTIPROC_DIR": directory})):
+            env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+            out = subprocess.run([sys.executable, "-c", METRICS_CODE.format(n=n)], check=True,
+                                 capture_output=True, text=True, env={**env, **extra}).stdout
+            rows.append((f"metrics.record_request, {label}", f"{float(out):.1f} µs"))
+    return rows
+
+
+async def main(quick: bool) -> None:
+    n = 2_000 if quick else 20_000
+    memory = LimitsService(MemoryCounters(), Settings())
+    rows = [
+        ("in-process admit+headers+settle, unlimited caller (baseline)",
+         f"{await per_request_us(memory, n, Limits()):.1f} µs"),
+        ("in-process admit+headers+settle, full plan (2 rpm, 2 tpm, conc, budget)",
+         f"{await per_request_us(memory, n, PLAN):.1f} µs"),
+        ("in-process admit+headers+settle, resolved from defaults (key rpm+tpm)",
+         f"{await per_request_us(LimitsService(MemoryCounters(), Settings(default_rpm=10**7, default_tpm=10**9)), n, None):.1f} µs"),  # noqa: E501
+    ]
+    rows += await redis_part(n // 4)
+    rows += metrics_part(n * 5)
+    width = max(len(r[0]) for r in rows)
+    print(f"| {'measure'.ljust(width)} | result |\n|{'-' * (width + 2)}|--------|")
+    for name, value in rows:
+        print(f"| {name.ljust(width)} | {value} |")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    asyncio.run(main(parser.parse_args().quick))
