@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import random
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -31,6 +33,14 @@ from watchllm.routes import proxy as proxy_routes
 from watchllm.settings import Settings
 
 log = logging.getLogger("watchllm")
+# Request ids need to be unique, not secret: a PRNG seeded from the OS per process avoids
+# a getrandom() syscall on every request.
+_ids = random.Random(secrets.randbits(64) ^ os.getpid())
+
+
+def new_request_id() -> str:
+    return f"req_{_ids.getrandbits(96):024x}"
+
 Handler = Callable[["Gateway", Request, Send], Awaitable[None]]
 EnvFactory = Callable[[Settings], Awaitable[Env]]
 
@@ -119,7 +129,7 @@ class Gateway:
         if self._env is None:  # servers without lifespan support
             await self.startup()
         req = Request(scope, receive)
-        request_id = req.header(b"x-request-id") or "req_" + secrets.token_hex(12)
+        request_id = req.header(b"x-request-id") or new_request_id()
         self.inflight += 1
         self._idle.clear()
         try:

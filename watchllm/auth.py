@@ -59,8 +59,21 @@ class Authenticator:
         self.require_auth = settings.require_auth
         self.admin_key = settings.admin_key
         self._cache: dict[str, tuple[ApiKey | None, float]] = {}
+        # token -> (principal, key id, valid until): a repeat caller skips parsing and
+        # hashing. Same lifetime as the key cache, so revocation timing is unchanged.
+        self._tokens: dict[str, tuple[Principal, str, float]] = {}
 
     async def authenticate(self, token: str | None, scope: str) -> Principal:
+        if token:
+            hit = self._tokens.get(token)
+            if hit is not None and hit[2] > time.monotonic():
+                hit[0].require(scope)
+                return hit[0]
+        principal = await self._authenticate(token)
+        principal.require(scope)
+        return principal
+
+    async def _authenticate(self, token: str | None) -> Principal:
         if not token:
             if not self.require_auth:
                 return ANONYMOUS
@@ -75,7 +88,12 @@ class Authenticator:
             what = "revoked" if record.revoked_at is not None else "expired"
             raise AuthenticationError(f"This API key has been {what}.", code=f"key_{what}")
         principal = Principal(record.project_id, record.id, record.scopes, record.allowed_models)
-        principal.require(scope)
+        valid_until = time.monotonic() + self.ttl
+        if record.expires_at is not None:  # never trust the cache past the key's expiry
+            valid_until = min(valid_until, time.monotonic() + (record.expires_at - now_ms()) / 1000)
+        if len(self._tokens) >= _MAX_CACHED:
+            self._tokens.clear()
+        self._tokens[token] = (principal, record.id, valid_until)
         return principal
 
     async def _lookup(self, key_id: str) -> ApiKey | None:
@@ -92,3 +110,5 @@ class Authenticator:
     def forget(self, key_id: str) -> None:
         """Drop a key from this worker's cache (after a revoke made through this worker)."""
         self._cache.pop(key_id, None)
+        for token in [t for t, v in self._tokens.items() if v[1] == key_id]:
+            del self._tokens[token]
