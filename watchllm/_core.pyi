@@ -1,7 +1,21 @@
 """Stubs for the Rust extension `watchllm._core` (rust_core/src/py.rs)."""
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, final
+
+__all__ = [
+    "CoreError",
+    "RowBinaryError",
+    "VectorIndex",
+    "__version__",
+    "cache_key",
+    "context_key",
+    "count_chat_tokens",
+    "count_tokens",
+    "embed_text",
+    "encode_rowbinary",
+    "encoding_for_model",
+]
 
 __version__: str
 
@@ -21,6 +35,7 @@ def encode_rowbinary(
     columns: Sequence[tuple[str, str]], rows: Iterable[dict[str, Any]]
 ) -> bytes: ...
 
+@final
 class VectorIndex:
     def __new__(cls, dim: int) -> VectorIndex: ...
     @property

@@ -15,7 +15,10 @@ from watchllm import _twins
 @pytest.fixture(scope="session")
 def rust() -> ModuleType:
     """The Rust extension (skips the test when it is not built)."""
-    return pytest.importorskip("watchllm._core", reason="extension not built (maturin develop)")
+    module: ModuleType = pytest.importorskip(
+        "watchllm._core", reason="extension not built (maturin develop)"
+    )
+    return module
 
 
 @pytest.fixture(scope="session")
