@@ -5,9 +5,11 @@ prometheus_client (`prepare_multiprocess_dir` does it in the serving process; wo
 inherit it). Each worker then writes its samples to mmap'd files there and a scrape,
 answered by any worker, sums them. Live gauges of dead workers are dropped at scrape.
 
-Recording is a dict lookup of a cached labelled child plus one increment (~1 µs each;
-`bench/limits/bench_metrics.py`). Label values are bounded: models beyond the first
-`MAX_MODELS` seen are recorded as "other", so clients cannot explode the series count.
+`record_request` (once per request) adds to plain dicts; they reach prometheus-client once
+a second and before every scrape (`_Pending`; cost in `bench/limits/run.py`, recorded in
+docs/limits.md). Rare events (429s, upstream errors) go straight in. Label values are
+bounded: models beyond the first `MAX_MODELS` seen are recorded as "other", so clients
+cannot explode the series count.
 Without prometheus-client installed every helper is a no-op and /metrics answers 503.
 """
 
@@ -18,6 +20,7 @@ import contextlib
 import os
 import re
 import shutil
+from bisect import bisect_left
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -112,26 +115,91 @@ def _model(model: str) -> str:
     return model
 
 
+class _Pending:
+    """Per-request samples summed in plain dicts, handed to prometheus-client once a second.
+
+    A prometheus-client increment takes a lock (and, multiprocess, writes an mmap'd file):
+    ~1-3 µs each, several per request. A dict update is a tenth of that. The cost: a
+    scrape may miss up to FLUSH_S of other workers' samples (this worker flushes first).
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, str], int] = {}  # (route, model, status)
+        self.tokens: dict[tuple[str, str], int] = {}  # (model, kind)
+        self.cost: dict[str, float] = {}
+        self.hist: dict[tuple[int, str], list[float]] = {}  # (which, route) -> buckets + [sum]
+        self.scheduled = False
+
+
+FLUSH_S = 1.0
+_BOUNDS = ((*LATENCY_BUCKETS, float("inf")), (*TTFT_BUCKETS, float("inf")))
+_pending = _Pending()
+
+
+def _observe(which: int, route: str, value: float) -> None:
+    bounds = _BOUNDS[which]
+    h = _pending.hist.get((which, route))
+    if h is None:
+        h = _pending.hist[(which, route)] = [0.0] * (len(bounds) + 1)
+    h[bisect_left(bounds, value)] += 1  # first bucket with bound >= value: Prometheus's "le"
+    h[-1] += value
+
+
+def flush() -> None:
+    """Hand the pending samples to prometheus-client (called by the timer and by scrapes)."""
+    m, p = _m, _pending
+    p.scheduled = False
+    if m is None:
+        return
+    counts, tokens, cost, hist = p.counts, p.tokens, p.cost, p.hist
+    p.counts, p.tokens, p.cost, p.hist = {}, {}, {}, {}
+    for (route, model, status), n in counts.items():
+        _child(m.requests, route, model, status).inc(n)
+    for (model, kind), n in tokens.items():
+        _child(m.tokens, model, kind).inc(n)
+    for model, usd in cost.items():
+        _child(m.cost, model).inc(usd)
+    for (which, route), h in hist.items():
+        child = _child(m.latency if which == 0 else m.ttft, route)
+        for i, hits in enumerate(h[:-1]):
+            if hits:
+                child._buckets[i].inc(hits)  # the same updates Histogram.observe makes
+        child._sum.inc(h[-1])
+
+
+def _schedule() -> None:
+    _pending.scheduled = True
+    try:
+        asyncio.get_running_loop().call_later(FLUSH_S, flush)
+    except RuntimeError:  # no event loop (scripts, sync tests): flush now
+        flush()
+
+
 def record_request(route: str, model: str, status: int, duration_s: float,
                    ttft_s: float | None = None, prompt_tokens: int = 0,
                    completion_tokens: int = 0, cost_usd: float = 0.0) -> None:
     """One proxied request, at its end (after the last byte or the error)."""
-    m = _m
-    if m is None:
+    if _m is None:
         return
+    p = _pending
     label = _model(model) if model else "none"
-    _child(m.requests, route, label, str(status)).inc()
-    _child(m.latency, route).observe(duration_s)
+    key = (route, label, str(status))
+    p.counts[key] = p.counts.get(key, 0) + 1
+    _observe(0, route, duration_s)
     if ttft_s is not None:
-        _child(m.ttft, route).observe(ttft_s)
+        _observe(1, route, ttft_s)
     if prompt_tokens:
-        _child(m.tokens, label, "prompt").inc(prompt_tokens)
+        p.tokens[(label, "prompt")] = p.tokens.get((label, "prompt"), 0) + prompt_tokens
     if completion_tokens:
-        _child(m.tokens, label, "completion").inc(completion_tokens)
+        k = (label, "completion")
+        p.tokens[k] = p.tokens.get(k, 0) + completion_tokens
     if cost_usd:
-        _child(m.cost, label).inc(cost_usd)
+        p.cost[label] = p.cost.get(label, 0.0) + cost_usd
+    if not p.scheduled:
+        _schedule()
 
 
+# Rare events: recorded directly.
 def upstream_error(provider: str, kind: str) -> None:
     """kind: e.g. "connect", "timeout", "5xx", "stream"."""
     if _m is not None:
@@ -182,6 +250,7 @@ def _drop_dead_workers(directory: str) -> None:
 def render() -> bytes:
     """The exposition text: this process's registry, or every worker's files."""
     assert prom is not None and _m is not None
+    flush()
     directory = multiprocess_dir()
     if directory is None:
         return prom.generate_latest(_m.registry)

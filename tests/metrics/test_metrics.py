@@ -70,3 +70,25 @@ async def test_metrics_endpoint_answers_prometheus_text() -> None:
     assert sent[0]["status"] == 200
     assert dict(sent[0]["headers"])[b"content-type"].startswith(b"text/plain")
     assert b"watchllm_requests_total" in sent[1]["body"]
+
+
+async def test_deferred_histograms_equal_direct_observation() -> None:
+    """Samples summed in dicts and flushed give the buckets Histogram.observe would."""
+    import prometheus_client as prom
+
+    values = [0.0, 0.005, 0.0051, 0.1, 0.25, 7.0, 119.9, 500.0]  # edges, inside, above
+    direct = prom.Histogram("x_seconds", "x", ("route",), registry=prom.CollectorRegistry(),
+                            buckets=metrics.LATENCY_BUCKETS)
+    for v in values:
+        direct.labels("r-eq").observe(v)
+        metrics.record_request("r-eq", "gpt-4o", 200, v)  # inside a loop: flushed later
+    assert metrics._pending.scheduled
+    text = metrics.render().decode()  # a scrape flushes first
+    assert metrics._m is not None
+    for sample in direct.collect()[0].samples:
+        if sample.name.endswith("_bucket"):
+            got = metrics._m.registry.get_sample_value(
+                "watchllm_request_duration_seconds_bucket",
+                {"route": "r-eq", "le": sample.labels["le"]})
+            assert got == sample.value, sample.labels["le"]
+    assert 'watchllm_request_duration_seconds_count{route="r-eq"} 8.0' in text
