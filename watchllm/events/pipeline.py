@@ -97,6 +97,7 @@ class Batch:
     count: int  # events in the spool records (dead-lettered ones included)
     events: int
     tables: dict[str, list[Row]] = field(default_factory=dict)
+    encoded: dict[str, bytes] = field(default_factory=dict)  # RowBinary of tables[t]
 
 
 class EventPipeline:
@@ -116,6 +117,7 @@ class EventPipeline:
         backoff_max_s: float = 30.0,
         dead_letter: Path | str | None = None,
         drain_timeout_s: float = 10.0,
+        hot_bytes: int = 64 << 20,
         route: Callable[[Row], Sequence[str]] = default_route,
         tables: dict[str, tuple[tuple[str, str], ...]] = TABLES,
     ) -> None:
@@ -145,10 +147,10 @@ class EventPipeline:
         self._closed = False
         self._writer: threading.Thread | None = None
         self._shipper: asyncio.Task[None] | None = None
-        # Records just spooled, still in memory: (position before, position after, events).
-        self._hot: deque[tuple[Position, Position, list[Row]]] = deque()
-        self._hot_events = 0
-        self._hot_max = max(2 * batch_size, RECORD_EVENTS)
+        # Records just spooled, still in memory: (position before, after, events, JSON bytes).
+        self._hot: deque[tuple[Position, Position, list[Row], int]] = deque()
+        self._hot_bytes = 0
+        self.hot_bytes = hot_bytes
         self._hot_lock = threading.Lock()
         self._helper = ThreadPoolExecutor(1, thread_name_prefix="watchllm-events-encode")
 
@@ -247,29 +249,29 @@ class EventPipeline:
                 self.metrics.dropped += len(lines)
             else:
                 self.metrics.spooled += len(lines)
-                self._keep_hot(prev, end, good)
+                self._keep_hot(prev, end, good, sum(map(len, lines)))
             self._written += take
             self._notify()
 
-    def _keep_hot(self, prev: Position, end: Position, items: list[Row]) -> None:
+    def _keep_hot(self, prev: Position, end: Position, items: list[Row], size: int) -> None:
         """Keep a just-spooled record's events in memory (bounded) so that the shipper
         need not read and parse them back from disk when it is keeping up."""
         with self._hot_lock:
-            if items and self._hot_events + len(items) <= self._hot_max:
-                self._hot.append((prev, end, items))
-                self._hot_events += len(items)
+            if items and self._hot_bytes + size <= self.hot_bytes:
+                self._hot.append((prev, end, items, size))
+                self._hot_bytes += size
 
     def _take_hot(self, cursor: Position) -> tuple[list[Row], Position, int] | None:
         """Events of the records right after `cursor`, if they are still in memory."""
         with self._hot_lock:
             while self._hot and self._hot[0][1] <= cursor:
-                self._hot_events -= len(self._hot.popleft()[2])
+                self._hot_bytes -= self._hot.popleft()[3]
             events: list[Row] = []
             pos, count = cursor, 0
             while (self._hot and self._hot[0][0] == pos
                    and (not count or count + len(self._hot[0][2]) <= self.batch_size)):
-                _, pos, items = self._hot.popleft()
-                self._hot_events -= len(items)
+                _, pos, items, size = self._hot.popleft()
+                self._hot_bytes -= size
                 events += items
                 count += len(items)
         return (events, pos, count) if count else None
@@ -295,9 +297,10 @@ class EventPipeline:
     async def _ship_loop(self) -> None:
         cursor = self.spool.acked
         batch: Batch | None = None
+        prefetch: asyncio.Task[Batch | None] | None = None
         failures = 0
         while True:
-            if batch is None:
+            if batch is None and prefetch is None:
                 pending = self.spool.pending_events
                 if not pending:
                     await self._wait_progress(0.05)
@@ -310,13 +313,22 @@ class EventPipeline:
                         await self._wait_progress(min(left, 0.05))
             try:
                 if batch is None:
-                    batch = await self._next_batch(cursor)
+                    if prefetch is not None:
+                        task, prefetch = prefetch, None
+                        batch = await task
+                    else:
+                        batch = await self._next_batch(cursor)
                     if batch is None:
                         continue
+                if prefetch is None and self.spool.pending_events - batch.count >= self.batch_size:
+                    # A backlog: prepare the next batch while this one is being inserted.
+                    prefetch = asyncio.create_task(self._next_batch(batch.end))
                 await self._send(batch)
                 cursor = batch.end
                 batch, failures = None, 0
             except asyncio.CancelledError:
+                if prefetch is not None:
+                    prefetch.cancel()
                 raise
             except Exception as e:
                 self.metrics.batches_failed += 1
@@ -328,15 +340,20 @@ class EventPipeline:
 
     async def _next_batch(self, cursor: Position) -> Batch | None:
         hot = self._take_hot(cursor)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._helper, self._prepare, cursor, hot)
+
+    def _prepare(
+        self, cursor: Position, hot: tuple[list[Row], Position, int] | None
+    ) -> Batch | None:
+        """The batch after `cursor`, routed to tables and encoded (on the helper thread)."""
         if hot is not None:
             events, end, count = hot
         else:
-            loop = asyncio.get_running_loop()
-            records, end = await loop.run_in_executor(
-                self._helper, self.spool.read, cursor, self.batch_size)
+            records, end = self.spool.read(cursor, self.batch_size)
             if end == cursor:
                 return None
-            events = await loop.run_in_executor(self._helper, self._decode, records)
+            events = self._decode(records)
             count = sum(r.count for r in records)
         batch = Batch(end, count, len(events))
         for ev in events:
@@ -344,6 +361,13 @@ class EventPipeline:
                 self._complete(ev)
             for table in self.route(ev):
                 batch.tables.setdefault(table, []).append(ev)
+        for table, rows in batch.tables.items():
+            if table not in self.columns:
+                self._dead_letter([(table, r, f"no table {table!r} in the schema") for r in rows])
+                rows.clear()
+                continue
+            good, batch.encoded[table] = self._encode(table, rows)
+            rows[:] = good  # a retry of this batch does not dead-letter these rows twice
         return batch
 
     def _complete(self, ev: Row) -> None:
@@ -360,7 +384,8 @@ class EventPipeline:
         """Insert each table's rows (tables already done are not sent again), then ack."""
         loop = asyncio.get_running_loop()
         for table in list(batch.tables):
-            await self._insert(table, batch.tables[table])
+            if batch.tables[table]:
+                await self._insert(table, batch.tables[table], batch.encoded.get(table))
             del batch.tables[table]
         await loop.run_in_executor(self._helper, self.spool.ack, batch.end, batch.count)
         self.metrics.batches_sent += 1
@@ -395,15 +420,14 @@ class EventPipeline:
                 self._dead_letter([(table, rows[bad], str(e))])
                 rows = rows[:bad] + rows[bad + 1 :]
 
-    async def _insert(self, table: str, rows: list[Row]) -> None:
-        if table not in self.columns:
-            self._dead_letter([(table, r, f"no table {table!r} in the schema") for r in rows])
-            return
-        loop = asyncio.get_running_loop()
-        good, data = await loop.run_in_executor(self._helper, self._encode, table, rows)
-        rows[:] = good  # a retry of this batch does not dead-letter these rows twice
+    async def _insert(self, table: str, rows: list[Row], data: bytes | None = None) -> None:
+        if data is None:
+            loop = asyncio.get_running_loop()
+            good, data = await loop.run_in_executor(self._helper, self._encode, table, rows)
+            rows[:] = good
         if not rows:
             return
+        assert data is not None
         names = [c for c, _ in self.columns[table]]
         started = time.perf_counter()
         try:
