@@ -22,24 +22,28 @@ from typing import Any
 from watchllm.env.base import CountersUnavailable
 from watchllm.limits.ops import Op, OpResult, Outcome
 
-# KEYS[i] = key of op i. ARGV[1] = now in ms ('' = Redis TIME), then 6 per op:
-# kind, limit, window_ms, cost, mode, member. Numbers stay below 2^53 (ops.MAX_CAPACITY),
-# so Lua's doubles do exact integer arithmetic; math.floor(a / b) is exact floor division.
+# KEYS[i] = key of op i. ARGV[1] = now in ms ('' = Redis TIME); ARGV[2] = 6 space-separated
+# fields per op: kind limit window_ms cost mode member ('-' = none). One argument and one
+# string reply instead of 6n+1 arguments and a 3n+3 array: redis-py's pure-Python packing
+# and parsing cost more than the script itself. Numbers stay below 2^53
+# (ops.MAX_CAPACITY), so Lua's doubles do exact integer arithmetic.
 LUA = r"""
 local now = tonumber(ARGV[1])
 if not now then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+local f = {}
+for field in string.gmatch(ARGV[2], '%S+') do f[#f + 1] = field end
 local out = {1, -1, now}
 local writes = {}
 local denied = -1
 local function fdiv(a, b) return math.floor(a / b) end
 local function cdiv(a, b) return -math.floor(-a / b) end
 for i = 1, #KEYS do
-  local a = 1 + (i - 1) * 6
-  local kind, limit, win = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local n, mode, member = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), ARGV[a + 6]
+  local a = (i - 1) * 6
+  local kind, limit, win = tonumber(f[a + 1]), tonumber(f[a + 2]), tonumber(f[a + 3])
+  local n, mode, member = tonumber(f[a + 4]), tonumber(f[a + 5]), f[a + 6]
   local key = KEYS[i]
   local ok, rem_out, reset, retry = true, 0, 0, 0
   if kind == 0 then -- RATE (GCRA)
@@ -110,10 +114,14 @@ for i = 1, #KEYS do
   out[#out + 1] = reset
   out[#out + 1] = retry
 end
+local function reply()
+  for j = 1, #out do out[j] = string.format('%d', out[j]) end
+  return table.concat(out, ' ')
+end
 if denied >= 0 then
   out[1] = 0
   out[2] = denied
-  return out
+  return reply()
 end
 for _, w in ipairs(writes) do
   local k = w[2]
@@ -135,24 +143,22 @@ for _, w in ipairs(writes) do
     redis.call('SET', k, string.format('%d', w[3]), 'PX', w[4] + 60000)
   end
 end
-return out
+return reply()
 """
 SHA = hashlib.sha1(LUA.encode()).hexdigest()
 
 
-def encode(ops: Sequence[Op], now_ms: int | None) -> tuple[list[str], list[str | int]]:
+def encode(ops: Sequence[Op], now_ms: int | None) -> tuple[list[str], list[str]]:
     keys = [op.key for op in ops]
-    args: list[str | int] = ["" if now_ms is None else now_ms]
-    for op in ops:
-        args += (op.kind, op.limit, op.window_ms, op.cost, op.mode, op.member)
-    return keys, args
+    fields = " ".join(f"{op.kind} {op.limit} {op.window_ms} {op.cost} {op.mode} {op.member or '-'}"
+                      for op in ops)
+    return keys, ["" if now_ms is None else str(now_ms), fields]
 
 
-def decode(raw: Sequence[Any]) -> Outcome:
-    values = [int(v) for v in raw]
-    results = tuple(OpResult(values[i], values[i + 1], values[i + 2])
-                    for i in range(3, len(values), 3))
-    return Outcome(values[0] == 1, values[1], values[2], results)
+def decode(raw: bytes | str) -> Outcome:
+    v = [int(x) for x in raw.split()]
+    results = [OpResult(v[i], v[i + 1], v[i + 2]) for i in range(3, len(v), 3)]
+    return Outcome(v[0] == 1, v[1], v[2], tuple(results))
 
 
 class RedisLimiter:
