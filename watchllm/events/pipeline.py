@@ -108,7 +108,7 @@ class EventPipeline:
         sink: Analytics,
         spool_dir: Path | str,
         *,
-        batch_size: int = 5000,
+        batch_size: int = 20_000,
         flush_ms: float = 1000.0,
         max_bytes: int = 1 << 30,
         buffer: int = 100_000,
