@@ -45,15 +45,27 @@ async def per_request_us(svc: LimitsService, n: int, limits: Limits | None) -> f
     return (time.perf_counter() - t0) / n * 1e6
 
 
-async def concurrent_rps(svc: LimitsService, n: int, width: int = 64) -> float:
+async def concurrent_rps(svc: LimitsService, n: int, width: int = 64) -> tuple[float, float]:
+    """(requests/s, gateway CPU µs per request) with `width` requests in flight."""
     async def worker(k: int) -> None:
         for _ in range(n // width):
             a = await svc.admit("bench", f"k{k & 7}", 120, PLAN)
             await svc.settle(a, 150, 0.0004)
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker(k) for k in range(width)))
-    return (n // width * width) / (time.perf_counter() - t0)
+    done = n // width * width
+    return done / (time.perf_counter() - t0), (time.process_time() - c0) / done * 1e6
+
+
+async def concurrent_ping_cpu(client: Any, n: int, width: int = 64) -> float:
+    async def worker() -> None:
+        for _ in range(n // width):
+            await client.ping()
+
+    c0 = time.process_time()
+    await asyncio.gather(*(worker() for _ in range(width)))
+    return (time.process_time() - c0) / (n // width * width) * 1e6
 
 
 async def commandstats(client: Any) -> dict[str, int]:
@@ -70,6 +82,7 @@ async def redis_part(n: int) -> list[tuple[str, str]]:
     except Exception as exc:
         return [("Redis", f"skipped: {exc}")]
     await client.flushdb()
+    await client.config_resetstat()
     svc = LimitsService(RedisCounters(client), Settings())  # type: ignore[arg-type]
     await per_request_us(svc, 50, PLAN)  # warm: script loaded, connection open
     t0 = time.perf_counter()
@@ -87,7 +100,10 @@ async def redis_part(n: int) -> list[tuple[str, str]]:
         await admit_only.admit("bench2", f"k{i & 7}", 120,
                                Limits(project=Scope(rpm=10**7), key=Scope(rpm=10**7)))
     admit_us = (time.perf_counter() - t0) / n * 1e6
-    rps = await concurrent_rps(svc, n * 2)
+    rps, cpu_us = await concurrent_rps(svc, n * 2)
+    ping_cpu_us = await concurrent_ping_cpu(client, n * 2)
+    server = await client.info("commandstats")
+    script_us = server.get("cmdstat_evalsha", {}).get("usec_per_call", 0)
     await client.aclose()
     per_req = {k: round(v / n, 3) for k, v in calls.items()}
     return [
@@ -95,6 +111,9 @@ async def redis_part(n: int) -> list[tuple[str, str]]:
         ("Redis admit only, rpm key+project (1 EVALSHA)", f"{admit_us:.0f} µs"),
         ("Redis admit+headers+settle, full plan (sequential)", f"{seq_us:.0f} µs"),
         ("Redis admit+settle, 64 concurrent, one connection pool", f"{rps:,.0f} req/s"),
+        ("  gateway CPU per request in that run (admit+settle)", f"{cpu_us:.0f} µs"),
+        ("  baseline: gateway CPU per PING, 64 concurrent", f"{ping_cpu_us:.0f} µs"),
+        ("  Redis server time per EVALSHA (commandstats)", f"{script_us} µs"),
         ("Redis commands per request (INFO commandstats)", f"{per_req}"),
     ]
 
