@@ -75,8 +75,9 @@ async def pipeline(url: str, n: int, batch: int, fsync: str, spool: Path) -> dic
             p.put(event(i, "p"))
         put_s += time.perf_counter() - t
         await asyncio.sleep(0)
-        while p.depth() - p.spool.pending_events > 100_000:  # offered faster than the disk
-            await asyncio.sleep(0.001)  # takes it: a client at the pipeline's pace
+        # Offered faster than the disk takes it: pace like a client at the pipeline's rate.
+        while p.depth() - p.spool.pending_events > 100_000:  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
     produced = time.perf_counter() - started
     await p.flush()
     took = time.perf_counter() - started
@@ -85,7 +86,8 @@ async def pipeline(url: str, n: int, batch: int, fsync: str, spool: Path) -> dic
     await p.close()
     await a.close()
     assert rows[0]["n"] == rows[0]["u"] == n - m["dropped"], (rows, m)
-    return {"rate": (n - m["dropped"]) / took, "produce_rate": n / produced, "put_us": put_s / n * 1e6,
+    return {"rate": (n - m["dropped"]) / took, "produce_rate": n / produced,
+            "put_us": put_s / n * 1e6,
             "dropped": m["dropped"], "batches": m["batches_sent"],
             "insert_ms_avg": m["insert_seconds_total"] / max(1, m["batches_sent"]) * 1000}
 

@@ -190,6 +190,15 @@ class EventPipeline:
         finally:
             self._urgent -= 1
 
+    async def wait_spooled(self) -> int:
+        """Wait until every event accepted so far has been through the writer: on disk
+        (durable: survives kill -9) or refused. Returns the `dropped` total, so a caller
+        can tell whether any were refused meanwhile. Bound it with `asyncio.timeout`."""
+        target = self.metrics.accepted
+        while self._written < target:
+            await self._wait_progress(0.005)
+        return self.metrics.dropped
+
     async def close(self) -> None:
         """Drain into the sink for up to `drain_timeout_s`; what is left stays in the spool
         (durable: it is delivered by the next process that opens this spool)."""
