@@ -148,8 +148,9 @@ return reply()
 SHA = hashlib.sha1(LUA.encode()).hexdigest()
 
 
-def encode(ops: Sequence[Op], now_ms: int | None) -> tuple[list[str], list[str]]:
-    keys = [op.key for op in ops]
+def encode(ops: Sequence[Op], now_ms: int | None,
+           prefix: str = "") -> tuple[list[str], list[str]]:
+    keys = [prefix + op.key for op in ops]
     fields = " ".join(f"{op.kind} {op.limit} {op.window_ms} {op.cost} {op.mode} {op.member or '-'}"
                       for op in ops)
     return keys, ["" if now_ms is None else str(now_ms), fields]
@@ -164,14 +165,15 @@ def decode(raw: bytes | str) -> Outcome:
 class RedisLimiter:
     """`Counters.apply` on Redis. Connection failures become `CountersUnavailable`."""
 
-    def __init__(self, client: Any, timeout_s: float = 1.0) -> None:
+    def __init__(self, client: Any, timeout_s: float = 1.0, prefix: str = "") -> None:
         self.client = client  # redis.asyncio.Redis (typed Any: redis is an optional extra)
         self.timeout_s = timeout_s  # settings.limits_timeout_s: slower counts as unavailable
+        self.prefix = prefix  # prepended to every key (an adapter's namespace), for free
 
     async def apply(self, ops: Sequence[Op], now_ms: int | None = None) -> Outcome:
         from redis import exceptions as rexc
 
-        keys, args = encode(ops, now_ms)
+        keys, args = encode(ops, now_ms, self.prefix)
         try:
             async with asyncio.timeout(self.timeout_s):
                 try:
