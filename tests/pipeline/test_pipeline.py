@@ -229,7 +229,7 @@ async def test_usage_view_counts_requests_tokens_and_cache_hits(
 async def test_wait_spooled_means_on_disk(clickhouse: Any, tmp_path: Path) -> None:
     sink = FlakySink(clickhouse)
     sink.down = True  # nothing leaves the spool: what we see is the writer's work
-    p = await started(sink, tmp_path, batch_size=10_000, flush_ms=60_000)
+    p = await started(sink, tmp_path, batch_size=10_000, flush_ms=60_000, drain_timeout_s=0.1)
     await put_all(p, [make_event(i) for i in range(250)])
     assert await p.wait_spooled() == 0  # none refused
     assert p.metrics.spooled == 250 and p.spool.pending_events == 250
