@@ -5,12 +5,7 @@ from __future__ import annotations
 import importlib.util
 
 from watchllm.env.base import Analytics, Check, Env, EventQueue
-from watchllm.env.embedded.memory import LruKeyValue, MemoryCounters
-from watchllm.env.embedded.sqlite import SqliteDatabase
-from watchllm.env.embedded.vectors import CoreVectorIndex
-from watchllm.env.http_lean import make_http_client
 from watchllm.events.memory_queue import MemoryEventQueue
-from watchllm.metadata.migrate import migrate
 from watchllm.settings import Settings
 
 
@@ -24,6 +19,14 @@ def sqlite_path(settings: Settings) -> str:
 
 
 async def build_env(settings: Settings) -> Env:
+    # Imported here, not at module level: `watchllm.env.embedded.memory` is also used
+    # where sqlite3, httptools and aiohttp do not exist (the Cloudflare Worker).
+    from watchllm.env.embedded.memory import LruKeyValue, MemoryCounters
+    from watchllm.env.embedded.sqlite import SqliteDatabase
+    from watchllm.env.embedded.vectors import CoreVectorIndex
+    from watchllm.env.http_lean import make_http_client
+    from watchllm.metadata.migrate import migrate
+
     db = SqliteDatabase(sqlite_path(settings))
     await migrate(db)
 
