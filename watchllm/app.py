@@ -17,18 +17,20 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from watchllm import core
+from watchllm import core, metrics, pricing
 from watchllm.auth import Authenticator
 from watchllm.cache.embedder import make_embedder
 from watchllm.cache.service import ResponseCache
 from watchllm.env.base import Env
 from watchllm.errors import INTERNAL_ERROR_BODY, NotFoundError, WatchLLMError
 from watchllm.http.asgi import ClientDisconnected, Receive, Request, Scope, Send, send_body
+from watchllm.limits.service import LimitsService
 from watchllm.metadata.cached import ProjectSettingsCache
+from watchllm.metadata.plans import PlanStore
 from watchllm.metadata.store import MetadataStore
 from watchllm.proxy.context import ProxyContext
 from watchllm.proxy.router import ProviderRouter
-from watchllm.routes import admin, health
+from watchllm.routes import admin, admin_plans, health
 from watchllm.routes import proxy as proxy_routes
 from watchllm.settings import Settings
 
@@ -57,9 +59,12 @@ class Gateway:
             ("GET", "/health"): health.health,
             ("GET", "/ready"): health.ready,
             ("GET", "/v1/models"): proxy_routes.list_models,
+            ("GET", "/metrics"): metrics.metrics_endpoint,
             **admin.ROUTES,
+            **admin_plans.ROUTES,
         }
-        self.prefix_routes: list[tuple[str, str, Handler]] = list(admin.PREFIX_ROUTES)
+        self.prefix_routes: list[tuple[str, str, Handler]] = [
+            *admin.PREFIX_ROUTES, *admin_plans.PREFIX_ROUTES]
 
     # -- lifecycle ----------------------------------------------------------------
     @property
@@ -79,6 +84,11 @@ class Gateway:
         vectors = self._env.vectors
         embedder = make_embedder(self.settings.embedding_model, self.router) if vectors else None
         self.cache = ResponseCache(self.settings, self._env.kv, vectors, embedder)
+        self.prices = pricing.configure(self.settings.prices_file)
+        self.plans = PlanStore(self._env.db, self.settings)
+        if self.settings.master_key:
+            _ = self.plans.ring  # an unusable master key stops start-up, not a request later
+        self.limits = LimitsService(self._env.counters, self.settings, self.plans)
         log.info("watchllm started: mode=%s core=%s", self._env.mode, core.BACKEND)
 
     async def shutdown(self, drain_timeout_s: float = 30.0) -> None:

@@ -69,6 +69,7 @@ class Settings:
     embedding_model: str = "local/all-minilm-l6-v2"
     events_buffer: int = 100_000
     log_level: str = "info"
+    auto_migrate: bool = False  # apply pending metadata migrations at start-up
     # Event pipeline and self-hosted backends (docs/pipeline.md).
     spool_dir: Path | None = None  # default: data_dir / "spool"
     events_batch_size: int = 20_000  # flush to ClickHouse at N events...
@@ -88,6 +89,11 @@ class Settings:
     prices_file: str = ""  # JSON merged over the shipped price table
     master_key: str = field(default="", repr=False)  # AES-256-GCM key for provider keys
     master_key_previous: tuple[str, ...] = field(default=(), repr=False)  # rotation: old keys
+    # Ingest API (docs/analytics.md): one batch at most this many events and bytes; a
+    # request waits at most ingest_durable_timeout_s for its events to become durable.
+    ingest_max_events: int = 1000
+    ingest_max_bytes: int = 10 * 1024 * 1024
+    ingest_durable_timeout_s: float = 10.0
 
     def provider(self, name: str) -> ProviderSettings | None:
         return next((p for p in self.providers if p.name == name), None)
@@ -263,9 +269,11 @@ def load_settings(
         mock_latency_ms=r.number("WATCHLLM_MOCK_LATENCY_MS", 0.0),
         events_buffer=r.integer("WATCHLLM_EVENTS_BUFFER", 100_000, minimum=1),
         log_level=log_level,
+        auto_migrate=r.flag("WATCHLLM_AUTO_MIGRATE", False),
         **_pipeline_settings(r),
         **_cache_settings(r),
         **_limits_settings(r),
+        **_ingest_settings(r),
     )
 
 
@@ -322,4 +330,14 @@ def _limits_settings(r: _Reader) -> dict[str, Any]:
         "prices_file": r.text("WATCHLLM_PRICES_FILE"),
         "master_key": r.text("WATCHLLM_MASTER_KEY"),
         "master_key_previous": tuple(k.strip() for k in previous.split(",") if k.strip()),
+    }
+
+
+def _ingest_settings(r: _Reader) -> dict[str, Any]:
+    return {
+        "ingest_max_events": r.integer("WATCHLLM_INGEST_MAX_EVENTS", 1000, minimum=1),
+        "ingest_max_bytes": r.integer("WATCHLLM_INGEST_MAX_BYTES", 10 * 1024 * 1024,
+                                      minimum=1024),
+        "ingest_durable_timeout_s": r.number("WATCHLLM_INGEST_DURABLE_TIMEOUT", 10.0,
+                                             minimum=0.001),
     }

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from watchllm.events.usage import Usage
+from watchllm.limits.service import Admission
 
 MAX_LOGGED_BODY = 1 << 20  # prompt/response text kept per event; longer is cut and marked
 _HOST = os.uname().nodename if hasattr(os, "uname") else ""
@@ -43,6 +44,8 @@ class ProxyContext:
     user: str = ""
     tags: list[str] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
+    admission: Admission | None = None
+    limit_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000

@@ -6,10 +6,12 @@ Response bodies reach the client as the provider sent them; WatchLLM adds only t
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from watchllm import core, metrics
 from watchllm.cache import controls as cache_controls
 from watchllm.cache.entry import CacheEntry, as_json, as_sse, entry_from_stream
 from watchllm.cache.service import CacheHit
@@ -24,6 +26,7 @@ from watchllm.proxy.streaming import forward_stream
 if TYPE_CHECKING:
     from watchllm.app import Gateway
 
+_HITS = ("HIT", "SEMANTIC_HIT")
 ENDPOINTS = {
     "/v1/chat/completions": "chat/completions",
     "/v1/completions": "completions",
@@ -85,6 +88,8 @@ def response_headers(ctx: ProxyContext, upstream: dict[str, str]) -> RawHeaders:
     ]
     if ctx.cache_status != "NONE":
         headers.append((b"x-watchllm-cache", ctx.cache_status.encode()))
+    if ctx.limit_headers:
+        headers += ctx.limit_headers
     for name, value in upstream.items():  # a handful of headers: cheaper than probing 11 names
         if name in _KEPT_UPSTREAM:
             headers.append((name.encode(), value.encode("latin-1", "replace")))
@@ -113,8 +118,30 @@ async def handle(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
         headers += [(k.encode(), v.encode()) for k, v in exc.headers.items()]
         await send_body(send, exc.status, exc.body(), headers)
     finally:
+        u = ctx.usage
+        if ctx.admission is not None:
+            # Shielded: a client that hangs up must not cancel the release of its slot.
+            used = 0 if ctx.cache_status in _HITS else u.prompt + u.completion
+            await asyncio.shield(gw.limits.settle(ctx.admission, used, ctx.cost_usd))
+        metrics.record_request(ctx.endpoint, ctx.model, ctx.status, ctx.elapsed_ms() / 1000,
+                               ctx.ttft_s, u.prompt, u.completion, ctx.cost_usd)
+        if ctx.cache_status != "NONE":
+            metrics.cache_outcome(ctx.cache_status)
         if ctx.project_id:  # unauthenticated noise is not the project's event
             gw.env.events.put(ctx.event())
+
+
+def _estimate_tokens(endpoint: str, raw: bytes, data: dict[str, Any], model: str) -> int:
+    """Prompt tokens before the call (for token limits); reconciled with real usage later."""
+    if endpoint == "chat/completions":
+        try:
+            return core.count_chat_tokens(raw)
+        except ValueError:
+            return 0
+    value = data.get("prompt", data.get("input"))
+    texts = value if isinstance(value, list) else [value]
+    encoding = core.encoding_for_model(model)
+    return sum(core.count_tokens(t, encoding) for t in texts if isinstance(t, str))
 
 
 async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> None:
@@ -123,6 +150,12 @@ async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
     raw, data = await req.json_object(gw.settings.max_body_bytes)
     ctx.model, ctx.stream = validate(ctx.endpoint, data)
     principal.check_model(ctx.model)
+    limits = await gw.limits.limits_for(ctx.project_id, ctx.key_id) \
+        if ctx.project_id != "*" else None
+    if limits is not None and not limits.unlimited:
+        estimate = _estimate_tokens(ctx.endpoint, raw, data, ctx.model)
+        ctx.admission = await gw.limits.admit(ctx.project_id, ctx.key_id, estimate, limits)
+        ctx.limit_headers = gw.limits.headers(ctx.admission)
     body_controls = data.get("watchllm")
     raw_headers = req.raw_headers
     if body_controls is None and not any(h in raw_headers for h in cache_controls.HEADER_NAMES):
@@ -174,6 +207,7 @@ async def _forward(gw: Gateway, req: Request, send: Send, ctx: ProxyContext,
         ctx.ttft_s = outcome.ttft_s
         raw_stream = outcome.raw()
         ctx.usage, ctx.response = usage_mod.from_stream(raw_stream, call.data, call.body)
+        ctx.cost_usd = _cost(gw, ctx)
         if outcome.disconnected:
             ctx.status, ctx.error_type = 499, "client_disconnected"
             ctx.error_message = "client disconnected mid-stream; upstream request cancelled"
@@ -191,10 +225,12 @@ async def _forward(gw: Gateway, req: Request, send: Send, ctx: ProxyContext,
 
     body = result.body or b""
     if result.status >= 500:
+        metrics.upstream_error(ctx.provider, "5xx")
         raise _upstream_failure(ctx, result)
     entry = None
     if result.status == 200:
         ctx.usage, ctx.response, usage_doc = usage_mod.from_body(ctx.endpoint, body)
+        ctx.cost_usd = _cost(gw, ctx)
         if cache:
             entry = CacheEntry(ctx.endpoint, body=body, usage=usage_doc, cost_usd=ctx.cost_usd)
     else:
@@ -205,6 +241,11 @@ async def _forward(gw: Gateway, req: Request, send: Send, ctx: ProxyContext,
                                                     "application/json").encode("latin-1")))
     await send_body(send, result.status, body, out)
     return entry
+
+
+def _cost(gw: Gateway, ctx: ProxyContext) -> float:
+    u = ctx.usage
+    return gw.prices.cost_usd(ctx.model, u.prompt, u.completion, u.cached)
 
 
 async def _replay(send: Send, ctx: ProxyContext, hit: CacheHit, data: dict[str, Any]) -> None:

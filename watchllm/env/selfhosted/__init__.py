@@ -67,7 +67,7 @@ async def build_env(settings: Settings) -> Env:
     db = await PostgresDatabase.connect(
         settings.database_url, settings.pg_pool_size, settings.connect_timeout_s
     )
-    if getattr(settings, "auto_migrate", False):
+    if settings.auto_migrate:
         await migrate(db)
     else:
         await require_current(db)

@@ -1,0 +1,108 @@
+"""Limits through real gateway processes: one embedded, and two self-hosted replicas that
+share PostgreSQL and Redis and must enforce one limit between them."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.conftest import gateway_env, new_key
+from watchllm.testing.servers import Server, start_gateway
+
+PG = "postgresql://postgres@127.0.0.1:5432"
+REDIS_DB = "redis://127.0.0.1:6379/13"
+
+
+def _msg() -> list[dict[str, str]]:
+    return [{"role": "user", "content": uuid.uuid4().hex}]
+
+
+@pytest.fixture(scope="module")
+def limited(upstream: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    env = gateway_env(upstream, WATCHLLM_DEFAULT_RPM="5", WATCHLLM_DEFAULT_TPM="100000")
+    server = start_gateway(tmp_path_factory.mktemp("limited"), env)
+    yield server
+    server.stop()
+
+
+def test_rpm_429_in_openai_shape_with_headers(limited: Server) -> None:
+    key = new_key(limited, "rpm")
+    results = [httpx.post(limited.url + "/v1/chat/completions",
+                          json={"model": "gpt-4o-mini", "messages": _msg()},
+                          headers={"authorization": f"Bearer {key}"}) for _ in range(7)]
+    assert [r.status_code for r in results] == [200] * 5 + [429] * 2
+    ok, denied = results[0], results[5]
+    assert ok.headers["x-ratelimit-limit-requests"] == "5"
+    assert ok.headers["x-ratelimit-remaining-requests"] == "4"
+    assert ok.headers["x-ratelimit-limit-tokens"] == "100000"
+    assert float(denied.headers["retry-after"]) > 0
+    assert denied.headers["x-ratelimit-remaining-requests"] == "0"
+    assert denied.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_sdk_retries_after_retry_after_and_succeeds(limited: Server) -> None:
+    key = new_key(limited, "sdk-retry")
+    client = openai.OpenAI(base_url=limited.url + "/v1", api_key=key, max_retries=0)
+    for _ in range(5):
+        client.chat.completions.create(model="gpt-4o-mini", messages=_msg())
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=_msg())
+    # 5 rpm refills one request every 12 s; the SDK waits Retry-After (<= 60 s) and retries.
+    patient = openai.OpenAI(base_url=limited.url + "/v1", api_key=key, max_retries=2)
+    assert patient.chat.completions.create(model="gpt-4o-mini", messages=_msg()).choices
+
+
+@pytest.fixture(scope="module")
+def replicas(upstream: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Server]]:
+    import redis
+
+    db = f"watchllm_e2e_{uuid.uuid4().hex[:8]}"
+
+    async def create(sql: str) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(f"{PG}/postgres")
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(create(f"CREATE DATABASE {db}"))
+    redis.Redis.from_url(REDIS_DB).flushdb()
+    env = gateway_env(upstream, WATCHLLM_MODE="self_hosted", WATCHLLM_DATABASE_URL=f"{PG}/{db}",
+                      WATCHLLM_REDIS_URL=REDIS_DB, WATCHLLM_CLICKHOUSE_URL="off",
+                      WATCHLLM_AUTO_MIGRATE="true", WATCHLLM_DEFAULT_RPM="10")
+    servers = [start_gateway(tmp_path_factory.mktemp(f"replica{i}"), env) for i in range(2)]
+    yield servers
+    for s in servers:
+        s.stop()
+    asyncio.run(create(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+
+
+async def test_two_replicas_enforce_one_limit_exactly(replicas: list[Server]) -> None:
+    key = new_key(replicas[0], "shared")  # created on one replica, used on both
+
+    async def one(client: httpx.AsyncClient, url: str) -> int:
+        r = await client.post(url + "/v1/chat/completions",
+                              json={"model": "gpt-4o-mini", "messages": _msg()},
+                              headers={"authorization": f"Bearer {key}"})
+        return r.status_code
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        codes = await asyncio.gather(*(one(client, replicas[i % 2].url) for i in range(40)))
+    assert codes.count(200) == 10 and codes.count(429) == 30
+
+
+def test_cache_is_shared_across_replicas(replicas: list[Server]) -> None:
+    key = new_key(replicas[0], "cache-shared")
+    msgs = _msg()
+    a, b = (openai.OpenAI(base_url=s.url + "/v1", api_key=key, max_retries=0) for s in replicas)
+    first = a.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=msgs)
+    second = b.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=msgs)
+    assert (first.headers["x-watchllm-cache"], second.headers["x-watchllm-cache"]) == \
+        ("MISS", "HIT")
