@@ -20,8 +20,14 @@ PG_URL = os.environ.get(
 REDIS_URL = os.environ.get("WATCHLLM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "d1"])
 async def sql_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    if request.param == "d1":  # D1Database over a fake that answers like the JS binding
+        from tests.cloudflare.fakes import FakeD1
+        from watchllm.env.cloudflare.d1 import D1Database
+
+        yield D1Database(FakeD1())
+        return
     if request.param == "sqlite":
         from watchllm.env.embedded.sqlite import SqliteDatabase
 
@@ -50,8 +56,14 @@ def _redis_client() -> Any:
     return connect(REDIS_URL, max_connections=8)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "workers_kv"])
 async def kv(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    if request.param == "workers_kv":  # Workers KV limits enforced by the fake (TTL >= 60 s)
+        from tests.cloudflare.fakes import FakeKV
+        from watchllm.env.cloudflare.kv import WorkersKeyValue
+
+        yield WorkersKeyValue(FakeKV(page_size=2))
+        return
     if request.param == "memory":
         from watchllm.env.embedded.memory import LruKeyValue
 
@@ -67,8 +79,14 @@ async def kv(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     await store.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "durable_object"])
 async def counters(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    if request.param == "durable_object":
+        from tests.cloudflare.fakes import FakeDurableObjectNamespace
+        from watchllm.env.cloudflare.limiter import DurableObjectCounters
+
+        yield DurableObjectCounters(FakeDurableObjectNamespace())
+        return
     if request.param == "memory":
         from watchllm.env.embedded.memory import MemoryCounters
 
@@ -99,10 +117,30 @@ class QueueUnderTest:
         self.delivered = delivered
 
 
-@pytest.fixture(params=["memory", "pipeline"])
+@pytest.fixture(params=["memory", "pipeline", "queues"])
 async def event_queue(
     request: pytest.FixtureRequest, chdb_url: str, tmp_path: Path
 ) -> AsyncIterator[QueueUnderTest]:
+    if request.param == "queues":  # producer -> fake Queue -> the Worker's consumer -> chDB
+        from tests.cloudflare.fakes import FakeQueue
+        from watchllm.env.cloudflare.consumer import consume
+        from watchllm.env.cloudflare.queues import QueuesEventQueue
+
+        fq = FakeQueue()
+        cq = QueuesEventQueue(fq)
+        ch = await fresh_clickhouse(chdb_url)
+
+        async def consumed() -> list[str]:
+            while fq.messages:
+                await consume(fq.take_batch(), ch)
+            rows = await ch.query("SELECT event_id FROM events FINAL ORDER BY event_id")
+            return [r["event_id"] for r in rows]
+
+        yield QueueUnderTest(cq, consumed)
+        await cq.close()
+        await ch.command(f"DROP DATABASE IF EXISTS {ch.database}")
+        await ch.close()
+        return
     if request.param == "memory":
         from watchllm.events.memory_queue import MemoryEventQueue
 
