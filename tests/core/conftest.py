@@ -1,8 +1,7 @@
-"""Fixtures for the core tests: both backends, and a lazy session-wide chDB client."""
+"""Fixtures for the core tests: both backends, and a client on the session's chDB engine."""
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -27,11 +26,9 @@ def twin() -> ModuleType:
 
 
 @pytest.fixture(scope="session")
-def chdb_client() -> Iterator[Any]:
-    """One chDB data directory per process: opened on first use, for the whole session."""
+def chdb_client(chdb_url: str) -> Iterator[Any]:
+    """A client on the process's one chDB engine (`chdb_url`, tests/conftest.py)."""
     clickhouse_connect = pytest.importorskip("clickhouse_connect")
-    pytest.importorskip("chdb")
-    with tempfile.TemporaryDirectory(prefix="watchllm-core-chdb-") as path:
-        client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
-        yield client
-        client.close()
+    client = clickhouse_connect.get_client(dsn=chdb_url)
+    yield client
+    client.close()
