@@ -35,6 +35,7 @@ test: install services
 	cargo clippy --all-targets -q -- -D warnings
 	PYO3_PYTHON=$(abspath $(BIN)/python) cargo clippy --all-targets --features python -q -- -D warnings
 	cargo test -q
+	$(BIN)/python -m watchllm.metadata.export deploy --check
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint:

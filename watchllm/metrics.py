@@ -1,7 +1,7 @@
 """Prometheus metrics: cheap recording helpers and the `GET /metrics` handler.
 
 Several granian workers: set `PROMETHEUS_MULTIPROC_DIR` before any worker imports
-prometheus_client (`prepare_multiprocess_dir` does it in the serving process; workers
+prometheus_client (`watchllm.entrypoints.serve` does it in the serving process; workers
 inherit it). Each worker then writes its samples to mmap'd files there and a scrape,
 answered by any worker, sums them. Live gauges of dead workers are dropped at scrape.
 
@@ -19,9 +19,7 @@ import asyncio
 import contextlib
 import os
 import re
-import shutil
 from bisect import bisect_left
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -42,18 +40,6 @@ _DEAD_FILE = re.compile(r"^gauge_live\w*?_(\d+)\.db$")
 
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
-
-
-def prepare_multiprocess_dir(path: str | Path) -> Path:
-    """Create (and empty: old pids' files) the shared directory; export it to workers.
-
-    Call in the serving process before granian starts its workers.
-    """
-    directory = Path(path)
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True, exist_ok=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
-    return directory
 
 
 class _Metrics:
@@ -89,6 +75,10 @@ class _Metrics:
         self.backend_up = prom.Gauge("watchllm_backend_up", "1 when the backend answers "
                                      "(minimum over live workers).", ("backend",), registry=r,
                                      multiprocess_mode="livemin")
+        self.pipeline = prom.Gauge("watchllm_event_pipeline", "Event pipeline state (queue "
+                                   "depth, spool bytes, batches sent/failed, dead-lettered, "
+                                   "insert latency), summed over live workers.", ("stat",),
+                                   registry=r, multiprocess_mode="livesum")
         self.children: dict[tuple[Any, ...], Any] = {}
         self.models: set[str] = set()
 
@@ -232,6 +222,12 @@ def set_backend_up(backend: str, up: bool) -> None:
         _child(_m.backend_up, backend).set(1 if up else 0)
 
 
+def set_pipeline_stats(stats: dict[str, float]) -> None:
+    if _m is not None:
+        for name, value in stats.items():
+            _child(_m.pipeline, name).set(value)
+
+
 def _drop_dead_workers(directory: str) -> None:
     """Live gauges of workers that have exited (granian respawns) must not count."""
     for name in os.listdir(directory):
@@ -269,7 +265,14 @@ async def metrics_endpoint(gw: Gateway, req: Request, send: Send) -> None:
                         b"'watchllm[server]')\n", [(b"content-type", b"text/plain")])
         return
     with contextlib.suppress(Exception):  # the gateway may not have started its env
-        set_queue_depth("events", gw.env.events.depth())
+        env = gw.env
+        set_queue_depth("events", env.events.depth())
+        snapshot = getattr(env.events, "snapshot", None)
+        if callable(snapshot):
+            set_pipeline_stats({k: float(v) for k, v in snapshot().items()})
+        degraded = getattr(env.kv, "degraded", None)
+        if degraded is not None:  # Redis: serving from in-process fallbacks while it is down
+            set_backend_up("redis", not degraded)
     # Reading many workers' files is file I/O: keep it off the event loop.
     body = await asyncio.to_thread(render) if multiprocess_dir() else render()
     await send_body(send, 200, body, [(b"content-type", prom.CONTENT_TYPE_LATEST.encode())])

@@ -167,3 +167,21 @@ def test_openai_option_headers_are_forwarded(client: openai.OpenAI, upstream: Se
                                                   "x-private": "not forwarded"})
     sent = stats(upstream)["last_headers"]
     assert sent["openai-beta"] == "assistants=v2" and "x-private" not in sent
+
+
+def test_metrics_count_requests_and_cache_outcomes(gateway: Server, client: openai.OpenAI) -> None:
+    def value(text: str, prefix: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(prefix))
+
+    before = httpx.get(gateway.url + "/metrics").text
+    msgs = [{"role": "user", "content": f"metrics {time.time_ns()}"}]
+    for _ in range(2):
+        client.chat.completions.create(model="gpt-4o-mini", messages=msgs)
+    time.sleep(1.2)  # per-request samples reach prometheus-client once a second
+    after = httpx.get(gateway.url + "/metrics").text
+    ok = 'watchllm_requests_total{model="gpt-4o-mini",route="chat/completions",status="200"}'
+    assert value(after, ok) - value(before, ok) == 2
+    hit = 'watchllm_cache_lookups_total{outcome="HIT"}'
+    assert value(after, hit) - value(before, hit) == 1
+    assert "watchllm_event_pipeline" in after

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 
 from watchllm.settings import Settings
 
@@ -19,6 +20,13 @@ def serve(settings: Settings) -> None:
         # In-process cache, limits and the chDB data directory belong to one process.
         log.warning("embedded mode runs one worker; use WATCHLLM_MODE=self_hosted to scale out")
         workers = 1
+    # Workers share Prometheus metrics through files in this directory. It must be exported
+    # before anything imports watchllm.metrics: granian forks, and the workers would inherit
+    # single-process metrics.
+    prom_dir = settings.data_dir / "prometheus"
+    shutil.rmtree(prom_dir, ignore_errors=True)  # old pids' files
+    prom_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prom_dir.resolve())
     # Workers re-read settings from the environment: pass on what the CLI changed.
     os.environ["WATCHLLM_HOST"], os.environ["WATCHLLM_PORT"] = settings.host, str(settings.port)
     Granian(

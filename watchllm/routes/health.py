@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from watchllm import core
+from watchllm import core, metrics
 from watchllm.http.asgi import Request, Send, send_json
 
 if TYPE_CHECKING:
@@ -27,6 +27,8 @@ async def ready(gw: Gateway, req: Request, send: Send) -> None:
     checks = {n: ("ok" if r is None else f"error: {type(r).__name__}: {r}".strip())
               for n, r in zip(names, results, strict=True)}
     failing = [n for n, v in checks.items() if v != "ok"]
+    for name, state in checks.items():
+        metrics.set_backend_up(name, state == "ok")
     body = {"status": "ready" if not failing else "not_ready", "mode": gw.env.mode,
             "checks": checks, "failing": failing}
     await send_json(send, 200 if not failing else 503, body)
