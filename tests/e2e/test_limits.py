@@ -106,3 +106,40 @@ def test_cache_is_shared_across_replicas(replicas: list[Server]) -> None:
     second = b.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=msgs)
     assert (first.headers["x-watchllm-cache"], second.headers["x-watchllm-cache"]) == \
         ("MISS", "HIT")
+
+
+def test_redis_down_requests_still_succeed_and_outage_is_visible(
+        upstream: Server, tmp_path_factory: pytest.TempPathFactory) -> None:
+    from watchllm.testing.servers import free_port
+
+    db = f"watchllm_e2e_{uuid.uuid4().hex[:8]}"
+
+    async def sql(statement: str) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(f"{PG}/postgres")
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(sql(f"CREATE DATABASE {db}"))
+    env = gateway_env(upstream, WATCHLLM_MODE="self_hosted", WATCHLLM_DATABASE_URL=f"{PG}/{db}",
+                      WATCHLLM_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+                      WATCHLLM_CLICKHOUSE_URL="off", WATCHLLM_AUTO_MIGRATE="true",
+                      WATCHLLM_DEFAULT_RPM="1000")
+    server = start_gateway(tmp_path_factory.mktemp("noredis"), env)
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key=new_key(server, "nr"),
+                               max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini",
+                                                               messages=_msg())
+        assert raw.parse().choices[0].message.content
+        assert raw.headers["x-watchllm-cache"] == "MISS"
+        ready = httpx.get(server.url + "/ready")
+        assert ready.status_code == 503 and "redis" in ready.json()["failing"]
+        metrics = httpx.get(server.url + "/metrics").text
+        assert 'watchllm_backend_up{backend="redis"} 0.0' in metrics
+    finally:
+        server.stop()
+        asyncio.run(sql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
