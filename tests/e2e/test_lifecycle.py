@@ -1,0 +1,59 @@
+"""Process-level behaviour: graceful drain on SIGTERM; streams without Nagle stalls."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import gateway_env, new_key
+from watchllm.testing.servers import Server, start_gateway
+
+
+def test_sigterm_drains_in_flight_requests(upstream: Server,
+                                           tmp_path_factory: pytest.TempPathFactory) -> None:
+    server = start_gateway(tmp_path_factory.mktemp("drain"), gateway_env(upstream))
+    key = new_key(server, "drain")
+    results: list[int] = []
+
+    def slow_request() -> None:
+        r = httpx.post(server.url + "/v1/chat/completions", timeout=30,
+                       headers={"authorization": f"Bearer {key}"},
+                       json={"model": "gpt-4o-mini", "mock": {"latency_ms": 1500},
+                             "messages": [{"role": "user", "content": uuid.uuid4().hex}]})
+        results.append(r.status_code)
+
+    worker = threading.Thread(target=slow_request)
+    worker.start()
+    time.sleep(0.5)  # the request is in flight upstream
+    server.proc.send_signal(signal.SIGTERM)
+    worker.join(10)
+    assert results == [200]
+    assert server.proc.wait(20) == 0
+
+
+def test_small_sse_writes_are_not_delayed(gateway: Server, api_key: str,
+                                          upstream: Server) -> None:
+    """40 chunks 2 ms apart: Nagle + delayed ACK would add ~40 ms per stalled write."""
+    body = {"model": "gpt-4o-mini", "stream": True, "mock": {"chunk_delay_ms": 2, "chunks": 40},
+            "messages": [{"role": "user", "content": " ".join(["word"] * 60)}]}
+
+    def timed(url: str, headers: dict[str, str]) -> tuple[float, float]:
+        gaps = []
+        start = last = time.perf_counter()
+        with httpx.stream("POST", url, json=body, headers=headers, timeout=30) as r:
+            for _ in r.iter_raw():
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+        return last - start, max(gaps[1:] or [0])
+
+    auth = {"authorization": f"Bearer {api_key}", "x-watchllm-cache-mode": "off"}
+    via_total, via_gap = timed(gateway.url + "/v1/chat/completions", auth)
+    direct_total, _ = timed(upstream.url + "/v1/chat/completions", {})
+    assert via_gap < 0.03, f"a chunk waited {via_gap * 1000:.0f} ms"
+    assert via_total < direct_total + 0.1
