@@ -23,7 +23,7 @@ async def app(tmp_path: Path) -> AsyncIterator[tuple[Gateway, str]]:
     gw = Gateway(settings, build_env)
     async with gw:
         project = await gw.store.create_project("events")
-        record, key = await gw.store.create_key(project.id)
+        _, key = await gw.store.create_key(project.id)
         yield gw, key
 
 
