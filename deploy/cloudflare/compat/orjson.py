@@ -46,7 +46,8 @@ def _native(value: Any, passthrough_dt: bool) -> Any:
     raise TypeError
 
 
-def dumps(obj: Any, default: Callable[[Any], Any] | None = None, option: int | None = None) -> bytes:
+def dumps(obj: Any, default: Callable[[Any], Any] | None = None,
+          option: int | None = None) -> bytes:
     opt = option or 0
     passthrough = bool(opt & OPT_PASSTHROUGH_DATETIME)
 
@@ -76,7 +77,7 @@ def dumps(obj: Any, default: Callable[[Any], Any] | None = None, option: int | N
 
 
 def _nan_to_none(obj: Any) -> Any:
-    if isinstance(obj, float) and obj != obj or obj in (float("inf"), float("-inf")):
+    if (isinstance(obj, float) and obj != obj) or obj in (float("inf"), float("-inf")):
         return None
     if isinstance(obj, dict):
         return {k: _nan_to_none(v) for k, v in obj.items()}

@@ -21,7 +21,6 @@ try:  # Pyodide
         JsException,
         JsProxy,
         create_once_callable,
-        create_proxy,
         to_js,
     )
 
@@ -105,14 +104,26 @@ def as_bytes(value: Any) -> bytes:
 
 
 def promise(awaitable: Awaitable[Any]) -> Any:
-    """A JS Promise for a Python awaitable (for `ctx.waitUntil`); the awaitable itself
-    under CPython."""
+    """A JS Promise settled when `awaitable` finishes (for `ctx.waitUntil`); the awaitable
+    itself under CPython. The promise resolves to undefined: waitUntil needs no value."""
     if not IN_PYODIDE:
         return awaitable
-    proxy = create_proxy(awaitable)
-    p = js.Promise.resolve(proxy)
-    p.finally_(create_once_callable(proxy.destroy))
-    return p
+    import asyncio
+
+    task = asyncio.ensure_future(awaitable)
+
+    def executor(resolve: Any, reject: Any) -> None:
+        def done(fut: asyncio.Future[Any]) -> None:
+            if fut.cancelled():
+                reject("cancelled")
+            elif fut.exception() is not None:
+                reject(error_text(fut.exception()))  # type: ignore[arg-type]
+            else:
+                resolve()
+
+        task.add_done_callback(done)
+
+    return js.Promise.new(create_once_callable(executor))
 
 
 def error_text(exc: BaseException) -> str:
