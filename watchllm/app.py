@@ -30,7 +30,7 @@ from watchllm.metadata.plans import PlanStore
 from watchllm.metadata.store import MetadataStore
 from watchllm.proxy.context import ProxyContext
 from watchllm.proxy.router import ProviderRouter
-from watchllm.routes import admin, admin_plans, health
+from watchllm.routes import admin, admin_plans, analytics, health, ingest, openapi
 from watchllm.routes import proxy as proxy_routes
 from watchllm.settings import Settings
 
@@ -62,9 +62,13 @@ class Gateway:
             ("GET", "/metrics"): metrics.metrics_endpoint,
             **admin.ROUTES,
             **admin_plans.ROUTES,
+            **ingest.ROUTES,
+            **analytics.ROUTES,
+            **openapi.ROUTES,
         }
         self.prefix_routes: list[tuple[str, str, Handler]] = [
-            *admin.PREFIX_ROUTES, *admin_plans.PREFIX_ROUTES]
+            *admin.PREFIX_ROUTES, *admin_plans.PREFIX_ROUTES, *ingest.PREFIX_ROUTES,
+            *analytics.PREFIX_ROUTES]
 
     # -- lifecycle ----------------------------------------------------------------
     @property
