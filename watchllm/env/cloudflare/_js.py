@@ -15,9 +15,12 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Any
 
+__all__ = ["IN_PYODIDE", "JsException", "JsProxy", "as_bytes", "error_text", "is_null", "js",
+           "js_value", "jsnull", "promise", "to_py", "unwrap"]
+
 try:  # Pyodide
-    import js  # type: ignore[import-not-found]
-    from pyodide.ffi import (  # type: ignore[import-not-found]
+    import js
+    from pyodide.ffi import (
         JsException,
         JsProxy,
         create_once_callable,
@@ -25,7 +28,7 @@ try:  # Pyodide
     )
 
     try:
-        from pyodide.ffi import jsnull  # type: ignore[import-not-found]
+        from pyodide.ffi import jsnull
     except ImportError:  # older Pyodide: null converts to None
         jsnull = None
     IN_PYODIDE = True

@@ -105,10 +105,10 @@ class FetchHttpClient:
         }
         if body is not None and method not in ("GET", "HEAD"):
             init["body"] = body
-        init = js_value(init)
-        init.signal = controller.signal
+        js_init: Any = js_value(init)
+        js_init.signal = controller.signal
         try:
-            response = await asyncio.wait_for(_awaitable(self._fetch(url, init)),
+            response = await asyncio.wait_for(_awaitable(self._fetch(url, js_init)),
                                               connect_timeout)
         except TimeoutError:
             controller.abort()

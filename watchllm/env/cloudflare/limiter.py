@@ -80,10 +80,10 @@ class LimiterState:
             return
         data = json.loads(text)
         lim = self.limiter
-        lim._rate = {k: tuple(v) for k, v in data.get("rate", {}).items()}  # type: ignore[misc]
+        lim._rate = {k: tuple(v) for k, v in data.get("rate", {}).items()}
         lim._conc = dict(data.get("conc", {}))
-        lim._quota = {k: tuple(v) for k, v in data.get("quota", {}).items()}  # type: ignore[misc]
-        self.counters = {k: tuple(v) for k, v in data.get("counters", {}).items()}  # type: ignore[misc]
+        lim._quota = {k: tuple(v) for k, v in data.get("quota", {}).items()}
+        self.counters = {k: tuple(v) for k, v in data.get("counters", {}).items()}
 
 
 class DurableObjectCounters:

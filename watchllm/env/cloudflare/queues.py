@@ -77,7 +77,8 @@ class QueuesEventQueue:
     async def _send(self) -> None:
         await asyncio.sleep(0)  # let the rest of this request's events join the batch
         while self._buf:
-            batch, size = [], 0
+            batch: list[str] = []
+            size = 0
             while self._buf and len(batch) < MAX_BATCH_MESSAGES:
                 n = len(self._buf[0].encode()) + _ENVELOPE
                 if batch and size + n > MAX_BATCH_BYTES:
