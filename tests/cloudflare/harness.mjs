@@ -122,7 +122,7 @@ const LIMITER = {
   },
 };
 
-const env = { ...cfg.vars, DB: bindings.DB, CACHE: bindings.CACHE, EVENTS: bindings.EVENTS,
+const env = globalThis.harnessEnv = { ...cfg.vars, DB: bindings.DB, CACHE: bindings.CACHE, EVENTS: bindings.EVENTS,
               EVENTS_DLQ: bindings.EVENTS_DLQ, LIMITER };
 
 // -- Pyodide -------------------------------------------------------------------------
@@ -146,6 +146,16 @@ const server = http.createServer(async (req, res) => {
     if (req.url === "/__harness/stats") {
       res.writeHead(200, { "content-type": "application/json" });
       res.end(JSON.stringify({ ...stats, timings: t })); return;
+    }
+    if (req.url === "/__harness/limiter") {  // Counters -> LIMITER -> Python LimiterObject
+      const out = await py.runPythonAsync(`
+import json, js
+from watchllm.env.cloudflare.limiter import DurableObjectCounters
+from watchllm.limits.ops import RATE, Op
+c = DurableObjectCounters(js.harnessEnv.LIMITER)
+ops = [Op(RATE, "wl:{proj_dob}:rpm", 2, 60_000)]
+json.dumps([(await c.apply(ops, 1000)).allowed for _ in range(3)] + [await c.incr("wl:{p}:n", 2, 60)])`);
+      res.writeHead(200, { "content-type": "application/json" }); res.end(out); return;
     }
     const chunks = [];
     for await (const c of req) chunks.push(c);
