@@ -117,6 +117,7 @@ class _Pending:
         self.counts: dict[tuple[str, str, str], int] = {}  # (route, model, status)
         self.tokens: dict[tuple[str, str], int] = {}  # (model, kind)
         self.cost: dict[str, float] = {}
+        self.cache: dict[str, int] = {}  # outcome
         self.hist: dict[tuple[int, str], list[float]] = {}  # (which, route) -> buckets + [sum]
         self.scheduled = False
 
@@ -141,8 +142,10 @@ def flush() -> None:
     p.scheduled = False
     if m is None:
         return
-    counts, tokens, cost, hist = p.counts, p.tokens, p.cost, p.hist
-    p.counts, p.tokens, p.cost, p.hist = {}, {}, {}, {}
+    counts, tokens, cost, hist, cache = p.counts, p.tokens, p.cost, p.hist, p.cache
+    p.counts, p.tokens, p.cost, p.hist, p.cache = {}, {}, {}, {}, {}
+    for outcome, n in cache.items():
+        _child(m.cache, outcome).inc(n)
     for (route, model, status), n in counts.items():
         _child(m.requests, route, model, status).inc(n)
     for (model, kind), n in tokens.items():
@@ -197,9 +200,14 @@ def upstream_error(provider: str, kind: str) -> None:
 
 
 def cache_outcome(outcome: str) -> None:
-    """outcome: the x-watchllm-cache value (HIT, MISS, SEMANTIC_HIT, BYPASS...)."""
-    if _m is not None:
-        _child(_m.cache, outcome).inc()
+    """outcome: the x-watchllm-cache value (HIT, MISS, SEMANTIC_HIT, BYPASS...); per request,
+    so summed like `record_request`."""
+    if _m is None:
+        return
+    p = _pending
+    p.cache[outcome] = p.cache.get(outcome, 0) + 1
+    if not p.scheduled:
+        _schedule()
 
 
 def rate_limited(scope: str, limit: str) -> None:

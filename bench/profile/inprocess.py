@@ -1,6 +1,6 @@
 """Drive the ASGI app in-process (no server, no sockets) to profile our own per-request cost.
 
-    .venv/bin/python bench/profile/inprocess.py [hit|miss] [N] [--profile]
+    .venv/bin/python bench/profile/inprocess.py [hit|miss] [N] [CONCURRENCY] [--uvloop] [--profile]
 
 `miss` uses the in-process mock provider with caching off, `hit` a cached answer. Prints
 microseconds per request of pure application work.
@@ -28,7 +28,7 @@ from watchllm.settings import load_settings
 BODY = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]})
 
 
-async def main(kind: str, n: int, profile: bool) -> None:
+async def main(kind: str, n: int, profile: bool, concurrency: int) -> None:
     data_dir = tempfile.mkdtemp()
     settings = load_settings({"WATCHLLM_DATA_DIR": data_dir, "WATCHLLM_CLICKHOUSE_URL": "off"},
                              None)
@@ -57,8 +57,13 @@ async def main(kind: str, n: int, profile: bool) -> None:
     if prof:
         prof.enable()
     start = time.process_time()  # CPU time: robust to other load on the machine
-    for _ in range(n):
-        await gw(scope, receive, send)
+
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            await gw(scope, receive, send)
+            sent.clear()
+
+    await asyncio.gather(*(worker(n // concurrency) for _ in range(concurrency)))
     elapsed = time.process_time() - start
     if prof:
         prof.disable()
@@ -69,5 +74,9 @@ async def main(kind: str, n: int, profile: bool) -> None:
 
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    if "--uvloop" in sys.argv:
+        import uvloop
+
+        uvloop.install()
     asyncio.run(main(args[0] if args else "hit", int(args[1]) if len(args) > 1 else 20000,
-                     "--profile" in sys.argv))
+                     "--profile" in sys.argv, int(args[2]) if len(args) > 2 else 1))
