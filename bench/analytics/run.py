@@ -22,7 +22,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from watchllm.analytics import queries
-from watchllm.analytics.params import DAY_MS, HOUR_MS, PERIODS, now_ms
+from watchllm.analytics.params import DAY_MS, METRICS, PERIODS, now_ms
 from watchllm.env.selfhosted.clickhouse import ClickHouseAnalytics
 
 PROJECT = "proj_bench"
@@ -69,7 +69,7 @@ async def main(directory: str, repeat: int) -> None:
                                       "end": now})),
         *((f"timeseries {p} (all metrics)", 200,
            (lambda p=p: queries.timeseries(ch, PROJECT, PERIODS[p],
-                                           list(queries_metrics()), now)))
+                                           list(METRICS), now)))
           for p in PERIODS),
         ("logs page 1", 100, lambda: queries.logs(ch, PROJECT, {}, None, None, None, None, 50)),
         ("logs page 11 (cursor)", 100,
@@ -93,14 +93,7 @@ async def main(directory: str, repeat: int) -> None:
         verdict = "" if not target else ("ok" if med <= target else "OVER")
         print(f"{name:40s} {min(times):8.1f} {med:8.1f} {max(times):8.1f}  "
               f"{f'<= {target:.0f} ms ' + verdict if target else ''}")
-    _ = HOUR_MS
     await ch.close()
-
-
-def queries_metrics() -> tuple[str, ...]:
-    from watchllm.analytics.params import METRICS
-
-    return METRICS
 
 
 if __name__ == "__main__":
