@@ -21,3 +21,5 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS api_keys_project ON api_keys (project_id);
+CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL);
+INSERT INTO schema_migrations (version, name, applied_at) VALUES (1, 'projects_and_keys', CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)) ON CONFLICT (version) DO NOTHING;

@@ -8,16 +8,11 @@ from typing import Any
 
 from watchllm.env.base import SqlDatabase
 from watchllm.errors import ServiceUnavailableError
-from watchllm.metadata.schema import LATEST_VERSION, MIGRATIONS, migration_sql
-
-_VERSIONS = (
-    "CREATE TABLE IF NOT EXISTS schema_migrations "
-    "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)"
-)
+from watchllm.metadata.schema import LATEST_VERSION, MIGRATIONS, VERSIONS_TABLE, migration_sql
 
 
 async def current_version(db: SqlDatabase) -> int:
-    await db.execute(_VERSIONS)
+    await db.execute(VERSIONS_TABLE)
     row = await db.fetch_one("SELECT MAX(version) AS v FROM schema_migrations")
     return int(row["v"]) if row and row["v"] is not None else 0
 

@@ -165,8 +165,25 @@ def migration_sql(migration: Migration, dialect: str) -> list[str]:
     return [render(op, dialect) for op in migration.ops]
 
 
+VERSIONS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations "
+    "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)"
+)
+_NOW_MS = {"postgres": "(EXTRACT(EPOCH FROM now()) * 1000)::BIGINT",
+           "sqlite": "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"}
+_NOW_MS["d1"] = _NOW_MS["sqlite"]
+
+
 def migration_file(migration: Migration, dialect: str) -> str:
-    """The text of a migration file (D1's `wrangler d1 migrations` format)."""
+    """The text of a migration file (D1's `wrangler d1 migrations` format).
+
+    It records itself in `schema_migrations`, so a database migrated by these files (e.g.
+    by wrangler) and one migrated by `watchllm migrate` agree on the version.
+    """
     head = f"-- Migration {migration.version:04d} {migration.name} ({dialect}).\n"
     head += "-- Generated from watchllm/metadata/schema.py: edit that, then `make migrations`.\n"
-    return head + "".join(f"{s};\n" for s in migration_sql(migration, dialect))
+    record = (f"INSERT INTO schema_migrations (version, name, applied_at) VALUES "
+              f"({migration.version}, '{migration.name}', {_NOW_MS[dialect]}) "
+              "ON CONFLICT (version) DO NOTHING")
+    statements = [*migration_sql(migration, dialect), VERSIONS_TABLE, record]
+    return head + "".join(f"{s};\n" for s in statements)

@@ -20,3 +20,5 @@ CREATE TABLE IF NOT EXISTS provider_keys (
     updated_at INTEGER NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS provider_keys_project ON provider_keys (project_id, provider);
+CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL);
+INSERT INTO schema_migrations (version, name, applied_at) VALUES (2, 'plans_and_provider_keys', CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)) ON CONFLICT (version) DO NOTHING;
