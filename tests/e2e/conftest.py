@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -74,6 +77,30 @@ def client(gateway: Server, api_key: str) -> openai.OpenAI:
 @pytest.fixture
 def aclient(gateway: Server, api_key: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=api_key, max_retries=0)
+
+
+PG = "postgresql://postgres@127.0.0.1:5432"
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A throwaway PostgreSQL database (its URL), dropped afterwards."""
+    name = f"watchllm_e2e_{uuid.uuid4().hex[:8]}"
+
+    async def run(sql: str) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(f"{PG}/postgres")
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f"CREATE DATABASE {name}"))
+    try:
+        yield f"{PG}/{name}"
+    finally:
+        asyncio.run(run(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 def stats(upstream: Server) -> dict[str, Any]:

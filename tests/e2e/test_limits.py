@@ -11,10 +11,9 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.conftest import gateway_env, new_key
+from tests.e2e.conftest import gateway_env, new_key, postgres_database
 from watchllm.testing.servers import Server, start_gateway
 
-PG = "postgresql://postgres@127.0.0.1:5432"
 REDIS_DB = "redis://127.0.0.1:6379/13"
 
 
@@ -61,27 +60,15 @@ def test_sdk_retries_after_retry_after_and_succeeds(limited: Server) -> None:
 def replicas(upstream: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Server]]:
     import redis
 
-    db = f"watchllm_e2e_{uuid.uuid4().hex[:8]}"
-
-    async def create(sql: str) -> None:
-        import asyncpg
-
-        conn = await asyncpg.connect(f"{PG}/postgres")
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(create(f"CREATE DATABASE {db}"))
     redis.Redis.from_url(REDIS_DB).flushdb()
-    env = gateway_env(upstream, WATCHLLM_MODE="self_hosted", WATCHLLM_DATABASE_URL=f"{PG}/{db}",
-                      WATCHLLM_REDIS_URL=REDIS_DB, WATCHLLM_CLICKHOUSE_URL="off",
-                      WATCHLLM_AUTO_MIGRATE="true", WATCHLLM_DEFAULT_RPM="10")
-    servers = [start_gateway(tmp_path_factory.mktemp(f"replica{i}"), env) for i in range(2)]
-    yield servers
-    for s in servers:
-        s.stop()
-    asyncio.run(create(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+    with postgres_database() as url:
+        env = gateway_env(upstream, WATCHLLM_MODE="self_hosted", WATCHLLM_DATABASE_URL=url,
+                          WATCHLLM_REDIS_URL=REDIS_DB, WATCHLLM_CLICKHOUSE_URL="off",
+                          WATCHLLM_AUTO_MIGRATE="true", WATCHLLM_DEFAULT_RPM="10")
+        servers = [start_gateway(tmp_path_factory.mktemp(f"replica{i}"), env) for i in range(2)]
+        yield servers
+        for s in servers:
+            s.stop()
 
 
 async def test_two_replicas_enforce_one_limit_exactly(replicas: list[Server]) -> None:
@@ -112,34 +99,22 @@ def test_redis_down_requests_still_succeed_and_outage_is_visible(
         upstream: Server, tmp_path_factory: pytest.TempPathFactory) -> None:
     from watchllm.testing.servers import free_port
 
-    db = f"watchllm_e2e_{uuid.uuid4().hex[:8]}"
-
-    async def sql(statement: str) -> None:
-        import asyncpg
-
-        conn = await asyncpg.connect(f"{PG}/postgres")
+    with postgres_database() as url:
+        env = gateway_env(upstream, WATCHLLM_MODE="self_hosted", WATCHLLM_DATABASE_URL=url,
+                          WATCHLLM_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+                          WATCHLLM_CLICKHOUSE_URL="off", WATCHLLM_AUTO_MIGRATE="true",
+                          WATCHLLM_DEFAULT_RPM="1000")
+        server = start_gateway(tmp_path_factory.mktemp("noredis"), env)
         try:
-            await conn.execute(statement)
+            client = openai.OpenAI(base_url=server.url + "/v1",
+                                   api_key=new_key(server, "nr"), max_retries=0)
+            raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini",
+                                                                   messages=_msg())
+            assert raw.parse().choices[0].message.content
+            assert raw.headers["x-watchllm-cache"] == "MISS"
+            ready = httpx.get(server.url + "/ready")
+            assert ready.status_code == 503 and "redis" in ready.json()["failing"]
+            metrics = httpx.get(server.url + "/metrics").text
+            assert 'watchllm_backend_up{backend="redis"} 0.0' in metrics
         finally:
-            await conn.close()
-
-    asyncio.run(sql(f"CREATE DATABASE {db}"))
-    env = gateway_env(upstream, WATCHLLM_MODE="self_hosted", WATCHLLM_DATABASE_URL=f"{PG}/{db}",
-                      WATCHLLM_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
-                      WATCHLLM_CLICKHOUSE_URL="off", WATCHLLM_AUTO_MIGRATE="true",
-                      WATCHLLM_DEFAULT_RPM="1000")
-    server = start_gateway(tmp_path_factory.mktemp("noredis"), env)
-    try:
-        client = openai.OpenAI(base_url=server.url + "/v1", api_key=new_key(server, "nr"),
-                               max_retries=0)
-        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini",
-                                                               messages=_msg())
-        assert raw.parse().choices[0].message.content
-        assert raw.headers["x-watchllm-cache"] == "MISS"
-        ready = httpx.get(server.url + "/ready")
-        assert ready.status_code == 503 and "redis" in ready.json()["failing"]
-        metrics = httpx.get(server.url + "/metrics").text
-        assert 'watchllm_backend_up{backend="redis"} 0.0' in metrics
-    finally:
-        server.stop()
-        asyncio.run(sql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            server.stop()
