@@ -81,6 +81,9 @@ class Gateway:
         if self._env is not None:
             return
         self._env = await self._env_factory(self.settings)
+        if core.BACKEND == "rust":
+            # The BPE tables load lazily (~0.8 s): pay it here, not on the first request.
+            await asyncio.to_thread(_warm_tokenizers)
         self.store = MetadataStore(self._env.db)
         self.auth = Authenticator(self.store, self.settings)
         self.router = ProviderRouter(self.settings, self._env.http)
@@ -181,6 +184,11 @@ class Gateway:
             if req.method == method and req.path.startswith(prefix):
                 return handler
         return None
+
+
+def _warm_tokenizers() -> None:
+    for encoding in ("o200k_base", "cl100k_base"):
+        core.count_tokens("warm", encoding)
 
 
 def describe(gw: Gateway) -> dict[str, Any]:

@@ -58,6 +58,29 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30
     raise SystemExit("the gateway did not become healthy in time")
 
 
+def _show_events(base: str, key: str, timeout_s: float = 15) -> None:
+    """The events of the calls above, read back from ClickHouse through the analytics API."""
+    import json
+
+    request = urllib.request.Request(f"{base}/v1/analytics/logs?limit=3",
+                                     headers={"authorization": f"Bearer {key}"})
+    deadline = time.monotonic() + timeout_s
+    rows: list[dict[str, object]] = []
+    while time.monotonic() < deadline and len(rows) < 3:
+        time.sleep(0.5)  # events reach ClickHouse in batches (WATCHLLM_EVENTS_FLUSH_MS)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as r:
+                rows = json.load(r).get("data", [])
+        except OSError as exc:  # analytics off (WATCHLLM_CLICKHOUSE_URL=off)
+            print(f"[analytics] not available: {exc}")
+            return
+    print(f"[analytics] {len(rows)} newest events, read back from ClickHouse:")
+    for row in rows:
+        print(f"    {row.get('timestamp')}  {row.get('model')}  status={row.get('status')} "
+              f"cache={row.get('cache_status')} tokens={row.get('tokens_input')}/"
+              f"{row.get('tokens_output')} latency_ms={row.get('latency_ms')}")
+
+
 def run_demo(settings: Settings) -> int:
     import openai
     from openai.types.chat import ChatCompletionMessageParam
@@ -88,7 +111,9 @@ def run_demo(settings: Settings) -> int:
         for chunk in client.chat.completions.create(model=model, messages=question, stream=True):
             if chunk.choices and chunk.choices[0].delta.content:
                 print(chunk.choices[0].delta.content, end="", flush=True)
-        print("\n== demo OK ==")
+        print()
+        _show_events(base, key)
+        print("== demo OK ==")
         return 0
     finally:
         proc.send_signal(signal.SIGTERM)
