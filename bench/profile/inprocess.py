@@ -1,8 +1,10 @@
 """Drive the ASGI app in-process (no server, no sockets) to profile our own per-request cost.
 
-    .venv/bin/python bench/profile/inprocess.py [hit|miss] [N] [CONCURRENCY] [--uvloop] [--profile]
+    .venv/bin/python bench/profile/inprocess.py [hit|miss|http] [N] [CONCURRENCY] [--uvloop] [--profile]
 
-`miss` uses the in-process mock provider with caching off, `hit` a cached answer. Prints
+`miss` uses the in-process mock provider with caching off, `http` a real mock upstream
+over loopback (the lean HTTP client included; the upstream's own CPU is not counted),
+`hit` a cached answer. Prints
 microseconds per request of pure application work.
 """
 
@@ -30,15 +32,21 @@ BODY = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "cont
 
 async def main(kind: str, n: int, profile: bool, concurrency: int) -> None:
     data_dir = tempfile.mkdtemp()
-    settings = load_settings({"WATCHLLM_DATA_DIR": data_dir, "WATCHLLM_CLICKHOUSE_URL": "off"},
-                             None)
+    env = {"WATCHLLM_DATA_DIR": data_dir, "WATCHLLM_CLICKHOUSE_URL": "off"}
+    upstream = None
+    if kind == "http":  # a real upstream over loopback (the fixed-answer mock)
+        from watchllm.testing.servers import start_mock_upstream
+
+        upstream = start_mock_upstream(Path(data_dir), fixed=True, cpu=1)
+        env |= {"OPENAI_BASE_URL": upstream.url + "/v1", "OPENAI_API_KEY": "sk-profile"}
+    settings = load_settings(env, None)
     gw = Gateway(settings, build_env)
     await gw.startup()
     project = await gw.store.create_project("p")
     _, key = await gw.store.create_key(project.id)
     headers = [(b"authorization", f"Bearer {key}".encode()),
                (b"content-type", b"application/json")]
-    if kind == "miss":
+    if kind in ("miss", "http"):
         headers.append((b"x-watchllm-cache-mode", b"off"))
     scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
              "query_string": b"", "headers": headers}
@@ -70,6 +78,8 @@ async def main(kind: str, n: int, profile: bool, concurrency: int) -> None:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
     print(f"{kind}: {elapsed / n * 1e6:.1f} us CPU per request (n={n})")
     await gw.shutdown()
+    if upstream is not None:
+        upstream.stop()
 
 
 if __name__ == "__main__":
