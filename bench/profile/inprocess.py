@@ -1,6 +1,6 @@
 """Drive the ASGI app in-process (no server, no sockets) to profile our own per-request cost.
 
-    .venv/bin/python bench/profile/inprocess.py [hit|miss|http] [N] [CONCURRENCY] [--uvloop] [--profile]
+    .venv/bin/python bench/profile/inprocess.py [hit|miss|http] [N] [CONC] [--uvloop] [--profile]
 
 `miss` uses the in-process mock provider with caching off, `http` a real mock upstream
 over loopback (the lean HTTP client included; the upstream's own CPU is not counted),
