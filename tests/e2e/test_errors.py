@@ -163,3 +163,16 @@ def test_admin_api_needs_admin_key(gateway: Server, api_key: str) -> None:
     assert r.status_code == 403 and _error(r)["type"] == "permission_error"
     listing = admin(gateway, "GET", "/v1/admin/keys").json()["data"]
     assert listing and all("key" not in k and "key_hash" not in k for k in listing)
+
+
+def test_provider_keys_never_reach_clients_or_logs(gateway: Server, client: openai.OpenAI) -> None:
+    secret = "sk-upstream-secret-never-shown"
+    responses = [
+        httpx.post(gateway.url + "/v1/chat/completions", json={
+            "model": "gpt-4o-mini", "messages": MSG, "mock": {"status": status}},
+            headers={"authorization": client.api_key and f"Bearer {client.api_key}"})
+        for status in (400, 401, 503)
+    ]
+    for r in responses:
+        assert secret not in r.text and all(secret not in v for v in r.headers.values())
+    assert secret not in gateway.output()
