@@ -101,10 +101,16 @@ async def counters(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     await c.close()
 
 
-@pytest.fixture(params=["chdb"])
+@pytest.fixture(params=["chdb", "http"])
 async def analytics(request: pytest.FixtureRequest, chdb_url: str) -> AsyncIterator[Any]:
     a = await fresh_clickhouse(chdb_url, schema=False)
-    yield a
+    if request.param == "http":  # the Workers adapter, over a fake HTTP interface on chDB
+        from tests.contract.clickhouse_http_fake import ChdbHttp
+        from watchllm.env.cloudflare.clickhouse_http import ClickHouseHttp
+
+        yield ClickHouseHttp(ChdbHttp(chdb_url), f"http://writer:pw@clickhouse/{a.database}")
+    else:
+        yield a
     await a.command(f"DROP DATABASE IF EXISTS {a.database}")
     await a.close()
 

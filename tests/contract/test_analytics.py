@@ -31,3 +31,20 @@ async def test_bad_data_is_a_value_error_missing_table_a_connection_error(analyt
         await analytics.insert_rowbinary("t", ["id", "n"], b"\x05ab")
     with pytest.raises(ConnectionError):  # not there (yet): retry later
         await analytics.insert_rowbinary("missing", ["id", "n"], b"\x01a\x00\x00\x00\x00")
+
+
+async def test_a_repeated_dedup_token_is_stored_once_in_table_and_view(analytics: Any) -> None:
+    await analytics.command("CREATE TABLE t (id String, n UInt32) ENGINE = MergeTree ORDER BY id "
+                            "SETTINGS non_replicated_deduplication_window = 100")
+    await analytics.command("CREATE TABLE totals (n SimpleAggregateFunction(sum, UInt64)) "
+                            "ENGINE = AggregatingMergeTree ORDER BY tuple() "
+                            "SETTINGS non_replicated_deduplication_window = 100")
+    await analytics.command("CREATE MATERIALIZED VIEW totals_mv TO totals AS "
+                            "SELECT sum(toUInt64(n)) AS n FROM t")
+    data = core.encode_rowbinary(COLUMNS[:2], [{"id": f"x{i}", "n": 1} for i in range(10)])
+    await analytics.insert_rowbinary("t", ["id", "n"], data, dedup_token="batch-1")
+    await analytics.insert_rowbinary("t", ["id", "n"], data, dedup_token="batch-1")  # re-sent
+    counted = "SELECT (SELECT count() FROM t) AS rows, (SELECT sum(n) FROM totals) AS view"
+    assert await analytics.query(counted) == [{"rows": 10, "view": 10}]
+    await analytics.insert_rowbinary("t", ["id", "n"], data, dedup_token="batch-2")  # the token
+    assert await analytics.query(counted) == [{"rows": 20, "view": 20}]  # decides, not the data

@@ -55,9 +55,12 @@ class FlakySink:
         self.poison: set[str] = set()
         self.attempts = 0
         self.failures = 0
+        self.tokens: list[str | None] = []
 
-    async def insert_rowbinary(self, table: str, columns: Sequence[str], data: bytes) -> None:
+    async def insert_rowbinary(self, table: str, columns: Sequence[str], data: bytes,
+                               dedup_token: str | None = None) -> None:
         self.attempts += 1
+        self.tokens.append(dedup_token)
         if self.down:
             self.failures += 1
             raise ConnectionError("sink is down (test)")
@@ -65,7 +68,7 @@ class FlakySink:
             if bad.encode() in data:
                 self.failures += 1
                 raise ValueError(f"rejected {bad} (test)")
-        await self.inner.insert_rowbinary(table, columns, data)
+        await self.inner.insert_rowbinary(table, columns, data, dedup_token)
 
     async def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Any]:
         result: list[Any] = await self.inner.query(sql, params)

@@ -119,7 +119,14 @@ class VectorIndex(Protocol):
 class Analytics(Protocol):
     """ClickHouse: RowBinary inserts and parameterised queries."""
 
-    async def insert_rowbinary(self, table: str, columns: Sequence[str], data: bytes) -> None: ...
+    async def insert_rowbinary(
+        self, table: str, columns: Sequence[str], data: bytes, dedup_token: str | None = None
+    ) -> None:
+        """Insert RowBinary rows. `dedup_token` (ClickHouse's insert_deduplication_token):
+        an insert repeating a recent token is dropped, in the table and in the materialized
+        views fed from it, so a batch re-sent after a crash is stored once. Equal tokens
+        must mean equal data."""
+        ...
 
     async def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]: ...
 

@@ -53,10 +53,13 @@ class ClickHouseHttp:
             self.headers["x-clickhouse-database"] = self.database
 
     async def _post(self, query: str, body: bytes, params: Mapping[str, Any] | None = None,
-                    content_type: str = "application/octet-stream") -> bytes:
+                    content_type: str = "application/octet-stream",
+                    settings: Mapping[str, Any] | None = None) -> bytes:
         qs = "query=" + quote(query)
         for k, v in (params or {}).items():
             qs += f"&param_{quote(k)}={quote(str(v))}"
+        for k, v in (settings or {}).items():
+            qs += f"&{quote(k)}={quote(str(v), safe='')}"
         headers = {**self.headers, "content-type": content_type}
         try:
             resp = await self.http.request("POST", self.base + "?" + qs, headers, body,
@@ -74,12 +77,23 @@ class ClickHouseHttp:
             raise InsertRejected(message)
         raise AnalyticsUnavailable(f"ClickHouse answered {resp.status}: {message}")
 
-    async def insert_rowbinary(self, table: str, columns: Sequence[str], data: bytes) -> None:
+    async def insert_rowbinary(
+        self, table: str, columns: Sequence[str], data: bytes, dedup_token: str | None = None
+    ) -> None:
         for name in (table, *columns):
             if not _NAME.match(name):
                 raise InsertRejected(f"not a plain identifier: {name!r}")
         cols = ", ".join(f"`{c}`" for c in columns)
-        await self._post(f"INSERT INTO {table} ({cols}) FORMAT RowBinary", data)
+        settings = None
+        if dedup_token is not None:  # as env/selfhosted/clickhouse.py's dedup_settings
+            settings = {"insert_deduplicate": 1, "insert_deduplication_token": dedup_token,
+                        "deduplicate_blocks_in_dependent_materialized_views": 1}
+        await self._post(f"INSERT INTO {table} ({cols}) FORMAT RowBinary", data,
+                         settings=settings)
+
+    async def command(self, sql: str) -> None:
+        """A statement without a result (DDL)."""
+        await self._post("", sql.encode(), content_type="text/plain; charset=utf-8")
 
     async def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
         # The query travels in the body (no URL length limit); parameters in the URL.

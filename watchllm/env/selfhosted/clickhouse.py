@@ -102,6 +102,14 @@ def _classify(e: Exception, what: str) -> Exception:
     return AnalyticsUnavailable(f"{what}: {message}")
 
 
+def dedup_settings(token: str) -> dict[str, Any]:
+    """Insert settings that make a repeated insert with `token` a no-op, in the table
+    (which needs `non_replicated_deduplication_window`, see clickhouse_schema.py) and in
+    every materialized view fed from it (explicit: the default differs across versions)."""
+    return {"insert_deduplicate": 1, "insert_deduplication_token": token,
+            "deduplicate_blocks_in_dependent_materialized_views": 1}
+
+
 class ClickHouseAnalytics:
     """The Analytics seam. `url` is `http(s)://...` or `chdb://path`."""
 
@@ -125,11 +133,17 @@ class ClickHouseAnalytics:
     async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn)
 
-    async def insert_rowbinary(self, table: str, columns: Sequence[str], data: bytes) -> None:
+    async def insert_rowbinary(
+        self, table: str, columns: Sequence[str], data: bytes, dedup_token: str | None = None
+    ) -> None:
+        settings = dict(self.INSERT_SETTINGS)
+        if dedup_token is not None:
+            settings.update(dedup_settings(dedup_token))
+
         def insert() -> None:
             try:
                 self._client("insert").raw_insert(
-                    table, list(columns), data, settings=dict(self.INSERT_SETTINGS), fmt="RowBinary"
+                    table, list(columns), data, settings=settings, fmt="RowBinary"
                 )
             except AnalyticsUnavailable:
                 raise
@@ -152,12 +166,12 @@ class ClickHouseAnalytics:
 
         return await self._run(self._reader, run)
 
-    async def command(self, sql: str) -> None:
+    async def command(self, sql: str, settings: Mapping[str, Any] | None = None) -> None:
         """A DDL or other statement without a result (schema migrations)."""
 
         def run() -> None:
             try:
-                self._client("query").command(sql)
+                self._client("query").command(sql, settings=dict(settings or {}))
             except AnalyticsUnavailable:
                 raise
             except Exception as e:
