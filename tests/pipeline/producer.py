@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -20,15 +21,36 @@ from watchllm.events.clickhouse_schema import ensure_schema
 from watchllm.events.pipeline import EventPipeline
 
 
-async def open_pipeline(root: Path) -> tuple[ClickHouseAnalytics, EventPipeline]:
+async def open_pipeline(root: Path, slow_ack: bool = False, batch_size: int = 2000
+                        ) -> tuple[ClickHouseAnalytics, EventPipeline]:
     analytics = ClickHouseAnalytics(f"chdb://{root / 'ch'}")
     await ensure_schema(analytics, 0)
-    pipeline = EventPipeline(analytics, root / "spool", batch_size=2000, flush_ms=20)
+    sink: Any = SlowAck(analytics) if slow_ack else analytics
+    pipeline = EventPipeline(sink, root / "spool", batch_size=batch_size, flush_ms=20)
     return analytics, await pipeline.start()
 
 
+class SlowAck:
+    """The child's sink: returns 0.3 s after each insert, so the kill most likely lands
+    between an insert and its ack (the window the deduplication token is for)."""
+
+    def __init__(self, inner: ClickHouseAnalytics) -> None:
+        self.inner = inner
+
+    async def insert_rowbinary(self, table: str, columns: Any, data: bytes,
+                               dedup_token: str | None = None) -> None:
+        await self.inner.insert_rowbinary(table, columns, data, dedup_token)
+        await asyncio.sleep(0.3)
+
+    async def query(self, sql: str, params: Any = None) -> Any:
+        return await self.inner.query(sql, params)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
 async def produce(root: Path) -> None:
-    _, p = await open_pipeline(root)
+    _, p = await open_pipeline(root, slow_ack=True)
     print("ready", flush=True)
     i = 0
     while True:  # until killed
@@ -40,7 +62,9 @@ async def produce(root: Path) -> None:
 
 
 async def check(root: Path, durable: int) -> None:
-    analytics, p = await open_pipeline(root)
+    # A bigger batch than the producer's: reading from the ack on, the first batch would
+    # not be the one in flight at the kill; the spool's replay makes it so (same token).
+    analytics, p = await open_pipeline(root, batch_size=5000)
     recovered = p.depth()
     await p.flush()
     rows = await analytics.query(
@@ -49,7 +73,9 @@ async def check(root: Path, durable: int) -> None:
         {"edge": f"k-{durable:08d}"},
     )
     raw = await analytics.query("SELECT count() AS n FROM events")
-    print(orjson.dumps({**rows[0], "raw": raw[0]["n"], "recovered": recovered}).decode())
+    view = await analytics.query("SELECT sum(requests) AS n FROM usage_hourly")
+    print(orjson.dumps({**rows[0], "raw": raw[0]["n"], "view": view[0]["n"],
+                        "recovered": recovered}).decode())
     await p.close()
     await analytics.close()
 

@@ -1,5 +1,6 @@
 """kill -9 in the middle of a load: every event the spool had accepted before the kill is
-in ClickHouse exactly once after a restart (chDB in the child's own directory)."""
+in ClickHouse exactly once after a restart (chDB in the child's own directory), in the
+raw table and in the usage_hourly materialized view."""
 
 from __future__ import annotations
 
@@ -53,3 +54,6 @@ def test_sigkill_mid_load_loses_nothing_and_duplicates_nothing(
     assert result["acked"] == durable  # every acknowledged event is there...
     assert result["n"] == result["u"]  # ...exactly once (FINAL collapses redeliveries)
     assert result["n"] >= durable
+    # The re-sent batch repeated its deduplication token: dropped before any merge, in
+    # the table and in the materialized view (which FINAL cannot fix).
+    assert result["raw"] == result["view"] == result["u"]

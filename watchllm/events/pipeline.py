@@ -18,63 +18,40 @@ Failures of the sink:
   mean "never": the batch is bisected until the bad events are isolated; those go to the
   dead-letter JSONL file with the error, the rest is inserted.
 
-Delivery is at-least-once: a crash between insert and ack re-sends that batch, and the
-ReplacingMergeTree tables collapse the duplicates by event_id (see docs/pipeline.md).
+Delivery is at-least-once: a crash between insert and ack re-sends that batch. The spool
+replays exactly the batch that was in flight and every insert carries a deduplication
+token derived from its spool position (batches.py), so ClickHouse drops the repeat, in
+the tables and in the materialized views; ReplacingMergeTree collapses any other
+duplicate by event_id (see docs/pipeline.md). Helpers: batches.py (routing, encoding,
+tokens, the in-memory records), deadletter.py (the dead-letter file), rows.py (the
+event-row rules shared with the Workers consumer).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
-import os
 import random
-import re
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from watchllm import core
 from watchllm.env.base import Analytics, Row
+from watchllm.events.batches import Batch, BatchBuilder, Columns, HotRecords, dedup_token, dumps
+from watchllm.events.deadletter import DeadLetterFile, Item
+from watchllm.events.rows import route as default_route
 from watchllm.events.schema import TABLES
 from watchllm.events.spool import FsyncPolicy, Position, Spool
 
+__all__ = ["EventPipeline", "Metrics", "default_route", "dumps"]
 log = logging.getLogger("watchllm.events")
 RECORD_EVENTS = 2000  # most events the writer puts in one spool record
-Columns = list[tuple[str, str]]
-_ENUM_ZERO = re.compile(r"^Enum(?:8|16)\(.*?'([^']*)' = 0\b")
-
-
-def default_route(event: Row) -> tuple[str, ...]:
-    """Every event goes to `events`; tool calls and agent steps also to their own table."""
-    kind = event.get("event_type")
-    if kind == "tool_call":
-        return ("events", "tool_calls")
-    if kind == "agent_step":
-        return ("events", "agent_steps")
-    return ("events",)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, dt.datetime):  # DateTime64(3) as epoch milliseconds
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
-        return int(value.timestamp() * 1000)
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def dumps(event: Any) -> bytes:
-    return orjson.dumps(event, default=_json_default, option=orjson.OPT_PASSTHROUGH_DATETIME)
 
 
 @dataclass(slots=True)
@@ -89,15 +66,6 @@ class Metrics:
     insert_seconds_total: float = 0.0
     insert_seconds_max: float = 0.0
     insert_seconds_last: float = 0.0
-
-
-@dataclass(slots=True)
-class Batch:
-    end: Position  # spool position to ack once every table has the rows
-    count: int  # events in the spool records (dead-lettered ones included)
-    events: int
-    tables: dict[str, list[Row]] = field(default_factory=dict)
-    encoded: dict[str, bytes] = field(default_factory=dict)  # RowBinary of tables[t]
 
 
 class EventPipeline:
@@ -129,13 +97,10 @@ class EventPipeline:
         self.drain_timeout_s = drain_timeout_s
         self.columns: dict[str, Columns] = {t: list(c) for t, c in tables.items()}
         self.metrics = Metrics()
-        events_columns = tables.get("events", ())
-        self._event_columns = {c for c, _ in events_columns}
-        self._enum_defaults = {
-            c: m.group(1) for c, t in events_columns if (m := _ENUM_ZERO.search(t))
-        }
         self.spool = Spool(spool_dir, max_bytes=max_bytes, fsync=fsync)
-        self.dead_letter_path = Path(dead_letter or Path(spool_dir) / "dead-letter.jsonl")
+        self.dead_letter = DeadLetterFile(dead_letter or Path(spool_dir) / "dead-letter.jsonl")
+        self.dead_letter_path = self.dead_letter.path
+        self.builder = BatchBuilder(self.columns, route, self._dead_letter)
         self._buf: deque[Any] = deque()
         self._capacity = buffer
         self._wake = threading.Event()
@@ -147,11 +112,7 @@ class EventPipeline:
         self._closed = False
         self._writer: threading.Thread | None = None
         self._shipper: asyncio.Task[None] | None = None
-        # Records just spooled, still in memory: (position before, after, events, JSON bytes).
-        self._hot: deque[tuple[Position, Position, list[Row], int]] = deque()
-        self._hot_bytes = 0
-        self.hot_bytes = hot_bytes
-        self._hot_lock = threading.Lock()
+        self._hot = HotRecords(hot_bytes)  # records just spooled, still in memory
         self._helper = ThreadPoolExecutor(1, thread_name_prefix="watchllm-events-encode")
 
     # -- EventQueue ------------------------------------------------------------------
@@ -258,32 +219,9 @@ class EventPipeline:
                 self.metrics.dropped += len(lines)
             else:
                 self.metrics.spooled += len(lines)
-                self._keep_hot(prev, end, good, sum(map(len, lines)))
+                self._hot.keep(prev, end, good, sum(map(len, lines)))
             self._written += take
             self._notify()
-
-    def _keep_hot(self, prev: Position, end: Position, items: list[Row], size: int) -> None:
-        """Keep a just-spooled record's events in memory (bounded) so that the shipper
-        need not read and parse them back from disk when it is keeping up."""
-        with self._hot_lock:
-            if items and self._hot_bytes + size <= self.hot_bytes:
-                self._hot.append((prev, end, items, size))
-                self._hot_bytes += size
-
-    def _take_hot(self, cursor: Position) -> tuple[list[Row], Position, int] | None:
-        """Events of the records right after `cursor`, if they are still in memory."""
-        with self._hot_lock:
-            while self._hot and self._hot[0][1] <= cursor:
-                self._hot_bytes -= self._hot.popleft()[3]
-            events: list[Row] = []
-            pos, count = cursor, 0
-            while (self._hot and self._hot[0][0] == pos
-                   and (not count or count + len(self._hot[0][2]) <= self.batch_size)):
-                _, pos, items, size = self._hot.popleft()
-                self._hot_bytes -= size
-                events += items
-                count += len(items)
-        return (events, pos, count) if count else None
 
     def _notify(self) -> None:
         loop, progress = self._loop, self._progress
@@ -348,107 +286,68 @@ class EventPipeline:
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
 
     async def _next_batch(self, cursor: Position) -> Batch | None:
-        hot = self._take_hot(cursor)
+        replay = self.spool.replay
+        limit = replay[1] if replay is not None and replay[0] == cursor else self.batch_size
+        hot = self._hot.take(cursor, limit)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._helper, self._prepare, cursor, hot)
+        return await loop.run_in_executor(self._helper, self._prepare, cursor, hot, limit)
 
-    def _prepare(
-        self, cursor: Position, hot: tuple[list[Row], Position, int] | None
-    ) -> Batch | None:
-        """The batch after `cursor`, routed to tables and encoded (on the helper thread)."""
+    def _prepare(self, cursor: Position, hot: tuple[list[Row], Position, int] | None,
+                 limit: int) -> Batch | None:
+        """The batch after `cursor`, routed to tables and encoded (on the helper thread).
+        After a restart its first batch is the one that was in flight (`limit`), so the
+        re-sent inserts carry the same tokens."""
         if hot is not None:
             events, end, count = hot
         else:
-            records, end = self.spool.read(cursor, self.batch_size)
+            records, end = self.spool.read(cursor, limit)
             if end == cursor:
                 return None
-            events = self._decode(records)
+            events = self.builder.decode(records)
             count = sum(r.count for r in records)
-        batch = Batch(end, count, len(events))
-        for ev in events:
-            if ev.get("event_type") != "prompt_call":
-                self._complete(ev)
-            for table in self.route(ev):
-                batch.tables.setdefault(table, []).append(ev)
-        for table, rows in batch.tables.items():
-            if table not in self.columns:
-                self._dead_letter([(table, r, f"no table {table!r} in the schema") for r in rows])
-                rows.clear()
-                continue
-            good, batch.encoded[table] = self._encode(table, rows)
-            rows[:] = good  # a retry of this batch does not dead-letter these rows twice
-        return batch
-
-    def _complete(self, ev: Row) -> None:
-        """Fill what other event types leave out: enum columns default to their 0 label,
-        fields without a column of their own go to `properties` (JSON)."""
-        for col, label in self._enum_defaults.items():
-            ev.setdefault(col, label)
-        if "properties" not in ev:
-            extra = {k: v for k, v in ev.items() if k not in self._event_columns}
-            if extra:
-                ev["properties"] = dumps(extra).decode()
+        return self.builder.build(self.spool.slot_id, cursor, end, count, events)
 
     async def _send(self, batch: Batch) -> None:
         """Insert each table's rows (tables already done are not sent again), then ack."""
         loop = asyncio.get_running_loop()
+        if batch.tables:
+            await loop.run_in_executor(self._helper, self.spool.begin, batch.start, batch.count)
         for table in list(batch.tables):
             if batch.tables[table]:
-                await self._insert(table, batch.tables[table], batch.encoded.get(table))
+                await self._insert(table, batch.tables[table], batch.base(table),
+                                   batch.encoded.get(table), batch.tokens.get(table))
             del batch.tables[table]
         await loop.run_in_executor(self._helper, self.spool.ack, batch.end, batch.count)
         self.metrics.batches_sent += 1
         self.metrics.events_sent += batch.events
         self._notify()
 
-    def _decode(self, records: list[Any]) -> list[Row]:
-        events: list[Row] = []
-        for rec in records:
-            for line in rec.payload.split(b"\n"):
-                try:
-                    ev = orjson.loads(line)
-                except orjson.JSONDecodeError as e:
-                    self._dead_letter([(None, line.decode(errors="replace"), f"bad JSON: {e}")])
-                    continue
-                if isinstance(ev, dict):
-                    events.append(ev)
-                else:
-                    self._dead_letter([(None, ev, "an event must be a JSON object")])
-        return events
-
-    def _encode(self, table: str, rows: list[Row]) -> tuple[list[Row], bytes]:
-        """RowBinary of `rows`; rows the encoder rejects are dead-lettered and left out."""
-        columns = self.columns[table]
-        while True:
-            try:
-                return rows, core.encode_rowbinary(columns, rows)
-            except core.RowBinaryError as e:
-                bad = getattr(e, "row", None)
-                if not isinstance(bad, int) or not 0 <= bad < len(rows):
-                    raise
-                self._dead_letter([(table, rows[bad], str(e))])
-                rows = rows[:bad] + rows[bad + 1 :]
-
-    async def _insert(self, table: str, rows: list[Row], data: bytes | None = None) -> None:
+    async def _insert(self, table: str, rows: list[Row], base: str, data: bytes | None = None,
+                      token: str | None = None) -> None:
+        """Insert `rows` (`data`: their RowBinary, `token`: its deduplication token, else
+        made from `base`). A rejected insert is bisected; the halves' bases extend it."""
         if data is None:
             loop = asyncio.get_running_loop()
-            good, data = await loop.run_in_executor(self._helper, self._encode, table, rows)
+            good, data = await loop.run_in_executor(self._helper, self.builder.encode,
+                                                    table, rows)
             rows[:] = good
         if not rows:
             return
         assert data is not None
+        if token is None:
+            token = dedup_token(base, data)
         names = [c for c, _ in self.columns[table]]
         started = time.perf_counter()
         try:
-            await self.sink.insert_rowbinary(table, names, data)
+            await self.sink.insert_rowbinary(table, names, data, dedup_token=token)
         except ValueError as e:  # rejected: isolate the bad rows
             if len(rows) == 1:
                 self._dead_letter([(table, rows[0], f"{type(e).__name__}: {e}")])
                 return
             self.metrics.batches_failed += 1
             half = len(rows) // 2
-            await self._insert(table, rows[:half])
-            await self._insert(table, rows[half:])
+            await self._insert(table, rows[:half], base + ".0")
+            await self._insert(table, rows[half:], base + ".1")
             return
         took = time.perf_counter() - started
         m = self.metrics
@@ -456,23 +355,8 @@ class EventPipeline:
         m.insert_seconds_last = took
         m.insert_seconds_max = max(m.insert_seconds_max, took)
 
-    def _dead_letter(self, items: list[tuple[str | None, Any, str]]) -> None:
-        at = dt.datetime.now(dt.UTC).isoformat()
-        lines = b"".join(
-            orjson.dumps({"at": at, "table": t, "error": err, "event": ev},
-                         default=repr, option=orjson.OPT_APPEND_NEWLINE)
-            for t, ev, err in items
-        )
-        self.dead_letter_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.dead_letter_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            os.write(fd, lines)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self.metrics.dead_lettered += len(items)
-        log.error("dead-lettered %d event(s) into %s: %s", len(items), self.dead_letter_path,
-                  items[0][2])
+    def _dead_letter(self, items: list[Item]) -> None:
+        self.metrics.dead_lettered += self.dead_letter.write(items)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

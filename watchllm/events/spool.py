@@ -24,13 +24,18 @@ crashed or killed process loses nothing the spool returned a position for. ``fsy
 
 Delivery: ``ack(position)`` records how far the consumer got; segments wholly before it
 are deleted. A crash between an insert and its ack re-delivers that batch once more
-(at-least-once); ClickHouse's ReplacingMergeTree collapses the duplicates by event_id.
+(at-least-once). So that the re-delivery is the *same* batch (and its deduplication
+token matches, see pipeline.py), the consumer records the batch it is about to send with
+``begin(start, events)`` in ``inflight``; after a restart ``replay`` returns it while the
+ack still points at its start. ``slot_id`` (file ``id``, random, made once per slot)
+keeps tokens of different slots, hosts or wiped spools apart.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import struct
 import threading
 import time
@@ -42,6 +47,7 @@ from typing import Literal
 MAGIC = b"WLS1"
 HEADER = struct.Struct("<4sIII")  # magic, payload length, event count, crc32
 ACK = struct.Struct("<QQI")  # segment, offset, crc32 of the first 16 bytes
+INFLIGHT = struct.Struct("<QQQI")  # segment, offset, events, crc32 of the first 24 bytes
 MAX_PAYLOAD = 256 << 20
 FsyncPolicy = Literal["always", "interval", "never"]
 Position = tuple[int, int]  # (segment id, byte offset): ordered like the data
@@ -120,7 +126,9 @@ class Spool:
         self._last_sync = time.monotonic()
         self._dirty = False
         self.dir = self._claim_slot()
+        self.slot_id = self._slot_id()
         self._recover()
+        self._inflight = self._read_inflight()
 
     # -- opening -------------------------------------------------------------------
     def _claim_slot(self) -> Path:
@@ -137,6 +145,35 @@ class Spool:
             self._lock_fd = fd
             return slot
         raise SpoolError(f"no free slot in spool directory {self.root}")
+
+    def _slot_id(self) -> str:
+        path = self.dir / "id"
+        try:
+            found = path.read_text().strip()
+        except OSError:
+            found = ""
+        if len(found) == 16 and all(c in "0123456789abcdef" for c in found):
+            return found
+        made = secrets.token_hex(8)
+        self._replace(path, made.encode())
+        return made
+
+    def _replace(self, path: Path, data: bytes) -> None:
+        """Write a small file atomically (fsync'd under the `always` policy)."""
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if self.fsync == "always":
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def _read_inflight(self) -> tuple[Position, int] | None:
+        try:
+            raw = (self.dir / "inflight").read_bytes()
+            seg, off, events, crc = INFLIGHT.unpack(raw)
+        except (OSError, struct.error):
+            return None
+        return ((seg, off), events) if zlib.crc32(raw[:24]) == crc else None
 
     def _read_ack(self) -> Position | None:
         try:
@@ -169,6 +206,8 @@ class Spool:
                 (self.dir / _seg_name(seg)).unlink(missing_ok=True)
             self._sizes.clear()
         self._open_segment(last + 1)
+        if not self.pending_events:  # the next batch starts here, before and after a restart
+            self.ack((last + 1, 0), 0)
 
     def _open_segment(self, seg: int) -> None:
         if self._fd >= 0:
@@ -282,15 +321,26 @@ class Spool:
             return out, (seg, off + end)
         return out, (later[0], 0)
 
+    def begin(self, start: Position, events: int) -> None:
+        """Record the batch [start, +events) as being sent: if this process dies before
+        its ack, `replay` tells the next one to send exactly this batch again."""
+        if self._inflight == (start, events):
+            return
+        raw = struct.pack("<QQQ", *start, events)
+        self._replace(self.dir / "inflight", raw + struct.pack("<I", zlib.crc32(raw)))
+        self._inflight = (start, events)
+
+    @property
+    def replay(self) -> tuple[Position, int] | None:
+        """The batch that was being sent when the ack stopped: (start, events), while the
+        ack is still at its start; None otherwise."""
+        inflight = self._inflight
+        return inflight if inflight is not None and inflight[0] == self.acked else None
+
     def ack(self, pos: Position, events: int) -> None:
         """Everything before `pos` is in ClickHouse: persist that, drop finished segments."""
         raw = struct.pack("<QQ", *pos)
-        tmp = self.dir / "ack.tmp"
-        with open(tmp, "wb") as f:
-            f.write(raw + struct.pack("<I", zlib.crc32(raw)))
-            if self.fsync == "always":
-                os.fsync(f.fileno())
-        os.replace(tmp, self.dir / "ack")
+        self._replace(self.dir / "ack", raw + struct.pack("<I", zlib.crc32(raw)))
         with self._lock:
             self._ack = pos
             self.pending_events = max(0, self.pending_events - events)

@@ -11,52 +11,41 @@ rejected by the encoder) do not wait for that: they go straight to the dead-lett
 when it is bound, else they are retried until Queues dead-letters them.
 
 Delivery is at-least-once; ClickHouse's ReplacingMergeTree collapses a re-sent event by
-event_id, so a batch retried after a partial insert does not double count.
+event_id. Each insert carries a deduplication token of its messages' ids, so a batch that
+Queues re-delivers as it was (the ack lost after the insert) is not counted twice by the
+materialized views either; a re-delivery regrouped with other messages is (see
+docs/pipeline.md). Routing and row completion are `watchllm.events.rows`, shared with
+the self-hosted pipeline.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
-import re
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from watchllm import core
 from watchllm.env.base import Analytics, Row
 from watchllm.env.cloudflare._js import error_text, js_value, to_py, unwrap
+from watchllm.events.rows import EventRows, route
 from watchllm.events.schema import TABLES
 
 log = logging.getLogger("watchllm.cloudflare")
 BACKOFF_BASE_S = 10
 BACKOFF_MAX_S = 900
-_ENUM_ZERO = re.compile(r"^Enum(?:8|16)\(.*?'([^']*)' = 0\b")
-_EVENT_COLUMNS = {c for c, _ in TABLES["events"]}
-_ENUM_DEFAULTS = {c: m.group(1) for c, t in TABLES["events"] if (m := _ENUM_ZERO.search(t))}
+ROWS = EventRows.of(TABLES["events"])
 
 
-def route(event: Row) -> tuple[str, ...]:
-    """The tables of an event (the same rule as the self-hosted pipeline's default_route)."""
-    kind = event.get("event_type")
-    if kind == "tool_call":
-        return ("events", "tool_calls")
-    if kind == "agent_step":
-        return ("events", "agent_steps")
-    return ("events",)
-
-
-def complete(event: Row) -> Row:
-    """Enum columns default to their 0 label; fields without a column go to `properties`."""
-    if event.get("event_type") == "prompt_call":
-        return event
-    for col, label in _ENUM_DEFAULTS.items():
-        event.setdefault(col, label)
-    if "properties" not in event:
-        extra = {k: v for k, v in event.items() if k not in _EVENT_COLUMNS}
-        if extra:
-            event["properties"] = json.dumps(extra, default=str, separators=(",", ":"))
-    return event
+def dedup_token(message_ids: list[str], table: str, data: bytes) -> str:
+    """The insert's deduplication token: the same messages re-delivered as the same batch
+    (an ack lost after the insert) are stored once, in the tables and the views fed from
+    them. The data's checksum is part of it, so different rows never share a token."""
+    ids = hashlib.sha256("\n".join(sorted(message_ids)).encode()).hexdigest()[:32]
+    return f"wlq1:{ids}:{table}:{len(data)}:{zlib.crc32(data):08x}"
 
 
 def backoff_s(attempts: int) -> int:
@@ -86,7 +75,7 @@ async def consume(batch: Any, sink: Analytics, dead_letter: Any = None) -> Repor
             poison.append((msg, f"not JSON: {exc}"))
             continue
         if isinstance(event, dict):
-            good.append((msg, complete(event)))
+            good.append((msg, ROWS.complete(event)))
         else:
             poison.append((msg, "an event must be a JSON object"))
 
@@ -114,8 +103,10 @@ async def consume(batch: Any, sink: Analytics, dead_letter: Any = None) -> Repor
     good = [(m, ev) for m, ev in good if id(m) not in bad_ids]
     try:
         for table, data in encoded.items():
-            if any(id(m) not in bad_ids for m, _ in tables[table]):
-                await sink.insert_rowbinary(table, [c for c, _ in TABLES[table]], data)
+            live = [str(m.id) for m, _ in tables[table] if id(m) not in bad_ids]
+            if live:
+                await sink.insert_rowbinary(table, [c for c, _ in TABLES[table]], data,
+                                            dedup_token=dedup_token(live, table, data))
     except Exception as exc:
         reason = error_text(exc)
         report.errors.append(reason)

@@ -1,0 +1,156 @@
+"""From spooled events to insertable batches (the shipper's helper thread runs this).
+
+A `Batch` is the events of the spool records [start, end): routed to their tables
+(`rows.route`), completed (`rows.EventRows`), RowBinary-encoded per table, rows the
+encoder rejects taken out for the dead-letter file. `HotRecords` keeps just-spooled
+records in memory (bounded) so that a shipper keeping up never reads them back from disk.
+
+Each table's insert carries `Batch.token(table)`: the slot's id, the batch's spool
+position and size, and a checksum of the data. A batch re-sent after a crash (the spool
+replays exactly the batch in flight) repeats its token and ClickHouse drops it, in the
+tables and in the materialized views; a token never names other data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import zlib
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from watchllm import core
+from watchllm.events.deadletter import Item
+from watchllm.events.rows import EventRows
+from watchllm.events.spool import Position, Record
+
+Row = dict[str, Any]
+Columns = list[tuple[str, str]]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, dt.datetime):  # DateTime64(3) as epoch milliseconds
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return int(value.timestamp() * 1000)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def dumps(event: Any) -> bytes:
+    """An event as spooled JSON (datetimes as epoch milliseconds)."""
+    return orjson.dumps(event, default=_json_default, option=orjson.OPT_PASSTHROUGH_DATETIME)
+
+
+def dedup_token(base: str, data: bytes) -> str:
+    """`base` names the rows' place (slot, spool position, table, bisection path); the
+    checksum makes sure that equal tokens mean equal data."""
+    return f"{base}:{len(data)}:{zlib.crc32(data):08x}"
+
+
+@dataclass(slots=True)
+class Batch:
+    start: Position
+    end: Position  # spool position to ack once every table has the rows
+    count: int  # events in the spool records (dead-lettered ones included)
+    events: int
+    slot: str  # Spool.slot_id
+    tables: dict[str, list[Row]] = field(default_factory=dict)
+    encoded: dict[str, bytes] = field(default_factory=dict)  # RowBinary of tables[t]
+    tokens: dict[str, str] = field(default_factory=dict)  # dedup token of encoded[t]
+
+    def base(self, table: str) -> str:
+        return f"wl1:{self.slot}:{self.start[0]}.{self.start[1]}+{self.count}:{table}"
+
+
+class HotRecords:
+    """Just-spooled records still in memory: (position before, after, events, bytes)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: deque[tuple[Position, Position, list[Row], int]] = deque()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def keep(self, prev: Position, end: Position, items: list[Row], size: int) -> None:
+        with self._lock:
+            if items and self._bytes + size <= self.max_bytes:
+                self._items.append((prev, end, items, size))
+                self._bytes += size
+
+    def take(self, cursor: Position, limit: int) -> tuple[list[Row], Position, int] | None:
+        """Events of the records right after `cursor` (at most `limit`, at least one
+        record), if they are still in memory."""
+        with self._lock:
+            while self._items and self._items[0][1] <= cursor:
+                self._bytes -= self._items.popleft()[3]
+            events: list[Row] = []
+            pos, count = cursor, 0
+            while (self._items and self._items[0][0] == pos
+                   and (not count or count + len(self._items[0][2]) <= limit)):
+                _, pos, items, size = self._items.popleft()
+                self._bytes -= size
+                events += items
+                count += len(items)
+        return (events, pos, count) if count else None
+
+
+class BatchBuilder:
+    def __init__(self, columns: dict[str, Columns], route: Callable[[Row], Sequence[str]],
+                 dead_letter: Callable[[list[Item]], None]) -> None:
+        self.columns = columns
+        self.route = route
+        self.dead_letter = dead_letter
+        self.rows = EventRows.of(tuple(columns.get("events", ())),
+                                 dumps=lambda v: dumps(v).decode())
+
+    def build(self, slot: str, start: Position, end: Position, count: int,
+              events: list[Row]) -> Batch:
+        batch = Batch(start, end, count, len(events), slot)
+        for ev in events:
+            self.rows.complete(ev)
+            for table in self.route(ev):
+                batch.tables.setdefault(table, []).append(ev)
+        for table, rows in batch.tables.items():
+            if table not in self.columns:
+                self.dead_letter([(table, r, f"no table {table!r} in the schema") for r in rows])
+                rows.clear()
+                continue
+            good, data = self.encode(table, rows)
+            rows[:] = good  # a retry of this batch does not dead-letter these rows twice
+            batch.encoded[table] = data
+            batch.tokens[table] = dedup_token(batch.base(table), data)
+        return batch
+
+    def decode(self, records: list[Record]) -> list[Row]:
+        events: list[Row] = []
+        for rec in records:
+            for line in rec.payload.split(b"\n"):
+                try:
+                    ev = orjson.loads(line)
+                except orjson.JSONDecodeError as e:
+                    self.dead_letter([(None, line.decode(errors="replace"), f"bad JSON: {e}")])
+                    continue
+                if isinstance(ev, dict):
+                    events.append(ev)
+                else:
+                    self.dead_letter([(None, ev, "an event must be a JSON object")])
+        return events
+
+    def encode(self, table: str, rows: list[Row]) -> tuple[list[Row], bytes]:
+        """RowBinary of `rows`; rows the encoder rejects are dead-lettered and left out."""
+        columns = self.columns[table]
+        while True:
+            try:
+                return rows, core.encode_rowbinary(columns, rows)
+            except core.RowBinaryError as e:
+                bad = getattr(e, "row", None)
+                if not isinstance(bad, int) or not 0 <= bad < len(rows):
+                    raise
+                self.dead_letter([(table, rows[bad], str(e))])
+                rows = rows[:bad] + rows[bad + 1 :]
