@@ -11,6 +11,7 @@ use pyo3::types::{
     PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType,
 };
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 pyo3::create_exception!(
     _core,
@@ -198,10 +199,23 @@ impl Input for PyVal<'_, '_> {
         self.obj.is_none()
     }
     fn as_text(&self) -> Option<Cow<'_, str>> {
-        self.obj
-            .cast::<PyString>()
-            .ok()
-            .and_then(|s| s.to_cow().ok())
+        let s = self.obj.cast::<PyString>().ok()?;
+        let mut len: pyo3::ffi::Py_ssize_t = 0;
+        // SAFETY: `s` is a live str. The UTF-8 it returns (the str's own data for
+        // ASCII, else a cache kept in the str) lives as long as `s`, which
+        // `self.obj` keeps alive while the borrow of `self` lasts.
+        let data = unsafe { pyo3::ffi::PyUnicode_AsUTF8AndSize(s.as_ptr(), &mut len) };
+        if data.is_null() {
+            // A lone surrogate has no UTF-8: not usable as text (as before).
+            drop(PyErr::take(self.obj.py()));
+            return None;
+        }
+        // SAFETY: `data` points to `len` bytes of valid UTF-8 (see above).
+        let bytes = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len as usize) };
+        // SAFETY: as above.
+        Some(Cow::Borrowed(unsafe {
+            std::str::from_utf8_unchecked(bytes)
+        }))
     }
     fn as_blob(&self) -> Option<Cow<'_, [u8]>> {
         if let Ok(b) = self.obj.cast::<PyBytes>() {
@@ -316,6 +330,81 @@ fn row_error(py: Python<'_>, row: usize, column: &str, reason: &str) -> PyErr {
     err
 }
 
+/// Finds the columns' values in a row dict by walking its entries in insertion
+/// order. Rows built the same way (a literal, a template, the same JSON shape)
+/// hold the same keys at the same positions, and usually the same key objects
+/// (interned literals, orjson's key cache), so the common case is one pointer
+/// comparison per entry instead of a hash lookup in a cache-cold table.
+struct ColumnFinder<'py> {
+    /// Column index of each column name (the first, if a name repeats).
+    by_name: HashMap<String, usize>,
+    /// Columns that repeat an earlier column's name: (column, first column).
+    repeats: Vec<(usize, usize)>,
+    /// The key object last seen at each entry position and its column
+    /// (`usize::MAX`: not a column). Owned, so a pointer cannot be reused.
+    seen: Vec<(Bound<'py, PyAny>, usize)>,
+}
+
+impl<'py> ColumnFinder<'py> {
+    fn new(columns: &[(String, String)]) -> Self {
+        let mut by_name = HashMap::with_capacity(columns.len());
+        let mut repeats = Vec::new();
+        for (i, (name, _)) in columns.iter().enumerate() {
+            if let Some(&first) = by_name.get(name) {
+                repeats.push((i, first));
+            } else {
+                by_name.insert(name.clone(), i);
+            }
+        }
+        Self {
+            by_name,
+            repeats,
+            seen: Vec::with_capacity(columns.len()),
+        }
+    }
+
+    /// Sets `values[c]` to the value of column `c` in `dict` (None if absent);
+    /// the same values as `dict.get(name)` per column.
+    fn values(&mut self, dict: &Bound<'py, PyDict>, values: &mut [Option<Bound<'py, PyAny>>]) {
+        let py = dict.py();
+        values.iter_mut().for_each(|v| *v = None);
+        let (mut pos, mut key, mut value) = (0, std::ptr::null_mut(), std::ptr::null_mut());
+        let mut entry = 0;
+        // SAFETY: `dict` is a live dict; PyDict_Next hands out borrowed references,
+        // which are turned into owned ones before anything else can run.
+        while unsafe { pyo3::ffi::PyDict_Next(dict.as_ptr(), &mut pos, &mut key, &mut value) } != 0
+        {
+            let column = match self.seen.get(entry) {
+                Some((seen, column)) if seen.as_ptr() == key => *column,
+                _ => {
+                    // SAFETY: `key` is a valid borrowed reference (see above).
+                    let key = unsafe { Bound::from_borrowed_ptr(py, key) };
+                    let column = key
+                        .cast::<PyString>()
+                        .ok()
+                        .and_then(|k| k.to_str().ok().and_then(|k| self.by_name.get(k)))
+                        .copied()
+                        .unwrap_or(usize::MAX);
+                    if entry < self.seen.len() {
+                        self.seen[entry] = (key, column);
+                    } else {
+                        self.seen.push((key, column));
+                    }
+                    column
+                }
+            };
+            if let Some(slot) = values.get_mut(column) {
+                // SAFETY: `value` is a valid borrowed reference (see above).
+                *slot = Some(unsafe { Bound::from_borrowed_ptr(py, value) });
+            }
+            entry += 1;
+        }
+        for &(column, first) in &self.repeats {
+            values[column] = values[first].clone();
+        }
+    }
+}
+
 #[pyfunction]
 fn encode_rowbinary<'py>(
     py: Python<'py>,
@@ -327,18 +416,15 @@ fn encode_rowbinary<'py>(
         .map(|(_, t)| rowbinary::parse_type(t))
         .collect::<Result<Vec<_>, _>>()
         .map_err(CoreError::new_err)?;
-    // Interned like the keys of dicts built from literals, so lookups hit on identity.
-    let keys: Vec<Bound<'py, PyString>> = columns
-        .iter()
-        .map(|(n, _)| PyString::intern(py, n))
-        .collect();
+    let mut finder = ColumnFinder::new(&columns);
+    let mut values: Vec<Option<Bound<'py, PyAny>>> = vec![None; columns.len()];
     let cls = Classes {
         datetime: DATETIME.import(py, "datetime", "datetime")?,
         date: DATE.import(py, "datetime", "date")?,
         uuid: UUID.import(py, "uuid", "UUID")?,
     };
     let mut out = Vec::with_capacity(256);
-    let encode_row = |i: usize, row: Bound<'py, PyAny>, out: &mut Vec<u8>| -> PyResult<()> {
+    let mut encode_row = |i: usize, row: Bound<'py, PyAny>, out: &mut Vec<u8>| -> PyResult<()> {
         let dict = row.cast::<PyDict>().map_err(|_| {
             let name = PyVal {
                 obj: row.clone(),
@@ -347,8 +433,9 @@ fn encode_rowbinary<'py>(
             .type_name();
             row_error(py, i, "", &format!("expected dict, got {name}"))
         })?;
-        for ((key, ty), (name, _)) in keys.iter().zip(&types).zip(&columns) {
-            let value = dict.get_item(key)?.map(|obj| PyVal { obj, cls: &cls });
+        finder.values(dict, &mut values);
+        for ((value, ty), (name, _)) in values.iter_mut().zip(&types).zip(&columns) {
+            let value = value.take().map(|obj| PyVal { obj, cls: &cls });
             rowbinary::encode(ty, value.as_ref(), out).map_err(|e| row_error(py, i, name, &e))?;
         }
         Ok(())

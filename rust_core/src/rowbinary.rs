@@ -164,7 +164,8 @@ pub fn encode<V: Input>(ty: &Type, value: Option<&V>, out: &mut Vec<u8>) -> Resu
         }
         Type::DateTime64(p) => {
             let ticks = match v.as_int() {
-                Some(_) => int_of(v)?,
+                Some(Int::Value(i)) => i,
+                Some(Int::TooBig) => return Err("integer is out of range".into()),
                 None => match v.as_datetime_micros() {
                     Some(us) if *p <= 6 => us?.div_euclid(10i128.pow(6 - p)),
                     Some(us) => us? * 10i128.pow(p - 6),
@@ -204,11 +205,13 @@ fn int_of<V: Input>(v: &V) -> Result<i128, String> {
 }
 
 fn float_of<V: Input>(v: &V) -> Result<f64, String> {
-    match (v.as_float(), v.as_int()) {
-        (Some(x), _) => Ok(x),
-        (None, Some(Int::Value(i))) => Ok(i as f64),
-        (None, Some(Int::TooBig)) => Err("integer is out of range for a float".into()),
-        _ => Err(expected("float or int", v)),
+    if let Some(x) = v.as_float() {
+        return Ok(x);
+    }
+    match v.as_int() {
+        Some(Int::Value(i)) => Ok(i as f64),
+        Some(Int::TooBig) => Err("integer is out of range for a float".into()),
+        None => Err(expected("float or int", v)),
     }
 }
 

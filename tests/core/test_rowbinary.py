@@ -140,6 +140,37 @@ def test_twin_and_rust_fail_alike(
     assert outcomes[0] == outcomes[1]
 
 
+def test_rows_of_any_key_order_and_key_objects(rust: ModuleType, twin: ModuleType) -> None:
+    """The extension finds columns by walking each dict in insertion order and
+    remembering the key objects it saw; rows whose keys differ in order, identity
+    (JSON-decoded, built at run time), extras or repeats must encode like `dict.get`."""
+    import orjson
+
+    cols = [("a", "String"), ("n", "UInt8"), ("m", "Map(String, String)"), ("a", "String")]
+    cols += [("z", "Nullable(Int32)")]
+
+    class Sub(dict[str, Any]):
+        pass
+
+    base = {"a": "x", "n": 7, "m": {"k": "v"}, "z": -1}
+    batch: list[dict[Any, Any]] = [
+        base,
+        {"z": None, "m": {}, "n": 1, "a": "y"},  # reversed
+        orjson.loads(orjson.dumps(base)),  # keys not interned
+        {"".join(["a"]): "built", "extra": 1, 5: "int key", b"n": 3},  # no n, odd keys
+        {},
+        Sub(base),
+        dict(base, a="changed"),
+        {"n": 2},
+        base,
+    ]
+    want = twin.encode_rowbinary(cols, batch)
+    assert rust.encode_rowbinary(cols, batch) == want
+    assert rust.encode_rowbinary(cols, batch[::-1]) == twin.encode_rowbinary(cols, batch[::-1])
+    one_by_one = b"".join(rust.encode_rowbinary(cols, [row]) for row in batch)
+    assert one_by_one == want
+
+
 @pytest.mark.parametrize("backend", ["rust", "twin"])
 def test_errors_name_row_and_column(backend: str, rust: ModuleType, twin: ModuleType) -> None:
     mod = rust if backend == "rust" else twin
