@@ -97,7 +97,9 @@ CREATE TABLE IF NOT EXISTS usage_hourly
     `tokens_cached` SimpleAggregateFunction(sum, UInt64),
     `cost_usd` SimpleAggregateFunction(sum, Float64),
     `cost_saved_usd` SimpleAggregateFunction(sum, Float64),
-    `latency_ms` AggregateFunction(quantiles(0.5, 0.9, 0.99), Float32)
+    `latency_ms` AggregateFunction(quantiles(0.5, 0.9, 0.99), Float32),
+    `latency_ms_sum` SimpleAggregateFunction(sum, Float64),
+    `latency_ms_count` SimpleAggregateFunction(sum, UInt64)
 )
 ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(hour)
@@ -117,7 +119,9 @@ AS SELECT
     sum(toUInt64(tokens_cached)) AS tokens_cached,
     sum(cost_estimate_usd) AS cost_usd,
     sum(cost_saved_usd) AS cost_saved_usd,
-    quantilesState(0.5, 0.9, 0.99)(latency_ms) AS latency_ms
+    quantilesState(0.5, 0.9, 0.99)(latency_ms) AS latency_ms,
+    sum(toFloat64(events.latency_ms)) AS latency_ms_sum,
+    count() AS latency_ms_count
 FROM events
 WHERE event_type IN ('prompt_call', 'error')
 GROUP BY project_id, model, hour;

@@ -8,7 +8,7 @@ Where the data comes from:
 - stats: `usage_hourly` (the materialized view) for the whole hours inside the range, the
   raw `events` table for the partial hours at either edge, merged (sums add up; latency
   quantile states merge), so any `from`/`to` is exact while a month costs a few thousand
-  view rows. The average latency is not in the view: it is one scan of `latency_ms`.
+  view rows. The average latency is the view's `latency_ms_sum / latency_ms_count`.
 - timeseries: the view for hourly and coarser buckets; `events` for the minute buckets
   of 1h and 6h (small ranges). Empty buckets come from `WITH FILL`.
 - logs, event, runs: `events` (and `tool_calls`, `agent_steps`), newest first on the
@@ -16,9 +16,9 @@ Where the data comes from:
 
 Duplicates: the pipeline is at-least-once and ReplacingMergeTree collapses duplicates only
 at merge time; `FINAL` costs ~700 ms on 10M rows, so row queries deduplicate with
-`LIMIT 1 BY` instead. The view is fed on insert, so it counts a re-delivered batch twice;
-the ingest API drops retried event_ids before they reach the pipeline, which leaves only a
-pipeline crash between insert and acknowledgement to double-count there.
+`LIMIT 1 BY` instead. The view is fed on insert; a batch the pipeline re-sends after a
+crash carries the same deduplication token and is dropped there too, and the ingest API
+drops retried event_ids before they reach the pipeline.
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ VIEW_SUMS = """sum(requests) AS requests, sum(errors) AS errors, sum(cache_hits)
     sum(cost_usd) AS cost_usd, sum(cost_saved_usd) AS cost_saved_usd"""
 SUM_NAMES = ("requests", "errors", "cache_hits", "tokens_input", "tokens_output", "cost_usd",
              "cost_saved_usd")
+LATENCY_NAMES = ("latency_ms_sum", "latency_ms_count")  # the average, exact, from the view
+RAW_LATENCY = "sum(toFloat64(latency_ms)) AS latency_ms_sum, count() AS latency_ms_count"
+VIEW_LATENCY = "sum(latency_ms_sum) AS latency_ms_sum, sum(latency_ms_count) AS latency_ms_count"
 MAX_RUN_EVENTS = 1000
 
 
@@ -120,21 +123,18 @@ def _parts(where: str, view_cols: str, raw_cols: str, group: str) -> str:
 async def stats(ch: Analytics, scope: Scope, start: int, end: int, top: int = 10) -> Row:
     params: dict[str, Any] = {**_edges(start, end), "top": top}
     where = _scope(scope, params)
-    by_model = f"""SELECT model, {VIEW_SUMS} FROM (
-    {_parts(where, "model, " + ", ".join(SUM_NAMES), "model, " + RAW_SUMS, " GROUP BY model")}
+    names = ", ".join((*SUM_NAMES, *LATENCY_NAMES))
+    by_model = f"""SELECT model, {VIEW_SUMS}, {VIEW_LATENCY} FROM (
+    {_parts(where, "model, " + names, f"model, {RAW_SUMS}, {RAW_LATENCY}", " GROUP BY model")}
 ) GROUP BY model ORDER BY requests DESC, model"""
-    latency = f"""SELECT
-    (SELECT quantilesMerge({LEVELS})(lat) FROM (
-        {_parts(where, "latency_ms AS lat", f"quantilesState({QUANTILES})(latency_ms)", "")}
-    )) AS q,
-    (SELECT (sumIf(latency_ms, {CALLS}), countIf({CALLS})) FROM events
-     WHERE {where} AND timestamp >= {_ts('start')} AND timestamp < {_ts('end')}) AS avg"""
+    quantiles = f"""SELECT quantilesMerge({LEVELS})(lat) AS q FROM (
+    {_parts(where, "latency_ms AS lat", f"quantilesState({QUANTILES})(latency_ms)", "")})"""
     models = await ch.query(by_model, params)
-    lat = (await ch.query(latency, params))[0]
     totals: dict[str, Any] = {n: sum(m[n] for m in models) for n in SUM_NAMES}
     requests = totals["requests"]
-    q = list(lat["q"]) if requests else []
-    lat_sum, lat_count = lat["avg"]
+    q = list((await ch.query(quantiles, params))[0]["q"]) if requests else []
+    lat_sum = sum(m["latency_ms_sum"] for m in models)
+    lat_count = sum(m["latency_ms_count"] for m in models)
     return {
         "object": "analytics.stats", "project_id": scope, "from": start, "to": end,
         **{n: (round(v, 10) if isinstance(v, float) else v) for n, v in totals.items()},
