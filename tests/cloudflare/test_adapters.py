@@ -14,9 +14,12 @@ from tests.cloudflare.fakes import (
     FakeKV,
     FakeMessage,
     FakeQueue,
+    FakeStatement,
     FakeVectorize,
+    JsObject,
 )
 from tests.pipeline.helpers import make_event
+from watchllm.env.cloudflare._js import JsException
 from watchllm.env.cloudflare.consumer import backoff_s, consume
 from watchllm.env.cloudflare.d1 import D1Database, D1Error
 from watchllm.env.cloudflare.kv import MAX_VALUE_BYTES, ValueTooLarge, WorkersKeyValue, kv_ttl
@@ -123,3 +126,34 @@ async def test_durable_object_counters_shard_by_project_and_survive_eviction() -
     ns.objects["id:proj_1"].evict()  # memory lost, storage kept
     assert not (await counters.apply(ops, 1_000)).allowed
     assert list(ns.objects) == ["id:proj_1"]
+
+
+class _FlakyD1(FakeD1):
+    """Fails the first `failures` statements with D1's transient network error."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def prepare(self, sql: str) -> FakeStatement:
+        stmt = super().prepare(sql)
+        if self.failures:
+            self.failures -= 1
+
+            async def broken() -> JsObject:
+                raise JsException("D1_ERROR: Network connection lost.")
+
+            stmt.run = stmt.all = broken  # type: ignore[method-assign]
+        return stmt
+
+
+async def test_d1_retries_reads_not_writes_on_transient_errors() -> None:
+    flaky = _FlakyD1(failures=2)
+    db = D1Database(flaky)
+    assert await db.fetch_all("SELECT 1 AS one") == [{"one": 1}]  # third try succeeds
+    flaky.failures = 3
+    with pytest.raises(D1Error, match="Network connection lost"):
+        await db.fetch_all("SELECT 1 AS one")  # two retries, then the error
+    flaky.failures = 1
+    with pytest.raises(D1Error, match="Network connection lost"):
+        await db.execute("CREATE TABLE t (a INTEGER)")  # a write is never retried

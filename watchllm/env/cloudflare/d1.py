@@ -4,10 +4,14 @@ D1 speaks SQLite with `?` placeholders, so statements pass through unchanged. Re
 JS objects (`{results: [...], meta: {changes}}`) converted to Python once, here.
 `transaction()` is one `batch()`: D1 runs a batch as a single SQL transaction and rolls
 it back when any statement fails.
+
+Reads are retried (twice, briefly) on D1's transient network errors, as Cloudflare advises
+for idempotent queries; writes are not, since a lost answer may hide an applied write.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +29,17 @@ from watchllm.env.cloudflare._js import (
 
 class D1Error(RuntimeError):
     """D1 refused or failed a statement; the message carries D1's own text."""
+
+
+# D1's transient failures (its docs) and a dropped connection to the D1 service.
+_TRANSIENT = ("network connection lost", "fetch failed", "storage caused object to be reset",
+              "internal error", "connection reset")
+_READ_RETRIES_S = (0.05, 0.25)
+
+
+def _transient(text: str) -> bool:
+    lowered = text.lower()
+    return any(t in lowered for t in _TRANSIENT)
 
 
 def _param(value: Any) -> Any:
@@ -52,10 +67,15 @@ class D1Database:
         return int((result.get("meta") or {}).get("changes") or 0)
 
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        try:
-            result = to_py(await self._stmt(sql, params).all())
-        except JsException as exc:
-            raise D1Error(f"D1: {error_text(exc)}") from None
+        for delay in (*_READ_RETRIES_S, None):
+            try:
+                result = to_py(await self._stmt(sql, params).all())
+                break
+            except JsException as exc:
+                text = error_text(exc)
+                if delay is None or not _transient(text):
+                    raise D1Error(f"D1: {text}") from None
+                await asyncio.sleep(delay)
         rows = result.get("results") or []
         return [_row(r) for r in rows]
 
