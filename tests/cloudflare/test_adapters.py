@@ -102,7 +102,7 @@ async def test_queue_batches_respect_queues_limits() -> None:
 
 async def test_consumer_retries_with_backoff_and_dead_letters_poison() -> None:
     class Down:
-        async def insert_rowbinary(self, *a: object) -> None:
+        async def insert_rowbinary(self, *a: object, **kw: object) -> None:
             raise ConnectionError("ClickHouse down")
 
     good = FakeMessage("1", json.dumps(make_event(1)), attempts=3)
