@@ -94,3 +94,19 @@ def test_hot_and_spooled_events_encode_to_the_same_bytes() -> None:
     hot = builder.build("s", (1, 0), (1, 9), len(events), events)
     cold = builder.build("s", (1, 0), (1, 9), len(spooled), spooled)
     assert hot.tokens == cold.tokens and hot.encoded == cold.encoded
+
+
+def test_chunked_encoding_equals_one_call_and_isolates_poison_in_any_chunk() -> None:
+    from watchllm import core
+    from watchllm.events.batches import ENCODE_CHUNK
+
+    dead: list[object] = []
+    builder = BatchBuilder({t: list(c) for t, c in TABLES.items()}, default_route, dead.extend)
+    rows = [make_event(i) for i in range(2 * ENCODE_CHUNK + 500)]
+    poison = {5, ENCODE_CHUNK + 700, 2 * ENCODE_CHUNK + 499}  # first, middle, last chunk
+    for i in poison:
+        rows[i] = {**rows[i], "cache_status": "NOT_AN_ENUM_LABEL"}
+    kept, data = builder.encode("events", rows)
+    good = [r for i, r in enumerate(rows) if i not in poison]
+    assert kept == good and len(dead) == 3
+    assert data == core.encode_rowbinary([tuple(c) for c in TABLES["events"]], good)
