@@ -16,7 +16,6 @@ from watchllm.env.embedded import build_env
 from watchllm.errors import ServiceUnavailableError
 from watchllm.limits import LimitsService
 from watchllm.metadata.plans import KeyRing, PlanStore
-from watchllm.routes import admin_plans
 from watchllm.settings import load_settings
 
 ADMIN = "admin-secret"
@@ -47,11 +46,11 @@ async def call(gw: Gateway, method: str, path: str, body: Any = None,
 @pytest.fixture
 async def gw(tmp_path: Path) -> Any:
     settings = load_settings({"WATCHLLM_ADMIN_KEY": ADMIN, "WATCHLLM_DATA_DIR": str(tmp_path),
-                              "WATCHLLM_MASTER_KEY": _key(), "WATCHLLM_KEY_CACHE_TTL": "0"},
+                              "WATCHLLM_MASTER_KEY": _key(), "WATCHLLM_KEY_CACHE_TTL": "0",
+                              # chDB allows one data directory per process (tests/conftest.py)
+                              "WATCHLLM_CLICKHOUSE_URL": "off"},
                              None)
     gateway = Gateway(settings, build_env)
-    gateway.routes.update(admin_plans.ROUTES)
-    gateway.prefix_routes += admin_plans.PREFIX_ROUTES
     await gateway.startup()
     gateway.plans = PlanStore(gateway.env.db, settings)  # type: ignore[attr-defined]
     gateway.limits = LimitsService(gateway.env.counters, settings,  # type: ignore[attr-defined]

@@ -78,11 +78,18 @@ async def build_env(settings: Settings) -> Env:
     counters: Counters
     if settings.redis_url:
         from watchllm.env.selfhosted.redis import RedisCounters, RedisKeyValue, connect
+        from watchllm.env.selfhosted.resp import LeanRedis
 
         client = connect(settings.redis_url, max_connections=max(16, settings.upstream_pool_size))
         rkv = RedisKeyValue(client, fail_mode=settings.redis_fail_mode, owns_client=False)
         kv = rkv
-        counters = RedisCounters(client, fail_mode=settings.redis_fail_mode, owns_client=False)
+        # The lean client speaks plain redis:// (TLS and sentinels stay on redis-py).
+        fast = LeanRedis(settings.redis_url) if settings.redis_url.startswith("redis://") \
+            else None
+        counters = RedisCounters(client, fail_mode=settings.redis_fail_mode, owns_client=False,
+                                 fast=fast)
+        if fast is not None:
+            closers.append(fast.close)
         checks["redis"] = rkv.ping
         closers.append(lambda: client.aclose())
     else:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
 from typing import Any, Literal, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -26,6 +25,7 @@ from redis.retry import Retry
 
 from watchllm.env.base import CountersUnavailable
 from watchllm.env.embedded.memory import LruKeyValue, MemoryCounters
+from watchllm.env.selfhosted.resp import LeanRedis
 from watchllm.errors import ServiceUnavailableError
 from watchllm.limits.ops import Op, Outcome
 from watchllm.limits.redis import RedisLimiter
@@ -175,14 +175,16 @@ class RedisCounters:
     """Atomic float counters with a TTL (rate limits, budgets)."""
 
     def __init__(self, client: Redis, prefix: str = "wl:ctr:", fail_mode: FailMode = "open",
-                 owns_client: bool = True) -> None:
+                 owns_client: bool = True, fast: LeanRedis | None = None) -> None:
         self.client = client
         self.owns_client = owns_client
         self.prefix = prefix
         self.breaker = _Breaker(client, fail_mode, "counters")
         self.local = MemoryCounters()
         self._incr = client.register_script(INCR_LUA)
-        self._limiter = RedisLimiter(client)
+        # The limiter is on every request's path: it uses the lean pipelined client when
+        # one is given (`fast`), redis-py otherwise.
+        self._limiter = RedisLimiter(fast or client, prefix=prefix)
 
     @property
     def degraded(self) -> bool:
@@ -204,8 +206,7 @@ class RedisCounters:
             b.degraded_ops += 1
             raise CountersUnavailable("redis is down (waiting to probe again)")
         try:
-            keyed = [replace(op, key=self.prefix + op.key) for op in ops]
-            outcome = await self._limiter.apply(keyed, now_ms)
+            outcome = await self._limiter.apply(ops, now_ms)
         except CountersUnavailable:
             b.trip()
             b.degraded_ops += 1

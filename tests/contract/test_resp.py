@@ -1,0 +1,68 @@
+"""The lean Redis client against a real Redis: replies, pipelining, errors, reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from watchllm.env.selfhosted.resp import LeanRedis, RespError
+from watchllm.testing.servers import free_port
+
+URL = os.environ.get("WATCHLLM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+async def test_replies_of_every_type_and_db_selection() -> None:
+    r = LeanRedis(URL, size=2)
+    try:
+        assert await r.execute("SET", "wl:resp:a", "1") == b"OK"
+        assert await r.execute("INCRBY", "wl:resp:a", 41) == 42
+        assert await r.execute("GET", "wl:resp:a") == b"42"
+        assert await r.execute("GET", "wl:resp:missing") is None
+        await r.execute("DEL", "wl:resp:l")
+        await r.execute("RPUSH", "wl:resp:l", "x", b"\x00\xffbin")
+        assert await r.execute("LRANGE", "wl:resp:l", 0, -1) == [b"x", b"\x00\xffbin"]
+        db = URL.rsplit("/", 1)[1]
+        info = await r.execute("CLIENT", "INFO")
+        assert f"db={db}".encode() in info
+    finally:
+        await r.close()
+
+
+async def test_pipelined_concurrent_commands_get_their_own_replies() -> None:
+    r = LeanRedis(URL, size=3)
+    try:
+        keys = [f"wl:resp:k{i}" for i in range(300)]
+        await asyncio.gather(*(r.execute("SET", k, k) for k in keys))
+        values = await asyncio.gather(*(r.execute("GET", k) for k in keys))
+        assert values == [k.encode() for k in keys]
+    finally:
+        await r.close()
+
+
+async def test_errors_are_resp_errors_and_the_connection_survives() -> None:
+    r = LeanRedis(URL, size=1)
+    try:
+        with pytest.raises(RespError, match="NOSCRIPT"):
+            await r.execute("EVALSHA", "0" * 40, 0)
+        assert await r.execute("PING") == b"PONG"
+    finally:
+        await r.close()
+
+
+async def test_unreachable_server_and_reconnect_after_the_server_drops_us() -> None:
+    down = LeanRedis(f"redis://127.0.0.1:{free_port()}/0", connect_timeout_s=0.5)
+    with pytest.raises(ConnectionError):
+        await down.execute("PING")
+    r = LeanRedis(URL, size=1)
+    try:
+        name = f"wl-resp-{os.getpid()}"
+        await r.execute("CLIENT", "SETNAME", name)
+        killer = LeanRedis(URL, size=1)
+        await killer.execute("CLIENT", "KILL", "ID", await r.execute("CLIENT", "ID"))
+        await killer.close()
+        await asyncio.sleep(0.05)
+        assert await r.execute("PING") == b"PONG"  # a fresh connection
+    finally:
+        await r.close()
