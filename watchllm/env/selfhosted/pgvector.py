@@ -1,0 +1,204 @@
+"""VectorIndex on PostgreSQL + pgvector (asyncpg): one semantic-cache index shared by every
+replica, where the in-process index would give each worker its own.
+
+One table per dimension (`watchllm_vectors_<dim>`), created lazily on first use with an
+HNSW index (`vector_cosine_ops`); a namespace is a column and the primary key leads with
+it. Search is `ORDER BY embedding <=> q LIMIT k` inside the namespace, so the planner picks
+per query (custom plans, never a generic one): a small namespace is read through the
+primary key and sorted exactly; a large one goes through HNSW with pgvector 0.8's iterative
+scan, which keeps walking the graph until k rows of the namespace are found (without it a
+filtered HNSW scan returns only what the first `ef_search` candidates hold, often nothing).
+Vectors travel in pgvector's binary format (struct-packed float4), ~10x cheaper to encode
+than the text form `[0.1,...]` (bench/vectors/run.py measures both).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+from watchllm.env.selfhosted.postgres import where
+from watchllm.errors import ServiceUnavailableError
+
+TABLE_PREFIX = "watchllm_vectors_"
+HNSW_MAX_DIM = 2000  # pgvector's limit for indexing `vector`; above it search is exact
+# Session settings (startup parameters, so asyncpg's RESET ALL on pool release keeps them).
+SERVER_SETTINGS = {
+    "hnsw.iterative_scan": "relaxed_order",
+    # Plan each search with its own namespace's statistics: a generic plan would use one
+    # path for tiny and huge namespaces alike.
+    "plan_cache_mode": "force_custom_plan",
+}
+_UNREACHABLE = (OSError, asyncio.TimeoutError)
+
+
+class VectorExtensionMissing(ServiceUnavailableError):
+    """The database has no pgvector (`CREATE EXTENSION vector` failed)."""
+
+
+def encode(vector: Sequence[float]) -> bytes:
+    """pgvector's binary input: dim (int16), unused (int16), dim big-endian float4s."""
+    norm = math.hypot(*vector)
+    if not 0.0 < norm < math.inf:  # NaN, inf or zero: no direction, no cosine
+        raise ValueError("vector must be finite and non-zero")
+    try:
+        return struct.pack(f">hh{len(vector)}f", len(vector), 0, *vector)
+    except (OverflowError, struct.error) as e:
+        raise ValueError(f"vector does not fit float4: {e}") from None
+
+
+def decode(data: bytes) -> list[float]:
+    dim = struct.unpack_from(">h", data)[0]
+    return list(struct.unpack_from(f">{dim}f", data, 4))
+
+
+def search_sql(table: str) -> str:
+    """$1 query vector, $2 namespace, $3 k, $4 threshold.
+
+    The inner query is what the index can serve: ORDER BY distance (HNSW) then id (an
+    incremental sort, for ties). The threshold is applied outside it, or an iterative scan
+    would keep walking the graph for k rows above a threshold nothing reaches.
+    """
+    return ("WITH top AS MATERIALIZED ("
+            f" SELECT id, embedding <=> $1 AS distance FROM {table}"
+            " WHERE namespace = $2 ORDER BY distance, id LIMIT $3)"
+            " SELECT id, 1 - distance AS score FROM top"
+            " WHERE 1 - distance >= $4 ORDER BY distance, id")
+
+
+async def _init_connection(conn: Any) -> None:
+    schema = await conn.fetchval(
+        "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
+        " WHERE e.extname = 'vector'")
+    await conn.set_type_codec("vector", schema=schema, encoder=_encode_param, decoder=decode,
+                              format="binary")
+
+
+def _encode_param(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else encode(value)
+
+
+async def ensure_extension(conn: Any, url: str) -> str:
+    """Create pgvector if needed (idempotent); return its version, or raise naming it."""
+    import asyncpg
+
+    version: str | None = await conn.fetchval(
+        "SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+    if version is not None:
+        return version
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    except asyncpg.UniqueViolationError:  # another replica created it at the same moment
+        pass
+    except asyncpg.PostgresError as e:  # not installed (0A000/58P01), or no privilege
+        raise VectorExtensionMissing(
+            f"PostgreSQL at {where(url)} has no pgvector extension \"vector\" ({e}); "
+            "install pgvector there (or run `CREATE EXTENSION vector` as a superuser)"
+        ) from e
+    return str(await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'"))
+
+
+class PgVectorIndex:
+    def __init__(self, pool: Any, url: str) -> None:
+        self._pool = pool
+        self.url = url
+        self._tables: set[int] = set()  # dimensions whose table is known to exist
+        self._create_lock = asyncio.Lock()
+
+    @classmethod
+    async def connect(cls, url: str, pool_size: int = 10,
+                      connect_timeout_s: float = 10.0) -> PgVectorIndex:
+        """Check (or create) the extension, then open the pool; raises ServiceUnavailable
+        (VectorExtensionMissing when the server has no pgvector)."""
+        import asyncpg
+
+        try:
+            conn = await asyncpg.connect(url, timeout=connect_timeout_s)
+            try:
+                await ensure_extension(conn, url)
+            finally:
+                await conn.close()
+            pool = await asyncpg.create_pool(
+                url, min_size=1, max_size=pool_size, timeout=connect_timeout_s,
+                command_timeout=30, init=_init_connection, server_settings=SERVER_SETTINGS)
+        except _UNREACHABLE as e:
+            raise ServiceUnavailableError(
+                f"PostgreSQL (vectors) at {where(url)} is unreachable: {type(e).__name__}: {e}"
+            ) from e
+        except asyncpg.PostgresError as e:
+            raise ServiceUnavailableError(
+                f"PostgreSQL (vectors) at {where(url)} refused: {e}") from e
+        return cls(pool, url)
+
+    async def _table(self, dim: int) -> str:
+        name = f"{TABLE_PREFIX}{dim}"
+        if dim in self._tables:
+            return name
+        async with self._create_lock, self._pool.acquire() as conn, conn.transaction():
+            # Replicas starting together would race on CREATE ... IF NOT EXISTS (a unique
+            # violation in the catalog); the advisory lock serialises them.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('watchllm_vectors'))")
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {name} ("
+                " namespace TEXT NOT NULL, id TEXT NOT NULL,"
+                f" embedding vector({dim}) NOT NULL,"
+                " created_at TIMESTAMPTZ NOT NULL DEFAULT now(),"
+                " PRIMARY KEY (namespace, id))")
+            if dim <= HNSW_MAX_DIM:
+                await conn.execute(
+                    f"CREATE INDEX IF NOT EXISTS {name}_hnsw ON {name}"
+                    " USING hnsw (embedding vector_cosine_ops)")
+        self._tables.add(dim)
+        return name
+
+    async def add(self, namespace: str, id: str, vector: Sequence[float]) -> None:
+        data = encode(vector)  # validate before touching the database
+        table = await self._table(len(vector))
+        await self._pool.execute(
+            f"INSERT INTO {table} (namespace, id, embedding) VALUES ($1, $2, $3)"
+            " ON CONFLICT (namespace, id) DO UPDATE"
+            " SET embedding = EXCLUDED.embedding, created_at = now()",
+            namespace, id, data)
+
+    async def _all_tables(self) -> list[str]:
+        """Every dimension's table, including those other replicas created."""
+        rows = await self._pool.fetch(
+            "SELECT c.relname FROM pg_class c WHERE c.relkind = 'r'"
+            " AND c.relname LIKE $1 AND pg_table_is_visible(c.oid)",
+            TABLE_PREFIX.replace("_", r"\_") + "%")
+        return [str(r["relname"]) for r in rows]
+
+    async def remove(self, namespace: str, id: str) -> bool:
+        # Any dimension, as the in-process index; removal is rare (expired entries), so
+        # asking the catalog each time costs nothing that matters.
+        removed = False
+        for table in await self._all_tables():
+            status: str = await self._pool.execute(
+                f'DELETE FROM "{table}" WHERE namespace = $1 AND id = $2', namespace, id)
+            removed = removed or status != "DELETE 0"
+        return removed
+
+    async def search(self, namespace: str, vector: Sequence[float], k: int,
+                     threshold: float) -> list[tuple[str, float]]:
+        data = encode(vector)
+        if k <= 0:
+            return []
+        table = await self._table(len(vector))
+        rows = await self._pool.fetch(search_sql(table), data, namespace, k, threshold)
+        return [(r["id"], float(r["score"])) for r in rows]
+
+    async def analyze(self) -> None:
+        """Refresh planner statistics now (autovacuum does it eventually): the choice
+        between the exact and the HNSW path rests on each namespace's row estimate."""
+        for table in await self._all_tables():
+            await self._pool.execute(f'ANALYZE "{table}"')
+
+    async def ping(self) -> None:
+        await self._pool.fetchval("SELECT 1")
+
+    async def close(self) -> None:
+        await self._pool.close()
+
