@@ -56,7 +56,7 @@ def _redis_client() -> Any:
     return connect(REDIS_URL, max_connections=8)
 
 
-@pytest.fixture(params=["memory", "redis", "workers_kv"])
+@pytest.fixture(params=["memory", "redis", "redis_lean", "workers_kv"])
 async def kv(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     if request.param == "workers_kv":  # Workers KV limits enforced by the fake (TTL >= 60 s)
         from tests.cloudflare.fakes import FakeKV
@@ -72,11 +72,15 @@ async def kv(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
         await store.close()
         return
     from watchllm.env.selfhosted.redis import RedisKeyValue
+    from watchllm.env.selfhosted.resp import LeanRedis
 
-    store = RedisKeyValue(_redis_client(), prefix=f"test:{secrets.token_hex(4)}:")
+    fast = LeanRedis(REDIS_URL) if request.param == "redis_lean" else None
+    store = RedisKeyValue(_redis_client(), prefix=f"test:{secrets.token_hex(4)}:", fast=fast)
     yield store
     await store.delete_prefix("")
     await store.close()
+    if fast is not None:
+        await fast.close()
 
 
 @pytest.fixture(params=["memory", "redis", "durable_object"])

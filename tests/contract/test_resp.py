@@ -66,3 +66,16 @@ async def test_unreachable_server_and_reconnect_after_the_server_drops_us() -> N
         assert await r.execute("PING") == b"PONG"  # a fresh connection
     finally:
         await r.close()
+
+
+async def test_a_slow_reply_times_out_and_never_answers_another_caller() -> None:
+    r = LeanRedis(URL, size=1, timeout_s=0.2)
+    try:
+        await r.execute("SET", "wl:resp:t", "mine")
+        slow = asyncio.ensure_future(r.execute("BLPOP", "wl:resp:never", 1))  # blocks 1 s
+        with pytest.raises(TimeoutError):
+            await slow
+        await asyncio.sleep(1.0)  # the blocked command's late reply would arrive now
+        assert await r.execute("GET", "wl:resp:t") == b"mine"
+    finally:
+        await r.close()

@@ -81,11 +81,13 @@ async def build_env(settings: Settings) -> Env:
         from watchllm.env.selfhosted.resp import LeanRedis
 
         client = connect(settings.redis_url, max_connections=max(16, settings.upstream_pool_size))
-        rkv = RedisKeyValue(client, fail_mode=settings.redis_fail_mode, owns_client=False)
-        kv = rkv
-        # The lean client speaks plain redis:// (TLS and sentinels stay on redis-py).
+        # The hot-path commands go through the lean pipelined client (plain redis:// only;
+        # TLS and sentinels stay on redis-py, which also serves everything else).
         fast = LeanRedis(settings.redis_url) if settings.redis_url.startswith("redis://") \
             else None
+        rkv = RedisKeyValue(client, fail_mode=settings.redis_fail_mode, owns_client=False,
+                            fast=fast)
+        kv = rkv
         counters = RedisCounters(client, fail_mode=settings.redis_fail_mode, owns_client=False,
                                  fast=fast)
         if fast is not None:

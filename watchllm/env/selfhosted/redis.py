@@ -108,8 +108,11 @@ class RedisKeyValue:
     """The response cache: bytes values with a TTL, under `prefix`."""
 
     def __init__(self, client: Redis, prefix: str = "wl:kv:", fail_mode: FailMode = "open",
-                 fallback_bytes: int = 64 << 20, owns_client: bool = True) -> None:
+                 fallback_bytes: int = 64 << 20, owns_client: bool = True,
+                 fast: LeanRedis | None = None) -> None:
         self.client = client
+        # get/set/add/delete run on every cached request: through the lean client when given.
+        self.fast = fast
         self.owns_client = owns_client
         self.prefix = prefix
         self.breaker = _Breaker(client, fail_mode, "cache")
@@ -121,6 +124,9 @@ class RedisKeyValue:
 
     async def get(self, key: str) -> bytes | None:
         async def remote() -> bytes | None:
+            if self.fast is not None:
+                result: bytes | None = await self.fast.execute("GET", self.prefix + key)
+                return result
             value = await self.client.get(self.prefix + key)
             return value if value is None or isinstance(value, bytes) else value.encode()
 
@@ -129,6 +135,10 @@ class RedisKeyValue:
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
         async def remote() -> None:
             px = max(1, int(ttl_s * 1000)) if ttl_s else None
+            if self.fast is not None:
+                await self.fast.execute("SET", self.prefix + key, value,
+                                        *(("PX", px) if px else ()))
+                return
             await self.client.set(self.prefix + key, value, px=px)
 
         await self.breaker.call(remote, lambda: self.local.set(key, value, ttl_s))
@@ -136,12 +146,17 @@ class RedisKeyValue:
     async def add(self, key: str, value: bytes, ttl_s: float) -> bool:
         async def remote() -> bool:
             px = max(1, int(ttl_s * 1000))
+            if self.fast is not None:
+                return await self.fast.execute("SET", self.prefix + key, value, "PX", px,
+                                               "NX") is not None
             return bool(await self.client.set(self.prefix + key, value, px=px, nx=True))
 
         return await self.breaker.call(remote, lambda: self.local.add(key, value, ttl_s))
 
     async def delete(self, key: str) -> bool:
         async def remote() -> bool:
+            if self.fast is not None:
+                return bool(await self.fast.execute("DEL", self.prefix + key))
             return bool(await self.client.delete(self.prefix + key))
 
         return await self.breaker.call(remote, lambda: self.local.delete(key))

@@ -73,16 +73,24 @@ class _Connection(asyncio.Protocol):
         self.transport.write(payload)
         return waiter
 
+    def expire(self, waiter: asyncio.Future[Any]) -> None:
+        """A reply took too long. Replies are matched to requests by order, so a late one
+        would answer the wrong caller: drop the connection, failing all in flight on it."""
+        if not waiter.done():
+            waiter.set_exception(TimeoutError("redis did not answer in time"))
+            self.close()
+
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()
 
 
 class LeanRedis:
     """`await client.execute("EVALSHA", sha, 1, key, arg)` — pipelined over `size` connections."""
 
-    def __init__(self, url: str, size: int = 4, connect_timeout_s: float = 2.0) -> None:
+    def __init__(self, url: str, size: int = 4, connect_timeout_s: float = 2.0,
+                 timeout_s: float = 1.0) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("redis", ""):
             raise ValueError(f"lean Redis client supports redis:// URLs, got {parts.scheme}://")
@@ -93,6 +101,7 @@ class LeanRedis:
         self.username = unquote(parts.username) if parts.username else None
         self.size = size
         self.connect_timeout_s = connect_timeout_s
+        self.timeout_s = timeout_s  # per command; a slower reply drops its connection
         self._conns: list[_Connection | None] = [None] * size
         self._next = itertools.cycle(range(size))
         self._connecting: dict[int, asyncio.Task[_Connection]] = {}
@@ -129,7 +138,13 @@ class LeanRedis:
 
     async def execute(self, *args: Any) -> Any:
         conn = await self._connection()
-        reply = await conn.send(_pack(args))
+        waiter = conn.send(_pack(args))
+        # A bare timer rather than asyncio.timeout(): this runs for every command.
+        timer = asyncio.get_running_loop().call_later(self.timeout_s, conn.expire, waiter)
+        try:
+            reply = await waiter
+        finally:
+            timer.cancel()
         if isinstance(reply, RespError):
             raise reply
         return reply
