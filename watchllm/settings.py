@@ -94,6 +94,9 @@ class Settings:
     ingest_max_events: int = 1000
     ingest_max_bytes: int = 10 * 1024 * 1024
     ingest_durable_timeout_s: float = 10.0
+    # Self-hosted semantic-cache vectors (pgvector, docs/cache.md): a postgresql:// URL,
+    # "" = the metadata database when it has the extension, "off" = no semantic cache.
+    vector_url: str = field(default="", repr=False)
 
     def provider(self, name: str) -> ProviderSettings | None:
         return next((p for p in self.providers if p.name == name), None)
@@ -274,6 +277,7 @@ def load_settings(
         **_cache_settings(r),
         **_limits_settings(r),
         **_ingest_settings(r),
+        vector_url=_vector_url(r),
     )
 
 
@@ -341,3 +345,12 @@ def _ingest_settings(r: _Reader) -> dict[str, Any]:
         "ingest_durable_timeout_s": r.number("WATCHLLM_INGEST_DURABLE_TIMEOUT", 10.0,
                                              minimum=0.001),
     }
+
+
+def _vector_url(r: _Reader) -> str:
+    url = r.text("WATCHLLM_VECTOR_URL")
+    if url.lower() == "off":
+        return "off"
+    if url and not url.startswith(("postgres://", "postgresql://")):
+        raise SettingsError(f"WATCHLLM_VECTOR_URL must be a postgresql:// URL or off, got {url!r}")
+    return url

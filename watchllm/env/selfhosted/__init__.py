@@ -10,6 +10,7 @@ from pathlib import Path
 from watchllm.env.base import Analytics, Check, Counters, Env, EventQueue, KeyValue
 from watchllm.env.embedded.memory import LruKeyValue, MemoryCounters
 from watchllm.env.http_lean import make_http_client
+from watchllm.env.selfhosted import pgvector
 from watchllm.env.selfhosted.clickhouse import ClickHouseAnalytics
 from watchllm.env.selfhosted.postgres import PostgresDatabase
 from watchllm.errors import ServiceUnavailableError
@@ -98,6 +99,9 @@ async def build_env(settings: Settings) -> Env:
         log.warning("no WATCHLLM_REDIS_URL: cache and limits are per process")
         kv, counters = LruKeyValue(), MemoryCounters()
 
+    vectors = await pgvector.from_settings(settings)  # None: semantic cache off
+    if vectors is not None:
+        checks["pgvector"] = vectors.ping
     events, analytics = await build_pipeline(settings, clickhouse_url(settings), checks)
     return Env(
         mode="self_hosted",
@@ -107,6 +111,7 @@ async def build_env(settings: Settings) -> Env:
         counters=counters,
         events=events,
         http=make_http_client(settings.upstream_pool_size),
+        vectors=vectors,
         analytics=analytics,
         checks=checks,
         closers=closers,

@@ -15,6 +15,7 @@ than the text form `[0.1,...]` (bench/vectors/run.py measures both).
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import struct
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from typing import Any
 
 from watchllm.env.selfhosted.postgres import where
 from watchllm.errors import ServiceUnavailableError
+from watchllm.settings import Settings, SettingsError
 
 TABLE_PREFIX = "watchllm_vectors_"
 HNSW_MAX_DIM = 2000  # pgvector's limit for indexing `vector`; above it search is exact
@@ -33,6 +35,7 @@ SERVER_SETTINGS = {
     "plan_cache_mode": "force_custom_plan",
 }
 _UNREACHABLE = (OSError, asyncio.TimeoutError)
+log = logging.getLogger("watchllm.env")
 
 
 class VectorExtensionMissing(ServiceUnavailableError):
@@ -95,7 +98,8 @@ async def ensure_extension(conn: Any, url: str) -> str:
         pass
     except asyncpg.PostgresError as e:  # not installed (0A000/58P01), or no privilege
         raise VectorExtensionMissing(
-            f"PostgreSQL at {where(url)} has no pgvector extension \"vector\" ({e}); "
+            f"PostgreSQL at {where(url)} has no pgvector extension \"vector\""
+            f" ({getattr(e, 'message', e)}); "
             "install pgvector there (or run `CREATE EXTENSION vector` as a superuser)"
         ) from e
     return str(await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'"))
@@ -202,3 +206,26 @@ class PgVectorIndex:
     async def close(self) -> None:
         await self._pool.close()
 
+
+
+async def from_settings(settings: Settings) -> PgVectorIndex | None:
+    """The self-hosted vector index per WATCHLLM_VECTOR_URL, or None (semantic cache off).
+
+    Unset: the metadata database, if it has (or may create) pgvector; if not, start
+    without the semantic cache, said once in the log. Set explicitly: it must work, or
+    start-up fails naming the setting.
+    """
+    if settings.vector_url == "off":
+        return None
+    url = settings.vector_url or settings.database_url
+    try:
+        return await PgVectorIndex.connect(url, settings.pg_pool_size,
+                                           settings.connect_timeout_s)
+    except ServiceUnavailableError as e:
+        if settings.vector_url:
+            raise SettingsError(f"WATCHLLM_VECTOR_URL: {e.message}") from e
+        if not isinstance(e, VectorExtensionMissing):
+            raise
+        log.warning("semantic cache off: %s; set WATCHLLM_VECTOR_URL to a database with "
+                    "pgvector, or to off to silence this", e.message)
+        return None
