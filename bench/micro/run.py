@@ -13,6 +13,7 @@ import gc
 import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -324,15 +325,19 @@ def bench_rowbinary(n: int) -> None:
         f"{t['twin'] / t['rust']:.0f}x twin",
     )
     row("encode_rowbinary (events)", "python twin", f"{n / t['twin']:,.0f} rows/s")
+    names_sql = ", ".join(names)
+    # LowCardinality columns parsed as plain types, converted column-wise by the engine.
+    lc = re.compile(r"LowCardinality\((\w+)\)")
+    plain = ", ".join(f"`{c}` " + lc.sub(r"\1", t) for c, t in cols)
     with tempfile.TemporaryDirectory(prefix="watchllm-bench-") as path:
         client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
         ddl = ", ".join(f"`{c}` {t}" for c, t in cols)
-        # Null engine: the server parses every row but stores nothing, so the
-        # difference between the two is the client-side encoding.
+        # Null engine: the server parses every row but stores nothing.
         client.command(f"CREATE TABLE ev ({ddl}) ENGINE = Null")
         matrix = [[e[c] for c in names] for e in events]
         for e in matrix:  # clickhouse-connect wants datetimes for DateTime64 columns
             e[3] = np.datetime64(e[3], "ms").astype(object)
+        blob_path = os.path.join(path, "batch.rowbinary")
 
         def cc_insert() -> None:
             client.insert("ev", matrix, column_names=names)
@@ -342,16 +347,111 @@ def bench_rowbinary(n: int) -> None:
                 "ev", names, insert_block=rust.encode_rowbinary(cols, events), fmt="RowBinary"
             )
 
-        t = compare({"cc": cc_insert, "ours": our_insert}, min_time=0.5, rounds=3)
+        def our_insert_plain() -> None:
+            with open(blob_path, "wb") as f:
+                f.write(rust.encode_rowbinary(cols, events))
+            client.command(
+                f"INSERT INTO ev ({names_sql}) SELECT * FROM file('{blob_path}', 'RowBinary', "
+                f"'{plain.replace(chr(39), chr(39) * 2)}')"
+            )
+
+        t = compare(
+            {"cc": cc_insert, "ours": our_insert, "plain": our_insert_plain},
+            min_time=0.5,
+            rounds=3,
+        )
         name = "insert into chDB, Null engine"
-        row(name, "clickhouse-connect client.insert", f"{n / t['cc']:,.0f} rows/s")
+        row(name, "clickhouse-connect client.insert", f"{n / t['cc']:,.0f} rows/s", "Native")
         row(
             name,
             "encode_rowbinary + raw_insert",
             f"{n / t['ours']:,.0f} rows/s",
             f"{t['cc'] / t['ours']:.1f}x clickhouse-connect",
         )
+        row(
+            name,
+            "encode_rowbinary + SELECT FROM file(plain types)",
+            f"{n / t['plain']:,.0f} rows/s",
+            f"{t['cc'] / t['plain']:.1f}x clickhouse-connect",
+        )
         client.close()
+    bench_http_client(cols, names, events, matrix)
+
+
+def bench_http_client(
+    cols: list[tuple[str, str]],
+    names: list[str],
+    events: list[dict[str, Any]],
+    matrix: list[list[Any]],
+) -> None:
+    """Client-side CPU per row of an insert over HTTP, against a stand-in server in
+    another process (fake_clickhouse.py), so only this process's work is counted."""
+    import socket
+    import subprocess
+
+    import clickhouse_connect
+
+    n = len(events)
+    types = [t for _, t in cols]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, os.path.join(os.path.dirname(__file__), "fake_clickhouse.py"), str(port)]
+    )
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        plain = clickhouse_connect.get_client(host="127.0.0.1", port=port, compress=False)
+        lz4 = clickhouse_connect.get_client(host="127.0.0.1", port=port, compress="lz4")
+        cases: dict[str, Callable[[], Any]] = {
+            "cc": lambda: plain.insert("ev", matrix, column_names=names, column_type_names=types),
+            "cc_lz4": lambda: lz4.insert("ev", matrix, column_names=names, column_type_names=types),
+            "ours": lambda: plain.raw_insert(
+                "ev", names, insert_block=rust.encode_rowbinary(cols, events), fmt="RowBinary"
+            ),
+        }
+
+        def received() -> int:
+            answer = plain.command("SELECT bytes_received")
+            assert isinstance(answer, list)
+            return int(answer[0])
+
+        sent = {}
+        for key, fn in cases.items():
+            before = received()
+            fn()
+            sent[key] = (received() - before) / n
+        cpu = dict.fromkeys(cases, float("inf"))
+        for _ in range(5):  # interleaved; process CPU time, best of 5
+            for key, fn in cases.items():
+                gc.disable()
+                c0 = time.process_time()
+                fn()
+                cpu[key] = min(cpu[key], time.process_time() - c0)
+                gc.enable()
+        name = "HTTP insert, client CPU/row"
+        for key, label in (
+            ("cc", "clickhouse-connect insert (Native)"),
+            ("cc_lz4", "clickhouse-connect insert, lz4"),
+        ):
+            row(name, label, f"{cpu[key] / n * 1e6:.2f} µs", f"{sent[key]:.0f} B/row sent")
+        row(
+            name,
+            "encode_rowbinary + raw_insert",
+            f"{cpu['ours'] / n * 1e6:.2f} µs",
+            f"{sent['ours']:.0f} B/row sent; {cpu['cc'] / cpu['ours']:.1f}x less CPU than "
+            f"clickhouse-connect ({cpu['cc_lz4'] / cpu['ours']:.1f}x vs lz4)",
+        )
+        plain.close()
+        lz4.close()
+    finally:
+        server.terminate()
+        server.wait()
 
 
 def main() -> None:
