@@ -30,7 +30,7 @@ from watchllm.metadata.plans import PlanStore
 from watchllm.metadata.store import MetadataStore
 from watchllm.proxy.context import ProxyContext
 from watchllm.proxy.router import ProviderRouter
-from watchllm.routes import admin, admin_plans, analytics, health, ingest, openapi
+from watchllm.routes import admin, admin_plans, analytics, cache_admin, health, ingest, openapi
 from watchllm.routes import proxy as proxy_routes
 from watchllm.settings import Settings
 
@@ -65,6 +65,7 @@ class Gateway:
             **ingest.ROUTES,
             **analytics.ROUTES,
             **openapi.ROUTES,
+            **cache_admin.ROUTES,
         }
         self.prefix_routes: list[tuple[str, str, Handler]] = [
             *admin.PREFIX_ROUTES, *admin_plans.PREFIX_ROUTES, *ingest.PREFIX_ROUTES,

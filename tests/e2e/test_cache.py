@@ -194,3 +194,32 @@ def test_embeddings_are_cached(client: openai.OpenAI, upstream: Server) -> None:
     assert (first.headers["x-watchllm-cache"], second.headers["x-watchllm-cache"]) == \
         ("MISS", "HIT")
     assert first.parse().data[0].embedding == second.parse().data[0].embedding
+
+
+def test_purge_one_request_or_a_namespace_within_a_project(gateway: Server) -> None:
+    from tests.e2e.conftest import ADMIN
+
+    key = new_key(gateway, "purger", scopes=["proxy", "admin"])
+    other = new_key(gateway, "purge-victim")
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
+    victim = openai.OpenAI(base_url=gateway.url + "/v1", api_key=other, max_retries=0)
+    a, b = _q("purge a"), _q("purge b")
+    ns = {"x-watchllm-cache-namespace": "purge-ns"}
+    for msgs in (a, b):
+        _create(client, msgs)
+        _create(client, msgs, extra_headers=ns)
+    _create(victim, a)
+
+    def purge(token: str, **body: Any) -> httpx.Response:
+        return httpx.post(gateway.url + "/v1/cache/purge", json=body,
+                          headers={"authorization": f"Bearer {token}"})
+
+    r = purge(key, request={"model": "gpt-4o-mini", "messages": a})
+    assert r.status_code == 200 and r.json()["deleted"] == 1
+    assert _create(client, a)[1]["x-watchllm-cache"] == "MISS"  # gone (and stored again)
+    assert _create(client, b)[1]["x-watchllm-cache"] == "HIT"  # untouched
+    assert purge(key, namespace="purge-ns").json()["deleted"] == 2
+    assert _create(client, a, extra_headers=ns)[1]["x-watchllm-cache"] == "MISS"
+    assert _create(victim, a)[1]["x-watchllm-cache"] == "HIT"  # other projects untouched
+    assert purge(other, namespace="x").status_code == 403  # no admin scope
+    assert purge(ADMIN, namespace="x").status_code == 400  # the admin key names a project

@@ -190,10 +190,14 @@ class ResponseCache:
             await self.vectors.add(plan.vector_ns, plan.key[len(plan.prefix):], plan.vector)
 
     async def purge(self, project_id: str, namespace: str | None = None,
-                    key: str | None = None) -> int:
-        """Delete one entry (by its hash) or a whole namespace (or project) of entries."""
+                    request: tuple[str, bytes] | None = None) -> int:
+        """Delete the entry of one request ((endpoint, body)), or every entry of a namespace,
+        or of the whole project. Vectors of deleted entries are dropped lazily."""
         base = f"wlc{FORMAT_VERSION}:{project_id}:"
-        if key is not None:
-            return int(await self.kv.delete(f"{base}{namespace or ''}:{key}"))
+        if request is not None:
+            endpoint, body = request
+            ns = namespace or ""
+            key = core.cache_key(body, f"{project_id}\x00{ns}\x00{endpoint}")
+            return int(await self.kv.delete(f"{base}{ns}:{key}"))
         return await self.kv.delete_prefix(base + (f"{namespace}:" if namespace is not None
                                                    else ""))
