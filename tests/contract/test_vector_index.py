@@ -37,6 +37,8 @@ async def _pgvector(url: str) -> tuple[Any, Any, str]:
 
     schema = "vec_" + secrets.token_hex(5)
     admin = await asyncpg.connect(url)
+    # CREATE EXTENSION puts it in the first schema of search_path: make that public, once.
+    await admin.execute("CREATE EXTENSION IF NOT EXISTS vector")
     await admin.execute(f"CREATE SCHEMA {schema}")
     index = await PgVectorIndex.connect(f"{url}?search_path={schema},public", pool_size=4)
     return index, admin, schema
@@ -156,7 +158,7 @@ async def test_concurrent_adds_and_searches(vectors: Any) -> None:
 
 # -- recall: approximate search (HNSW) against exact search, several namespaces -------------
 DIM = 64
-SIZES = {"big": 500, **{f"other{i}": 500 for i in range(7)},
+SIZES = {"big": 1500, **{f"other{i}": 500 for i in range(7)},
          **{f"small{i}": 100 for i in range(3)}, "tiny": 3}
 
 
@@ -228,10 +230,10 @@ async def test_pgvector_paths_and_recall(pgvector_url: str) -> None:
         assert "_hnsw" in plans["big"]
         assert "_hnsw" not in plans["small0"] and "_pkey" in plans["tiny"]
         assert await _recall(index, data, "big", 60) >= 0.95
-        # Why the iterative scan: without it HNSW stops after ef_search (40) candidates,
-        # most of them from other namespaces, and returns fewer than k rows.
+        # Why the iterative scan: without it HNSW stops after ef_search candidates, most
+        # of them from other namespaces, and returns fewer than k rows.
         async with index._pool.acquire() as conn:
-            await conn.execute("SET hnsw.iterative_scan = off")
+            await conn.execute("SET hnsw.iterative_scan = off; SET hnsw.ef_search = 10")
             short = [len(await conn.fetch(search_sql(f"{schema}.watchllm_vectors_{DIM}"),
                                           encode(v), "big", 5, -1.0))
                      for v in data["big"][:20].tolist()]
