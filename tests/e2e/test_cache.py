@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -223,3 +224,41 @@ def test_purge_one_request_or_a_namespace_within_a_project(gateway: Server) -> N
     assert _create(victim, a)[1]["x-watchllm-cache"] == "HIT"  # other projects untouched
     assert purge(other, namespace="x").status_code == 403  # no admin scope
     assert purge(ADMIN, namespace="x").status_code == 400  # the admin key names a project
+
+
+@pytest.fixture(scope="module")
+def two_replicas(upstream: Server,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Server]]:
+    import redis
+
+    from tests.e2e.conftest import gateway_env, postgres_database
+    from watchllm.testing.servers import start_gateway
+
+    redis.Redis.from_url("redis://127.0.0.1:6379/11").flushdb()
+    with postgres_database() as url:
+        env = gateway_env(upstream, WATCHLLM_MODE="self_hosted", WATCHLLM_DATABASE_URL=url,
+                          WATCHLLM_REDIS_URL="redis://127.0.0.1:6379/11",
+                          WATCHLLM_CLICKHOUSE_URL="off", WATCHLLM_AUTO_MIGRATE="true")
+        servers = [start_gateway(tmp_path_factory.mktemp(f"sf{i}"), env) for i in range(2)]
+        yield servers
+        for s in servers:
+            s.stop()
+
+
+async def test_single_flight_across_processes(two_replicas: list[Server],
+                                              upstream: Server) -> None:
+    key = new_key(two_replicas[0], "herd-2")
+    msgs = _q("cross-process herd")
+    before = _calls(upstream)
+
+    async def one(client: httpx.AsyncClient, server: Server) -> httpx.Response:
+        return await client.post(server.url + "/v1/chat/completions",
+                                 headers={"authorization": f"Bearer {key}"},
+                                 json={"model": "gpt-4o-mini", "messages": msgs,
+                                       "mock": {"latency_ms": 500}})
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        replies = await asyncio.gather(*(one(client, two_replicas[i % 2]) for i in range(20)))
+    assert [r.status_code for r in replies] == [200] * 20
+    assert _calls(upstream) == before + 1
+    assert len({r.json()["choices"][0]["message"]["content"] for r in replies}) == 1
