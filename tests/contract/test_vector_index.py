@@ -29,7 +29,7 @@ def pgvector_url() -> Iterator[str]:
         yield url
 
 
-async def _pgvector(url: str) -> tuple[Any, Any, str]:
+async def _pgvector(url: str, **options: Any) -> tuple[Any, Any, str]:
     """A PgVectorIndex confined to a fresh schema (the extension itself lives in public)."""
     import asyncpg
 
@@ -40,7 +40,8 @@ async def _pgvector(url: str) -> tuple[Any, Any, str]:
     # CREATE EXTENSION puts it in the first schema of search_path: make that public, once.
     await admin.execute("CREATE EXTENSION IF NOT EXISTS vector")
     await admin.execute(f"CREATE SCHEMA {schema}")
-    index = await PgVectorIndex.connect(f"{url}?search_path={schema},public", pool_size=4)
+    index = await PgVectorIndex.connect(f"{url}?search_path={schema},public", pool_size=4,
+                                       **options)
     return index, admin, schema
 
 
@@ -158,7 +159,7 @@ async def test_concurrent_adds_and_searches(vectors: Any) -> None:
 
 # -- recall: approximate search (HNSW) against exact search, several namespaces -------------
 DIM = 64
-SIZES = {"big": 1500, **{f"other{i}": 500 for i in range(7)},
+SIZES = {"big": 500, **{f"other{i}": 500 for i in range(7)},
          **{f"small{i}": 100 for i in range(3)}, "tiny": 3}
 
 
@@ -212,30 +213,30 @@ async def test_recall_against_exact_search(vectors: Any) -> None:
 
 @pytest.mark.slow
 async def test_pgvector_paths_and_recall(pgvector_url: str) -> None:
-    """The planner serves a large namespace from HNSW (iterative scan) and a small one
-    exactly through the primary key; both find what exact search finds."""
-    from watchllm.env.selfhosted.pgvector import encode, search_sql
+    """A namespace above exact_max is served by HNSW (iterative scan), a smaller one exactly
+    through the primary key; both find what exact search finds."""
+    from watchllm.env.selfhosted.pgvector import encode, exact_sql, hnsw_sql
 
-    index, admin, schema = await _pgvector(pgvector_url)
+    index, admin, schema = await _pgvector(pgvector_url, exact_max=200)
+    table = f"{schema}.watchllm_vectors_{DIM}"
     try:
         data = await _fill(index)
         await index.analyze()
-        plans = {}
-        for ns in ("big", "small0", "tiny"):
-            async with index._pool.acquire() as conn:
-                rows = await conn.fetch(
-                    "EXPLAIN " + search_sql(f"{schema}.watchllm_vectors_{DIM}"),
-                    encode(data[ns][0].tolist()), ns, 5, 0.8)
-            plans[ns] = "\n".join(r[0] for r in rows)
-        assert "_hnsw" in plans["big"]
-        assert "_hnsw" not in plans["small0"] and "_pkey" in plans["tiny"]
+        async with index._pool.acquire() as conn:
+            q = encode(data["big"][0].tolist())
+            assert [r["id"] for r in await conn.fetch(exact_sql(table, 200), q, "big", 5, -1.0)
+                    ] == [None]  # too large: the caller goes to HNSW
+            assert len(await conn.fetch(exact_sql(table, 200), q, "small0", 5, -1.0)) == 5
+            plan = await conn.fetch("EXPLAIN " + hnsw_sql(table), q, "big", 5, -1.0)
+            assert any("_hnsw" in r[0] for r in plan)
         assert await _recall(index, data, "big", 60) >= 0.95
+        assert await _recall(index, data, "small0", 10) == 1.0
         # Why the iterative scan: without it HNSW stops after ef_search candidates, most
         # of them from other namespaces, and returns fewer than k rows.
-        async with index._pool.acquire() as conn:
-            await conn.execute("SET hnsw.iterative_scan = off; SET hnsw.ef_search = 10")
-            short = [len(await conn.fetch(search_sql(f"{schema}.watchllm_vectors_{DIM}"),
-                                          encode(v), "big", 5, -1.0))
+        async with index._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL hnsw.iterative_scan = off;"
+                               " SET LOCAL hnsw.ef_search = 10")
+            short = [len(await conn.fetch(hnsw_sql(table), encode(v), "big", 5, -1.0))
                      for v in data["big"][:20].tolist()]
         assert min(short) < 5
     finally:

@@ -3,9 +3,9 @@ replica, where the in-process index would give each worker its own.
 
 One table per dimension (`watchllm_vectors_<dim>`), created lazily on first use with an
 HNSW index (`vector_cosine_ops`); a namespace is a column and the primary key leads with
-it. Search is `ORDER BY embedding <=> q LIMIT k` inside the namespace, so the planner picks
-per query (custom plans, never a generic one): a small namespace is read through the
-primary key and sorted exactly; a large one goes through HNSW with pgvector 0.8's iterative
+it. Search is `ORDER BY embedding <=> q LIMIT k` inside the namespace: a namespace of at
+most EXACT_MAX rows (the usual case: the context key is part of it) is read through the
+primary key and sorted exactly; a larger one goes through HNSW with pgvector 0.8's iterative
 scan, which keeps walking the graph until k rows of the namespace are found (without it a
 filtered HNSW scan returns only what the first `ef_search` candidates hold, often nothing).
 Vectors travel in pgvector's binary format (struct-packed float4): 384 floats encode in
@@ -29,15 +29,20 @@ from watchllm.settings import Settings, SettingsError
 
 TABLE_PREFIX = "watchllm_vectors_"
 HNSW_MAX_DIM = 2000  # pgvector's limit for indexing `vector`; above it search is exact
+# Namespaces up to this many rows are searched exactly (exact_sql). Measured at 384
+# dimensions: exact ~0.7 ms per 1,000 rows; counting ~0.35 ms per 1,000; HNSW ~1.5 ms.
+EXACT_MAX = 1000
 # Session settings (startup parameters, so asyncpg's RESET ALL on pool release keeps them).
 SERVER_SETTINGS = {
     "hnsw.iterative_scan": "relaxed_order",
     # Candidates per HNSW search: 40 (pgvector's default) gave recall@5 0.87, 100 gave 0.99
     # at about the same latency (bench/vectors/run.py, 384 dimensions).
     "hnsw.ef_search": "100",
-    # Plan each search with its own namespace's statistics: a generic plan would use one
-    # path for tiny and huge namespaces alike.
-    "plan_cache_mode": "force_custom_plan",
+    # Left alone, the planner sorted whole namespaces of thousands of rows rather than use
+    # HNSW (pgvector prices filtered HNSW scans high); off, the plan without a full Sort
+    # node wins. Only this pool's statements see it: exact searches still sort (they have
+    # no alternative), adds and removes do not sort.
+    "enable_sort": "off",
 }
 _UNREACHABLE = (OSError, asyncio.TimeoutError)
 log = logging.getLogger("watchllm.env")
@@ -63,12 +68,31 @@ def decode(data: bytes) -> list[float]:
     return list(struct.unpack_from(f">{dim}f", data, 4))
 
 
-def search_sql(table: str) -> str:
-    """$1 query vector, $2 namespace, $3 k, $4 threshold.
+def exact_sql(table: str, exact_max: int) -> str:
+    """$1 query vector, $2 namespace, $3 k, $4 threshold: exact top-k of a namespace of at
+    most exact_max rows, or one row with a NULL id when it is larger (then: hnsw_sql).
 
-    The inner query is what the index can serve: ORDER BY distance (HNSW) then id (an
-    incremental sort, for ties). The threshold is applied outside it, or an iterative scan
-    would keep walking the graph for k rows above a threshold nothing reaches.
+    The size is counted through the primary key, stopping at exact_max + 1; the sort runs
+    only under that bound (a one-time filter). `+ 0` keeps the planner off the HNSW index.
+    """
+    return (f"WITH n AS MATERIALIZED (SELECT count(*) AS n FROM (SELECT 1 FROM {table}"
+            f" WHERE namespace = $2 LIMIT {exact_max + 1}) s),"
+            " top AS MATERIALIZED ("
+            f" SELECT id, (embedding <=> $1) + 0 AS distance FROM {table}"
+            f" WHERE namespace = $2 AND (SELECT n FROM n) <= {exact_max}"
+            " ORDER BY distance, id LIMIT $3)"
+            f" SELECT NULL::text AS id, NULL::float8 AS score FROM n WHERE n > {exact_max}"
+            " UNION ALL"
+            " (SELECT id, 1 - distance FROM top WHERE 1 - distance >= $4"
+            " ORDER BY distance, id)")
+
+
+def hnsw_sql(table: str) -> str:
+    """Same parameters, through HNSW (enable_sort off: SERVER_SETTINGS).
+
+    Ordered by distance then id: the index gives distance order, an incremental sort
+    settles ties. The threshold is applied outside, or an iterative scan would keep
+    walking the graph for k rows above a threshold nothing reaches.
     """
     return ("WITH top AS MATERIALIZED ("
             f" SELECT id, embedding <=> $1 AS distance FROM {table}"
@@ -111,15 +135,16 @@ async def ensure_extension(conn: Any, url: str) -> str:
 
 
 class PgVectorIndex:
-    def __init__(self, pool: Any, url: str) -> None:
+    def __init__(self, pool: Any, url: str, exact_max: int = EXACT_MAX) -> None:
         self._pool = pool
         self.url = url
+        self.exact_max = exact_max
         self._tables: set[int] = set()  # dimensions whose table is known to exist
         self._create_lock = asyncio.Lock()
 
     @classmethod
-    async def connect(cls, url: str, pool_size: int = 10,
-                      connect_timeout_s: float = 10.0) -> PgVectorIndex:
+    async def connect(cls, url: str, pool_size: int = 10, connect_timeout_s: float = 10.0,
+                      exact_max: int = EXACT_MAX) -> PgVectorIndex:
         """Check (or create) the extension, then open the pool; raises ServiceUnavailable
         (VectorExtensionMissing when the server has no pgvector)."""
         import asyncpg
@@ -140,7 +165,7 @@ class PgVectorIndex:
         except asyncpg.PostgresError as e:
             raise ServiceUnavailableError(
                 f"PostgreSQL (vectors) at {where(url)} refused: {e}") from e
-        return cls(pool, url)
+        return cls(pool, url, exact_max)
 
     async def _table(self, dim: int) -> str:
         name = f"{TABLE_PREFIX}{dim}"
@@ -196,14 +221,17 @@ class PgVectorIndex:
         if k <= 0:
             return []
         table = await self._table(len(vector))
-        rows = await self._pool.fetch(search_sql(table), data, namespace, k, threshold)
+        rows = await self._pool.fetch(exact_sql(table, self.exact_max), data, namespace, k,
+                                      threshold)
+        if rows and rows[0]["id"] is None:  # a large namespace: HNSW
+            rows = await self._pool.fetch(hnsw_sql(table), data, namespace, k, threshold)
         return [(r["id"], float(r["score"])) for r in rows]
 
     async def analyze(self) -> None:
-        """Refresh planner statistics now (autovacuum does it eventually): the choice
-        between the exact and the HNSW path rests on each namespace's row estimate."""
+        """What autovacuum does eventually, now (after a bulk load): planner statistics,
+        and the visibility map that lets the size count read only the primary key."""
         for table in await self._all_tables():
-            await self._pool.execute(f'ANALYZE "{table}"')
+            await self._pool.execute(f'VACUUM (ANALYZE) "{table}"')
 
     async def ping(self) -> None:
         await self._pool.fetchval("SELECT 1")
