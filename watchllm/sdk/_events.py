@@ -5,6 +5,7 @@ the event was not queued. Non-string payloads (`tool_input`, `input`...) are sen
 
 from __future__ import annotations
 
+import abc
 import json
 from typing import Any
 
@@ -18,9 +19,12 @@ def as_text(value: Any) -> str | None:
         return repr(value)
 
 
-class EventHelpers:
+class EventHelpers(abc.ABC):
+    """Typed helpers for every event type, over the client's `log_event`."""
+
+    @abc.abstractmethod
     def log_event(self, event_type: str, **fields: Any) -> str | None:
-        raise NotImplementedError
+        """Queue one event; returns its event_id (None if it was not accepted)."""
 
     def log_prompt_call(
         self, model: str, prompt: Any = None, response: Any = None, *,
