@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -79,6 +80,33 @@ def measured(server: Server | None, fn: Any) -> dict[str, float]:
     return res
 
 
+def sample_overhead(url: str, headers: dict[str, str], seconds: float,
+                    out: list[float]) -> threading.Thread:
+    """Alongside a load run: ~25 requests/s, each recording the gateway's own time
+    (x-watchllm-latency-ms minus x-watchllm-upstream-ms), which excludes the upstream and
+    the client's scheduling, unlike the difference of two client-side latencies."""
+    body = json.dumps(BODY).encode()
+
+    def run() -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            req = urllib.request.Request(url, body, {**headers, "content-type":
+                                                     "application/json"}, method="POST")
+            with urllib.request.urlopen(req) as r:
+                out.append(float(r.headers["x-watchllm-latency-ms"])
+                           - float(r.headers["x-watchllm-upstream-ms"]))
+            time.sleep(0.04)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
 def make_key(gw: Server, admin: str) -> str:
     def post(path: str, data: dict[str, Any]) -> dict[str, Any]:
         req = urllib.request.Request(gw.url + path, json.dumps(data).encode(), method="POST",
@@ -132,9 +160,13 @@ def main() -> None:
         url, direct = f"{gw.url}/v1/chat/completions", f"{mock.url}/v1/chat/completions"
         hey(url, 2, body, nocache)  # warm-up
         hey(url, 2, body, auth)
+        own: list[float] = []
+        sampler = sample_overhead(url, nocache, s - 1, own)
+        fixed = measured(gw, lambda: hey(url, s, body, nocache, args.rate))
+        sampler.join()
         results = {
             "direct, fixed rate": measured(None, lambda: hey(direct, s, body, {}, args.rate)),
-            "gateway, fixed rate": measured(gw, lambda: hey(url, s, body, nocache, args.rate)),
+            "gateway, fixed rate": fixed,
             "direct, saturation": measured(None, lambda: hey(direct, s, body, {})),
             "gateway, saturation": measured(gw, lambda: hey(url, s, body, nocache)),
             "ceiling app, saturation": measured(ceiling, lambda: hey(ceiling.url, s, None, {})),
@@ -163,6 +195,8 @@ def main() -> None:
     hit, ceil = results["gateway cache hit, saturation"], results["ceiling app, saturation"]
     print(f"\nadded latency at {args.rate} rps: p50 {fr_g['p50_ms'] - fr_d['p50_ms']:+.2f} ms, "
           f"p99 {fr_g['p99_ms'] - fr_d['p99_ms']:+.2f} ms")
+    print(f"gateway's own time per request at {args.rate} rps (latency minus upstream wait, "
+          f"{len(own)} samples): p50 {pct(own, 0.5):.2f} ms, p99 {pct(own, 0.99):.2f} ms")
     print(f"passthrough: {sat_g['rps']:,.0f} req/s, {sat_g['cpu_ms_per_req']:.3f} ms CPU/req")
     print(f"cache hit: {hit['rps']:,.0f} req/s = {hit['rps'] / ceil['rps']:.0%} of the ceiling "
           f"app's {ceil['rps']:,.0f}; p99 at 5000 rps: "

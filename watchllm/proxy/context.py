@@ -33,6 +33,7 @@ class ProxyContext:
     stream: bool = False
     status: int = 0
     ttft_s: float | None = None
+    upstream_s: float | None = None  # waiting for the provider's status line and headers
     usage: Usage = field(default_factory=Usage)
     cache_status: str = "NONE"
     cost_usd: float = 0.0

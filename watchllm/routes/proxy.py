@@ -7,6 +7,7 @@ Response bodies reach the client as the provider sent them; WatchLLM adds only t
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -86,6 +87,8 @@ def response_headers(ctx: ProxyContext, upstream: dict[str, str]) -> RawHeaders:
         (b"x-watchllm-latency-ms", f"{ctx.elapsed_ms():.2f}".encode()),
         (b"x-watchllm-provider", ctx.provider.encode()),
     ]
+    if ctx.upstream_s is not None:  # latency minus this is the gateway's own share
+        headers.append((b"x-watchllm-upstream-ms", f"{ctx.upstream_s * 1000:.2f}".encode()))
     if ctx.cache_status != "NONE":
         headers.append((b"x-watchllm-cache", ctx.cache_status.encode()))
     if ctx.limit_headers:
@@ -197,7 +200,9 @@ async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
 async def _forward(gw: Gateway, req: Request, send: Send, ctx: ProxyContext,
                    call: UpstreamCall, cache: bool) -> CacheEntry | None:
     """Send upstream and relay the answer; return a cache entry if it is one to keep."""
+    sent = time.perf_counter()
     result, route = await gw.router.send(call)
+    ctx.upstream_s = time.perf_counter() - sent
     ctx.provider = route.provider.name
     ctx.status = result.status
 
