@@ -32,7 +32,9 @@ BODY = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "cont
 
 async def main(kind: str, n: int, profile: bool, concurrency: int) -> None:
     data_dir = tempfile.mkdtemp()
-    env = {"WATCHLLM_DATA_DIR": data_dir, "WATCHLLM_CLICKHOUSE_URL": "off"}
+    env = {"WATCHLLM_DATA_DIR": data_dir, "WATCHLLM_CLICKHOUSE_URL": "off",
+           **({"WATCHLLM_DEFAULT_RPM": "100000000", "WATCHLLM_DEFAULT_TPM": "1000000000"}
+              if "--limits" in sys.argv else {})}
     upstream = None
     if kind == "http":  # a real upstream over loopback (the fixed-answer mock)
         from watchllm.testing.servers import start_mock_upstream

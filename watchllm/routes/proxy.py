@@ -19,6 +19,7 @@ from watchllm.cache.service import CacheHit
 from watchllm.errors import InvalidRequestError, UpstreamError, WatchLLMError
 from watchllm.events import usage as usage_mod
 from watchllm.http.asgi import JSON_HEADERS, SSE_HEADERS, RawHeaders, Request, Send, send_body
+from watchllm.limits.ops import CONC
 from watchllm.proxy.anthropic_translate import error_message
 from watchllm.proxy.base import FORWARDED_HEADERS, UpstreamCall, UpstreamResult
 from watchllm.proxy.context import ProxyContext
@@ -123,9 +124,14 @@ async def handle(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
     finally:
         u = ctx.usage
         if ctx.admission is not None:
-            # Shielded: a client that hangs up must not cancel the release of its slot.
             used = 0 if ctx.cache_status in _HITS else u.prompt + u.completion
-            await asyncio.shield(gw.limits.settle(ctx.admission, used, ctx.cost_usd))
+            settle = gw.limits.settle(ctx.admission, used, ctx.cost_usd)
+            if any(op.kind == CONC for op in ctx.admission.ops):
+                # A client that hangs up must not cancel the release of its concurrency slot
+                # (the shield's task costs ~10 µs, so only when a slot is held).
+                await asyncio.shield(settle)
+            else:
+                await settle
         metrics.record_request(ctx.endpoint, ctx.model, ctx.status, ctx.elapsed_ms() / 1000,
                                ctx.ttft_s, u.prompt, u.completion, ctx.cost_usd)
         if ctx.cache_status != "NONE":
