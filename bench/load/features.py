@@ -27,25 +27,45 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import hey, make_key, measured
 
-from watchllm.testing.servers import Server, start_gateway, start_mock_upstream
+from watchllm.testing.servers import Server, free_port, start, start_gateway, start_mock_upstream
 
 PG = "postgresql://postgres@127.0.0.1:5432"
 LIMITS = {"WATCHLLM_DEFAULT_RPM": "100000000", "WATCHLLM_DEFAULT_TPM": "1000000000"}
 
 
-def configs(upstream: Server) -> dict[str, dict[str, str]]:
+def configs(upstream: Server, clickhouse_http: str) -> dict[str, dict[str, str]]:
     base = {"OPENAI_BASE_URL": upstream.url + "/v1", "OPENAI_API_KEY": "sk-bench",
             "WATCHLLM_ADMIN_KEY": "bench-admin", "WATCHLLM_LOG_LEVEL": "warning"}
     selfhosted = {**base, "WATCHLLM_MODE": "self_hosted", "WATCHLLM_CLICKHOUSE_URL": "off",
-                  "WATCHLLM_DATABASE_URL": f"{PG}/postgres", "WATCHLLM_AUTO_MIGRATE": "true",
+                  "WATCHLLM_DATABASE_URL": f"{PG}/watchllm_bench", "WATCHLLM_AUTO_MIGRATE": "true",
                   "WATCHLLM_REDIS_URL": "redis://127.0.0.1:6379/12"}
     return {
         "baseline": {**base, "WATCHLLM_CLICKHOUSE_URL": "off"},
         "pipeline": base,
         "limits": {**base, "WATCHLLM_CLICKHOUSE_URL": "off", **LIMITS},
         "self-hosted (PostgreSQL + Redis), no limits": selfhosted,
+        # The pipeline's cost to the gateway when ClickHouse is a server: inserts go over
+        # HTTP to a stand-in that accepts them (bench/micro/fake_clickhouse.py, core 1).
+        "self-hosted + pipeline to ClickHouse over HTTP": {
+            **selfhosted, "WATCHLLM_CLICKHOUSE_URL": clickhouse_http},
         "self-hosted + Redis limits": {**selfhosted, **LIMITS},
     }
+
+
+def ensure_database(name: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def create() -> None:
+        conn = await asyncpg.connect(f"{PG}/postgres")
+        try:
+            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+                await conn.execute(f"CREATE DATABASE {name}")
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
 
 
 def run_one(name: str, env: dict[str, str], tmp: Path, body: Path, seconds: int) -> dict[str, Any]:
@@ -64,24 +84,33 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--seconds", type=int, default=8)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--only", default="", help="run configurations whose name contains this")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="watchllm-features-"))
+    ensure_database("watchllm_bench")
     body = tmp / "body.json"
     body.write_text(json.dumps({"model": "gpt-4o-mini",
                                 "messages": [{"role": "user", "content": "Say hello"}]}))
     upstream = start_mock_upstream(tmp, fixed=True, cpu=1)
+    port = free_port()
+    fake_ch = start([str(Path(__file__).resolve().parents[1] / "micro" / "fake_clickhouse.py"),
+                     str(port)], {}, port, tmp / "fake_clickhouse.log", "/ping", cpu=1)
     results: dict[str, list[dict[str, Any]]] = {}
     try:
         for _ in range(args.rounds):
-            for name, env in configs(upstream).items():
+            for name, env in configs(upstream, fake_ch.url).items():
+                if args.only and args.only not in name:
+                    continue
                 results.setdefault(name, []).append(run_one(name, env, tmp, body, args.seconds))
     finally:
         upstream.stop()
+        fake_ch.stop()
 
     def mean(name: str, field: str) -> float:
         return sum(r[field] for r in results[name]) / len(results[name])
 
-    base_rps, base_cpu = mean("baseline", "rps"), mean("baseline", "cpu_ms_per_req")
+    first = next(iter(results))
+    base_rps, base_cpu = mean(first, "rps"), mean(first, "cpu_ms_per_req")
     print(f"\n`{' '.join(sys.argv)}` (mean of {args.rounds} interleaved rounds)\n")
     print("| configuration | requests/s | CPU ms/req | req/s vs baseline | non-200 |")
     print("| --- | ---: | ---: | ---: | ---: |")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -79,7 +80,12 @@ def test_paraphrase_hits_on_the_other_replica_hard_negative_misses(
     ns = uuid.uuid4().hex
     answer, h = _ask(a, key, "What is the capital of France?", ns)
     assert h["x-watchllm-cache"] == "MISS"
-    assert asyncio.run(_vector_rows(pg18)) >= 1  # the vector went to pgvector
+    # The vector went to pgvector. It is written after the response is sent, so allow it a
+    # moment (bounded) before the other replica searches.
+    deadline = time.monotonic() + 10
+    while asyncio.run(_vector_rows(pg18)) < 1:
+        assert time.monotonic() < deadline, "the vector never reached pgvector"
+        time.sleep(0.05)
     again, h = _ask(b, key, "Which city is the capital of France?", ns)
     assert h["x-watchllm-cache"] == "SEMANTIC_HIT" and again == answer
     assert 0.8 <= float(h["x-watchllm-cache-similarity"]) <= 1.0
