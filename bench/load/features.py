@@ -19,6 +19,8 @@ import argparse
 import json
 import sys
 import tempfile
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,10 @@ def main() -> None:
                 if args.only and args.only not in name:
                     continue
                 results.setdefault(name, []).append(run_one(name, env, tmp, body, args.seconds))
+        # Proof the HTTP pipeline really shipped its events (not just spooled them).
+        query = urllib.parse.quote("SELECT bytes_received")
+        with urllib.request.urlopen(f"{fake_ch.url}/?query={query}", timeout=5) as r:
+            shipped = r.read().decode().strip()
     finally:
         upstream.stop()
         fake_ch.stop()
@@ -118,7 +124,8 @@ def main() -> None:
         rps, cpu = mean(name, "rps"), mean(name, "cpu_ms_per_req")
         errors = sum(int(r["non200"]) for r in results[name])
         print(f"| {name} | {rps:,.0f} | {cpu:.3f} | {rps / base_rps - 1:+.1%} | {errors} |")
-    print(f"\nbaseline CPU {base_cpu:.3f} ms/req")
+    print(f"\nbaseline CPU {base_cpu:.3f} ms/req; RowBinary bytes received by the stand-in "
+          f"ClickHouse: {shipped}")
 
 
 if __name__ == "__main__":
