@@ -25,7 +25,7 @@ from watchllm.env.base import Env
 from watchllm.errors import INTERNAL_ERROR_BODY, NotFoundError, WatchLLMError
 from watchllm.http.asgi import ClientDisconnected, Receive, Request, Scope, Send, send_body
 from watchllm.limits.service import LimitsService
-from watchllm.metadata.cached import ProjectSettingsCache
+from watchllm.metadata.cached import ProjectSettingsCache, ProviderKeyCache
 from watchllm.metadata.plans import PlanStore
 from watchllm.metadata.store import MetadataStore
 from watchllm.proxy.context import ProxyContext
@@ -97,6 +97,7 @@ class Gateway:
         if self.settings.master_key:
             _ = self.plans.ring  # an unusable master key stops start-up, not a request later
         self.limits = LimitsService(self._env.counters, self.settings, self.plans)
+        self.provider_keys = ProviderKeyCache(self.plans, self.settings.key_cache_ttl_s)
         log.info("watchllm started: mode=%s core=%s", self._env.mode, core.BACKEND)
 
     async def shutdown(self, drain_timeout_s: float = 30.0) -> None:

@@ -41,6 +41,9 @@ class AnthropicProvider:
         request = to_messages_request(call.data, call.model, call.stream)
         headers = {**self._headers, **{k: v for k, v in call.headers.items()
                                        if k.startswith("anthropic-")}}
+        own = call.provider_keys.get(self.name)
+        if own:
+            headers["x-api-key"] = own
         resp = await self.http.request("POST", self.url, headers, orjson.dumps(request),
                                        connect_timeout=connect_timeout, read_timeout=read_timeout)
         if resp.status != 200:

@@ -19,6 +19,8 @@ class UpstreamCall:
     model: str  # as the provider should see it
     stream: bool
     headers: dict[str, str] = field(default_factory=dict)
+    # The project's own provider keys (provider name -> key); they win over the global ones.
+    provider_keys: dict[str, str] = field(default_factory=dict)
 
     def with_model(self, model: str) -> UpstreamCall:
         """The same call for another model (a fallback, or a `provider/` prefix stripped)."""
@@ -28,7 +30,7 @@ class UpstreamCall:
 
         data = {**self.data, "model": model}
         return UpstreamCall(self.endpoint, orjson.dumps(data), data, model, self.stream,
-                            self.headers)
+                            self.headers, self.provider_keys)
 
 
 @dataclass(slots=True)

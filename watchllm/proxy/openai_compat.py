@@ -24,7 +24,9 @@ class OpenAICompatible:
 
     async def send(self, call: UpstreamCall, connect_timeout: float,
                    read_timeout: float) -> UpstreamResult:
-        headers = {**(_STREAM if call.stream else _JSON), **call.headers, **self._auth}
+        own = call.provider_keys.get(self.name)
+        auth = {"authorization": f"Bearer {own}"} if own else self._auth
+        headers = {**(_STREAM if call.stream else _JSON), **call.headers, **auth}
         resp = await self.http.request(
             "POST", f"{self.base_url}/{call.endpoint}", headers, call.body,
             connect_timeout=connect_timeout, read_timeout=read_timeout,

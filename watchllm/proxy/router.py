@@ -14,6 +14,7 @@ import email.utils
 import fnmatch
 import random
 import time
+from collections.abc import Container
 from dataclasses import dataclass
 
 from watchllm.env.base import ConnectError, HttpClient
@@ -80,7 +81,10 @@ class ProviderRouter:
         self.fallbacks = dict(settings.fallbacks)
         self._cache: dict[str, Route] = {}
 
-    def resolve(self, model: str) -> Route:
+    def resolve(self, model: str, own_keys: Container[str] = ()) -> Route:
+        """The provider for `model`; `own_keys`: providers the project has its own key for."""
+        if own_keys:
+            return self._resolve(model, own_keys)
         route = self._cache.get(model)
         if route is None:
             route = self._resolve(model)
@@ -88,7 +92,7 @@ class ProviderRouter:
                 self._cache[model] = route
         return route
 
-    def _resolve(self, model: str) -> Route:
+    def _resolve(self, model: str, own_keys: Container[str] = ()) -> Route:
         name, upstream_model = self.settings.default_provider, model
         prefix, sep, rest = model.partition("/")
         if sep and prefix in self.providers:
@@ -98,9 +102,10 @@ class ProviderRouter:
             name = glob
         elif model.startswith("mock"):
             name = "mock"
-        elif model.startswith("claude") and "anthropic" not in self._unusable:
+        elif model.startswith("claude") and ("anthropic" not in self._unusable
+                                             or "anthropic" in own_keys):
             name = "anthropic"
-        if name in self._unusable:
+        if name in self._unusable and name not in own_keys:
             raise UnknownModelError(
                 f"The model {model!r} routes to provider {name!r}, but {self._unusable[name]}.",
                 param="model")
@@ -114,9 +119,9 @@ class ProviderRouter:
         """
         models = [call.model, *self.fallbacks.get(call.model, ())]
         failure: UpstreamResult | Exception | None = None
-        route = self.resolve(call.model)
+        route = self.resolve(call.model, call.provider_keys)
         for model in models:
-            route = self.resolve(model)
+            route = self.resolve(model, call.provider_keys)
             if not route.provider.supports(call.endpoint):
                 raise InvalidRequestError(
                     f"Provider {route.provider.name!r} (model {model!r}) does not support "

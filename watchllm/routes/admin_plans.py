@@ -135,6 +135,8 @@ async def project_item(gw: Gateway, req: Request, send: Send) -> None:
 
 async def _provider_keys(gw: Gateway, req: Request, send: Send, store: PlanStore,
                          project_id: str, rest: list[str]) -> None:
+    if req.method in ("POST", "DELETE") and hasattr(gw, "provider_keys"):
+        gw.provider_keys.forget(project_id)  # this worker applies it now; others within the TTL
     if not rest and req.method == "POST":
         _, data = await req.json_object(_LIMIT)
         record = await store.put_provider_key(project_id, _opt(data, "provider", str, ""),

@@ -177,7 +177,8 @@ async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
     ctx.prompt = raw.decode("utf-8", "replace")
     if isinstance(data.get("user"), str):
         ctx.user = data["user"]
-    route = gw.router.resolve(ctx.model)
+    own_keys = await gw.provider_keys.get(ctx.project_id) if ctx.project_id != "*" else {}
+    route = gw.router.resolve(ctx.model, own_keys)
     ctx.provider = route.provider.name
 
     project_cache = (await gw.projects.get(ctx.project_id)).get("cache") or {}
@@ -194,7 +195,7 @@ async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
     try:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw_headers.items()
                    if k in FORWARDED_HEADERS}
-        call = UpstreamCall(ctx.endpoint, raw, data, ctx.model, ctx.stream, headers)
+        call = UpstreamCall(ctx.endpoint, raw, data, ctx.model, ctx.stream, headers, own_keys)
         entry = await _forward(gw, req, send, ctx, call, cache=plan is not None)
     finally:
         if plan is not None and plan.leader:
