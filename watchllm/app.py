@@ -15,7 +15,6 @@ import os
 import random
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from watchllm import core, metrics, pricing
 from watchllm.auth import Authenticator
@@ -192,6 +191,3 @@ def _warm_tokenizers() -> None:
     for encoding in ("o200k_base", "cl100k_base"):
         core.count_tokens("warm", encoding)
 
-
-def describe(gw: Gateway) -> dict[str, Any]:
-    return {"mode": gw.env.mode, "core": core.BACKEND}

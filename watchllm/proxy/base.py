@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 # Client headers forwarded upstream (OpenAI's own request options); nothing else is.
 FORWARDED_HEADERS = frozenset((b"openai-organization", b"openai-project", b"openai-beta",
                                b"anthropic-beta", b"anthropic-version", b"idempotency-key"))
@@ -26,8 +28,6 @@ class UpstreamCall:
         """The same call for another model (a fallback, or a `provider/` prefix stripped)."""
         if model == self.data.get("model"):
             return self
-        import orjson
-
         data = {**self.data, "model": model}
         return UpstreamCall(self.endpoint, orjson.dumps(data), data, model, self.stream,
                             self.headers, self.provider_keys)

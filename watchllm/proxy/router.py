@@ -81,6 +81,10 @@ class ProviderRouter:
         self.fallbacks = dict(settings.fallbacks)
         self._cache: dict[str, Route] = {}
 
+    def usable(self, provider: str) -> bool:
+        """Whether `provider` can be called without a project's own key."""
+        return provider not in self._unusable
+
     def resolve(self, model: str, own_keys: Container[str] = ()) -> Route:
         """The provider for `model`; `own_keys`: providers the project has its own key for."""
         if own_keys:

@@ -287,7 +287,7 @@ async def list_models(gw: Gateway, req: Request, send: Send) -> None:
     models: list[dict[str, Any]] = []
     default = gw.router.providers[gw.settings.default_provider]
     getter = getattr(default, "get", None)
-    if getter is not None and gw.settings.default_provider not in gw.router._unusable:
+    if getter is not None and gw.router.usable(gw.settings.default_provider):
         result = await getter("models", gw.settings.connect_timeout_s, 30.0)
         if result.status == 200 and result.body:
             models = list(orjson.loads(result.body).get("data", []))
