@@ -9,6 +9,14 @@ chDB allows one data directory per process (a second path fails deep in the engi
 `chdb_path()` records the first one this process opened and refuses another with a clear
 message; clients on that path share the engine. Tests use `chdb_path()` to reuse it.
 
+Inserts of the tables in the schema (`watchllm/events/schema.py`) go the
+`INSERT ... SELECT * FROM input()/file()` route (`clickhouse_schema.insert_select`): the
+same statement on both transports, built from the schema, with LowCardinality columns
+parsed as plain types (the engine's row-by-row LowCardinality parse was most of chDB's
+insert cost). Over HTTP the rows are the request body (`input()`); chDB runs in this
+process, so the rows go to a file it reads (`file()`; clickhouse-connect's own chDB
+insert writes a temporary file too). Other tables are inserted with plain RowBinary.
+
 Errors: `InsertRejected` (a ValueError: ClickHouse refused the data itself; retrying the
 same rows cannot help) and `AnalyticsUnavailable` (a ConnectionError: down, unreachable,
 table missing; retry later). The event pipeline relies on that split.
@@ -19,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +36,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from watchllm.env.base import Row
+from watchllm.events.clickhouse_schema import file_source, input_source, insert_select
+from watchllm.events.schema import TABLES
 
 T = TypeVar("T")
 # ClickHouse error codes that mean "this data is bad", not "the server is unwell".
@@ -117,9 +128,13 @@ class ClickHouseAnalytics:
     # them out inside each insert as well costs ~30% of chDB's insert throughput.
     INSERT_SETTINGS: Mapping[str, Any] = {"optimize_on_insert": 0}
 
-    def __init__(self, url: str, database: str | None = None) -> None:
+    def __init__(self, url: str, database: str | None = None,
+                 schema: Mapping[str, Sequence[tuple[str, str]]] = TABLES) -> None:
         self.url = url
         self.database = database
+        self.schema = schema  # tables inserted through input()/file() with plain types
+        self._chdb = url.startswith("chdb://")
+        self._spill: str | None = None  # chDB: the file the insert thread hands rows in
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="watchllm-ch-insert")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="watchllm-ch-query")
         self._clients: dict[str, Any] = {}  # one client per thread ("insert", "query")
@@ -140,11 +155,24 @@ class ClickHouseAnalytics:
         if dedup_token is not None:
             settings.update(dedup_settings(dedup_token))
 
+        typed = self._typed(table, columns)
+
         def insert() -> None:
             try:
-                self._client("insert").raw_insert(
-                    table, list(columns), data, settings=settings, fmt="RowBinary"
-                )
+                client = self._client("insert")
+                if typed is None:
+                    client.raw_insert(table, list(columns), data, settings=settings,
+                                      fmt="RowBinary")
+                elif self._chdb:
+                    path = self._spill_file(data)
+                    try:
+                        client.command(insert_select(table, typed, file_source(path, typed),
+                                                     settings))
+                    finally:
+                        os.unlink(path)
+                else:
+                    sql = insert_select(table, typed, input_source(typed), settings)
+                    client.command(sql + " FORMAT RowBinary", data=data)
             except AnalyticsUnavailable:
                 raise
             except Exception as e:
@@ -153,6 +181,31 @@ class ClickHouseAnalytics:
                 raise _classify(e, f"insert into {table}") from e
 
         await self._run(self._writer, insert)
+
+    def _typed(self, table: str, columns: Sequence[str]) -> list[tuple[str, str]] | None:
+        """The (name, type) of `columns` if `table` is in the schema, else None."""
+        known = self.schema.get(table)
+        if known is None:
+            return None
+        types = dict(known)
+        try:
+            return [(c, types[c]) for c in columns]
+        except KeyError:
+            return None
+
+    def _spill_file(self, data: bytes) -> str:
+        """Write `data` to this adapter's insert file (one at a time: one insert thread),
+        in a private directory; the caller removes the file after the insert."""
+        if self._spill is None:
+            self._spill = os.path.join(tempfile.mkdtemp(prefix="watchllm-insert-"), "rows.bin")
+        fd = os.open(self._spill, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        return self._spill
 
     async def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
         def run() -> list[Row]:
@@ -191,6 +244,8 @@ class ClickHouseAnalytics:
         await self._run(self._reader, close_all)
         self._writer.shutdown(wait=True)
         self._reader.shutdown(wait=True)
+        if self._spill is not None:
+            shutil.rmtree(os.path.dirname(self._spill), ignore_errors=True)
 
 
 def _broken(e: Exception) -> bool:
