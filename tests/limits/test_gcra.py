@@ -15,7 +15,18 @@ from typing import Any
 
 import pytest
 
-from watchllm.limits.ops import CHECK, CONC, FORCE, PEEK, QUOTA, RATE, RELEASE, MemoryLimiter, Op
+from watchllm.limits.ops import (
+    ADJUST,
+    CHECK,
+    CONC,
+    FORCE,
+    PEEK,
+    QUOTA,
+    RATE,
+    RELEASE,
+    MemoryLimiter,
+    Op,
+)
 from watchllm.limits.redis import RedisLimiter
 
 from .conftest import needs_redis, redis_client
@@ -88,7 +99,8 @@ async def test_burst_then_steady_rate_bound() -> None:
 
 @needs_redis
 async def test_lua_port_matches_python_on_random_batches() -> None:
-    """Every kind and mode, several ops per batch, all-or-nothing writes, same results."""
+    """Every kind and mode, several ops per batch, all-or-nothing writes (ADJUST: at once,
+    kept when denied), same results."""
     client = redis_client()
     red, mem = RedisLimiter(client), MemoryLimiter()
     rng = random.Random(7)
@@ -108,9 +120,9 @@ async def test_lua_port_matches_python_on_random_batches() -> None:
             limit = {RATE: rng.choice([1, 3, 7, 60]), CONC: 2, QUOTA: 50}[kind]
             window = {RATE: rng.choice([60_000, 7_001]), CONC: 5_000,
                       QUOTA: (now // 100_000 + 1) * 100_000}[kind]
-            modes = [CHECK, RELEASE] if kind == CONC else [CHECK, CHECK, PEEK, FORCE]
+            modes = [CHECK, RELEASE] if kind == CONC else [CHECK, CHECK, PEEK, FORCE, ADJUST]
             mode = rng.choice(modes)
-            cost = rng.randint(-3, 8) if mode == FORCE else rng.randint(0, 4)
+            cost = rng.randint(-3, 8) if mode in (FORCE, ADJUST) else rng.randint(0, 4)
             ops.append(Op(kind, key, limit, window, cost, mode, str(rng.randint(0, 3))))
         assert await red.apply(ops, now) == await mem.apply(ops, now), ops
     await client.aclose()
@@ -126,3 +138,29 @@ async def test_plan_change_keeps_what_was_used() -> None:
     assert raised.allowed and raised.results[0].remaining == 2
     lowered = await limiter.apply([Op(RATE, "k", 2, 60_000)], NOW0)  # 4 used of 2: none left
     assert not lowered.allowed and lowered.results[0].retry_ms == 90_000  # 3 cells at 30 s
+
+
+@pytest.mark.parametrize("kind", ["memory", pytest.param("redis", marks=needs_redis)])
+async def test_adjust_is_applied_first_and_kept_when_denied(kind: str) -> None:
+    """ADJUST (settle's deferred delta) is written before the checks after it read the
+    key, and survives a denied batch: the next admit carries it whatever its own fate."""
+    limiter, client = await _limiter(kind)
+    tag = "{t" + secrets.token_hex(6) + "}"
+    tpm, quota = f"wl:{tag}:tpm", f"wl:{tag}:q:usd:p"
+    end = NOW0 + 3_600_000
+    assert (await limiter.apply([Op(RATE, tpm, 100, 60_000, 40)], NOW0)).allowed
+    # +50 tokens reconciled, then a 20-token check: 40 + 50 + 20 = 110 > 100, denied...
+    out = await limiter.apply([Op(RATE, tpm, 100, 60_000, 50, ADJUST),
+                               Op(QUOTA, quota, 10, end, 7, ADJUST),
+                               Op(RATE, tpm, 100, 60_000, 20)], NOW0)
+    assert (out.allowed, out.denied, out.results[2].remaining) == (False, 2, 10)
+    # ...yet both deltas stay written: 90 tokens used, 7 of the quota spent.
+    peek = await limiter.apply([Op(RATE, tpm, 100, 60_000, 10, PEEK),
+                                Op(QUOTA, quota, 10, end, 0, FORCE)], NOW0)
+    assert peek.allowed and [r.remaining for r in peek.results] == [0, 3]
+    # A refund (negative ADJUST) is seen by the check in the same batch.
+    out = await limiter.apply([Op(RATE, tpm, 100, 60_000, -60, ADJUST),
+                               Op(RATE, tpm, 100, 60_000, 65)], NOW0)
+    assert out.allowed and out.results[1].remaining == 5
+    if client is not None:
+        await client.aclose()

@@ -12,6 +12,9 @@ RATE (GCRA, the generic cell rate algorithm of ITU-T I.371, token-bucket equival
     then TAT := max(TAT, t) + n*W/L. TAT is kept as whole ms plus a remainder in units of
     1/L ms, so every comparison is exact integer arithmetic (no float drift, in Lua too):
     D = (TAT - t) * L is an integer, one request adds W to it, capacity is W * L.
+ADJUST is FORCE applied at once and unconditionally: written before the ops after it are
+    evaluated (they see it) and kept even when the batch is denied. It carries the deltas
+    that settle defers (TPM reconciliation, token quota, spend) into the next admit's batch.
 CONC  at most `limit` leases held; a lease expires after `window_ms` (a crashed worker
     cannot leak a slot for longer). RELEASE drops the lease named `member`.
 QUOTA a counter for one period: CHECK admits iff value + cost <= limit; `window_ms` is the
@@ -23,9 +26,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 RATE, CONC, QUOTA = 0, 1, 2
-CHECK, PEEK, FORCE, RELEASE = 0, 1, 2, 3
+CHECK, PEEK, FORCE, RELEASE, ADJUST = 0, 1, 2, 3, 4
 NEVER = -1  # retry_ms when waiting cannot help (cost above the whole limit)
 # Exact integer arithmetic in Lua needs every intermediate below 2**53.
 MAX_CAPACITY = 1 << 48  # window_ms * limit
@@ -42,6 +46,7 @@ class Op:
     window_ms: int  # RATE: window; CONC: lease length; QUOTA: absolute period end (epoch ms)
     cost: int = 1  # may be negative with FORCE (reconciliation, refunds)
     mode: int = CHECK  # CHECK | PEEK (check, write nothing) | FORCE (write, no check) | RELEASE
+    #                    | ADJUST (FORCE, written at once, even when the batch is denied)
     member: str = ""  # CONC: the lease id
 
 
@@ -80,7 +85,7 @@ def rate(state: RateState | None, op: Op, now: int) -> tuple[bool, OpResult, Rat
         # plan changes the limit, so "3 of 6 used" becomes "3 of 60 used" (not a time debt).
         d = (ms - now) * l0 + rem
     cap = win * limit
-    if op.mode == FORCE:
+    if op.mode == FORCE or op.mode == ADJUST:
         dn = min(max(d + n * win, 0), cap * MAX_DEBT)
         return True, OpResult((cap - min(dn, cap)) // win, _ceil_div(dn, limit), 0), (
             now + dn // limit, dn % limit, limit)
@@ -112,7 +117,7 @@ def conc(state: ConcState | None, op: Op, now: int) -> tuple[bool, OpResult, Con
 def quota(state: int | None, op: Op, now: int) -> tuple[bool, OpResult, int | None]:
     value = state or 0
     reset = max(op.window_ms - now, 0)
-    if op.mode == FORCE:
+    if op.mode == FORCE or op.mode == ADJUST:
         value = max(value + op.cost, 0)
         return True, OpResult(max(op.limit - value, 0), reset, 0), value
     if value + op.cost <= op.limit:
@@ -136,31 +141,49 @@ class MemoryLimiter:
         # No await inside: the batch is atomic with respect to every other coroutine.
         now = int(time.time() * 1000) if now_ms is None else now_ms
         results: list[OpResult] = []
-        writes: list[tuple[Op, object]] = []
+        writes: list[tuple[dict[str, Any], str, object]] = []
+        rates = self._rate
         denied = -1
         for i, op in enumerate(ops):
+            kind, mode = op.kind, op.mode
+            if kind == RATE and mode == CHECK:
+                # rate()'s CHECK path inlined (the hot path: every request's rpm and tpm);
+                # the Lua port is checked against this on random batches.
+                limit, win = op.limit, op.window_ms
+                state = rates.get(op.key)
+                d = (state[0] - now) * state[2] + state[1] \
+                    if state is not None and state[0] >= now else 0
+                dn = d + op.cost * win
+                cap = win * limit
+                if dn <= cap:
+                    results.append(OpResult((cap - dn) // win, -(-dn // limit), 0))
+                    writes.append((rates, op.key, (now + dn // limit, dn % limit, limit)))
+                    continue
             new: object
-            if op.kind == RATE:
-                ok, res, new = rate(self._rate.get(op.key), op, now)
-            elif op.kind == CONC:
+            if kind == RATE:
+                ok, res, new = rate(rates.get(op.key), op, now)
+                store: dict[str, Any] = rates
+            elif kind == CONC:
                 ok, res, new = conc(self._conc.get(op.key), op, now)
+                store = self._conc
             else:
                 q = self._quota.get(op.key)
                 ok, res, new = quota(q[0] if q and q[1] > now else None, op, now)
+                store = self._quota
+                if new is not None:  # kept a minute past the period's end, like the Redis key
+                    new = (new, op.window_ms + 60_000)
             results.append(res)
-            if not ok and denied < 0:
-                denied = i
+            if not ok:
+                if denied < 0:
+                    denied = i
             elif new is not None:
-                writes.append((op, new))
-        if denied < 0:
-            for op, new in writes:
-                if op.kind == RATE:
-                    self._rate[op.key] = new  # type: ignore[assignment]
-                elif op.kind == CONC:
-                    self._conc[op.key] = new  # type: ignore[assignment]
+                if mode == ADJUST:
+                    store[op.key] = new  # at once: the ops after it see it
                 else:
-                    # Kept a minute past the period's end, like the Redis key.
-                    self._quota[op.key] = (new, op.window_ms + 60_000)  # type: ignore[assignment]
+                    writes.append((store, op.key, new))
+        if denied < 0:
+            for store, key, new in writes:
+                store[key] = new
         if now >= self._sweep_at:
             self._sweep(now)
         return Outcome(denied < 0, denied, now, tuple(results))

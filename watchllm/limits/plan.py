@@ -15,7 +15,7 @@ from __future__ import annotations
 import calendar
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from watchllm.errors import InvalidRequestError
@@ -53,11 +53,13 @@ class Limits:
     max_requests: int | None = None
     max_tokens: int | None = None
     period: str = "month"
+    # Worked out once: read on every request.
+    unlimited: bool = field(init=False, compare=False, repr=False, default=True)
 
-    @property
-    def unlimited(self) -> bool:
-        return (self.project == UNLIMITED and self.key == UNLIMITED and self.budget_usd is None
-                and self.max_requests is None and self.max_tokens is None)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "unlimited", (
+            self.project == UNLIMITED and self.key == UNLIMITED and self.budget_usd is None
+            and self.max_requests is None and self.max_tokens is None))
 
 
 def _int(data: dict[str, Any], name: str, where: str) -> int | None:

@@ -23,9 +23,11 @@ from watchllm.env.base import CountersUnavailable
 from watchllm.limits.ops import Op, OpResult, Outcome
 
 # KEYS[i] = key of op i. ARGV[1] = now in ms ('' = Redis TIME); ARGV[2] = 6 space-separated
-# fields per op: kind limit window_ms cost mode member ('-' = none). One argument and one
-# string reply instead of 6n+1 arguments and a 3n+3 array: redis-py's pure-Python packing
-# and parsing cost more than the script itself. Numbers stay below 2^53
+# fields per op: kind limit window_ms cost mode member ('-' = none). ADJUST ops (mode 4)
+# are written as they are met (the ops after them read the new value) and kept when the
+# batch is denied; every other write waits until the whole batch has passed. One argument
+# and one string reply instead of 6n+1 arguments and a 3n+3 array: redis-py's pure-Python
+# packing and parsing cost more than the script itself. Numbers stay below 2^53
 # (ops.MAX_CAPACITY), so Lua's doubles do exact integer arithmetic.
 LUA = r"""
 local now = tonumber(ARGV[1])
@@ -40,6 +42,26 @@ local writes = {}
 local denied = -1
 local function fdiv(a, b) return math.floor(a / b) end
 local function cdiv(a, b) return -math.floor(-a / b) end
+local function write(w)
+  local k = w[2]
+  if w[1] == 0 then
+    local dn, limit = w[3], w[4]
+    if dn <= 0 then
+      redis.call('DEL', k)
+    else
+      local ms = now + fdiv(dn, limit)
+      redis.call('SET', k, string.format('%d:%d:%d', ms, dn % limit, limit),
+                 'PX', cdiv(dn, limit) + 1)
+    end
+  elseif w[1] == 1 then
+    redis.call('ZADD', k, w[3], w[4])
+    redis.call('PEXPIRE', k, w[5])
+  elseif w[1] == 3 then
+    redis.call('ZREM', k, w[3])
+  else
+    redis.call('SET', k, string.format('%d', w[3]), 'PX', w[4] + 60000)
+  end
+end
 for i = 1, #KEYS do
   local a = (i - 1) * 6
   local kind, limit, win = tonumber(f[a + 1]), tonumber(f[a + 2]), tonumber(f[a + 3])
@@ -56,11 +78,12 @@ for i = 1, #KEYS do
     end
     local cap = win * limit
     local dn = d + n * win
-    if mode == 2 then -- FORCE
+    if mode == 2 or mode == 4 then -- FORCE, ADJUST (written at once)
       if dn < 0 then dn = 0 end
       if dn > cap * 16 then dn = cap * 16 end
       rem_out, reset = fdiv(cap - math.min(dn, cap), win), cdiv(dn, limit)
-      writes[#writes + 1] = {0, key, dn, limit}
+      local w = {0, key, dn, limit}
+      if mode == 4 then write(w) else writes[#writes + 1] = w end
     elseif dn <= cap then
       rem_out, reset = fdiv(cap - dn, win), cdiv(dn, limit)
       if mode == 0 then writes[#writes + 1] = {0, key, dn, limit} end
@@ -92,10 +115,11 @@ for i = 1, #KEYS do
   else -- QUOTA (counter of one period; win = the period's end in epoch ms)
     local value = tonumber(redis.call('GET', key) or '0')
     reset = math.max(win - now, 0)
-    if mode == 2 then
+    if mode == 2 or mode == 4 then
       value = math.max(value + n, 0)
       rem_out = math.max(limit - value, 0)
-      writes[#writes + 1] = {2, key, value, reset}
+      local w = {2, key, value, reset}
+      if mode == 4 then write(w) else writes[#writes + 1] = w end
     elseif value + n <= limit then
       if mode == 0 then
         writes[#writes + 1] = {2, key, value + n, reset}
@@ -123,26 +147,7 @@ if denied >= 0 then
   out[2] = denied
   return reply()
 end
-for _, w in ipairs(writes) do
-  local k = w[2]
-  if w[1] == 0 then
-    local dn, limit = w[3], w[4]
-    if dn <= 0 then
-      redis.call('DEL', k)
-    else
-      local ms = now + fdiv(dn, limit)
-      redis.call('SET', k, string.format('%d:%d:%d', ms, dn % limit, limit),
-                 'PX', cdiv(dn, limit) + 1)
-    end
-  elseif w[1] == 1 then
-    redis.call('ZADD', k, w[3], w[4])
-    redis.call('PEXPIRE', k, w[5])
-  elseif w[1] == 3 then
-    redis.call('ZREM', k, w[3])
-  else
-    redis.call('SET', k, string.format('%d', w[3]), 'PX', w[4] + 60000)
-  end
-end
+for _, w in ipairs(writes) do write(w) end
 return reply()
 """
 SHA = hashlib.sha1(LUA.encode()).hexdigest()
@@ -194,7 +199,9 @@ class RedisLimiter:
                 try:
                     raw = await self.client.execute("EVALSHA", SHA, len(keys), *keys, *args)
                 except Exception as exc:
-                    if "NOSCRIPT" not in str(exc):
+                    # redis-py raises NoScriptError without the NOSCRIPT prefix; the lean
+                    # client keeps Redis's message.
+                    if "NOSCRIPT" not in str(exc) and "No matching script" not in str(exc):
                         raise
                     # First call after a Redis restart or failover: load it, once.
                     await self.client.execute("SCRIPT", "LOAD", LUA)

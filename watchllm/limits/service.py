@@ -4,13 +4,20 @@
     ...call the provider...
     await limits.settle(admission, real_tokens, cost_usd)  # TPM reconciliation, spend, release
     headers += limits.headers(admission)                   # x-ratelimit-* on every response
+    await limits.close()                                   # at shutdown: flush deferred deltas
 
-All checks of a request are one `Counters.apply` batch: one Redis round trip for admit,
-one for settle (none when nothing is limited). See docs/limits.md.
+One `Counters.apply` batch (one Redis round trip) per request. Admit's batch checks every
+limit. Settle's deltas (real tokens - estimate, spend) need no answer, so settle defers
+them in-process per counter key, and the next admit of the same project carries them in
+its own batch as ADJUST ops, applied before its checks. A timer flushes what no admit
+carried within `flush_interval_s` (0.2 s), and `close()` flushes at shutdown. Only a
+request holding a concurrency lease settles at once (the slot must be free now), taking
+its project's pending deltas along. See docs/limits.md.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -22,7 +29,19 @@ from typing import Any, Protocol
 from watchllm import metrics
 from watchllm.env.base import Counters, CountersUnavailable
 from watchllm.errors import RateLimitError, ServiceUnavailableError
-from watchllm.limits.ops import CHECK, CONC, FORCE, NEVER, PEEK, QUOTA, RATE, RELEASE, Op, Outcome
+from watchllm.limits.ops import (
+    ADJUST,
+    CHECK,
+    CONC,
+    FORCE,
+    NEVER,
+    PEEK,
+    QUOTA,
+    RATE,
+    RELEASE,
+    Op,
+    Outcome,
+)
 from watchllm.limits.plan import (
     RATE_WINDOW_MS,
     Limits,
@@ -36,15 +55,33 @@ from watchllm.settings import Settings
 log = logging.getLogger("watchllm.limits")
 RawHeaders = list[tuple[bytes, bytes]]
 _BREAKER_S = 1.0  # after a backend failure, skip it this long (no connect timeout per request)
+FLUSH_INTERVAL_S = 0.2  # deferred deltas reach the shared counters within this (+ 1 call)
 _MICRO = 1_000_000  # budgets are counted in micro-USD: integers, exact in Lua
 _ONE, _TOKENS, _AT_LEAST_ONE = 0, 1, 2  # what an op costs per request
-# (kind, key, limit, window_ms, cost kind, mode, name); the template is (limits, rows, names).
+_TOK, _USD = 1, 2  # what settle reconciles on an op
+# (kind, key, limit, window_ms, cost kind, mode, name)
 _Row = tuple[int, str, int, int, int, int, str]
-_Template = tuple["Limits", tuple[_Row, ...], tuple[str, ...]]
-_HEADER_NAMES = tuple(
-    (suffix, tuple(f"x-ratelimit-{part}-{unit}".encode()
-                   for part in ("limit", "remaining", "reset")))
-    for suffix, unit in (("rpm", "requests"), ("tpm", "tokens")))
+_HEADER_NAMES = {
+    suffix: tuple(f"x-ratelimit-{part}-{unit}".encode() for part in ("limit", "remaining", "reset"))
+    for suffix, unit in (("rpm", "requests"), ("tpm", "tokens"))}
+Pending = dict[str, Op]  # counter key -> the ADJUST op carrying its summed delta
+
+
+@dataclass(slots=True)
+class _Template:
+    """A caller's ops minus what changes per request (token cost, lease id, period), and
+    what headers and settle need, worked out once per (project, key, Limits)."""
+
+    limits: Limits
+    rows: tuple[_Row, ...]
+    names: tuple[str, ...]
+    fixed: tuple[Op | None, ...]  # the op itself when it never changes (rpm: cost 1)
+    reconcile: tuple[tuple[int, int], ...]  # (op index, _TOK | _USD) for settle
+    has_conc: bool
+    # (header names, op indices) for the request limits and the token limits present
+    header_groups: tuple[tuple[tuple[bytes, ...], tuple[int, ...]], ...]
+    simple: bool  # rates only: admit copies `fixed` and fills in the token ops
+    token_rows: tuple[tuple[int, str, int, int], ...]  # (index, key, limit, window) of tpm ops
 
 
 class QuotaExceededError(RateLimitError):
@@ -72,6 +109,7 @@ class Admission:
     outcome: Outcome | None = None
     degraded: bool = False  # admitted without checking: the backend was down (fail open)
     settled: bool = field(default=False)
+    plan: _Template | None = None
 
 
 def duration(ms: int) -> str:
@@ -86,8 +124,29 @@ def duration(ms: int) -> str:
     return f"{minutes}m{seconds}" if minutes else seconds
 
 
+def _duration_bytes(ms: int) -> bytes:
+    return b"%dms" % ms if 0 <= ms < 1000 else duration(ms).encode()
+
+
 def _key(project_id: str, rest: str) -> str:
     return f"wl:{{{project_id}}}:{rest}"  # hash tag: one Redis Cluster slot per project
+
+
+def _merge(into: Pending, ops: Pending | list[Op]) -> None:
+    """Add deltas to pending ones (ADJUST ops of the same key sum)."""
+    for op in ops.values() if isinstance(ops, dict) else ops:
+        have = into.get(op.key)
+        if have is None:
+            into[op.key] = Op(op.kind, op.key, op.limit, op.window_ms, op.cost, ADJUST)
+        else:
+            have.cost += op.cost
+            have.limit = op.limit  # the newest plan's limit
+
+
+def _strip(outcome: Outcome, n: int) -> Outcome:
+    """The outcome of a batch without its first n (ADJUST) ops."""
+    denied = outcome.denied - n if outcome.denied >= 0 else -1
+    return Outcome(outcome.allowed, denied, outcome.now_ms, outcome.results[n:])
 
 
 class LimitsService:
@@ -97,6 +156,7 @@ class LimitsService:
         settings: Settings,
         plans: PlanSource | None = None,
         clock: Callable[[], float] | None = None,  # epoch seconds; None: the backend's clock
+        flush_interval_s: float = FLUSH_INTERVAL_S,
     ) -> None:
         self.counters = counters
         self.plans = plans
@@ -106,19 +166,22 @@ class LimitsService:
         self.cache_ttl_s = settings.key_cache_ttl_s
         self.defaults = Scope(settings.default_rpm, settings.default_tpm,
                               settings.default_max_concurrent)
+        self.flush_interval_s = flush_interval_s
         self._cache: dict[tuple[str, str], tuple[Limits, float]] = {}
         self._periods: dict[str, tuple[str, int, int]] = {}  # period -> (id, valid from, end)
         self._templates: dict[tuple[str, str], _Template] = {}
         self._down_until = 0.0
         self._leases = itertools.count()
         self._lease_prefix = f"{os.getpid()}.{id(self):x}."
+        self._pending: dict[str, Pending] = {}  # project -> deferred deltas
+        self._timer: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Task[None] | None = None
 
     # -- limits of a caller ---------------------------------------------------------------
     async def limits_for(self, project_id: str, key_id: str) -> Limits:
         """The caller's limits: plan + key override + defaults, cached `key_cache_ttl_s`."""
-        now = time.monotonic()
         hit = self._cache.get((project_id, key_id))
-        if hit is not None and hit[1] > now:
+        if hit is not None and hit[1] > time.monotonic():
             return hit[0]
         plan_doc = key_doc = None
         if self.plans is not None:
@@ -131,9 +194,12 @@ class LimitsService:
             plan, own = Limits(), Scope()
         limits = Limits(plan.project, own.over(plan.key).over(self.defaults), plan.budget_usd,
                         plan.max_requests, plan.max_tokens, plan.period)
+        previous = hit[0] if hit is not None else None
+        if previous is not None and previous == limits:
+            limits = previous  # the same object: its template stays valid
         if len(self._cache) > 100_000:
             self._cache.clear()
-        self._cache[(project_id, key_id)] = (limits, now + self.cache_ttl_s)
+        self._cache[(project_id, key_id)] = (limits, time.monotonic() + self.cache_ttl_s)
         return limits
 
     def forget(self, project_id: str | None = None) -> None:
@@ -147,7 +213,9 @@ class LimitsService:
     # -- admit ----------------------------------------------------------------------------
     async def admit(self, project_id: str, key_id: str, estimated_prompt_tokens: int = 0,
                     limits: Limits | None = None) -> Admission:
-        """Check and count one request; raises RateLimitError (429) when over a limit."""
+        """Check and count one request; raises RateLimitError (429) when over a limit.
+
+        The batch also carries the project's deferred settle deltas (applied first)."""
         if limits is None:
             if project_id == "*":  # the admin key is not limited
                 return Admission(project_id, key_id)
@@ -156,10 +224,24 @@ class LimitsService:
             return Admission(project_id, key_id)
         tokens = max(int(estimated_prompt_tokens), 0)
         now_ms = None if self.clock is None else int(self.clock() * 1000)
-        template = self._template(project_id, key_id, limits)
+        template = self._templates.get((project_id, key_id))
+        if template is None or template.limits is not limits:
+            template = self._template(project_id, key_id, limits)
         ops = self._admit_ops(template, tokens, now_ms)
-        admission = Admission(project_id, key_id, tokens, ops, template[2])
-        outcome = await self._apply(ops, now_ms, admission)
+        admission = Admission(project_id, key_id, tokens, ops, template.names, plan=template)
+        pending = self._pending.pop(project_id, None) if self._pending else None
+        if pending is None:
+            outcome = await self._apply(ops, now_ms, admission)
+        else:
+            try:
+                outcome = await self._apply([*pending.values(), *ops], now_ms, admission)
+            except ServiceUnavailableError:  # fail closed: keep the deltas for later
+                self._restore(project_id, pending)
+                raise
+            if outcome is None:
+                self._restore(project_id, pending)
+            else:
+                outcome = _strip(outcome, len(pending))
         if outcome is None:
             return admission  # fail open
         admission.outcome = outcome
@@ -169,14 +251,8 @@ class LimitsService:
         return admission
 
     def _template(self, project_id: str, key_id: str, limits: Limits) -> _Template:
-        """A caller's ops minus what changes per request (token cost, lease id, period).
-
-        Cached per (project, key) while the Limits object is the same: building key
-        strings per request costs more than the in-process check itself.
-        """
-        hit = self._templates.get((project_id, key_id))
-        if hit is not None and hit[0] is limits:
-            return hit
+        """Cached per (project, key) while the Limits object is the same: building key
+        strings and ops per request costs more than the in-process check itself."""
         rows: list[_Row] = []
         for scope_name, scope, prefix in (("key", limits.key, f"k:{key_id}:"),
                                           ("project", limits.project, "")):
@@ -199,17 +275,38 @@ class LimitsService:
         if limits.budget_usd is not None:  # spend < budget: the cost is only known at settle
             rows.append((QUOTA, _key(project_id, "q:usd:"), round(limits.budget_usd * _MICRO), 0,
                          _ONE, PEEK, "budget"))
-        template = (limits, tuple(rows), tuple(r[6] for r in rows))
+        names = tuple(r[6] for r in rows)
+        fixed = tuple(Op(RATE, r[1], r[2], r[3]) if r[0] == RATE and r[4] == _ONE else None
+                      for r in rows)
+        reconcile = tuple((i, _TOK if n.endswith("tpm") or n == "tokens" else _USD)
+                          for i, n in enumerate(names)
+                          if n.endswith("tpm") or n in ("tokens", "budget"))
+        groups = tuple((_HEADER_NAMES[suffix], idx) for suffix in ("rpm", "tpm")
+                       if (idx := tuple(i for i, n in enumerate(names) if n.endswith(suffix))))
+        simple = all(r[0] == RATE for r in rows)
+        token_rows = tuple((i, r[1], r[2], r[3]) for i, r in enumerate(rows)
+                           if r[0] == RATE and r[4] == _TOKENS)
+        template = _Template(limits, tuple(rows), names, fixed, reconcile,
+                             any(r[0] == CONC for r in rows), groups, simple, token_rows)
         if len(self._templates) > 100_000:
             self._templates.clear()
         self._templates[(project_id, key_id)] = template
         return template
 
     def _admit_ops(self, template: _Template, tokens: int, now_ms: int | None) -> list[Op]:
+        if template.simple:  # rates only (the common default: key rpm + tpm)
+            fixed: list[Any] = list(template.fixed)
+            for i, key, limit, window in template.token_rows:
+                fixed[i] = Op(RATE, key, limit, window, tokens)
+            return fixed
         ops: list[Op] = []
         lease = pid = ""
         end = 0
-        for kind, key, limit, window, cost_kind, mode, _ in template[1]:
+        for (kind, key, limit, window, cost_kind, mode, _), op in zip(
+                template.rows, template.fixed, strict=True):
+            if op is not None:
+                ops.append(op)
+                continue
             cost = 1 if cost_kind == _ONE else tokens if cost_kind == _TOKENS else max(tokens, 1)
             if kind == RATE:
                 ops.append(Op(RATE, key, limit, window, cost))
@@ -218,7 +315,7 @@ class LimitsService:
                 ops.append(Op(CONC, key, limit, window, 1, CHECK, lease))
             else:
                 if not pid:
-                    pid, end = self._period(template[0].period, now_ms)
+                    pid, end = self._period(template.limits.period, now_ms)
                 ops.append(Op(QUOTA, key + pid, limit, end, cost, mode))
         return ops
 
@@ -242,7 +339,7 @@ class LimitsService:
                 log.warning("limits backend unavailable (%s); failing %s", exc, self.fail_mode)
         metrics.limits_unavailable(self.fail_mode)
         if admission is None:
-            return None  # settle: the spend/refund is lost, counted in the metric
+            return None  # settle/flush: the caller keeps its deltas for the next try
         if self.fail_mode == "closed":
             raise ServiceUnavailableError(
                 "Rate limits cannot be checked right now (counters backend unreachable).",
@@ -289,26 +386,108 @@ class LimitsService:
     async def settle(self, admission: Admission, real_tokens: int, cost_usd: float) -> None:
         """Reconcile TPM and token quota to the real usage, add spend, release the slot.
 
+        Deltas are deferred (the next admit or the flush timer applies them); a held
+        concurrency lease is released at once, in one batch with the project's deltas.
         Never raises: it runs after the response. Idempotent per admission.
         """
         if admission.settled or admission.degraded or not admission.ops:
             admission.settled = True
             return
         admission.settled = True
-        real = max(int(real_tokens), 0)
-        spend = round(cost_usd * _MICRO)
-        ops: list[Op] = []
-        for op, name in zip(admission.ops, admission.names, strict=True):
-            if op.kind == CONC:
-                ops.append(Op(CONC, op.key, op.limit, op.window_ms, 0, RELEASE, op.member))
-            elif (name.endswith("tpm") or name == "tokens") and real != op.cost:
+        template = admission.plan
+        if template is None:  # not made by admit(); nothing to reconcile
+            return
+        ops = admission.ops
+        project_id = admission.project_id
+        # Deltas go straight into the project's pending ADJUST ops (summed per key); a
+        # request holding a lease takes them along in its release batch below.
+        pending = self._pending.get(project_id)
+        if pending is None:
+            pending = self._pending[project_id] = {}
+        for i, what in template.reconcile:
+            op = ops[i]
+            if what == _TOK:
                 # op.cost is what admit charged: the estimate (the token quota charges >= 1).
-                ops.append(Op(op.kind, op.key, op.limit, op.window_ms, real - op.cost, FORCE))
-            elif name == "budget" and spend > 0:
-                ops.append(Op(QUOTA, op.key, op.limit, op.window_ms, spend, FORCE))
-        if ops:
-            now_ms = None if self.clock is None else int(self.clock() * 1000)
-            await self._apply(ops, now_ms, None)
+                delta = max(int(real_tokens), 0) - op.cost
+            else:
+                delta = max(round(cost_usd * _MICRO), 0)
+            if delta:
+                have = pending.get(op.key)
+                if have is None:
+                    pending[op.key] = Op(op.kind, op.key, op.limit, op.window_ms, delta, ADJUST)
+                else:
+                    have.cost += delta
+                    have.limit = op.limit  # the newest plan's limit
+        if not template.has_conc:
+            if not pending:
+                del self._pending[project_id]
+            elif self._timer is None:
+                self._schedule()
+            return
+        carried = self._pending.pop(project_id)
+        releases = [Op(CONC, op.key, op.limit, op.window_ms, 0, RELEASE, op.member)
+                    for op in ops if op.kind == CONC]
+        now_ms = None if self.clock is None else int(self.clock() * 1000)
+        if await self._apply([*carried.values(), *releases], now_ms, None) is None and carried:
+            self._restore(project_id, carried)  # the lease expires on its own
+
+    def _restore(self, project_id: str, deltas: Pending) -> None:
+        """Deltas a failed batch did not apply: pending again, for the next try."""
+        pending = self._pending.get(project_id)
+        if pending is None:
+            self._pending[project_id] = deltas
+        else:
+            _merge(pending, deltas)
+        if self._timer is None:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (sync callers): close() or the next admit applies them
+            return
+        self._timer = loop.call_later(self.flush_interval_s, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.get_running_loop().create_task(self.flush())
+
+    def pending(self) -> int:
+        """How many counter keys have deferred deltas not yet applied (tests, metrics)."""
+        return sum(len(p) for p in self._pending.values())
+
+    async def flush(self) -> None:
+        """Apply every deferred delta now: one batch per project, concurrently.
+
+        Deltas a failed batch could not apply stay pending (retried by the timer)."""
+        work, self._pending = self._pending, {}
+        if not work:
+            return
+        now_ms = None if self.clock is None else int(self.clock() * 1000)
+
+        async def one(project_id: str, deltas: Pending) -> None:
+            if await self._apply(list(deltas.values()), now_ms, None) is None:
+                self._restore(project_id, deltas)
+
+        await asyncio.gather(*(one(p, d) for p, d in work.items()))
+
+    async def close(self) -> None:
+        """At shutdown, before the counters backend closes: apply every deferred delta."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._flushing is not None and not self._flushing.done():
+            await self._flushing
+        self._down_until = 0.0  # one last try even if the breaker is open
+        await self.flush()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._pending:
+            log.warning("limits: %d deferred deltas lost at shutdown (backend unavailable)",
+                        self.pending())
+            self._pending = {}
 
     async def usage(self, project_id: str) -> dict[str, Any]:
         """The current period's quota use of a project (only the quotas its plan sets)."""
@@ -317,13 +496,19 @@ class LimitsService:
         quotas = Limits(budget_usd=limits.budget_usd, max_requests=limits.max_requests,
                         max_tokens=limits.max_tokens, period=limits.period)
         template = self._template(project_id, "", quotas)
-        ops, names = self._admit_ops(template, 0, now_ms), template[2]
+        ops, names = self._admit_ops(template, 0, now_ms), template.names
         out: dict[str, Any] = {"period": limits.period}
         if not ops:
             return out
         # FORCE with cost 0 reads without a check (a PEEK would fail once over the limit).
         peek = [Op(QUOTA, op.key, op.limit, op.window_ms, 0, FORCE) for op in ops]
-        outcome = await self.counters.apply(peek, now_ms)
+        carried = self._pending.pop(project_id, {})  # this worker's deferred deltas first
+        outcome = await self._apply([*carried.values(), *peek], now_ms, None)
+        if outcome is None:
+            self._restore(project_id, carried)
+            raise ServiceUnavailableError("Usage cannot be read right now (counters backend "
+                                          "unreachable).", code="limits_unavailable")
+        outcome = _strip(outcome, len(carried))
         out["period_id"] = ops[0].key.rsplit(":", 1)[1]
         for op, name, res in zip(ops, names, outcome.results, strict=True):
             used: float = op.limit - res.remaining
@@ -338,24 +523,40 @@ class LimitsService:
     def headers(self, admission: Admission) -> RawHeaders:
         """OpenAI's x-ratelimit-* for the tightest request and token limits (none if unlimited)."""
         outcome = admission.outcome
-        if outcome is None:
+        template = admission.plan
+        if outcome is None or template is None:
             return []
+        results, ops = outcome.results, admission.ops
         out: RawHeaders = []
-        for suffix, names in _HEADER_NAMES:
-            best: tuple[int, int, int] | None = None  # (remaining, limit, reset_ms)
-            for i, name in enumerate(admission.names):
-                if not name.endswith(suffix):
-                    continue
-                op, res = admission.ops[i], outcome.results[i]
-                remaining, reset = res.remaining, res.reset_ms
-                if not outcome.allowed and i != outcome.denied:
-                    # A passing op reports the state as if admitted; nothing was written, so
-                    # undo this request's cost (exact for remaining, within 1 ms for reset).
-                    remaining += op.cost
-                    reset = max(0, reset - op.cost * op.window_ms // op.limit)
-                if best is None or remaining < best[0]:
-                    best = (remaining, op.limit, reset)
-            if best is not None:
-                out += [(names[0], b"%d" % best[1]), (names[1], b"%d" % best[0]),
-                        (names[2], duration(best[2]).encode())]
+        for names, idx in template.header_groups:
+            if outcome.allowed:
+                i = idx[0]
+                if len(idx) > 1:
+                    for j in idx[1:]:
+                        if results[j].remaining < results[i].remaining:
+                            i = j
+                res = results[i]
+                remaining, limit, reset = res.remaining, ops[i].limit, res.reset_ms
+            else:
+                remaining, limit, reset = self._denied_view(admission, outcome, idx)
+            out += ((names[0], b"%d" % limit), (names[1], b"%d" % remaining),
+                    (names[2], _duration_bytes(reset)))
         return out
+
+    @staticmethod
+    def _denied_view(adm: Admission, outcome: Outcome, idx: tuple[int, ...]
+                     ) -> tuple[int, int, int]:
+        """(remaining, limit, reset_ms) of the tightest op in `idx` of a denied batch."""
+        best: tuple[int, int, int] | None = None
+        for i in idx:
+            op, res = adm.ops[i], outcome.results[i]
+            remaining, reset = res.remaining, res.reset_ms
+            if i != outcome.denied:
+                # A passing op reports the state as if admitted; nothing was written, so
+                # undo this request's cost (exact for remaining, within 1 ms for reset).
+                remaining += op.cost
+                reset = max(0, reset - op.cost * op.window_ms // op.limit)
+            if best is None or remaining < best[0]:
+                best = (remaining, op.limit, reset)
+        assert best is not None
+        return best
