@@ -25,6 +25,12 @@ the tables and in the materialized views; ReplacingMergeTree collapses any other
 duplicate by event_id (see docs/pipeline.md). Helpers: batches.py (routing, encoding,
 tokens, the in-memory records), deadletter.py (the dead-letter file), rows.py (the
 event-row rules shared with the Workers consumer).
+
+Orphaned slots: every `adopt_every_s` an adopter task looks for spool slots with
+undelivered events whose owner is gone (`spool.orphan_slots`: the worker count shrank)
+and claims one at a time with the slot's flock, so two live workers never drain the same
+slot. It ships the slot like its own (the slot's id in the tokens, its in-flight batch
+replayed first), then releases it.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from watchllm.events.batches import Batch, BatchBuilder, Columns, HotRecords, de
 from watchllm.events.deadletter import DeadLetterFile, Item
 from watchllm.events.rows import route as default_route
 from watchllm.events.schema import TABLES
-from watchllm.events.spool import FsyncPolicy, Position, Spool
+from watchllm.events.spool import FsyncPolicy, Position, Spool, SpoolBusy, orphan_slots
 
 __all__ = ["EventPipeline", "Metrics", "default_route", "dumps"]
 log = logging.getLogger("watchllm.events")
@@ -63,6 +69,7 @@ class Metrics:
     batches_failed: int = 0  # insert attempts that failed (each retry counts)
     events_sent: int = 0
     dead_lettered: int = 0
+    slots_adopted: int = 0  # orphaned spool slots drained by this process
     insert_seconds_total: float = 0.0
     insert_seconds_max: float = 0.0
     insert_seconds_last: float = 0.0
@@ -88,6 +95,7 @@ class EventPipeline:
         hot_bytes: int = 64 << 20,
         route: Callable[[Row], Sequence[str]] = default_route,
         tables: dict[str, tuple[tuple[str, str], ...]] = TABLES,
+        adopt_every_s: float = 10.0,
     ) -> None:
         self.sink = sink
         self.batch_size = batch_size
@@ -98,6 +106,9 @@ class EventPipeline:
         self.columns: dict[str, Columns] = {t: list(c) for t, c in tables.items()}
         self.metrics = Metrics()
         self.spool = Spool(spool_dir, max_bytes=max_bytes, fsync=fsync)
+        self.adopt_every_s = adopt_every_s  # 0: never adopt orphaned slots
+        self._adopter: asyncio.Task[None] | None = None
+        self._adopted: Spool | None = None
         self.dead_letter = DeadLetterFile(dead_letter or Path(spool_dir) / "dead-letter.jsonl")
         self.dead_letter_path = self.dead_letter.path
         self.builder = BatchBuilder(self.columns, route, self._dead_letter)
@@ -134,6 +145,8 @@ class EventPipeline:
         self._writer = threading.Thread(target=self._write_loop, name="watchllm-spool", daemon=True)
         self._writer.start()
         self._shipper = asyncio.create_task(self._ship_loop(), name="watchllm-shipper")
+        if self.adopt_every_s > 0:
+            self._adopter = asyncio.create_task(self._adopt_loop(), name="watchllm-adopter")
         return self
 
     async def flush(self) -> None:
@@ -173,12 +186,16 @@ class EventPipeline:
         self._wake.set()
         if self._writer is not None:
             await asyncio.to_thread(self._writer.join)
-        if self._shipper is not None:
-            self._shipper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._shipper
+        for task in (self._shipper, self._adopter):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._helper.shutdown(wait=True)
         self.spool.close()
+        if self._adopted is not None:  # undelivered rest: the next adopter's
+            self._adopted.close()
+            self._adopted = None
 
     def snapshot(self) -> dict[str, float]:
         """Metrics as flat numbers (queue depth, spool bytes, batches, latency...)."""
@@ -278,49 +295,93 @@ class EventPipeline:
                     prefetch.cancel()
                 raise
             except Exception as e:
-                self.metrics.batches_failed += 1
-                delay = min(self.backoff_max_s, self.backoff_s * 2**failures)
                 failures += 1
-                log.warning("event insert failed (attempt %d), retrying in %.2fs: %s: %s",
-                            failures, delay, type(e).__name__, e)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                await self._backoff(failures, e)
 
-    async def _next_batch(self, cursor: Position) -> Batch | None:
-        replay = self.spool.replay
+    async def _backoff(self, failures: int, e: Exception) -> None:
+        self.metrics.batches_failed += 1
+        delay = min(self.backoff_max_s, self.backoff_s * 2 ** (failures - 1))
+        log.warning("event insert failed (attempt %d), retrying in %.2fs: %s: %s",
+                    failures, delay, type(e).__name__, e)
+        await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+
+    async def _next_batch(self, cursor: Position, spool: Spool | None = None) -> Batch | None:
+        """The next batch of `spool` (default: this process's own, whose just-spooled
+        records are still in memory)."""
+        spool = spool or self.spool
+        replay = spool.replay
         limit = replay[1] if replay is not None and replay[0] == cursor else self.batch_size
-        hot = self._hot.take(cursor, limit)
+        hot = self._hot.take(cursor, limit) if spool is self.spool else None
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._helper, self._prepare, cursor, hot, limit)
+        return await loop.run_in_executor(self._helper, self._prepare, spool, cursor, hot,
+                                          limit)
 
-    def _prepare(self, cursor: Position, hot: tuple[list[Row], Position, int] | None,
-                 limit: int) -> Batch | None:
+    def _prepare(self, spool: Spool, cursor: Position,
+                 hot: tuple[list[Row], Position, int] | None, limit: int) -> Batch | None:
         """The batch after `cursor`, routed to tables and encoded (on the helper thread).
         After a restart its first batch is the one that was in flight (`limit`), so the
         re-sent inserts carry the same tokens."""
         if hot is not None:
             events, end, count = hot
         else:
-            records, end = self.spool.read(cursor, limit)
+            records, end = spool.read(cursor, limit)
             if end == cursor:
                 return None
             events = self.builder.decode(records)
             count = sum(r.count for r in records)
-        return self.builder.build(self.spool.slot_id, cursor, end, count, events)
+        return self.builder.build(spool.slot_id, cursor, end, count, events)
 
-    async def _send(self, batch: Batch) -> None:
+    async def _send(self, batch: Batch, spool: Spool | None = None) -> None:
         """Insert each table's rows (tables already done are not sent again), then ack."""
+        spool = spool or self.spool
         loop = asyncio.get_running_loop()
         if batch.tables:
-            await loop.run_in_executor(self._helper, self.spool.begin, batch.start, batch.count)
+            await loop.run_in_executor(self._helper, spool.begin, batch.start, batch.count)
         for table in list(batch.tables):
             if batch.tables[table]:
                 await self._insert(table, batch.tables[table], batch.base(table),
                                    batch.encoded.get(table), batch.tokens.get(table))
             del batch.tables[table]
-        await loop.run_in_executor(self._helper, self.spool.ack, batch.end, batch.count)
+        await loop.run_in_executor(self._helper, spool.ack, batch.end, batch.count)
         self.metrics.batches_sent += 1
         self.metrics.events_sent += batch.events
         self._notify()
+
+    # -- adopter: orphaned slots -> sink ----------------------------------------------
+    async def _adopt_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.adopt_every_s)
+            found = await asyncio.to_thread(orphan_slots, self.spool.root, exclude=self.spool.dir)
+            for n in found:
+                try:
+                    self._adopted = await asyncio.to_thread(
+                        Spool, self.spool.root, slot=n, max_bytes=self.spool.max_bytes,
+                        fsync=self.spool.fsync)
+                except SpoolBusy:
+                    continue  # claimed by its new owner or another adopter meanwhile
+                except OSError as e:
+                    log.warning("cannot adopt spool slot %d: %s", n, e)
+                    continue
+                log.info("adopting spool slot %d (%d undelivered events)",
+                         n, self._adopted.pending_events)
+                self.metrics.slots_adopted += 1
+                await self._drain(self._adopted)
+                self._adopted.close()
+                self._adopted = None
+
+    async def _drain(self, spool: Spool) -> None:
+        """Ship everything in an adopted slot, retrying (with backoff) until it is in."""
+        cursor, failures = spool.acked, 0
+        while spool.pending_events:
+            try:
+                batch = await self._next_batch(cursor, spool)
+                if batch is None:
+                    return
+                await self._send(batch, spool)
+                cursor, failures = batch.end, 0
+            except Exception as e:
+                failures += 1
+                await self._backoff(failures, e)
 
     async def _insert(self, table: str, rows: list[Row], base: str, data: bytes | None = None,
                       token: str | None = None) -> None:

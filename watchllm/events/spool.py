@@ -29,6 +29,12 @@ token matches, see pipeline.py), the consumer records the batch it is about to s
 ``begin(start, events)`` in ``inflight``; after a restart ``replay`` returns it while the
 ack still points at its start. ``slot_id`` (file ``id``, random, made once per slot)
 keeps tokens of different slots, hosts or wiped spools apart.
+
+Orphans: a slot whose owner is gone (the next start had fewer workers) keeps its events
+until someone claims it. `orphan_slots` lists slots that hold undelivered data and whose
+lock is free (a cheap look at the files, no lock taken); `Spool(dir, slot=n)` claims
+exactly slot n (`SpoolBusy` if a live process holds it), so a running pipeline can adopt
+it, drain it with the slot's own id and replay record, and close it.
 """
 
 from __future__ import annotations
@@ -55,6 +61,10 @@ Position = tuple[int, int]  # (segment id, byte offset): ordered like the data
 
 class SpoolError(OSError):
     """The spool directory cannot be used (no free slot, unwritable disk)."""
+
+
+class SpoolBusy(SpoolError):
+    """The slot asked for is held by a live process."""
 
 
 @dataclass(slots=True)
@@ -98,6 +108,50 @@ def _seg_name(seg: int) -> str:
     return f"seg-{seg:016d}.wal"
 
 
+def _read_position(path: Path) -> Position | None:
+    try:
+        raw = path.read_bytes()
+        seg, off, crc = ACK.unpack(raw)
+    except (OSError, struct.error):
+        return None
+    return (seg, off) if zlib.crc32(raw[:16]) == crc else None
+
+
+def _has_pending(slot: Path) -> bool:
+    """Whether the slot's files hold bytes after its ack (maybe only a torn tail: the
+    owner's recovery tells). Reads file sizes only."""
+    ack = _read_position(slot / "ack") or (0, 0)
+    for path in slot.glob("seg-*.wal"):
+        try:
+            seg, size = int(path.name[4:-4]), path.stat().st_size
+        except (ValueError, OSError):
+            continue
+        if (seg, size) > ack and size > (ack[1] if seg == ack[0] else 0):
+            return True
+    return False
+
+
+def orphan_slots(root: Path | str, *, exclude: Path | None = None) -> list[int]:
+    """Slots of `root` with undelivered data whose lock no live process holds (checked
+    by taking and at once releasing it; a claim can still lose a race: `SpoolBusy`)."""
+    found = []
+    for slot in Path(root).glob("slot-*"):
+        if slot == exclude or not slot.name[5:].isdigit() or not _has_pending(slot):
+            continue
+        try:
+            fd = os.open(slot / "lock", os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # its owner is alive
+        finally:
+            os.close(fd)  # releases the lock if we took it
+        found.append(int(slot.name[5:]))
+    return sorted(found)
+
+
 class Spool:
     """One slot of a spool directory: an appender (one thread) and a reader (another)."""
 
@@ -109,6 +163,7 @@ class Spool:
         segment_bytes: int = 16 << 20,
         fsync: FsyncPolicy = "interval",
         fsync_interval_s: float = 0.5,
+        slot: int | None = None,
     ) -> None:
         self.root = Path(directory)
         self.max_bytes = max_bytes
@@ -125,15 +180,15 @@ class Spool:
         self._lock_fd = -1
         self._last_sync = time.monotonic()
         self._dirty = False
-        self.dir = self._claim_slot()
+        self.dir = self._claim_slot(slot)
         self.slot_id = self._slot_id()
         self._recover()
         self._inflight = self._read_inflight()
 
     # -- opening -------------------------------------------------------------------
-    def _claim_slot(self) -> Path:
+    def _claim_slot(self, only: int | None) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
-        for n in range(1024):
+        for n in range(1024) if only is None else (only,):
             slot = self.root / f"slot-{n}"
             slot.mkdir(exist_ok=True)
             fd = os.open(slot / "lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -144,6 +199,8 @@ class Spool:
                 continue
             self._lock_fd = fd
             return slot
+        if only is not None:
+            raise SpoolBusy(f"spool slot {only} in {self.root} is held by a live process")
         raise SpoolError(f"no free slot in spool directory {self.root}")
 
     def _slot_id(self) -> str:
@@ -176,12 +233,7 @@ class Spool:
         return ((seg, off), events) if zlib.crc32(raw[:24]) == crc else None
 
     def _read_ack(self) -> Position | None:
-        try:
-            raw = (self.dir / "ack").read_bytes()
-            seg, off, crc = ACK.unpack(raw)
-        except (OSError, struct.error):
-            return None
-        return (seg, off) if zlib.crc32(raw[:16]) == crc else None
+        return _read_position(self.dir / "ack")
 
     def _recover(self) -> None:
         segs = sorted(int(p.name[4:-4]) for p in self.dir.glob("seg-*.wal"))
