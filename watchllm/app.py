@@ -28,6 +28,7 @@ from watchllm.metadata.cached import ProjectSettingsCache, ProviderKeyCache
 from watchllm.metadata.plans import PlanStore
 from watchllm.metadata.store import MetadataStore
 from watchllm.proxy.context import ProxyContext
+from watchllm.proxy.hot import HotRequests
 from watchllm.proxy.router import ProviderRouter
 from watchllm.routes import admin, admin_plans, analytics, cache_admin, health, ingest, openapi
 from watchllm.routes import proxy as proxy_routes
@@ -97,6 +98,7 @@ class Gateway:
             _ = self.plans.ring  # an unusable master key stops start-up, not a request later
         self.limits = LimitsService(self._env.counters, self.settings, self.plans)
         self.provider_keys = ProviderKeyCache(self.plans, self.settings.key_cache_ttl_s)
+        self.hot = HotRequests()
         log.info("watchllm started: mode=%s core=%s", self._env.mode, core.BACKEND)
 
     async def shutdown(self, drain_timeout_s: float = 30.0) -> None:

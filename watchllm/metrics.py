@@ -114,9 +114,9 @@ class _Pending:
     """
 
     def __init__(self) -> None:
-        self.counts: dict[tuple[str, str, str], int] = {}  # (route, model, status)
-        self.tokens: dict[tuple[str, str], int] = {}  # (model, kind)
-        self.cost: dict[str, float] = {}
+        # (route, model as sent, status) -> [requests, prompt tokens, completion tokens, USD];
+        # the model label is bounded at flush, so the per-request work is one dict lookup.
+        self.requests: dict[tuple[str, str, int], list[Any]] = {}
         self.cache: dict[str, int] = {}  # outcome
         self.hist: dict[tuple[int, str], list[float]] = {}  # (which, route) -> buckets + [sum]
         self.scheduled = False
@@ -142,16 +142,19 @@ def flush() -> None:
     p.scheduled = False
     if m is None:
         return
-    counts, tokens, cost, hist, cache = p.counts, p.tokens, p.cost, p.hist, p.cache
-    p.counts, p.tokens, p.cost, p.hist, p.cache = {}, {}, {}, {}, {}
+    requests, hist, cache = p.requests, p.hist, p.cache
+    p.requests, p.hist, p.cache = {}, {}, {}
     for outcome, n in cache.items():
         _child(m.cache, outcome).inc(n)
-    for (route, model, status), n in counts.items():
-        _child(m.requests, route, model, status).inc(n)
-    for (model, kind), n in tokens.items():
-        _child(m.tokens, model, kind).inc(n)
-    for model, usd in cost.items():
-        _child(m.cost, model).inc(usd)
+    for (route, model, status), (n, prompt, completion, usd) in requests.items():
+        label = _model(model) if model else "none"
+        _child(m.requests, route, label, str(status)).inc(n)
+        if prompt:
+            _child(m.tokens, label, "prompt").inc(prompt)
+        if completion:
+            _child(m.tokens, label, "completion").inc(completion)
+        if usd:
+            _child(m.cost, label).inc(usd)
     for (which, route), h in hist.items():
         child = _child(m.latency if which == 0 else m.ttft, route)
         for i, hits in enumerate(h[:-1]):
@@ -175,19 +178,17 @@ def record_request(route: str, model: str, status: int, duration_s: float,
     if _m is None:
         return
     p = _pending
-    label = _model(model) if model else "none"
-    key = (route, label, str(status))
-    p.counts[key] = p.counts.get(key, 0) + 1
+    key = (route, model, status)
+    agg = p.requests.get(key)
+    if agg is None:
+        agg = p.requests[key] = [0, 0, 0, 0.0]
+    agg[0] += 1
+    agg[1] += prompt_tokens
+    agg[2] += completion_tokens
+    agg[3] += cost_usd
     _observe(0, route, duration_s)
     if ttft_s is not None:
         _observe(1, route, ttft_s)
-    if prompt_tokens:
-        p.tokens[(label, "prompt")] = p.tokens.get((label, "prompt"), 0) + prompt_tokens
-    if completion_tokens:
-        k = (label, "completion")
-        p.tokens[k] = p.tokens.get(k, 0) + completion_tokens
-    if cost_usd:
-        p.cost[label] = p.cost.get(label, 0.0) + cost_usd
     if not p.scheduled:
         _schedule()
 

@@ -79,3 +79,29 @@ async def test_unauthenticated_requests_are_not_a_projects_event(
         await _client(gw, "wl_nope").chat.completions.create(
             model="mock-1", messages=[{"role": "user", "content": "x"}])
     assert _events(gw) == []
+
+
+async def test_remembered_hits_emit_the_same_event_as_full_hits(
+        app: tuple[Gateway, str]) -> None:
+    """The third and later identical requests replay from the remembered request
+    (proxy/hot.py); their events must match a full-path HIT apart from per-request fields."""
+    gw, key = app
+    client = _client(gw, key)
+    msgs: Any = [{"role": "user", "content": "remember me"}]
+    for i in range(4):
+        await client.chat.completions.create(model="mock-1", messages=msgs, user="u1",
+                                             extra_headers={"x-request-id": f"rid-{i}"})
+    assert len(gw.hot) == 1  # the repeat path is in use
+    miss, full_hit, *hot_hits = _events(gw)
+    per_request = {"event_id", "request_id", "timestamp", "latency_ms",
+                   "time_to_first_token_ms"}
+    for event in hot_hits:
+        assert {k: v for k, v in event.items() if k not in per_request} == \
+            {k: v for k, v in full_hit.items() if k not in per_request}
+    assert [e["request_id"] for e in hot_hits] == ["rid-2", "rid-3"]
+    assert full_hit["cache_status"] == "HIT" and full_hit["user_id"] == "u1"
+    assert full_hit["cost_saved_usd"] == miss["cost_estimate_usd"]
+    # A purge makes the next repeat a miss and forgets the remembered request.
+    assert await gw.cache.purge(miss["project_id"]) == 1
+    await client.chat.completions.create(model="mock-1", messages=msgs, user="u1")
+    assert _events(gw)[-1]["cache_status"] == "MISS" and len(gw.hot) == 0

@@ -45,6 +45,7 @@ def _number(value: Any, name: str, lo: float, hi: float) -> float:
 
 
 DEFAULT = CacheControls()
+OFF = CacheControls(mode="off")  # `x-watchllm-cache-mode: off` alone: common, nothing to parse
 HEADER_NAMES = (b"cache-control", b"x-watchllm-cache-mode", b"x-watchllm-cache-ttl",
                 b"x-watchllm-cache-namespace", b"x-watchllm-cache-threshold")
 

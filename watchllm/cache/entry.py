@@ -35,6 +35,8 @@ class CacheEntry:
     query: str | None = None  # the embedded text (semantic cache verification)
     created: float = field(default_factory=time.time)
     cost_usd: float = 0.0
+    # Replay bodies, rendered once per decoded entry (entries are read-only once stored).
+    rendered: dict[object, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     def encode(self) -> bytes:
         doc = {"v": FORMAT_VERSION, "e": self.endpoint, "c": self.created, "u": self.usage,
@@ -167,7 +169,18 @@ def synthesize(completion: dict[str, Any]) -> list[dict[str, Any]]:
 def as_json(entry: CacheEntry) -> bytes:
     if entry.body is not None:
         return entry.body
-    return orjson.dumps(assemble(entry.chunks or [], entry.usage))
+    body = entry.rendered.get("json")
+    if body is None:
+        body = entry.rendered["json"] = orjson.dumps(assemble(entry.chunks or [], entry.usage))
+    return body
+
+
+def sse_body(entry: CacheEntry, include_usage: bool) -> bytes:
+    """The whole replayed stream as one body (rendered once per entry and usage choice)."""
+    body = entry.rendered.get(include_usage)
+    if body is None:
+        body = entry.rendered[include_usage] = b"".join(as_sse(entry, include_usage))
+    return body
 
 
 def as_sse(entry: CacheEntry, include_usage: bool) -> list[bytes]:

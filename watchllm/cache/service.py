@@ -28,6 +28,7 @@ from watchllm.settings import Settings
 CACHEABLE = ("chat/completions", "completions", "embeddings")
 SEMANTIC_CANDIDATES = 5
 _POLL_S = 0.02
+_DECODED_MAX_BYTES = 16 << 20  # decoded entries kept per worker (the bytes they came from)
 
 
 @dataclass(slots=True)
@@ -54,6 +55,7 @@ class CacheHit:
     entry: CacheEntry
     status: str  # HIT | SEMANTIC_HIT
     similarity: float | None = None
+    stored: bytes | None = None  # the KV value the entry was decoded from (exact hits)
 
     @property
     def age_s(self) -> int:
@@ -68,6 +70,29 @@ class ResponseCache:
         self.vectors = vectors
         self.embedder = embedder
         self._flights: dict[str, asyncio.Future[CacheEntry | None]] = {}
+        # KV key -> (stored bytes, decoded entry): a hot entry is decoded (and its replay
+        # body rendered) once, not per hit. Checked by value, so any rewrite is decoded anew.
+        self._decoded: dict[str, tuple[bytes, CacheEntry]] = {}
+        self._decoded_bytes = 0
+
+    def _decode(self, key: str, data: bytes) -> CacheEntry | None:
+        memo = self._decoded.get(key)
+        if memo is not None and memo[0] == data:
+            return memo[1]
+        entry = CacheEntry.decode(data)
+        if entry is not None and len(data) <= _DECODED_MAX_BYTES // 64:
+            if memo is not None:
+                self._decoded_bytes -= len(self._decoded.pop(key)[0])
+            while self._decoded and self._decoded_bytes + len(data) > _DECODED_MAX_BYTES:
+                oldest = next(iter(self._decoded))  # insertion order: oldest first
+                self._decoded_bytes -= len(self._decoded.pop(oldest)[0])
+            self._decoded[key] = (data, entry)
+            self._decoded_bytes += len(data)
+        return entry
+
+    async def still_stored(self, key: str, stored: bytes) -> bool:
+        """Whether the KV still holds exactly this value (not purged, expired or rewritten)."""
+        return await self.kv.get(key) == stored
 
     # -- planning -------------------------------------------------------------------
     def plan(self, project_id: str, project_cache: dict[str, Any], controls: CacheControls,
@@ -100,9 +125,9 @@ class ResponseCache:
         if not plan.read:
             return None
         data = await self.kv.get(plan.key)
-        entry = CacheEntry.decode(data) if data else None
+        entry = self._decode(plan.key, data) if data else None
         if entry is not None:
-            return CacheHit(entry, "HIT")
+            return CacheHit(entry, "HIT", stored=data)
         if plan.semantic:
             return await self._semantic(plan)
         return None

@@ -91,17 +91,7 @@ class Request:
     async def json_object(self, limit: int) -> tuple[bytes, dict[str, Any]]:
         """The body parsed as a JSON object (400 naming the problem otherwise)."""
         raw = await self.body(limit)
-        if not raw:
-            raise InvalidRequestError("Request body is empty; expected a JSON object.")
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRequestError(f"Request body is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise InvalidRequestError(
-                f"Request body must be a JSON object, got {type(data).__name__}."
-            )
-        return raw, data
+        return raw, parse_object(raw)
 
     def query_params(self) -> dict[str, str]:
         from urllib.parse import parse_qsl
@@ -115,6 +105,19 @@ class Request:
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
         return self.header(b"x-api-key") or self.header(b"api-key")
+
+
+def parse_object(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object (400 naming the problem otherwise)."""
+    if not raw:
+        raise InvalidRequestError("Request body is empty; expected a JSON object.")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(f"Request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError(f"Request body must be a JSON object, got {type(data).__name__}.")
+    return data
 
 
 async def send_body(send: Send, status: int, body: bytes, headers: RawHeaders) -> None:

@@ -47,11 +47,21 @@ class ProxyContext:
     metadata: dict[str, str] = field(default_factory=dict)
     admission: Admission | None = None
     limit_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # A replayed request's event, minus the per-request fields (see proxy/hot.py).
+    template: dict[str, Any] | None = None
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
 
     def event(self) -> dict[str, Any]:
+        if self.template is not None and self.status == 200:
+            event = self.template.copy()
+            event["event_id"] = event["request_id"] = self.request_id
+            event["timestamp"] = self.wall_ms
+            event["latency_ms"] = round(self.elapsed_ms(), 3)
+            event["time_to_first_token_ms"] = (None if self.ttft_s is None
+                                               else round(self.ttft_s * 1000, 3))
+            return event
         ok = 200 <= self.status < 400
         return {
             "event_id": self.request_id,

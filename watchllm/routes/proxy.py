@@ -14,21 +14,32 @@ import orjson
 
 from watchllm import core, metrics
 from watchllm.cache import controls as cache_controls
-from watchllm.cache.entry import CacheEntry, as_json, as_sse, entry_from_stream
+from watchllm.cache.entry import CacheEntry, as_json, entry_from_stream, sse_body
 from watchllm.cache.service import CacheHit
 from watchllm.errors import InvalidRequestError, UpstreamError, WatchLLMError
 from watchllm.events import usage as usage_mod
-from watchllm.http.asgi import JSON_HEADERS, SSE_HEADERS, RawHeaders, Request, Send, send_body
+from watchllm.http.asgi import (
+    JSON_HEADERS,
+    SSE_HEADERS,
+    RawHeaders,
+    Request,
+    Send,
+    parse_object,
+    send_body,
+)
 from watchllm.limits.ops import CONC
 from watchllm.proxy.anthropic_translate import error_message
 from watchllm.proxy.base import FORWARDED_HEADERS, UpstreamCall, UpstreamResult
 from watchllm.proxy.context import ProxyContext
+from watchllm.proxy.hot import HotRequest
 from watchllm.proxy.streaming import forward_stream
 
 if TYPE_CHECKING:
     from watchllm.app import Gateway
+    from watchllm.auth import Principal
 
 _HITS = ("HIT", "SEMANTIC_HIT")
+_MODE = b"x-watchllm-cache-mode"
 ENDPOINTS = {
     "/v1/chat/completions": "chat/completions",
     "/v1/completions": "completions",
@@ -156,19 +167,31 @@ def _estimate_tokens(endpoint: str, raw: bytes, data: dict[str, Any], model: str
 async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> None:
     principal = await gw.auth.authenticate(req.bearer(), "proxy")
     ctx.project_id, ctx.key_id = principal.project_id, principal.key_id
-    raw, data = await req.json_object(gw.settings.max_body_bytes)
+    raw = await req.body(gw.settings.max_body_bytes)
+    raw_headers = req.raw_headers
+    present = [h for h in cache_controls.HEADER_NAMES if h in raw_headers]
+    plain = not present
+    memo_key = (ctx.key_id, ctx.endpoint, raw)
+    if plain and (hot := gw.hot.get(memo_key)) is not None:
+        if await _serve_hot(gw, send, ctx, principal, hot):
+            return
+        gw.hot.drop(memo_key)
+
+    data = parse_object(raw)
     ctx.model, ctx.stream = validate(ctx.endpoint, data)
     principal.check_model(ctx.model)
     limits = await gw.limits.limits_for(ctx.project_id, ctx.key_id) \
         if ctx.project_id != "*" else None
+    estimate = 0
     if limits is not None and not limits.unlimited:
         estimate = _estimate_tokens(ctx.endpoint, raw, data, ctx.model)
         ctx.admission = await gw.limits.admit(ctx.project_id, ctx.key_id, estimate, limits)
         ctx.limit_headers = gw.limits.headers(ctx.admission)
     body_controls = data.get("watchllm")
-    raw_headers = req.raw_headers
-    if body_controls is None and not any(h in raw_headers for h in cache_controls.HEADER_NAMES):
+    if body_controls is None and plain:
         controls = cache_controls.DEFAULT  # the common case: nothing to parse
+    elif body_controls is None and present == [_MODE] and raw_headers[_MODE] == b"off":
+        controls = cache_controls.OFF
     else:
         controls = cache_controls.parse(req.headers, body_controls)
     if "watchllm" in data:  # our control field never reaches the provider
@@ -181,15 +204,23 @@ async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
     route = gw.router.resolve(ctx.model, own_keys)
     ctx.provider = route.provider.name
 
-    project_cache = (await gw.projects.get(ctx.project_id)).get("cache") or {}
-    plan = gw.cache.plan(ctx.project_id, project_cache, controls, ctx.endpoint, raw, data)
+    settings = await gw.projects.get(ctx.project_id)
+    plan = gw.cache.plan(ctx.project_id, settings.get("cache") or {}, controls, ctx.endpoint,
+                         raw, data)
     ctx.cache_status = "BYPASS" if plan is None else "MISS"
     if plan is not None:
         hit = await gw.cache.lookup(plan)
         if hit is None and plan.write:
             hit = await gw.cache.wait_or_lead(plan)
         if hit is not None:
-            await _replay(send, ctx, hit, data)
+            body = await _replay(send, ctx, hit, data)
+            if (controls is cache_controls.DEFAULT and hit.stored is not None
+                    and ctx.project_id != "*"):
+                gw.hot.put(memo_key, HotRequest(
+                    principal, settings, own_keys, limits, plan.key, hit.stored, ctx.model,
+                    ctx.stream, ctx.provider, ctx.prompt, ctx.user, estimate, body,
+                    _hot_headers(ctx), hit.entry.created, ctx.usage, ctx.cost_saved_usd,
+                    ctx.event()))
             return
     entry: CacheEntry | None = None
     try:
@@ -202,6 +233,38 @@ async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
             await gw.cache.complete(plan, entry)
         elif plan is not None and entry is not None and plan.write:
             await gw.cache.store(plan, entry)
+
+
+async def _serve_hot(gw: Gateway, send: Send, ctx: ProxyContext, principal: Principal,
+                     hot: HotRequest) -> bool:
+    """Replay a remembered HIT if everything it was worked out from still holds."""
+    pid = ctx.project_id
+    if (hot.principal is not principal
+            or await gw.projects.get(pid) is not hot.project_settings
+            or await gw.provider_keys.get(pid) is not hot.own_keys
+            or (limits := await gw.limits.limits_for(pid, ctx.key_id)) is not hot.limits
+            or not await gw.cache.still_stored(hot.kv_key, hot.stored)):
+        return False
+    ctx.model, ctx.stream, ctx.provider = hot.model, hot.stream, hot.provider
+    ctx.prompt, ctx.user = hot.prompt, hot.user
+    if not limits.unlimited:
+        ctx.admission = await gw.limits.admit(pid, ctx.key_id, hot.estimate, limits)
+        ctx.limit_headers = gw.limits.headers(ctx.admission)
+    ctx.status, ctx.cache_status = 200, "HIT"
+    ctx.usage, ctx.cost_saved_usd, ctx.template = hot.usage, hot.cost_saved_usd, hot.event
+    headers = [(b"x-request-id", ctx.request_id.encode()),
+               (b"x-watchllm-latency-ms", f"{ctx.elapsed_ms():.2f}".encode()),
+               (b"age", str(max(0, int(time.time() - hot.created))).encode()),
+               *ctx.limit_headers, *hot.headers]
+    await send_body(send, 200, hot.body, headers)
+    ctx.ttft_s = ctx.elapsed_ms() / 1000
+    return True
+
+
+def _hot_headers(ctx: ProxyContext) -> RawHeaders:
+    """The response headers of a replay that do not change from one request to the next."""
+    return [(b"x-watchllm-provider", ctx.provider.encode()), (b"x-watchllm-cache", b"HIT"),
+            *(SSE_HEADERS if ctx.stream else JSON_HEADERS)]
 
 
 async def _forward(gw: Gateway, req: Request, send: Send, ctx: ProxyContext,
@@ -260,8 +323,8 @@ def _cost(gw: Gateway, ctx: ProxyContext) -> float:
     return gw.prices.cost_usd(ctx.model, u.prompt, u.completion, u.cached)
 
 
-async def _replay(send: Send, ctx: ProxyContext, hit: CacheHit, data: dict[str, Any]) -> None:
-    """Answer from the cache, in the form this request asked for."""
+async def _replay(send: Send, ctx: ProxyContext, hit: CacheHit, data: dict[str, Any]) -> bytes:
+    """Answer from the cache, in the form this request asked for; returns the body sent."""
     entry = hit.entry
     ctx.status, ctx.cache_status = 200, hit.status
     ctx.usage = usage_mod.from_usage_doc(entry.usage)
@@ -271,14 +334,13 @@ async def _replay(send: Send, ctx: ProxyContext, hit: CacheHit, data: dict[str, 
     if hit.similarity is not None:
         headers.append((b"x-watchllm-cache-similarity", f"{hit.similarity:.4f}".encode()))
     if ctx.stream:
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": headers + SSE_HEADERS})
-        for chunk in as_sse(entry, _include_usage(data)):
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        body = sse_body(entry, _include_usage(data))
+        await send_body(send, 200, body, headers + SSE_HEADERS)
     else:
-        await send_body(send, 200, as_json(entry), headers + JSON_HEADERS)
+        body = as_json(entry)
+        await send_body(send, 200, body, headers + JSON_HEADERS)
     ctx.ttft_s = ctx.elapsed_ms() / 1000
+    return body
 
 
 async def list_models(gw: Gateway, req: Request, send: Send) -> None:
