@@ -123,6 +123,8 @@ async def project_item(gw: Gateway, req: Request, send: Send) -> None:
             raise InvalidRequestError(f"unknown fields {unknown}", param=unknown[0])
         await store.update_project(project_id, data)
         _forget_limits(gw, project_id)
+        if getattr(gw, "projects", None) is not None:  # settings apply now on this worker
+            gw.projects.forget(project_id)
         await send_json(send, 200, await _project_view(gw, project_id))
     elif req.method == "DELETE":
         for key_id in await store.delete_project(project_id):
