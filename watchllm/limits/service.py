@@ -231,7 +231,13 @@ class LimitsService:
         admission = Admission(project_id, key_id, tokens, ops, template.names, plan=template)
         pending = self._pending.pop(project_id, None) if self._pending else None
         if pending is None:
-            outcome = await self._apply(ops, now_ms, admission)
+            if time.monotonic() >= self._down_until:  # _apply inlined: the common case
+                try:
+                    outcome: Outcome | None = await self.counters.apply(ops, now_ms)
+                except (CountersUnavailable, TimeoutError, OSError) as exc:
+                    outcome = self._unavailable(exc, admission)
+            else:
+                outcome = self._unavailable(None, admission)
         else:
             try:
                 outcome = await self._apply([*pending.values(), *ops], now_ms, admission)
@@ -335,8 +341,15 @@ class LimitsService:
             try:
                 return await self.counters.apply(ops, now_ms)
             except (CountersUnavailable, TimeoutError, OSError) as exc:
-                self._down_until = time.monotonic() + _BREAKER_S
-                log.warning("limits backend unavailable (%s); failing %s", exc, self.fail_mode)
+                return self._unavailable(exc, admission)
+        return self._unavailable(None, admission)
+
+    def _unavailable(self, exc: Exception | None,
+                     admission: Admission | None) -> Outcome | None:
+        """The backend failed (exc) or is being skipped (None): fail open or closed."""
+        if exc is not None:
+            self._down_until = time.monotonic() + _BREAKER_S
+            log.warning("limits backend unavailable (%s); failing %s", exc, self.fail_mode)
         metrics.limits_unavailable(self.fail_mode)
         if admission is None:
             return None  # settle/flush: the caller keeps its deltas for the next try
