@@ -1,4 +1,4 @@
-"""`watchllm` command line: serve, migrate, projects, keys, demo."""
+"""`watchllm` command line: serve, migrate, projects, keys, plans, demo."""
 
 from __future__ import annotations
 
@@ -91,6 +91,62 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> None:
     asyncio.run(_with_store(settings, run))
 
 
+def _limits_arg(text: str | None) -> dict[str, Any] | None:
+    """--limits: a JSON object, or @file with one (docs/limits.md has the document)."""
+    if text is None:
+        return None
+    import orjson
+
+    from watchllm.errors import InvalidRequestError
+
+    if text.startswith("@"):
+        from pathlib import Path
+
+        text = Path(text[1:]).read_text()
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(f"--limits is not valid JSON: {exc}", param="limits") from None
+    if not isinstance(value, dict):
+        raise InvalidRequestError("--limits must be a JSON object", param="limits")
+    return value
+
+
+def cmd_plans(settings: Settings, args: argparse.Namespace) -> None:
+    """The admin API's plan routes (watchllm/routes/admin_plans.py) on the same PlanStore."""
+    import orjson
+
+    def show(doc: dict[str, Any]) -> None:
+        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+
+    async def run(store: Any) -> None:
+        from watchllm.metadata.plans import PlanStore
+
+        plans = PlanStore(store.db, settings)
+        if args.action == "create":
+            show((await plans.create_plan(args.name, _limits_arg(args.limits) or {})).public())
+        elif args.action == "list":
+            rows = [{**p.public(), "limits": orjson.dumps(p.limits).decode()}
+                    for p in await plans.list_plans()]
+            _print_table(rows, ["id", "name", "limits"])
+        elif args.action == "show":
+            show((await plans.get_plan(args.plan)).public())
+        elif args.action == "update":
+            show((await plans.update_plan(args.plan, args.name,
+                                          _limits_arg(args.limits))).public())
+        elif args.action == "delete":
+            plan = await plans.get_plan(args.plan)
+            await plans.delete_plan(plan.id)
+            print(f"deleted {plan.id}")
+        else:  # assign
+            project = await store.find_project(args.project)
+            plan_id = None if args.plan == "none" else (await plans.get_plan(args.plan)).id
+            await plans.update_project(project.id, {"plan_id": plan_id})
+            print(f"project {project.id}: plan {plan_id or 'none'}")
+
+    asyncio.run(_with_store(settings, run))
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
     from watchllm.entrypoints.demo import run_demo
 
@@ -125,6 +181,24 @@ def parser() -> argparse.ArgumentParser:
     k_sub.add_parser("list").add_argument("--project")
     k_sub.add_parser("revoke").add_argument("key_id")
     k.set_defaults(fn=cmd_keys)
+
+    pl = sub.add_parser("plans", help="create, list, show, update, delete or assign plans")
+    pl_sub = pl.add_subparsers(dest="action", required=True)
+    plc = pl_sub.add_parser("create")
+    plc.add_argument("name")
+    plc.add_argument("--limits", help='JSON object (or @file), e.g. \'{"rpm": 600, '
+                     '"budget_usd": 100, "period": "month"}\'')
+    pl_sub.add_parser("list")
+    pl_sub.add_parser("show").add_argument("plan", help="plan id or name")
+    plu = pl_sub.add_parser("update")
+    plu.add_argument("plan", help="plan id or name")
+    plu.add_argument("--name", help="new name")
+    plu.add_argument("--limits", help="JSON object (or @file): replaces the plan's limits")
+    pl_sub.add_parser("delete").add_argument("plan", help="plan id or name (must be unused)")
+    pla = pl_sub.add_parser("assign", help="put a project on a plan")
+    pla.add_argument("plan", help="plan id or name, or 'none' to detach")
+    pla.add_argument("--project", required=True, help="project name or id")
+    pl.set_defaults(fn=cmd_plans)
 
     sub.add_parser("demo", help="start the gateway and send a real OpenAI-SDK request through it"
                    ).set_defaults(fn=cmd_demo)
