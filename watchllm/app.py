@@ -110,6 +110,7 @@ class Gateway:
         except TimeoutError:
             log.warning("shutdown: %d requests still in flight after %ss", self.inflight,
                         drain_timeout_s)
+        await self.limits.close()  # deferred settles reach the counters before they close
         await self._env.events.flush()
         await self._env.close()
         self._env = None

@@ -209,8 +209,6 @@ async def test_failed_flush_keeps_the_deltas(project: str) -> None:
     assert await _used(counters, f"wl:{{{project}}}:k:k:tpm", 1000) == 300
 
 
-@pytest.mark.xfail(strict=False, reason="needs watchllm/app.py: Gateway.shutdown must await "
-                   "self.limits.close() before self._env.close()")
 async def test_gateway_shutdown_loses_no_delta(private_redis: int, tmp_path: Path) -> None:
     """Through the ASGI app: the last request's reconciliation reaches Redis at shutdown."""
     import orjson

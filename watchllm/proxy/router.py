@@ -142,7 +142,7 @@ class ProviderRouter:
 
     async def _attempts(self, call: UpstreamCall, route: Route) -> UpstreamResult | Exception:
         s = self.settings
-        outcome: UpstreamResult | Exception = UpstreamError("no attempt was made")
+        outcome: UpstreamResult | Exception | None = None
         for attempt in range(s.max_retries + 1):
             last = attempt == s.max_retries
             try:
@@ -164,4 +164,4 @@ class ProviderRouter:
                 break
             backoff = s.retry_backoff_s * (2 ** attempt) * (0.5 + random.random() / 2)
             await asyncio.sleep(max(backoff, wait or 0.0))
-        return outcome
+        return outcome if outcome is not None else UpstreamError("no attempt was made")
