@@ -93,6 +93,7 @@ class EventPipeline:
         dead_letter: Path | str | None = None,
         drain_timeout_s: float = 10.0,
         hot_bytes: int = 64 << 20,
+        linger_ms: float = 5.0,
         route: Callable[[Row], Sequence[str]] = default_route,
         tables: dict[str, tuple[tuple[str, str], ...]] = TABLES,
         adopt_every_s: float = 10.0,
@@ -100,6 +101,7 @@ class EventPipeline:
         self.sink = sink
         self.batch_size = batch_size
         self.flush_s = flush_ms / 1000
+        self.linger_s = linger_ms / 1000
         self.backoff_s, self.backoff_max_s = backoff_s, backoff_max_s
         self.route = route
         self.drain_timeout_s = drain_timeout_s
@@ -119,7 +121,8 @@ class EventPipeline:
         self._written = 0  # puts the writer has finished with (spooled or dropped)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._progress: asyncio.Event | None = None
-        self._urgent = 0
+        self._urgent = 0  # flush() waits for acks: ship what there is, now
+        self._waiting = 0  # flush() / wait_spooled() wait for the writer: no linger
         self._closed = False
         self._writer: threading.Thread | None = None
         self._shipper: asyncio.Task[None] | None = None
@@ -154,8 +157,12 @@ class EventPipeline:
 
         Waits as long as the sink is down; bound it with `asyncio.timeout`."""
         target = self.metrics.accepted
-        while self._written < target:
-            await self._wait_progress(0.05)
+        self._waiting += 1
+        try:
+            while self._written < target:
+                await self._wait_progress(0.05)
+        finally:
+            self._waiting -= 1
         end = self.spool.committed()
         self._urgent += 1
         try:
@@ -169,8 +176,12 @@ class EventPipeline:
         (durable: survives kill -9) or refused. Returns the `dropped` total, so a caller
         can tell whether any were refused meanwhile. Bound it with `asyncio.timeout`."""
         target = self.metrics.accepted
-        while self._written < target:
-            await self._wait_progress(0.005)
+        self._waiting += 1
+        try:
+            while self._written < target:
+                await self._wait_progress(0.005)
+        finally:
+            self._waiting -= 1
         return self.metrics.dropped
 
     async def close(self) -> None:
@@ -212,7 +223,7 @@ class EventPipeline:
                 if self._stop.is_set():
                     return
                 self.spool.sync_if_due()
-                self._wake.wait(self.spool.fsync_interval_s)
+                self._wake.wait(self.spool.fsync_interval_s)  # idle: until the next put()
                 self._wake.clear()
                 continue
             take = min(len(self._buf), RECORD_EVENTS, self.batch_size)
@@ -238,7 +249,17 @@ class EventPipeline:
                 self.metrics.spooled += len(lines)
                 self._hot.keep(prev, end, good, sum(map(len, lines)))
             self._written += take
-            self._notify()
+            # Waking the event loop costs more than writing a small record: only when a
+            # caller waits (flush, wait_spooled) or a full batch is ready. Otherwise the
+            # shipper notices new records on its own 50 ms poll.
+            if self._waiting or self._urgent or self.spool.pending_events >= self.batch_size:
+                self._notify()
+            if (self.linger_s and not self._buf and not self._waiting
+                    and not self._stop.is_set()):
+                # Busy: let the next linger_ms of events gather into one record instead
+                # of a wake-up per put() (a wake-up costs ~25 µs of CPU on this VM, more
+                # than writing the record). Idle, the first put() wakes the writer at once.
+                time.sleep(self.linger_s)
 
     def _notify(self) -> None:
         loop, progress = self._loop, self._progress
