@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -70,6 +71,37 @@ def hey(url: str, seconds: int, body: Path | None, headers: dict[str, str],
     res["non200"] = sum(int(n) for c, n in codes.items() if c != "200")
     res["n"] = sum(int(n) for n in codes.values())
     return res
+
+
+OHA = shutil.which("oha") or str(Path.home() / ".cargo/bin/oha")
+
+
+def fixed_rate(url: str, seconds: int, body: Path | None, headers: dict[str, str],
+               rate: int, conc: int = 50) -> dict[str, float]:
+    """Open loop at `rate` requests/s. With oha (`cargo install oha`): one global schedule
+    and latency measured from each request's scheduled start (--latency-correction), so a
+    stall is not hidden. `hey -q` paces each of its connections separately, so all of them
+    fire together every conc/rate seconds: bursts of `conc` requests, whose queueing shows up
+    as latency on any server (the direct mock included). Without oha, hey it is."""
+    if not Path(OHA).exists():
+        return hey(url, seconds, body, headers, rate, conc)
+    cmd = ["taskset", "-c", "1", OHA, "-z", f"{seconds}s", "-c", str(conc), "-q", str(rate),
+           "--latency-correction", "--no-tui", "--output-format", "json"]
+    if body is not None:
+        cmd += ["-m", "POST", "-T", "application/json", "-D", str(body)]
+    for k, v in headers.items():
+        cmd += ["-H", f"{k}: {v}"]
+    out = json.loads(subprocess.run([*cmd, url], capture_output=True, text=True,
+                                    check=True).stdout)
+    lat = out["latencyPercentiles"]
+    codes = {str(k): int(v) for k, v in out["statusCodeDistribution"].items()}
+    return {"rps": float(out["summary"]["requestsPerSec"]),
+            "p50_ms": (lat.get("p50") or float("nan")) * 1000,
+            "p90_ms": (lat.get("p90") or float("nan")) * 1000,
+            "p99_ms": (lat.get("p99") or float("nan")) * 1000,
+            "non200": sum(n for c, n in codes.items() if c != "200")
+            + sum(int(v) for v in out.get("errorDistribution", {}).values()),
+            "n": sum(codes.values())}
 
 
 def measured(server: Server | None, fn: Any) -> dict[str, float]:
@@ -162,16 +194,18 @@ def main() -> None:
         hey(url, 2, body, auth)
         own: list[float] = []
         sampler = sample_overhead(url, nocache, s - 1, own)
-        fixed = measured(gw, lambda: hey(url, s, body, nocache, args.rate))
+        fixed = measured(gw, lambda: fixed_rate(url, s, body, nocache, args.rate))
         sampler.join()
         results = {
-            "direct, fixed rate": measured(None, lambda: hey(direct, s, body, {}, args.rate)),
+            "direct, fixed rate": measured(None, lambda: fixed_rate(direct, s, body, {},
+                                                                    args.rate)),
             "gateway, fixed rate": fixed,
             "direct, saturation": measured(None, lambda: hey(direct, s, body, {})),
             "gateway, saturation": measured(gw, lambda: hey(url, s, body, nocache)),
             "ceiling app, saturation": measured(ceiling, lambda: hey(ceiling.url, s, None, {})),
             "gateway cache hit, saturation": measured(gw, lambda: hey(url, s, body, auth)),
-            "gateway cache hit, 5000 rps": measured(gw, lambda: hey(url, s, body, auth, 5000)),
+            "gateway cache hit, 5000 rps": measured(gw, lambda: fixed_rate(url, s, body, auth,
+                                                                            5000)),
         }
         sauth = {"authorization": f"Bearer {skey}", "x-watchllm-cache-mode": "off"}
         surl = f"{gw_stream.url}/v1/chat/completions"
@@ -185,7 +219,9 @@ def main() -> None:
         for server in (gw, gw_stream, mock, stream_mock, ceiling):
             server.stop()
 
-    print(f"\n`{' '.join(sys.argv)}` — {time.strftime('%Y-%m-%d %H:%M')}, hey, {s}s per row\n")
+    tool = "oha" if Path(OHA).exists() else "hey"
+    print(f"\n`{' '.join(sys.argv)}` — {time.strftime('%Y-%m-%d %H:%M')}, {s}s per row; "
+          f"fixed-rate rows: {tool} (open loop), saturation rows: hey -c 50\n")
     print("| scenario | requests/s | p50 ms | p99 ms | gateway CPU ms/req | non-200 |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, r in results.items():

@@ -1,10 +1,12 @@
 """Drive the ASGI app in-process (no server, no sockets) to profile our own per-request cost.
 
-    .venv/bin/python bench/profile/inprocess.py [hit|miss|http] [N] [CONC] [--uvloop] [--profile]
+    .venv/bin/python bench/profile/inprocess.py [hit|miss|http|stream] [N] [CONC] \
+        [--uvloop] [--profile]
 
 `miss` uses the in-process mock provider with caching off, `http` a real mock upstream
 over loopback (the lean HTTP client included; the upstream's own CPU is not counted),
-`hit` a cached answer. Prints
+`stream` the same upstream streaming its answer as SSE (cache off), `hit` a cached answer.
+Prints
 microseconds per request of pure application work.
 """
 
@@ -36,10 +38,10 @@ async def main(kind: str, n: int, profile: bool, concurrency: int) -> None:
            **({"WATCHLLM_DEFAULT_RPM": "100000000", "WATCHLLM_DEFAULT_TPM": "1000000000"}
               if "--limits" in sys.argv else {})}
     upstream = None
-    if kind == "http":  # a real upstream over loopback (the fixed-answer mock)
+    if kind in ("http", "stream"):  # a real upstream over loopback (the fixed-answer mock)
         from watchllm.testing.servers import start_mock_upstream
 
-        upstream = start_mock_upstream(Path(data_dir), fixed=True, cpu=1)
+        upstream = start_mock_upstream(Path(data_dir), fixed=kind == "http", cpu=1)
         env |= {"OPENAI_BASE_URL": upstream.url + "/v1", "OPENAI_API_KEY": "sk-profile"}
     settings = load_settings(env, None)
     gw = Gateway(settings, build_env)
@@ -48,20 +50,30 @@ async def main(kind: str, n: int, profile: bool, concurrency: int) -> None:
     _, key = await gw.store.create_key(project.id)
     headers = [(b"authorization", f"Bearer {key}".encode()),
                (b"content-type", b"application/json")]
-    if kind in ("miss", "http"):
+    if kind in ("miss", "http", "stream"):
         headers.append((b"x-watchllm-cache-mode", b"off"))
     scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
              "query_string": b"", "headers": headers}
     sent: list[Any] = []
 
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": BODY, "more_body": False}
+    body = orjson.dumps({**orjson.loads(BODY), "stream": True}) if kind == "stream" else BODY
+
+    def make_receive() -> Any:
+        calls = 0
+
+        async def receive() -> dict[str, Any]:
+            nonlocal calls
+            calls += 1
+            if calls > 1:  # the disconnect watcher of a stream: the client never leaves
+                await asyncio.sleep(3600)
+            return {"type": "http.request", "body": body, "more_body": False}
+        return receive
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
     for _ in range(200):
-        await gw(scope, receive, send)
+        await gw(scope, make_receive(), send)
     assert sent[0]["status"] == 200, sent[:2]
     prof = cProfile.Profile() if profile else None
     if prof:
@@ -70,7 +82,7 @@ async def main(kind: str, n: int, profile: bool, concurrency: int) -> None:
 
     async def worker(count: int) -> None:
         for _ in range(count):
-            await gw(scope, receive, send)
+            await gw(scope, make_receive(), send)
             sent.clear()
 
     await asyncio.gather(*(worker(n // concurrency) for _ in range(concurrency)))

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import contextlib
+
+import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
+from watchllm.proxy import sse
 from watchllm.proxy.sse import SSEDecoder, encode, iter_events
 
 
@@ -28,3 +32,23 @@ def test_crlf_framing() -> None:
 def test_roundtrip(payloads: list[bytes]) -> None:
     raw = b"".join(encode(p) for p in payloads)
     assert [d for _, d in iter_events(raw)] == payloads
+
+
+@given(st.lists(st.one_of(
+    st.dictionaries(st.text(max_size=5), st.one_of(st.integers(), st.text(max_size=8)),
+                    max_size=3).map(lambda d: sse.encode(orjson.dumps(d))),
+    st.just(b"data: not json\n\n"), st.just(b": comment\n\n"), st.just(b"data:{}\r\n\r\n"),
+    st.just(b"event: x\ndata: [1]\n\n")), max_size=6), st.booleans())
+def test_stream_chunks_fast_path_equals_the_event_parser(events: list[bytes],
+                                                         done: bool) -> None:
+    """usage._stream_chunks parses OpenAI-framed streams as one JSON array; whatever the
+    framing, it must give what parsing event by event gives."""
+    from watchllm.events.usage import _stream_chunks
+
+    raw = b"".join(events) + (sse.encode(sse.DONE) if done else b"")
+    expected = []
+    for _, data in sse.iter_events(raw):
+        if data != sse.DONE:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                expected.append(orjson.loads(data))
+    assert _stream_chunks(raw) == expected

@@ -67,17 +67,31 @@ def from_body(endpoint: str, body: bytes) -> tuple[Usage, str, dict[str, Any] | 
         raw if isinstance(raw, dict) else None
 
 
+def _stream_chunks(raw: bytes) -> list[Any]:
+    """The JSON payloads of a stream, in order ([DONE] and unparseable events left out)."""
+    data = sse.simple_data(raw)
+    if data is not None:
+        if data and data[-1] == sse.DONE:
+            data.pop()
+        try:  # the whole stream as one JSON array: one parse instead of one per chunk
+            return list(orjson.loads(b"[" + b",".join(data) + b"]"))
+        except orjson.JSONDecodeError:
+            pass  # some event is not JSON: parse them one by one, skipping it
+    chunks = []
+    for _, payload in sse.iter_events(raw):
+        if payload != sse.DONE:
+            try:
+                chunks.append(orjson.loads(payload))
+            except orjson.JSONDecodeError:
+                continue
+    return chunks
+
+
 def from_stream(raw: bytes, request: dict[str, Any], request_body: bytes) -> tuple[Usage, str]:
     """Usage and text of a streamed chat completion (SSE bytes as sent to the client)."""
     text: list[str] = []
     usage: Usage | None = None
-    for _, data in sse.iter_events(raw):
-        if data == sse.DONE:
-            continue
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            continue
+    for chunk in _stream_chunks(raw):
         if not isinstance(chunk, dict):
             continue
         usage = _from_usage(chunk.get("usage")) or usage
