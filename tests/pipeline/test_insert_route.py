@@ -20,7 +20,12 @@ from tests.pipeline.chdb_http import ChdbHttpServer
 from tests.pipeline.helpers import make_event
 from watchllm import core
 from watchllm.env.selfhosted.clickhouse import ClickHouseAnalytics
-from watchllm.events.clickhouse_schema import input_structure, insert_select, plain_type
+from watchllm.events.clickhouse_schema import (
+    input_source,
+    input_structure,
+    insert_select,
+    plain_type,
+)
 from watchllm.events.schema import TABLES
 
 COLUMNS = [("i", "UInt32"), *ALL_TYPES]
@@ -43,6 +48,20 @@ def test_plain_type_removes_low_cardinality_at_any_depth() -> None:
     assert sql == ("INSERT INTO events (`event_id`, `event_type`) SETTINGS "
                    "insert_deduplication_token = 'it\\'s', insert_deduplicate = 1 "
                    "SELECT * FROM input('x')")
+
+
+def test_the_http_statement_parses(chdb_url: str) -> None:
+    """chDB cannot run `input()` (no request body), but its parser is the server's."""
+    import clickhouse_connect
+
+    sql = insert_select("events", TABLES["events"], input_source(TABLES["events"]),
+                        {"insert_deduplication_token": "t", "insert_deduplicate": 1})
+    client = clickhouse_connect.get_client(dsn=chdb_url)
+    try:
+        ast = str(client.command(f"EXPLAIN AST {sql}"))
+    finally:
+        client.close()
+    assert "Function input" in ast and "InsertQuery" in ast
 
 
 @pytest.fixture(scope="module")
