@@ -370,25 +370,34 @@ class EventPipeline:
 
     # -- adopter: orphaned slots -> sink ----------------------------------------------
     async def _adopt_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.adopt_every_s)
-            found = await asyncio.to_thread(orphan_slots, self.spool.root, exclude=self.spool.dir)
+            try:
+                found = await loop.run_in_executor(self._helper, lambda: orphan_slots(
+                    self.spool.root, exclude=self.spool.dir))
+            except OSError as e:
+                log.warning("cannot look for orphaned spool slots: %s", e)
+                continue
             for n in found:
-                try:
-                    self._adopted = await asyncio.to_thread(
-                        Spool, self.spool.root, slot=n, max_bytes=self.spool.max_bytes,
-                        fsync=self.spool.fsync)
+                try:  # on the helper thread: close() waits for it before closing _adopted
+                    adopted = await loop.run_in_executor(self._helper, self._claim, n)
                 except SpoolBusy:
                     continue  # claimed by its new owner or another adopter meanwhile
                 except OSError as e:
                     log.warning("cannot adopt spool slot %d: %s", n, e)
                     continue
                 log.info("adopting spool slot %d (%d undelivered events)",
-                         n, self._adopted.pending_events)
+                         n, adopted.pending_events)
                 self.metrics.slots_adopted += 1
-                await self._drain(self._adopted)
-                self._adopted.close()
+                await self._drain(adopted)
                 self._adopted = None
+                await loop.run_in_executor(self._helper, adopted.close)
+
+    def _claim(self, n: int) -> Spool:
+        self._adopted = Spool(self.spool.root, slot=n, max_bytes=self.spool.max_bytes,
+                              fsync=self.spool.fsync)
+        return self._adopted
 
     async def _drain(self, spool: Spool) -> None:
         """Ship everything in an adopted slot, retrying (with backoff) until it is in."""
