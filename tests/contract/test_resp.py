@@ -79,3 +79,24 @@ async def test_a_slow_reply_times_out_and_never_answers_another_caller() -> None
         assert await r.execute("GET", "wl:resp:t") == b"mine"
     finally:
         await r.close()
+
+
+async def test_commands_of_one_tick_share_a_write() -> None:
+    """Commands issued together go out in one write per connection, so Redis reads them in
+    a handful of reads instead of one read per command (counted by the server itself)."""
+    r = LeanRedis(URL, size=4)
+    try:
+        await r.execute("PING")  # connect first: connection set-up is not what is measured
+
+        async def reads() -> int:
+            info = (await r.execute("INFO", "stats")).decode()
+            return int(info.split("total_reads_processed:")[1].split()[0])
+
+        before = await reads()
+        values = await asyncio.gather(*(r.execute("ECHO", str(i)) for i in range(400)))
+        after = await reads()
+        assert values == [str(i).encode() for i in range(400)]
+        # 400 commands + the INFO: a few reads (other clients of this Redis add a few more).
+        assert after - before < 60, after - before
+    finally:
+        await r.close()

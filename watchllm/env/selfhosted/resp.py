@@ -40,6 +40,7 @@ class _Connection(asyncio.Protocol):
         self.reader = hiredis.Reader(replyError=RespError)
         self.waiters: deque[asyncio.Future[Any]] = deque()
         self.closed = False
+        self._pending: list[bytes] = []  # commands of this loop tick, written together
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -67,11 +68,27 @@ class _Connection(asyncio.Protocol):
                 waiter.set_exception(error)
 
     def send(self, payload: bytes) -> asyncio.Future[Any]:
-        assert self.transport is not None
-        waiter = asyncio.get_running_loop().create_future()
+        """Queue a command; the commands of one loop tick go out in one write (one syscall,
+        and Redis answers them in one read), which is most of a command's cost here."""
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
         self.waiters.append(waiter)
-        self.transport.write(payload)
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append(payload)
         return waiter
+
+    @property
+    def filling(self) -> bool:
+        """Commands are waiting for this tick's write: a new one should join them."""
+        return bool(self._pending) and not self.closed
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if self.closed or self.transport is None or self.transport.is_closing():
+            self.connection_lost(None)  # fails every waiter still queued
+            return
+        self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
     def expire(self, waiter: asyncio.Future[Any]) -> None:
         """A reply took too long. Replies are matched to requests by order, so a late one
@@ -105,6 +122,7 @@ class LeanRedis:
         self._conns: list[_Connection | None] = [None] * size
         self._next = itertools.cycle(range(size))
         self._connecting: dict[int, asyncio.Task[_Connection]] = {}
+        self._last: _Connection | None = None
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -118,6 +136,9 @@ class LeanRedis:
         return conn
 
     async def _connection(self) -> _Connection:
+        last = self._last
+        if last is not None and last.filling:  # join the write this tick already has
+            return last
         i = next(self._next)
         conn = self._conns[i]
         if conn is not None and not conn.closed:
@@ -133,7 +154,7 @@ class LeanRedis:
         finally:
             if task.done():
                 self._connecting.pop(i, None)
-        self._conns[i] = conn
+        self._conns[i] = self._last = conn
         return conn
 
     async def execute(self, *args: Any) -> Any:
