@@ -76,7 +76,10 @@ class ChdbHttpServer:
                 params = {k: v[0] for k, v in parse_qs(urlparse(self.path).query).items()}
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                query = params.get("query") or body.decode(errors="replace")
+                query = params.get("query", "")
+                if not query:  # the statement is the body's first line, the rows follow
+                    first, _, body = body.partition(b"\n")
+                    query = first.decode(errors="replace")
                 try:
                     out, status = standin.run(query, body, params.get("database")), 200
                 except Exception as e:  # answer like ClickHouse: 500 with its own text
