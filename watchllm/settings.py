@@ -40,6 +40,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
+    # How granian calls the app: its native RSGI (cheaper per request) or ASGI. The app is
+    # ASGI either way; rsgi adds a thin translation (watchllm/entrypoints/rsgi.py).
+    interface: Literal["rsgi", "asgi"] = "rsgi"
     database_url: str = ""  # default: sqlite in data_dir
     redis_url: str = ""
     clickhouse_url: str = ""  # default: chdb in data_dir (embedded), empty = analytics off
@@ -246,6 +249,9 @@ def load_settings(
     port = r.integer("WATCHLLM_PORT", 8080, minimum=0)
     if port > 65535:
         raise SettingsError(f"WATCHLLM_PORT must be <= 65535, got {port}")
+    interface = r.text("WATCHLLM_SERVER_INTERFACE", "rsgi").lower()
+    if interface not in ("rsgi", "asgi"):
+        raise SettingsError(f"WATCHLLM_SERVER_INTERFACE must be rsgi or asgi, got {interface!r}")
 
     return Settings(
         mode=mode,  # type: ignore[arg-type]
@@ -253,6 +259,7 @@ def load_settings(
         host=r.text("WATCHLLM_HOST", "127.0.0.1"),
         port=port,
         workers=r.integer("WATCHLLM_WORKERS", 1, minimum=1),
+        interface=interface,  # type: ignore[arg-type]
         database_url=r.text("WATCHLLM_DATABASE_URL"),
         redis_url=r.text("WATCHLLM_REDIS_URL"),
         clickhouse_url=r.text("WATCHLLM_CLICKHOUSE_URL"),

@@ -29,11 +29,12 @@ def serve(settings: Settings) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prom_dir.resolve())
     # Workers re-read settings from the environment: pass on what the CLI changed.
     os.environ["WATCHLLM_HOST"], os.environ["WATCHLLM_PORT"] = settings.host, str(settings.port)
+    rsgi = settings.interface == "rsgi"
     Granian(
-        "watchllm.entrypoints.asgi:app",
+        "watchllm.entrypoints.rsgi:app" if rsgi else "watchllm.entrypoints.asgi:app",
         address=settings.host,
         port=settings.port,
-        interface=Interfaces.ASGI,
+        interface=Interfaces.RSGI if rsgi else Interfaces.ASGI,
         loop=Loops.uvloop,
         runtime_mode=RuntimeModes.st,
         workers=workers,
