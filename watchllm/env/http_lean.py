@@ -82,7 +82,13 @@ class _Response:
         try:
             while True:
                 if self.chunks:
-                    chunk = self.chunks.popleft()
+                    # All that has arrived, in one piece: a read often holds several
+                    # HTTP chunks (SSE events), and each piece costs a write downstream.
+                    if len(self.chunks) == 1:
+                        chunk = self.chunks.popleft()
+                    else:
+                        chunk = b"".join(self.chunks)
+                        self.chunks.clear()
                     self.buffered -= len(chunk)
                     self._conn.resume()
                     yield chunk
