@@ -136,6 +136,21 @@ def sample_overhead(url: str, headers: dict[str, str], seconds: float,
     return thread
 
 
+def drained(server: Server, limit_s: float = 120.0) -> Server:
+    """Wait until the gateway's event pipeline has shipped its backlog, so each row starts
+    from the steady state (a saturation row leaves tens of thousands of events to insert,
+    and the embedded ClickHouse engine inserting them shares the gateway's core)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(server.url + "/metrics") as r:
+            text = r.read().decode()
+        m = re.search(r'^watchllm_queue_depth\{queue="events"\} ([\d.e+]+)$', text, re.M)
+        if m is None or float(m.group(1)) == 0:
+            return server
+        time.sleep(0.5)
+    return server
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -162,6 +177,10 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--seconds", type=int, default=10)
     p.add_argument("--rate", type=int, default=1000)
+    p.add_argument("--events", choices=("chdb", "http"), default="chdb",
+                   help="where the gateway's events go: the embedded default (the ClickHouse "
+                   "engine inside the gateway process, on its core) or a ClickHouse HTTP "
+                   "endpoint (a stand-in on core 1 that accepts the inserts), as self-hosted")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="watchllm-bench-"))
     body = tmp / "body.json"
@@ -182,6 +201,12 @@ def main() -> None:
     admin = "bench-admin"
     env = {"OPENAI_BASE_URL": f"{mock.url}/v1", "OPENAI_API_KEY": "sk-bench",
            "WATCHLLM_ADMIN_KEY": admin, "WATCHLLM_LOG_LEVEL": "warning"}
+    servers = [mock, stream_mock, ceiling]
+    if args.events == "http":
+        ch_port = free_port()
+        servers.append(start([str(ROOT / "bench" / "micro" / "fake_clickhouse.py"), str(ch_port)],
+                             {}, ch_port, tmp / "clickhouse.log", "/ping", cpu=1))
+        env["WATCHLLM_CLICKHOUSE_URL"] = f"http://127.0.0.1:{ch_port}"
     gw = start_gateway(tmp / "gw", env, cpu=0)
     env_s = {**env, "OPENAI_BASE_URL": f"{stream_mock.url}/v1"}
     gw_stream = start_gateway(tmp / "gws", env_s, cpu=0)
@@ -196,18 +221,19 @@ def main() -> None:
         hey(url, 2, body, auth)
         own: list[float] = []
         sampler = sample_overhead(url, nocache, s - 1, own)
-        fixed = measured(gw, lambda: fixed_rate(url, s, body, nocache, args.rate))
+        fixed = measured(drained(gw), lambda: fixed_rate(url, s, body, nocache, args.rate))
         sampler.join()
         results = {
             "direct, fixed rate": measured(None, lambda: fixed_rate(direct, s, body, {},
                                                                     args.rate)),
             "gateway, fixed rate": fixed,
             "direct, saturation": measured(None, lambda: hey(direct, s, body, {})),
-            "gateway, saturation": measured(gw, lambda: hey(url, s, body, nocache)),
+            "gateway, saturation": measured(drained(gw), lambda: hey(url, s, body, nocache)),
             "ceiling app, saturation": measured(ceiling, lambda: hey(ceiling.url, s, None, {})),
-            "gateway cache hit, saturation": measured(gw, lambda: hey(url, s, body, auth)),
-            "gateway cache hit, 5000 rps": measured(gw, lambda: fixed_rate(url, s, body, auth,
-                                                                            5000)),
+            "gateway cache hit, saturation": measured(drained(gw),
+                                                      lambda: hey(url, s, body, auth)),
+            "gateway cache hit, 5000 rps": measured(drained(gw), lambda: fixed_rate(
+                url, s, body, auth, 5000)),
         }
         sauth = {"authorization": f"Bearer {skey}", "x-watchllm-cache-mode": "off"}
         surl = f"{gw_stream.url}/v1/chat/completions"
@@ -218,12 +244,13 @@ def main() -> None:
         results["gateway, streaming, saturation"] = measured(
             gw_stream, lambda: hey(surl, s, stream_body, sauth))
     finally:
-        for server in (gw, gw_stream, mock, stream_mock, ceiling):
+        for server in (gw, gw_stream, *servers):
             server.stop()
 
     tool = "oha" if Path(OHA).exists() else "hey"
     print(f"\n`{' '.join(sys.argv)}` — {time.strftime('%Y-%m-%d %H:%M')}, {s}s per row; "
-          f"fixed-rate rows: {tool} (open loop), saturation rows: hey -c 50\n")
+          f"fixed-rate rows: {tool} (open loop), saturation rows: hey -c 50; events: "
+          f"{args.events}\n")
     print("| scenario | requests/s | p50 ms | p99 ms | gateway CPU ms/req | non-200 |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, r in results.items():

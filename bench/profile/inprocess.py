@@ -1,7 +1,7 @@
 """Drive the ASGI app in-process (no server, no sockets) to profile our own per-request cost.
 
     .venv/bin/python bench/profile/inprocess.py [hit|miss|http|stream] [N] [CONC] \
-        [--uvloop] [--profile]
+        [--uvloop] [--profile] [--limits] [--self-hosted]
 
 `miss` uses the in-process mock provider with caching off, `http` a real mock upstream
 over loopback (the lean HTTP client included; the upstream's own CPU is not counted),
@@ -36,7 +36,11 @@ async def main(kind: str, n: int, profile: bool, concurrency: int) -> None:
     data_dir = tempfile.mkdtemp()
     env = {"WATCHLLM_DATA_DIR": data_dir, "WATCHLLM_CLICKHOUSE_URL": "off",
            **({"WATCHLLM_DEFAULT_RPM": "100000000", "WATCHLLM_DEFAULT_TPM": "1000000000"}
-              if "--limits" in sys.argv else {})}
+              if "--limits" in sys.argv else {}),
+           **({"WATCHLLM_MODE": "self_hosted", "WATCHLLM_AUTO_MIGRATE": "true",
+               "WATCHLLM_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/watchllm_bench",
+               "WATCHLLM_REDIS_URL": "redis://127.0.0.1:6379/12"}
+              if "--self-hosted" in sys.argv else {})}
     upstream = None
     if kind in ("http", "stream"):  # a real upstream over loopback (the fixed-answer mock)
         from watchllm.testing.servers import start_mock_upstream
@@ -46,7 +50,7 @@ async def main(kind: str, n: int, profile: bool, concurrency: int) -> None:
     settings = load_settings(env, None)
     gw = Gateway(settings, build_env)
     await gw.startup()
-    project = await gw.store.create_project("p")
+    project = await gw.store.create_project(f"p{time.time_ns()}")
     _, key = await gw.store.create_key(project.id)
     headers = [(b"authorization", f"Bearer {key}".encode()),
                (b"content-type", b"application/json")]
