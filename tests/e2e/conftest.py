@@ -105,3 +105,20 @@ def postgres_database() -> Iterator[str]:
 
 def stats(upstream: Server) -> dict[str, Any]:
     return dict(httpx.get(upstream.url + "/_mock/stats", timeout=5).json())
+
+
+def assert_disconnect_cancels_upstream(gateway: Server, key: str, upstream: Server) -> None:
+    """A client that leaves mid-stream makes the gateway cancel its upstream request."""
+    import time
+
+    before = stats(upstream)["cancelled"]
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}],
+            "stream": True, "mock": {"chunk_delay_ms": 200, "chunks": 20}}
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body,
+                      headers={"authorization": f"Bearer {key}"}, timeout=10) as r:
+        assert r.status_code == 200
+        next(r.iter_bytes())
+    deadline = time.monotonic() + 3
+    while stats(upstream)["cancelled"] == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stats(upstream)["cancelled"] == before + 1

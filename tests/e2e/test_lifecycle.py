@@ -14,9 +14,11 @@ from tests.e2e.conftest import gateway_env, new_key
 from watchllm.testing.servers import Server, start_gateway
 
 
-def test_sigterm_drains_in_flight_requests(upstream: Server,
+@pytest.mark.parametrize("interface", ["rsgi", "asgi"])
+def test_sigterm_drains_in_flight_requests(upstream: Server, interface: str,
                                            tmp_path_factory: pytest.TempPathFactory) -> None:
-    server = start_gateway(tmp_path_factory.mktemp("drain"), gateway_env(upstream))
+    env = gateway_env(upstream, WATCHLLM_SERVER_INTERFACE=interface)
+    server = start_gateway(tmp_path_factory.mktemp("drain"), env)
     key = new_key(server, "drain")
     results: list[int] = []
 

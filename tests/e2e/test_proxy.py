@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.conftest import stats
+from tests.e2e.conftest import assert_disconnect_cancels_upstream, stats
 from watchllm.testing.servers import Server
 
 MSG = [{"role": "user", "content": "What is the capital of France?"}]
@@ -107,17 +107,7 @@ def test_request_id_is_echoed(client: openai.OpenAI) -> None:
 
 def test_client_disconnect_cancels_upstream(gateway: Server, api_key: str,
                                             upstream: Server) -> None:
-    before = stats(upstream)["cancelled"]
-    body = {"model": "gpt-4o-mini", "messages": MSG, "stream": True,
-            "mock": {"chunk_delay_ms": 200, "chunks": 20}}
-    with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body,
-                      headers={"authorization": f"Bearer {api_key}"}, timeout=10) as r:
-        assert r.status_code == 200
-        next(r.iter_bytes())
-    deadline = time.monotonic() + 3
-    while stats(upstream)["cancelled"] == before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert stats(upstream)["cancelled"] == before + 1
+    assert_disconnect_cancels_upstream(gateway, api_key, upstream)
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -35,7 +35,8 @@ def test_roundtrip(payloads: list[bytes]) -> None:
 
 
 @given(st.lists(st.one_of(
-    st.dictionaries(st.text(max_size=5), st.one_of(st.integers(), st.text(max_size=8)),
+    st.dictionaries(st.text(max_size=5), st.one_of(st.integers(-2**63, 2**63 - 1),
+                                                   st.text(max_size=8)),
                     max_size=3).map(lambda d: sse.encode(orjson.dumps(d))),
     st.just(b"data: not json\n\n"), st.just(b": comment\n\n"), st.just(b"data:{}\r\n\r\n"),
     st.just(b"event: x\ndata: [1]\n\n")), max_size=6), st.booleans())

@@ -2,16 +2,22 @@
 
 Chunks are written as they arrive (never buffered). A watcher waits on ASGI `receive` for
 `http.disconnect`; when it comes it closes the upstream response (the provider sees the
-request cancelled) and cancels the forwarding, without a per-chunk cost.
+request cancelled) and cancels the forwarding, without a per-chunk cost. The watcher (a
+task) starts only once a stream has run for WATCH_AFTER_S: a client that leaves a stream
+that is still being generated is noticed at once; a short stream costs no task, and a
+client gone before it ends is noticed when the next write fails.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from watchllm.http.asgi import Receive, Send
 from watchllm.proxy.base import UpstreamResult
+
+WATCH_AFTER_S = 0.05
 
 
 class StreamOutcome:
@@ -44,7 +50,12 @@ async def forward_stream(send: Send, receive: Receive, result: UpstreamResult,
     outcome = StreamOutcome()
     task = asyncio.current_task()
     assert task is not None and result.chunks is not None
-    watcher = asyncio.ensure_future(_watch_disconnect(receive, result, outcome, task))
+    watcher: list[Any] = []
+
+    def watch() -> None:
+        watcher.append(asyncio.ensure_future(_watch_disconnect(receive, result, outcome, task)))
+
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, watch)
     try:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         async for chunk in result.chunks:
@@ -68,5 +79,7 @@ async def forward_stream(send: Send, receive: Receive, result: UpstreamResult,
             except (OSError, RuntimeError):
                 outcome.disconnected = True
     finally:
-        watcher.cancel()
+        timer.cancel()
+        for w in watcher:
+            w.cancel()
     return outcome
