@@ -151,8 +151,7 @@ class Gateway:
             await self.startup()
         req = Request(scope, receive)
         request_id = req.header(b"x-request-id") or new_request_id()
-        self.inflight += 1
-        self._idle.clear()
+        self.begin()
         try:
             endpoint = proxy_routes.ENDPOINTS.get(req.path) if req.method == "POST" else None
             if endpoint is not None:
@@ -179,9 +178,21 @@ class Gateway:
                                 [(b"content-type", b"application/json"),
                                  (b"x-request-id", request_id.encode())])
         finally:
-            self.inflight -= 1
-            if not self.inflight:
-                self._idle.set()
+            self.end()
+
+    def begin(self) -> None:
+        """A request starts (shutdown waits for every begun request to end)."""
+        self.inflight += 1
+        self._idle.clear()
+
+    def end(self) -> None:
+        self.inflight -= 1
+        if not self.inflight:
+            self._idle.set()
+
+    @property
+    def started(self) -> bool:
+        return self._env is not None
 
     def _prefix(self, req: Request) -> Handler | None:
         for method, prefix, handler in self.prefix_routes:

@@ -30,8 +30,11 @@ class Principal:
     def is_admin(self) -> bool:
         return "admin" in self.scopes and self.project_id == "*"
 
+    def allows(self, scope: str) -> bool:
+        return scope in self.scopes or "admin" in self.scopes
+
     def require(self, scope: str) -> None:
-        if scope not in self.scopes and "admin" not in self.scopes:
+        if not self.allows(scope):
             raise PermissionDeniedError(f"this key lacks the {scope!r} scope")
 
     def can_access(self, project_id: str) -> bool:
@@ -72,6 +75,11 @@ class Authenticator:
         principal = await self._authenticate(token)
         principal.require(scope)
         return principal
+
+    def cached(self, token: str) -> Principal | None:
+        """The caller behind a token this worker authenticated recently (no I/O), or None."""
+        hit = self._tokens.get(token)
+        return hit[0] if hit is not None and hit[2] > time.monotonic() else None
 
     async def _authenticate(self, token: str | None) -> Principal:
         if not token:

@@ -99,12 +99,18 @@ class Request:
         return dict(parse_qsl(self.query.decode("latin-1"), keep_blank_values=True))
 
     def bearer(self) -> str | None:
-        auth = self.header(b"authorization")
-        if auth:
-            scheme, _, token = auth.partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-        return self.header(b"x-api-key") or self.header(b"api-key")
+        return bearer_token(self.header(b"authorization"), self.header(b"x-api-key"),
+                            self.header(b"api-key"))
+
+
+def bearer_token(authorization: str | None, x_api_key: str | None,
+                 api_key: str | None) -> str | None:
+    """The caller's key: `Authorization: Bearer <key>`, else `x-api-key` / `api-key`."""
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return x_api_key or api_key
 
 
 def parse_object(raw: bytes) -> dict[str, Any]:

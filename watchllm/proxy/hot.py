@@ -16,7 +16,7 @@ controls never use the memo; limits still admit every request.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from watchllm.auth import Principal
@@ -53,6 +53,10 @@ class HotRequest:
     usage: Usage
     cost_saved_usd: float
     event: dict[str, Any]  # the event, minus per-request fields
+    text_headers: list[tuple[str, str]] = field(default_factory=list)  # `headers`, as str
+
+    def __post_init__(self) -> None:
+        self.text_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.headers]
 
     @property
     def size(self) -> int:

@@ -133,22 +133,27 @@ async def handle(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
         headers += [(k.encode(), v.encode()) for k, v in exc.headers.items()]
         await send_body(send, exc.status, exc.body(), headers)
     finally:
-        u = ctx.usage
-        if ctx.admission is not None:
-            used = 0 if ctx.cache_status in _HITS else u.prompt + u.completion
-            settle = gw.limits.settle(ctx.admission, used, ctx.cost_usd)
-            if any(op.kind == CONC for op in ctx.admission.ops):
-                # A client that hangs up must not cancel the release of its concurrency slot
-                # (the shield's task costs ~10 µs, so only when a slot is held).
-                await asyncio.shield(settle)
-            else:
-                await settle
-        metrics.record_request(ctx.endpoint, ctx.model, ctx.status, ctx.elapsed_ms() / 1000,
-                               ctx.ttft_s, u.prompt, u.completion, ctx.cost_usd)
-        if ctx.cache_status != "NONE":
-            metrics.cache_outcome(ctx.cache_status)
-        if ctx.project_id:  # unauthenticated noise is not the project's event
-            gw.env.events.put(ctx.event())
+        await finish(gw, ctx)
+
+
+async def finish(gw: Gateway, ctx: ProxyContext) -> None:
+    """After the answer: settle limits, record metrics, emit the request's event."""
+    u = ctx.usage
+    if ctx.admission is not None:
+        used = 0 if ctx.cache_status in _HITS else u.prompt + u.completion
+        settle = gw.limits.settle(ctx.admission, used, ctx.cost_usd)
+        if any(op.kind == CONC for op in ctx.admission.ops):
+            # A client that hangs up must not cancel the release of its concurrency slot
+            # (the shield's task costs ~10 µs, so only when a slot is held).
+            await asyncio.shield(settle)
+        else:
+            await settle
+    metrics.record_request(ctx.endpoint, ctx.model, ctx.status, ctx.elapsed_ms() / 1000,
+                           ctx.ttft_s, u.prompt, u.completion, ctx.cost_usd)
+    if ctx.cache_status != "NONE":
+        metrics.cache_outcome(ctx.cache_status)
+    if ctx.project_id:  # unauthenticated noise is not the project's event
+        gw.env.events.put(ctx.event())
 
 
 def _estimate_tokens(endpoint: str, raw: bytes, data: dict[str, Any], model: str) -> int:
@@ -238,11 +243,29 @@ async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
 async def _serve_hot(gw: Gateway, send: Send, ctx: ProxyContext, principal: Principal,
                      hot: HotRequest) -> bool:
     """Replay a remembered HIT if everything it was worked out from still holds."""
+    if not await remembered(gw, ctx, principal, hot):
+        return False
+    headers = [(b"x-request-id", ctx.request_id.encode()),
+               (b"x-watchllm-latency-ms", f"{ctx.elapsed_ms():.2f}".encode()),
+               (b"age", str(max(0, int(time.time() - hot.created))).encode()),
+               *ctx.limit_headers, *hot.headers]
+    await send_body(send, 200, hot.body, headers)
+    ctx.ttft_s = ctx.elapsed_ms() / 1000
+    return True
+
+
+async def remembered(gw: Gateway, ctx: ProxyContext, principal: Principal,
+                     hot: HotRequest, admit: bool = True) -> bool:
+    """Whether `hot` still answers this request: every cached input the full path read is
+    the same object, and the KV still holds the bytes the answer came from. If so, `ctx`
+    is filled as the full path would have (and the request admitted by its limits; with
+    `admit=False` a limited caller gets False instead, for callers that cannot answer 429)."""
     pid = ctx.project_id
     if (hot.principal is not principal
             or await gw.projects.get(pid) is not hot.project_settings
             or await gw.provider_keys.get(pid) is not hot.own_keys
             or (limits := await gw.limits.limits_for(pid, ctx.key_id)) is not hot.limits
+            or (not admit and not limits.unlimited)
             or not await gw.cache.still_stored(hot.kv_key, hot.stored)):
         return False
     ctx.model, ctx.stream, ctx.provider = hot.model, hot.stream, hot.provider
@@ -252,12 +275,6 @@ async def _serve_hot(gw: Gateway, send: Send, ctx: ProxyContext, principal: Prin
         ctx.limit_headers = gw.limits.headers(ctx.admission)
     ctx.status, ctx.cache_status = 200, "HIT"
     ctx.usage, ctx.cost_saved_usd, ctx.template = hot.usage, hot.cost_saved_usd, hot.event
-    headers = [(b"x-request-id", ctx.request_id.encode()),
-               (b"x-watchllm-latency-ms", f"{ctx.elapsed_ms():.2f}".encode()),
-               (b"age", str(max(0, int(time.time() - hot.created))).encode()),
-               *ctx.limit_headers, *hot.headers]
-    await send_body(send, 200, hot.body, headers)
-    ctx.ttft_s = ctx.elapsed_ms() / 1000
     return True
 
 

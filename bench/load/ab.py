@@ -1,0 +1,70 @@
+"""Interleaved A/B of gateway configurations, for differences smaller than this VM's noise.
+
+    .venv/bin/python bench/load/ab.py '{"a": {"ENV": "1"}, "b": {}}' [--rounds 10]
+        [--seconds 2] [--kind hit|passthrough] [--events off|chdb]
+
+Each configuration is a gateway (one worker, core 0) in front of the fixed-answer mock
+(core 1); all run at once, and `hey -c 50` (core 1) drives them in turn for a short
+window, round after round, so a slow minute of the machine hits every configuration alike.
+Prints the median and every round's gateway CPU per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run import BODY, hey, make_key, measured
+
+from watchllm.testing.servers import start_gateway, start_mock_upstream
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("variants", help='JSON: {"name": {"ENV_VAR": "value"}, ...}')
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--seconds", type=int, default=2)
+    p.add_argument("--kind", choices=("hit", "passthrough"), default="hit")
+    p.add_argument("--events", choices=("off", "chdb"), default="off")
+    args = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="watchllm-ab-"))
+    body = tmp / "body.json"
+    body.write_text(json.dumps(BODY))
+    upstream = start_mock_upstream(tmp, fixed=True, cpu=1)
+    base = {"OPENAI_BASE_URL": upstream.url + "/v1", "OPENAI_API_KEY": "sk-bench",
+            "WATCHLLM_ADMIN_KEY": "bench-admin", "WATCHLLM_LOG_LEVEL": "warning",
+            **({"WATCHLLM_CLICKHOUSE_URL": "off"} if args.events == "off" else {})}
+    gateways = {name: start_gateway(Path(tempfile.mkdtemp(dir=tmp)), {**base, **env}, cpu=0)
+                for name, env in json.loads(args.variants).items()}
+    cpu: dict[str, list[float]] = {name: [] for name in gateways}
+    try:
+        headers = {}
+        for name, gw in gateways.items():
+            headers[name] = {"authorization": f"Bearer {make_key(gw, 'bench-admin')}"}
+            if args.kind == "passthrough":
+                headers[name]["x-watchllm-cache-mode"] = "off"
+            hey(gw.url + "/v1/chat/completions", 2, body, headers[name])  # warm-up
+        for _ in range(args.rounds):
+            for name, gw in gateways.items():
+                url, h = gw.url + "/v1/chat/completions", headers[name]
+                result = measured(gw, lambda u=url, hh=h: hey(u, args.seconds, body, hh))
+                cpu[name].append(result["cpu_ms_per_req"] * 1000)
+    finally:
+        for gw in gateways.values():
+            gw.stop()
+        upstream.stop()
+    print(f"\n`{' '.join(sys.argv)}`\n")
+    for name, values in cpu.items():
+        print(f"{name}: median {statistics.median(values):.1f} µs CPU/request; rounds: "
+              + ", ".join(f"{v:.0f}" for v in values))
+
+
+if __name__ == "__main__":
+    main()
