@@ -1,7 +1,7 @@
 """Interleaved A/B of gateway configurations, for differences smaller than this VM's noise.
 
     .venv/bin/python bench/load/ab.py '{"a": {"ENV": "1"}, "b": {}}' [--rounds 10]
-        [--seconds 2] [--kind hit|passthrough] [--events off|chdb]
+        [--seconds 2] [--kind hit|passthrough|stream] [--events off|chdb]
 
 Each configuration is a gateway (one worker, core 0) in front of the fixed-answer mock
 (core 1); all run at once, and `hey -c 50` (core 1) drives them in turn for a short
@@ -31,13 +31,14 @@ def main() -> None:
     p.add_argument("variants", help='JSON: {"name": {"ENV_VAR": "value"}, ...}')
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--seconds", type=int, default=2)
-    p.add_argument("--kind", choices=("hit", "passthrough"), default="hit")
+    p.add_argument("--kind", choices=("hit", "passthrough", "stream"), default="hit")
     p.add_argument("--events", choices=("off", "chdb"), default="off")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="watchllm-ab-"))
     body = tmp / "body.json"
-    body.write_text(json.dumps(BODY))
-    upstream = start_mock_upstream(tmp, fixed=True, cpu=1)
+    body.write_text(json.dumps({**BODY, "stream": True} if args.kind == "stream" else BODY))
+    # The fixed-answer mock does not stream; the scripted one does (8 chunks).
+    upstream = start_mock_upstream(tmp, fixed=args.kind != "stream", cpu=1)
     base = {"OPENAI_BASE_URL": upstream.url + "/v1", "OPENAI_API_KEY": "sk-bench",
             "WATCHLLM_ADMIN_KEY": "bench-admin", "WATCHLLM_LOG_LEVEL": "warning",
             **({"WATCHLLM_CLICKHOUSE_URL": "off"} if args.events == "off" else {})}
@@ -48,7 +49,7 @@ def main() -> None:
         headers = {}
         for name, gw in gateways.items():
             headers[name] = {"authorization": f"Bearer {make_key(gw, 'bench-admin')}"}
-            if args.kind == "passthrough":
+            if args.kind != "hit":
                 headers[name]["x-watchllm-cache-mode"] = "off"
             hey(gw.url + "/v1/chat/completions", 2, body, headers[name])  # warm-up
         for _ in range(args.rounds):
