@@ -215,7 +215,8 @@ fn float_of<V: Input>(v: &V) -> Result<f64, String> {
     }
 }
 
-fn int_range(bytes: u8, signed: bool) -> (i128, i128) {
+/// The smallest and largest value of an integer type.
+pub fn int_range(bytes: u8, signed: bool) -> (i128, i128) {
     let bits = u32::from(bytes) * 8;
     if signed {
         (-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1)
@@ -225,7 +226,7 @@ fn int_range(bytes: u8, signed: bool) -> (i128, i128) {
 }
 
 /// The value written for a missing key or None.
-fn zero(ty: &Type, out: &mut Vec<u8>) -> Result<(), String> {
+pub fn zero(ty: &Type, out: &mut Vec<u8>) -> Result<(), String> {
     match ty {
         Type::Nullable(_) => out.push(1),
         Type::String | Type::Array(_) | Type::Map(..) | Type::Bool => out.push(0),

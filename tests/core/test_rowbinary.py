@@ -344,3 +344,92 @@ def test_chdb_reads_back_events(
                 assert back[k] == pytest.approx(v)
             else:
                 assert back[k] == v, k
+
+
+def test_shared_subclassed_and_mixed_values(rust: ModuleType, twin: ModuleType) -> None:
+    """The extension encodes exact str/bytes/int/float/bool/list/tuple/dict values
+    directly, remembers a column's last immutable value object and its bytes, and
+    hands everything else (subclasses, datetimes, UUID objects, big ints, errors)
+    to the generic path; all of them must give the twin's bytes, in any mix."""
+
+    class S(str):
+        pass
+
+    class I(int):  # noqa: E742
+        pass
+
+    class F(float):
+        pass
+
+    class L(list[Any]):
+        pass
+
+    cols = [
+        ("s", "String"),
+        ("e", "Enum8('a' = 1, 'b' = 2)"),
+        ("u", "UInt64"),
+        ("i", "Int8"),
+        ("f", "Float32"),
+        ("nf", "Nullable(Float64)"),
+        ("ts", "DateTime64(3)"),
+        ("arr", "Array(String)"),
+        ("m", "Map(String, UInt8)"),
+        ("id", "UUID"),
+        ("b", "Bool"),
+        ("t", "String"),
+    ]
+    shared = {"s": "same", "e": "a", "u": 7, "i": -3, "f": 1.5, "nf": 2.5, "ts": 10}
+    shared |= {"arr": ["x", "y"], "m": {"k": 1}, "id": str(uuid.UUID(int=5)), "b": True}
+    shared |= {"t": "é" * 20}
+    batch: list[dict[str, Any]] = [shared, dict(shared), shared]
+    batch += [
+        dict(shared, s=S("sub"), e=S("b"), u=I(8), f=F(0.25), arr=L(["z"]), t=b"raw"),
+        dict(shared, u=2**64 - 1, ts=dt.datetime(2024, 1, 2, 3, 4, 5, 6000), nf=None),
+        dict(shared, ts=dt.datetime(2024, 1, 2, tzinfo=dt.UTC), id=uuid.UUID(int=9), i=1),
+        dict(shared, arr=("t", "u"), m={}, b=False, f=3, nf=4),
+        shared,
+        {"e": "b", "ts": 0, "id": uuid.UUID(int=1)},
+    ]
+    batch += [dict(shared, u=n, s=str(n)) for n in range(40)] + [shared] * 3
+    want = twin.encode_rowbinary(cols, batch)
+    assert rust.encode_rowbinary(cols, batch) == want
+    assert b"".join(rust.encode_rowbinary(cols, [row]) for row in batch) == want
+    bad_rows: list[tuple[dict[str, Any], str, str | None]] = [
+        (dict(shared, i=128), "i", "128 is out of range for Int8"),
+        (dict(shared, u=True), "u", "expected int, got bool"),
+        (dict(shared, s="\ud800"), "s", None),  # messages differ (twin names the surrogate)
+        (dict(shared, arr=["ok", 1]), "arr", "expected str or bytes, got int"),
+        (dict(shared, f=1e300), "f", None),  # the float is printed differently
+    ]
+    for bad, column, reason in bad_rows:
+        for mod in (rust, twin):
+            with pytest.raises(mod.RowBinaryError) as info:
+                mod.encode_rowbinary(cols, [shared, bad])
+            assert (info.value.row, info.value.column) == (1, column)
+            if reason is not None:
+                assert str(info.value) == f"row 1, column '{column}': {reason}"
+
+
+def test_values_are_kept_while_python_code_runs(rust: ModuleType) -> None:
+    """A datetime's tzinfo runs Python code in the middle of a row; if it empties
+    the row dict, the row still encodes the values it had (no freed objects read)."""
+    row: dict[str, Any] = {}
+
+    class Clearing(dt.tzinfo):
+        def utcoffset(self, d: dt.datetime | None) -> dt.timedelta:
+            row.clear()
+            return dt.timedelta(0)
+
+    cols = [("a", "String"), ("ts", "DateTime64(3)"), ("b", "String"), ("c", "Array(String)")]
+    values = {"a": "x" * 30, "ts": 0, "b": "y" * 30, "c": ["z" * 30]}
+    want = rust.encode_rowbinary(cols, [values])
+    row.update(
+        a="".join(["x"] * 30),
+        ts=dt.datetime(1970, 1, 1, tzinfo=Clearing()),
+        b="".join(["y"] * 30),
+        c=["".join(["z"] * 30)],
+    )
+    assert rust.encode_rowbinary(cols, [row]) == want
+    assert row == {}
+    odd_key = {"\ud800": 1, "a": "x" * 30, "ts": 0, "b": "y" * 30, "c": ["z" * 30]}
+    assert rust.encode_rowbinary(cols, [odd_key, odd_key]) == want * 2
