@@ -122,3 +122,12 @@ def assert_disconnect_cancels_upstream(gateway: Server, key: str, upstream: Serv
     while stats(upstream)["cancelled"] == before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert stats(upstream)["cancelled"] == before + 1
+
+
+@pytest.fixture(scope="module")
+def limited(upstream: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A gateway whose keys get 5 requests and 100k tokens per minute by default."""
+    env = gateway_env(upstream, WATCHLLM_DEFAULT_RPM="5", WATCHLLM_DEFAULT_TPM="100000")
+    server = start_gateway(tmp_path_factory.mktemp("limited"), env)
+    yield server
+    server.stop()

@@ -9,11 +9,10 @@ import uuid
 from typing import Any
 
 import httpx
-import pytest
 
-from tests.e2e.conftest import admin, gateway_env, new_key, stats
+from tests.e2e.conftest import admin, new_key, stats
 from watchllm.metadata.store import parse_key
-from watchllm.testing.servers import Server, start_gateway
+from watchllm.testing.servers import Server
 
 REPEATS = 6
 
@@ -26,6 +25,14 @@ def _body(**extra: Any) -> dict[str, Any]:
 def _post(gateway: Server, key: str, body: dict[str, Any], **headers: str) -> httpx.Response:
     return httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=10,
                       headers={"authorization": f"Bearer {key}", **headers})
+
+
+def _remembered(gateway: Server, project: str) -> tuple[str, dict[str, Any]]:
+    """A key of `project` and a body it has sent four times (so it is remembered)."""
+    key, body = new_key(gateway, project), _body()
+    for _ in range(4):
+        assert _post(gateway, key, body).status_code == 200
+    return key, body
 
 
 def _calls(upstream: Server) -> int:
@@ -99,10 +106,7 @@ def test_a_purge_is_seen_by_the_next_repeat(gateway: Server, upstream: Server) -
 
 
 def test_a_revoked_key_is_refused_on_a_repeat(gateway: Server) -> None:
-    key = new_key(gateway, "repeat-revoke")
-    body = _body()
-    for _ in range(4):
-        assert _post(gateway, key, body).status_code == 200
+    key, body = _remembered(gateway, "repeat-revoke")
     key_id = parse_key(key)
     r = admin(gateway, "POST", f"/v1/admin/keys/{key_id}/revoke")
     assert r.status_code in (200, 204), r.text
@@ -113,10 +117,7 @@ def test_a_revoked_key_is_refused_on_a_repeat(gateway: Server) -> None:
 
 def test_a_project_setting_change_is_seen_by_the_next_repeat(gateway: Server,
                                                               upstream: Server) -> None:
-    key = new_key(gateway, "repeat-settings")
-    body = _body()
-    for _ in range(4):
-        _post(gateway, key, body)
+    key, body = _remembered(gateway, "repeat-settings")
     project = _project_id(gateway, "repeat-settings")
     r = admin(gateway, "PATCH", f"/v1/admin/projects/{project}",
               json={"settings": {"cache": {"mode": "off"}}})
@@ -128,23 +129,12 @@ def test_a_project_setting_change_is_seen_by_the_next_repeat(gateway: Server,
 
 def test_cache_control_headers_still_apply_to_repeats(gateway: Server,
                                                       upstream: Server) -> None:
-    key = new_key(gateway, "repeat-controls")
-    body = _body()
-    for _ in range(4):
-        _post(gateway, key, body)
+    key, body = _remembered(gateway, "repeat-controls")
     before = _calls(upstream)
     r = _post(gateway, key, body, **{"cache-control": "no-cache"})
     assert r.headers["x-watchllm-cache"] == "MISS" and _calls(upstream) == before + 1
     assert _post(gateway, key, body, **{"x-watchllm-cache-mode": "off"}) \
         .headers["x-watchllm-cache"] == "BYPASS"
-
-
-@pytest.fixture(scope="module")
-def limited(upstream: Server, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    env = gateway_env(upstream, WATCHLLM_DEFAULT_RPM="5", WATCHLLM_DEFAULT_TPM="1000000")
-    server = start_gateway(tmp_path_factory.mktemp("repeat-limited"), env)
-    yield server
-    server.stop()
 
 
 def test_limits_count_every_repeat(limited: Server) -> None:

@@ -21,14 +21,6 @@ def _msg() -> list[dict[str, str]]:
     return [{"role": "user", "content": uuid.uuid4().hex}]
 
 
-@pytest.fixture(scope="module")
-def limited(upstream: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    env = gateway_env(upstream, WATCHLLM_DEFAULT_RPM="5", WATCHLLM_DEFAULT_TPM="100000")
-    server = start_gateway(tmp_path_factory.mktemp("limited"), env)
-    yield server
-    server.stop()
-
-
 def test_rpm_429_in_openai_shape_with_headers(limited: Server) -> None:
     key = new_key(limited, "rpm")
     results = [httpx.post(limited.url + "/v1/chat/completions",
