@@ -156,13 +156,7 @@ class EventPipeline:
         """Wait until every event accepted so far is in the sink (or dead-lettered).
 
         Waits as long as the sink is down; bound it with `asyncio.timeout`."""
-        target = self.metrics.accepted
-        self._waiting += 1
-        try:
-            while self._written < target:
-                await self._wait_progress(0.05)
-        finally:
-            self._waiting -= 1
+        await self._wait_written(self.metrics.accepted, 0.05)
         end = self.spool.committed()
         self._urgent += 1
         try:
@@ -175,14 +169,17 @@ class EventPipeline:
         """Wait until every event accepted so far has been through the writer: on disk
         (durable: survives kill -9) or refused. Returns the `dropped` total, so a caller
         can tell whether any were refused meanwhile. Bound it with `asyncio.timeout`."""
-        target = self.metrics.accepted
+        await self._wait_written(self.metrics.accepted, 0.005)
+        return self.metrics.dropped
+
+    async def _wait_written(self, target: int, poll_s: float) -> None:
+        """Until the writer has handled `target` events (it wakes the loop for waiters)."""
         self._waiting += 1
         try:
             while self._written < target:
-                await self._wait_progress(0.005)
+                await self._wait_progress(poll_s)
         finally:
             self._waiting -= 1
-        return self.metrics.dropped
 
     async def close(self) -> None:
         """Drain into the sink for up to `drain_timeout_s`; what is left stays in the spool
