@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from watchllm.events.clickhouse_schema import input_source
 from watchllm.events.schema import TABLES
 from watchllm.testing.servers import free_port
 
@@ -188,8 +189,11 @@ def test_events_reach_clickhouse_through_the_queue_consumer(
     else:
         pytest.fail(f"no insert carried {request_id!r}; harness: {stats(worker)}")
     query, headers_in, _body = found[0]
+    # The same statement the self-hosted adapter sends: plain-typed input(), dedup token.
     columns = ", ".join(f"`{c}`" for c, _ in TABLES["events"])
-    assert query == f"INSERT INTO events ({columns}) FORMAT RowBinary"
+    assert query.startswith(f"INSERT INTO events ({columns}) SETTINGS insert_deduplicate = 1, "
+                            "insert_deduplication_token = 'wlq")
+    assert query.endswith(f" SELECT * FROM {input_source(TABLES['events'])} FORMAT RowBinary")
     assert headers_in["x-clickhouse-user"] == "writer"
     assert headers_in["x-clickhouse-key"] == "s3cret"
     assert headers_in["x-clickhouse-database"] == "watchllm"

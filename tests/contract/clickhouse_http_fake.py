@@ -3,17 +3,22 @@ Workers adapter (`ClickHouseHttp`) then runs the Analytics contract on the real 
 
 It reads what the interface reads: `query` (or the body) as SQL, `param_<name>` as bound
 parameters, any other URL parameter as a setting, `x-clickhouse-database`; an INSERT's
-body is its data. Errors answer 500 with ClickHouse's own text ("Code: N. ...")."""
+body is its data — for `… SELECT FROM input('<structure>') FORMAT RowBinary` too, run as
+the same statement over a `file()` of the body (chDB has no request body for `input()`).
+Errors answer 500 with ClickHouse's own text ("Code: N. ...")."""
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 _INSERT = re.compile(r"^INSERT INTO (\w+) \((.*)\) FORMAT RowBinary$", re.S)
 _FORMAT = "\nFORMAT JSONEachRow"
+_INPUT = re.compile(r"FROM input\(('(?:[^'\\]|\\.)*')\) FORMAT RowBinary$", re.S)
 
 
 class Response:
@@ -61,6 +66,18 @@ class ChdbHttp:
     @staticmethod
     def _run(client: Any, query: str, params: dict[str, str], settings: dict[str, str],
              body: bytes) -> bytes:
+        source = _INPUT.search(query)
+        if source:
+            fd, path = tempfile.mkstemp(suffix=".bin")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(body)
+                client.command(query[: source.start()]
+                               + f"FROM file('{path}', 'RowBinary', {source.group(1)})",
+                               settings=settings)
+            finally:
+                os.unlink(path)
+            return b""
         insert = _INSERT.match(query)
         if insert:
             columns = [c.strip(" `") for c in insert.group(2).split(",")]

@@ -1,9 +1,13 @@
 """Analytics over ClickHouse's HTTP interface, through the HttpClient seam.
 
 On Workers there is no clickhouse-connect (no sockets, no threads): inserts are one POST
-of RowBinary (`INSERT INTO t (cols) FORMAT RowBinary`), queries one POST answered as
-JSONEachRow. The URL is `http(s)://user:password@host:port/database`; credentials travel
-as X-ClickHouse-User/-Key headers, never in the query string.
+of RowBinary, queries one POST answered as JSONEachRow. Tables of the events schema are
+inserted with the statement the self-hosted adapter sends (`INSERT … SELECT FROM
+input('<plain types>') FORMAT RowBinary`, built by `clickhouse_schema.insert_select`: the
+server parses LowCardinality columns as plain strings, 2-4 times faster); other tables
+with `INSERT INTO t (cols) FORMAT RowBinary`. The URL is
+`http(s)://user:password@host:port/database`; credentials travel as
+X-ClickHouse-User/-Key headers, never in the query string.
 
 Errors follow the self-hosted adapter's split, which the queue consumer relies on:
 `InsertRejected` (ValueError: ClickHouse refused the data; retrying cannot help) and
@@ -19,6 +23,8 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from watchllm.env.base import HttpClient, Row
+from watchllm.events.clickhouse_schema import input_source, insert_select
+from watchllm.events.schema import TABLES
 
 # ClickHouse error codes that mean "this data is bad" (as in env/selfhosted/clickhouse.py).
 _DATA_ERRORS = {6, 26, 27, 32, 33, 38, 41, 53, 69, 70, 72, 117, 131, 349, 469}
@@ -83,13 +89,19 @@ class ClickHouseHttp:
         for name in (table, *columns):
             if not _NAME.match(name):
                 raise InsertRejected(f"not a plain identifier: {name!r}")
-        cols = ", ".join(f"`{c}`" for c in columns)
-        settings = None
+        settings: dict[str, Any] = {}
         if dedup_token is not None:  # as env/selfhosted/clickhouse.py's dedup_settings
             settings = {"insert_deduplicate": 1, "insert_deduplication_token": dedup_token,
                         "deduplicate_blocks_in_dependent_materialized_views": 1}
+        types = dict(TABLES.get(table, ()))
+        if types and all(c in types for c in columns):
+            typed = [(c, types[c]) for c in columns]
+            sql = insert_select(table, typed, input_source(typed), settings)
+            await self._post(sql + " FORMAT RowBinary", data)
+            return
+        cols = ", ".join(f"`{c}`" for c in columns)
         await self._post(f"INSERT INTO {table} ({cols}) FORMAT RowBinary", data,
-                         settings=settings)
+                         settings=settings or None)
 
     async def command(self, sql: str) -> None:
         """A statement without a result (DDL)."""
