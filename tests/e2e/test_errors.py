@@ -60,6 +60,29 @@ def test_oversized_body(client: openai.OpenAI) -> None:
     assert "limit" in str(info.value)
 
 
+def test_oversized_chunked_body_is_a_413(gateway: Server, api_key: str) -> None:
+    """No Content-Length (a chunked upload): the limit still applies (the RSGI entry reads
+    such a body piece by piece, so the app stops it before it is all in memory)."""
+    sent = 0
+
+    def pieces() -> Iterator[bytes]:
+        nonlocal sent
+        yield b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "'
+        for _ in range(4_000):  # up to 64 MB, far past the 200 kB limit
+            sent += 16_384
+            yield b"x" * 16_384
+        yield b'"}]}'
+
+    try:
+        r = httpx.post(gateway.url + "/v1/chat/completions", content=pieces(), timeout=30,
+                       headers={"authorization": f"Bearer {api_key}",
+                                "content-type": "application/json"})
+    except httpx.HTTPError:  # the server may answer and close while we are still sending
+        return
+    assert r.status_code == 413, r.text
+    assert _error(r)["type"] == "invalid_request_error"
+
+
 def test_unknown_endpoint(gateway: Server, api_key: str) -> None:
     r = httpx.get(gateway.url + "/v1/nope", headers={"authorization": f"Bearer {api_key}"})
     assert r.status_code == 404 and _error(r)["type"] == "not_found_error"

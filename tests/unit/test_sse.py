@@ -53,3 +53,11 @@ def test_stream_chunks_fast_path_equals_the_event_parser(events: list[bytes],
             with contextlib.suppress(orjson.JSONDecodeError):
                 expected.append(orjson.loads(data))
     assert _stream_chunks(raw) == expected
+
+
+def test_an_event_holding_two_objects_is_not_split_by_the_fast_path() -> None:
+    from watchllm.events.usage import _stream_chunks
+
+    raw = (b'data: {"choices":[]},{"usage":{"prompt_tokens":1}}\n\n'
+           b'data: {"choices":[]}\n\ndata: [DONE]\n\n')
+    assert _stream_chunks(raw) == [{"choices": []}]  # as the event parser: the first is invalid

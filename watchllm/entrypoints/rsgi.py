@@ -35,39 +35,62 @@ _CONTROLS = tuple(h.decode() for h in HEADER_NAMES)
 class _Exchange:
     """One request: ASGI receive/send over an RSGI protocol object."""
 
-    __slots__ = ("body", "headers", "proto", "received", "status", "stream")
+    __slots__ = ("body", "chunks", "done", "headers", "one_read", "proto", "received",
+                 "status", "stream")
 
-    def __init__(self, proto: Any, body: bytes | None = None) -> None:
+    def __init__(self, proto: Any, body: bytes | None, one_read: bool) -> None:
         self.proto = proto
         self.body = body  # already read (by the shortcut)
+        # A body of declared, bounded length is read in one call; any other (chunked) is
+        # read piece by piece, so the app's size limit stops it before it is all in memory.
+        self.one_read = one_read
+        self.chunks: Any = None
         self.received = False
+        self.done = False  # the whole response has been handed to granian
         self.status = 200
         self.headers: list[tuple[str, str]] = []
         self.stream: Any = None
 
     async def receive(self) -> dict[str, Any]:
         if not self.received:
-            self.received = True
-            body = self.body if self.body is not None else await self.proto()
-            return {"type": "http.request", "body": body, "more_body": False}
+            if self.body is not None or self.one_read:
+                self.received = True
+                body = self.body if self.body is not None else await self.proto()
+                return {"type": "http.request", "body": body, "more_body": False}
+            if self.chunks is None:
+                self.chunks = self.proto.__aiter__()
+            try:
+                return {"type": "http.request", "body": await self.chunks.__anext__(),
+                        "more_body": True}
+            except StopAsyncIteration:
+                self.received = True
+                return {"type": "http.request", "body": b"", "more_body": False}
         await self.proto.client_disconnect()
         return _DISCONNECT
 
     async def send(self, message: MutableMapping[str, Any]) -> None:
         kind = message["type"]
+        if self.done or (kind == "http.response.start" and self.stream is not None):
+            # As ASGI servers do: nothing may follow a complete response, and a second
+            # start (an error after a stream began) must not be appended to the stream.
+            raise RuntimeError("the response has already been sent")
         if kind == "http.response.start":
             self.status = message["status"]
             self.headers = [(k.decode("latin-1"), v.decode("latin-1"))
                             for k, v in message.get("headers", ())]
         elif kind == "http.response.body":
             body = message.get("body", b"")
+            more = message.get("more_body", False)
             if self.stream is None:
-                if not message.get("more_body", False):  # the whole response at once
+                if not more:  # the whole response at once
+                    self.done = True
                     self.proto.response_bytes(self.status, self.headers, body)
                     return
                 self.stream = self.proto.response_stream(self.status, self.headers)
             if body:
                 await self.stream.send_bytes(body)
+            if not more:
+                self.done = True
 
 
 class RSGIGateway:
@@ -85,14 +108,26 @@ class RSGIGateway:
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
         if scope.proto != "http":
             return
-        body = None
-        if scope.method == "POST" and self.gateway.started:
-            endpoint = ENDPOINTS.get(scope.path)
-            if endpoint is not None:
-                answered, body = await self._remembered(scope.headers, proto, endpoint)
-                if answered:
-                    return
-        exchange = _Exchange(proto, body)
+        gw = self.gateway
+        headers = scope.headers
+        length = headers.get("content-length")
+        one_read = (length is not None and length.isdigit()
+                    and int(length) <= gw.settings.max_body_bytes)
+        endpoint = ENDPOINTS.get(scope.path) if scope.method == "POST" else None
+        if endpoint is None or not gw.started:
+            await self._full(scope, proto, None, one_read)
+            return
+        gw.begin()  # from the first byte read: a drain waits for this request
+        try:
+            answered, body = await self._remembered(headers, proto, endpoint, one_read)
+            if not answered:
+                await self._full(scope, proto, body, one_read)
+        finally:
+            gw.end()
+
+    async def _full(self, scope: Any, proto: Any, body: bytes | None, one_read: bool) -> None:
+        """The ASGI app, with the body if it was read already."""
+        exchange = _Exchange(proto, body, one_read)
         asgi_scope = {
             "type": "http", "method": scope.method, "path": scope.path,
             "query_string": scope.query_string.encode("latin-1"),
@@ -102,17 +137,13 @@ class RSGIGateway:
         }
         await self.gateway(asgi_scope, exchange.receive, exchange.send)
 
-
-    async def _remembered(self, headers: Any, proto: Any,
-                          endpoint: str) -> tuple[bool, bytes | None]:
+    async def _remembered(self, headers: Any, proto: Any, endpoint: str,
+                          one_read: bool) -> tuple[bool, bytes | None]:
         """(True, _) when a remembered repeat was answered; else (False, the body if it was
         read) for the full path."""
         gw = self.gateway
-        if any(h in headers for h in _CONTROLS):
-            return False, None
-        length = headers.get("content-length")
-        if length is None or not length.isdigit() or int(length) > gw.settings.max_body_bytes:
-            return False, None  # the full path reads (and bounds) it
+        if not one_read or any(h in headers for h in _CONTROLS):
+            return False, None  # the full path reads (and bounds) the body
         token = bearer_token(headers.get("authorization"), headers.get("x-api-key"),
                              headers.get("api-key"))
         principal = gw.auth.cached(token) if token else None
@@ -124,23 +155,19 @@ class RSGIGateway:
             return False, body
         ctx = ProxyContext(headers.get("x-request-id") or new_request_id(), endpoint)
         ctx.project_id, ctx.key_id = principal.project_id, principal.key_id
-        gw.begin()
         try:
-            try:
-                if not await remembered(gw, ctx, principal, hot, admit=False):
-                    return False, body
-            except Exception:  # the full path meets the problem again, and reports it
+            if not await remembered(gw, ctx, principal, hot, admit=False):
                 return False, body
-            proto.response_bytes(200, [
-                ("x-request-id", ctx.request_id),
-                ("x-watchllm-latency-ms", f"{ctx.elapsed_ms():.2f}"),
-                ("age", str(max(0, int(time.time() - hot.created)))),
-                *hot.text_headers], hot.body)
-            ctx.ttft_s = ctx.elapsed_ms() / 1000
-            await finish(gw, ctx)
-            return True, None
-        finally:
-            gw.end()
+        except Exception:  # the full path meets the problem again, and reports it
+            return False, body
+        proto.response_bytes(200, [
+            ("x-request-id", ctx.request_id),
+            ("x-watchllm-latency-ms", f"{ctx.elapsed_ms():.2f}"),
+            ("age", str(max(0, int(time.time() - hot.created)))),
+            *hot.text_headers], hot.body)
+        ctx.ttft_s = ctx.elapsed_ms() / 1000
+        await finish(gw, ctx)
+        return True, None
 
 
 app = RSGIGateway(Gateway(load_settings(), build_env))

@@ -73,10 +73,15 @@ def _stream_chunks(raw: bytes) -> list[Any]:
     if data is not None:
         if data and data[-1] == sse.DONE:
             data.pop()
-        try:  # the whole stream as one JSON array: one parse instead of one per chunk
-            return list(orjson.loads(b"[" + b",".join(data) + b"]"))
-        except orjson.JSONDecodeError:
-            pass  # some event is not JSON: parse them one by one, skipping it
+        # The whole stream as one JSON array: one parse instead of one per chunk. Each
+        # event must be one object: `{...},{...}` in one event would parse here as two.
+        if all(d[:1] == b"{" and d[-1:] == b"}" for d in data):
+            try:
+                chunks = orjson.loads(b"[" + b",".join(data) + b"]")
+            except orjson.JSONDecodeError:
+                chunks = None  # some event is not JSON: parse them one by one, skipping it
+            if chunks is not None and len(chunks) == len(data):
+                return list(chunks)
     chunks = []
     for _, payload in sse.iter_events(raw):
         if payload != sse.DONE:

@@ -60,7 +60,7 @@ class HotRequest:
 
     @property
     def size(self) -> int:
-        return len(self.body) + len(self.prompt) + 512
+        return len(self.body) + len(self.stored) + len(self.prompt.encode()) + 512
 
 
 class HotRequests:

@@ -268,11 +268,11 @@ async def remembered(gw: Gateway, ctx: ProxyContext, principal: Principal,
             or (not admit and not limits.unlimited)
             or not await gw.cache.still_stored(hot.kv_key, hot.stored)):
         return False
-    ctx.model, ctx.stream, ctx.provider = hot.model, hot.stream, hot.provider
-    ctx.prompt, ctx.user = hot.prompt, hot.user
+    ctx.model, ctx.stream = hot.model, hot.stream  # what the full path knows at admission
     if not limits.unlimited:
         ctx.admission = await gw.limits.admit(pid, ctx.key_id, hot.estimate, limits)
         ctx.limit_headers = gw.limits.headers(ctx.admission)
+    ctx.provider, ctx.prompt, ctx.user = hot.provider, hot.prompt, hot.user
     ctx.status, ctx.cache_status = 200, "HIT"
     ctx.usage, ctx.cost_saved_usd, ctx.template = hot.usage, hot.cost_saved_usd, hot.event
     return True
