@@ -17,7 +17,6 @@ its project's pending deltas along. See docs/limits.md.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import os
@@ -29,8 +28,8 @@ from typing import Any, Protocol
 from watchllm import metrics
 from watchllm.env.base import Counters, CountersUnavailable
 from watchllm.errors import RateLimitError, ServiceUnavailableError
+from watchllm.limits.deferred import DeferredDeltas, add
 from watchllm.limits.ops import (
-    ADJUST,
     CHECK,
     CONC,
     FORCE,
@@ -64,7 +63,6 @@ _Row = tuple[int, str, int, int, int, int, str]
 _HEADER_NAMES = {
     suffix: tuple(f"x-ratelimit-{part}-{unit}".encode() for part in ("limit", "remaining", "reset"))
     for suffix, unit in (("rpm", "requests"), ("tpm", "tokens"))}
-Pending = dict[str, Op]  # counter key -> the ADJUST op carrying its summed delta
 
 
 @dataclass(slots=True)
@@ -132,17 +130,6 @@ def _key(project_id: str, rest: str) -> str:
     return f"wl:{{{project_id}}}:{rest}"  # hash tag: one Redis Cluster slot per project
 
 
-def _merge(into: Pending, ops: Pending | list[Op]) -> None:
-    """Add deltas to pending ones (ADJUST ops of the same key sum)."""
-    for op in ops.values() if isinstance(ops, dict) else ops:
-        have = into.get(op.key)
-        if have is None:
-            into[op.key] = Op(op.kind, op.key, op.limit, op.window_ms, op.cost, ADJUST)
-        else:
-            have.cost += op.cost
-            have.limit = op.limit  # the newest plan's limit
-
-
 def _strip(outcome: Outcome, n: int) -> Outcome:
     """The outcome of a batch without its first n (ADJUST) ops."""
     denied = outcome.denied - n if outcome.denied >= 0 else -1
@@ -166,16 +153,13 @@ class LimitsService:
         self.cache_ttl_s = settings.key_cache_ttl_s
         self.defaults = Scope(settings.default_rpm, settings.default_tpm,
                               settings.default_max_concurrent)
-        self.flush_interval_s = flush_interval_s
         self._cache: dict[tuple[str, str], tuple[Limits, float]] = {}
         self._periods: dict[str, tuple[str, int, int]] = {}  # period -> (id, valid from, end)
         self._templates: dict[tuple[str, str], _Template] = {}
         self._down_until = 0.0
         self._leases = itertools.count()
         self._lease_prefix = f"{os.getpid()}.{id(self):x}."
-        self._pending: dict[str, Pending] = {}  # project -> deferred deltas
-        self._timer: asyncio.TimerHandle | None = None
-        self._flushing: asyncio.Task[None] | None = None
+        self._deferred = DeferredDeltas(self._apply_deltas, flush_interval_s)
 
     # -- limits of a caller ---------------------------------------------------------------
     async def limits_for(self, project_id: str, key_id: str) -> Limits:
@@ -229,7 +213,7 @@ class LimitsService:
             template = self._template(project_id, key_id, limits)
         ops = self._admit_ops(template, tokens, now_ms)
         admission = Admission(project_id, key_id, tokens, ops, template.names, plan=template)
-        pending = self._pending.pop(project_id, None) if self._pending else None
+        pending = self._deferred.take(project_id)
         if pending is None:
             if time.monotonic() >= self._down_until:  # _apply inlined: the common case
                 try:
@@ -242,10 +226,10 @@ class LimitsService:
             try:
                 outcome = await self._apply([*pending.values(), *ops], now_ms, admission)
             except ServiceUnavailableError:  # fail closed: keep the deltas for later
-                self._restore(project_id, pending)
+                self._deferred.restore(project_id, pending)
                 raise
             if outcome is None:
-                self._restore(project_id, pending)
+                self._deferred.restore(project_id, pending)
             else:
                 outcome = _strip(outcome, len(pending))
         if outcome is None:
@@ -344,6 +328,11 @@ class LimitsService:
                 return self._unavailable(exc, admission)
         return self._unavailable(None, admission)
 
+    async def _apply_deltas(self, ops: list[Op]) -> bool:
+        """Deferred deltas on their own (the flush); False when not applied."""
+        now_ms = None if self.clock is None else int(self.clock() * 1000)
+        return await self._apply(ops, now_ms, None) is not None
+
     def _unavailable(self, exc: Exception | None,
                      admission: Admission | None) -> Outcome | None:
         """The backend failed (exc) or is being skipped (None): fail open or closed."""
@@ -414,9 +403,7 @@ class LimitsService:
         project_id = admission.project_id
         # Deltas go straight into the project's pending ADJUST ops (summed per key); a
         # request holding a lease takes them along in its release batch below.
-        pending = self._pending.get(project_id)
-        if pending is None:
-            pending = self._pending[project_id] = {}
+        pending = self._deferred.of(project_id)
         for i, what in template.reconcile:
             op = ops[i]
             if what == _TOK:
@@ -425,82 +412,29 @@ class LimitsService:
             else:
                 delta = max(round(cost_usd * _MICRO), 0)
             if delta:
-                have = pending.get(op.key)
-                if have is None:
-                    pending[op.key] = Op(op.kind, op.key, op.limit, op.window_ms, delta, ADJUST)
-                else:
-                    have.cost += delta
-                    have.limit = op.limit  # the newest plan's limit
+                add(pending, op, delta)
         if not template.has_conc:
-            if not pending:
-                del self._pending[project_id]
-            elif self._timer is None:
-                self._schedule()
+            self._deferred.done(project_id)
             return
-        carried = self._pending.pop(project_id)
+        carried = self._deferred.take(project_id) or {}
         releases = [Op(CONC, op.key, op.limit, op.window_ms, 0, RELEASE, op.member)
                     for op in ops if op.kind == CONC]
         now_ms = None if self.clock is None else int(self.clock() * 1000)
         if await self._apply([*carried.values(), *releases], now_ms, None) is None and carried:
-            self._restore(project_id, carried)  # the lease expires on its own
-
-    def _restore(self, project_id: str, deltas: Pending) -> None:
-        """Deltas a failed batch did not apply: pending again, for the next try."""
-        pending = self._pending.get(project_id)
-        if pending is None:
-            self._pending[project_id] = deltas
-        else:
-            _merge(pending, deltas)
-        if self._timer is None:
-            self._schedule()
-
-    def _schedule(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no loop (sync callers): close() or the next admit applies them
-            return
-        self._timer = loop.call_later(self.flush_interval_s, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.get_running_loop().create_task(self.flush())
+            self._deferred.restore(project_id, carried)  # the lease expires on its own
 
     def pending(self) -> int:
         """How many counter keys have deferred deltas not yet applied (tests, metrics)."""
-        return sum(len(p) for p in self._pending.values())
+        return self._deferred.count()
 
     async def flush(self) -> None:
-        """Apply every deferred delta now: one batch per project, concurrently.
-
-        Deltas a failed batch could not apply stay pending (retried by the timer)."""
-        work, self._pending = self._pending, {}
-        if not work:
-            return
-        now_ms = None if self.clock is None else int(self.clock() * 1000)
-
-        async def one(project_id: str, deltas: Pending) -> None:
-            if await self._apply(list(deltas.values()), now_ms, None) is None:
-                self._restore(project_id, deltas)
-
-        await asyncio.gather(*(one(p, d) for p, d in work.items()))
+        """Apply every deferred delta now (one batch per project)."""
+        await self._deferred.flush()
 
     async def close(self) -> None:
         """At shutdown, before the counters backend closes: apply every deferred delta."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._flushing is not None and not self._flushing.done():
-            await self._flushing
         self._down_until = 0.0  # one last try even if the breaker is open
-        await self.flush()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._pending:
-            log.warning("limits: %d deferred deltas lost at shutdown (backend unavailable)",
-                        self.pending())
-            self._pending = {}
+        await self._deferred.close()
 
     async def usage(self, project_id: str) -> dict[str, Any]:
         """The current period's quota use of a project (only the quotas its plan sets)."""
@@ -515,10 +449,10 @@ class LimitsService:
             return out
         # FORCE with cost 0 reads without a check (a PEEK would fail once over the limit).
         peek = [Op(QUOTA, op.key, op.limit, op.window_ms, 0, FORCE) for op in ops]
-        carried = self._pending.pop(project_id, {})  # this worker's deferred deltas first
+        carried = self._deferred.take(project_id) or {}  # this worker's deferred deltas first
         outcome = await self._apply([*carried.values(), *peek], now_ms, None)
         if outcome is None:
-            self._restore(project_id, carried)
+            self._deferred.restore(project_id, carried)
             raise ServiceUnavailableError("Usage cannot be read right now (counters backend "
                                           "unreachable).", code="limits_unavailable")
         outcome = _strip(outcome, len(carried))
