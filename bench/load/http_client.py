@@ -30,12 +30,14 @@ BODY = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello"
 HEADERS = {"content-type": "application/json", "authorization": "Bearer sk-bench"}
 
 
-async def _drive(one: Callable[[], Awaitable[None]], n: int, conc: int) -> tuple[float, float]:
+async def drive(one: Callable[[], Awaitable[object]], n: int, conc: int,
+                warm: int = 20) -> tuple[float, float]:
+    """(µs CPU per call, calls/s) of `n` calls from `conc` concurrent tasks."""
     async def worker(k: int) -> None:
         for _ in range(k):
             await one()
 
-    await asyncio.gather(*(worker(20) for _ in range(conc)))  # warm the pool
+    await asyncio.gather(*(worker(warm) for _ in range(conc)))  # warm the pool
     cpu, wall = time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker(n // conc) for _ in range(conc)))
     return (time.process_time() - cpu) / n * 1e6, n / (time.perf_counter() - wall)
@@ -49,7 +51,7 @@ async def with_aiohttp(url: str, n: int, conc: int) -> tuple[float, float]:
             async with session.post(url, data=BODY, headers=HEADERS) as r:
                 await r.read()
 
-        return await _drive(one, n, conc)
+        return await drive(one, n, conc)
 
 
 async def with_lean(url: str, n: int, conc: int) -> tuple[float, float]:
@@ -61,7 +63,7 @@ async def with_lean(url: str, n: int, conc: int) -> tuple[float, float]:
             raise RuntimeError("bad answer")
 
     try:
-        return await _drive(one, n, conc)
+        return await drive(one, n, conc)
     finally:
         await client.close()
 

@@ -13,15 +13,14 @@ import argparse
 import asyncio
 import os
 import sys
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import redis.asyncio as aioredis
 import uvloop
+from http_client import drive
 
 from watchllm.env.selfhosted.resp import LeanRedis
 
@@ -29,23 +28,12 @@ URL = "redis://127.0.0.1:6379/12"
 SCRIPT = "return redis.call('INCR', KEYS[1])"
 
 
-async def drive(call: Callable[[], Awaitable[Any]], n: int, conc: int) -> tuple[float, float]:
-    async def worker(k: int) -> None:
-        for _ in range(k):
-            await call()
-
-    await asyncio.gather(*(worker(50) for _ in range(conc)))
-    cpu, wall = time.process_time(), time.perf_counter()
-    await asyncio.gather(*(worker(n // conc) for _ in range(conc)))
-    return (time.process_time() - cpu) / n * 1e6, n / (time.perf_counter() - wall)
-
-
 async def redis_py(n: int, conc: int) -> tuple[float, float]:
     client = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
         URL, max_connections=64))
     sha = await client.script_load(SCRIPT)
     try:
-        return await drive(lambda: client.evalsha(sha, 1, "wl:bench"), n, conc)
+        return await drive(lambda: client.evalsha(sha, 1, "wl:bench"), n, conc, warm=50)
     finally:
         await client.aclose()
 
@@ -54,7 +42,7 @@ async def lean(n: int, conc: int) -> tuple[float, float]:
     client = LeanRedis(URL)
     sha = await client.execute("SCRIPT", "LOAD", SCRIPT)
     try:
-        return await drive(lambda: client.execute("EVALSHA", sha, 1, "wl:bench"), n, conc)
+        return await drive(lambda: client.execute("EVALSHA", sha, 1, "wl:bench"), n, conc, warm=50)
     finally:
         await client.close()
 

@@ -61,6 +61,11 @@ class CacheEntry:
                           doc.get("u"), doc.get("q"), doc.get("c", 0.0), doc.get("k", 0.0))
 
 
+def age_s(created: float) -> int:
+    """Whole seconds since an entry was stored (the `Age` header)."""
+    return max(0, int(time.time() - created))
+
+
 def entry_from_stream(endpoint: str, raw: bytes) -> CacheEntry | None:
     """An entry from a complete SSE stream; None if it is not a well-formed, finished one."""
     chunks: list[dict[str, Any]] = []

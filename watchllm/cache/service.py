@@ -20,7 +20,7 @@ from typing import Any
 from watchllm import core
 from watchllm.cache.controls import CacheControls
 from watchllm.cache.embedder import Embedder
-from watchllm.cache.entry import FORMAT_VERSION, CacheEntry
+from watchllm.cache.entry import FORMAT_VERSION, CacheEntry, age_s
 from watchllm.cache.verify import verify
 from watchllm.env.base import KeyValue, VectorIndex
 from watchllm.settings import Settings
@@ -59,7 +59,7 @@ class CacheHit:
 
     @property
     def age_s(self) -> int:
-        return max(0, int(time.time() - self.entry.created))
+        return age_s(self.entry.created)
 
 
 class ResponseCache:

@@ -16,12 +16,12 @@ already read.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import MutableMapping
 from typing import Any
 
 from watchllm.app import Gateway, new_request_id
 from watchllm.cache.controls import HEADER_NAMES
+from watchllm.cache.entry import age_s
 from watchllm.entrypoints.factory import build_env
 from watchllm.http.asgi import bearer_token
 from watchllm.proxy.context import ProxyContext
@@ -163,7 +163,7 @@ class RSGIGateway:
         proto.response_bytes(200, [
             ("x-request-id", ctx.request_id),
             ("x-watchllm-latency-ms", f"{ctx.elapsed_ms():.2f}"),
-            ("age", str(max(0, int(time.time() - hot.created)))),
+            ("age", str(age_s(hot.created))),
             *hot.text_headers], hot.body)
         ctx.ttft_s = ctx.elapsed_ms() / 1000
         await finish(gw, ctx)

@@ -14,7 +14,7 @@ import orjson
 
 from watchllm import core, metrics
 from watchllm.cache import controls as cache_controls
-from watchllm.cache.entry import CacheEntry, as_json, entry_from_stream, sse_body
+from watchllm.cache.entry import CacheEntry, age_s, as_json, entry_from_stream, sse_body
 from watchllm.cache.service import CacheHit
 from watchllm.errors import InvalidRequestError, UpstreamError, WatchLLMError
 from watchllm.events import usage as usage_mod
@@ -247,7 +247,7 @@ async def _serve_hot(gw: Gateway, send: Send, ctx: ProxyContext, principal: Prin
         return False
     headers = [(b"x-request-id", ctx.request_id.encode()),
                (b"x-watchllm-latency-ms", f"{ctx.elapsed_ms():.2f}".encode()),
-               (b"age", str(max(0, int(time.time() - hot.created))).encode()),
+               (b"age", str(age_s(hot.created)).encode()),
                *ctx.limit_headers, *hot.headers]
     await send_body(send, 200, hot.body, headers)
     ctx.ttft_s = ctx.elapsed_ms() / 1000
