@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         embed_text,
         encode_rowbinary,
         encoding_for_model,
+        stream_usage,
     )
 else:
     CoreError = _impl.CoreError
@@ -51,6 +52,7 @@ else:
     embed_text = _impl.embed_text
     encode_rowbinary = _impl.encode_rowbinary
     encoding_for_model = _impl.encoding_for_model
+    stream_usage = _impl.stream_usage
 
 __all__ = [
     "BACKEND",
@@ -64,4 +66,5 @@ __all__ = [
     "embed_text",
     "encode_rowbinary",
     "encoding_for_model",
+    "stream_usage",
 ]

@@ -6,6 +6,7 @@
 pub mod cache_key;
 pub mod rowbinary;
 pub mod similarity;
+pub mod stream;
 pub mod tokens;
 
 #[cfg(feature = "python")]

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import contextlib
-
 import orjson
 from hypothesis import given
 from hypothesis import strategies as st
@@ -42,22 +40,23 @@ def test_roundtrip(payloads: list[bytes]) -> None:
     st.just(b"event: x\ndata: [1]\n\n")), max_size=6), st.booleans())
 def test_stream_chunks_fast_path_equals_the_event_parser(events: list[bytes],
                                                          done: bool) -> None:
-    """usage._stream_chunks parses OpenAI-framed streams as one JSON array; whatever the
+    """sse.json_events reads OpenAI-framed streams as one JSON array; whatever the
     framing, it must give what parsing event by event gives."""
-    from watchllm.events.usage import _stream_chunks
-
     raw = b"".join(events) + (sse.encode(sse.DONE) if done else b"")
-    expected = []
+    expected, invalid, seen_done = [], False, False
     for _, data in sse.iter_events(raw):
-        if data != sse.DONE:
-            with contextlib.suppress(orjson.JSONDecodeError):
-                expected.append(orjson.loads(data))
-    assert _stream_chunks(raw) == expected
+        if data == sse.DONE:
+            seen_done = True
+            continue
+        try:
+            expected.append(orjson.loads(data))
+        except orjson.JSONDecodeError:
+            invalid = True
+    assert sse.json_events(raw) == (expected, invalid, seen_done)
 
 
 def test_an_event_holding_two_objects_is_not_split_by_the_fast_path() -> None:
-    from watchllm.events.usage import _stream_chunks
-
     raw = (b'data: {"choices":[]},{"usage":{"prompt_tokens":1}}\n\n'
            b'data: {"choices":[]}\n\ndata: [DONE]\n\n')
-    assert _stream_chunks(raw) == [{"choices": []}]  # as the event parser: the first is invalid
+    # as the event parser: the first is invalid
+    assert sse.json_events(raw) == ([{"choices": []}], True, True)

@@ -3,7 +3,7 @@
 Used when the Rust extension is not available (Cloudflare Python Workers/Pyodide)
 or when `WATCHLLM_CORE=python`. Each module mirrors one Rust module:
 `_cache_key` ↔ `cache_key.rs`, `_tokens` ↔ `tokens.rs`, `_vector` ↔
-`similarity.rs`, `_rowbinary` ↔ `rowbinary.rs`.
+`similarity.rs`, `_rowbinary` ↔ `rowbinary.rs`, `_stream` ↔ `stream.rs`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from ._cache_key import cache_key, context_key, embed_text
 from ._errors import CoreError, RowBinaryError
 from ._rowbinary import encode_rowbinary
+from ._stream import stream_usage
 from ._tokens import count_chat_tokens, count_tokens, encoding_for_model
 from ._vector import VectorIndex
 
@@ -28,4 +29,5 @@ __all__ = [
     "embed_text",
     "encode_rowbinary",
     "encoding_for_model",
+    "stream_usage",
 ]

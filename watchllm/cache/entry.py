@@ -68,23 +68,22 @@ def age_s(created: float) -> int:
 
 def entry_from_stream(endpoint: str, raw: bytes) -> CacheEntry | None:
     """An entry from a complete SSE stream; None if it is not a well-formed, finished one."""
+    values, invalid, done = sse.json_events(raw)
+    if invalid:
+        return None
     chunks: list[dict[str, Any]] = []
     usage = None
-    done = finished = False
-    for _, data in sse.iter_events(raw):
-        if data == sse.DONE:
-            done = True
-            continue
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return None
+    finished = False
+    for chunk in values:
         if not isinstance(chunk, dict) or "error" in chunk:
             return None
         if chunk.get("usage"):
             usage = chunk["usage"]
-        if chunk.get("choices"):
-            finished = finished or any(c.get("finish_reason") for c in chunk["choices"])
+        if choices := chunk.get("choices"):
+            if not isinstance(choices, list):
+                return None
+            finished = finished or any(isinstance(c, dict) and c.get("finish_reason")
+                                       for c in choices)
             chunks.append({k: v for k, v in chunk.items() if k != "usage"})
     if not (done and finished):
         return None  # truncated: never cache a partial answer

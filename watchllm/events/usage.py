@@ -10,7 +10,6 @@ from typing import Any
 import orjson
 
 from watchllm import core
-from watchllm.proxy import sse
 
 
 @dataclass(slots=True)
@@ -67,51 +66,15 @@ def from_body(endpoint: str, body: bytes) -> tuple[Usage, str, dict[str, Any] | 
         raw if isinstance(raw, dict) else None
 
 
-def _stream_chunks(raw: bytes) -> list[Any]:
-    """The JSON payloads of a stream, in order ([DONE] and unparseable events left out)."""
-    data = sse.simple_data(raw)
-    if data is not None:
-        if data and data[-1] == sse.DONE:
-            data.pop()
-        # The whole stream as one JSON array: one parse instead of one per chunk. Each
-        # event must be one object: `{...},{...}` in one event would parse here as two.
-        if all(d[:1] == b"{" and d[-1:] == b"}" for d in data):
-            try:
-                chunks = orjson.loads(b"[" + b",".join(data) + b"]")
-            except orjson.JSONDecodeError:
-                chunks = None  # some event is not JSON: parse them one by one, skipping it
-            if chunks is not None and len(chunks) == len(data):
-                return list(chunks)
-    chunks = []
-    for _, payload in sse.iter_events(raw):
-        if payload != sse.DONE:
-            try:
-                chunks.append(orjson.loads(payload))
-            except orjson.JSONDecodeError:
-                continue
-    return chunks
-
-
 def from_stream(raw: bytes, request: dict[str, Any], request_body: bytes) -> tuple[Usage, str]:
     """Usage and text of a streamed chat completion (SSE bytes as sent to the client)."""
-    text: list[str] = []
-    usage: Usage | None = None
-    for chunk in _stream_chunks(raw):
-        if not isinstance(chunk, dict):
-            continue
-        usage = _from_usage(chunk.get("usage")) or usage
-        for choice in chunk.get("choices") or []:
-            delta = choice.get("delta") or {}
-            text.append(delta.get("content") or "")
-            text += [(c.get("function") or {}).get("arguments", "")
-                     for c in delta.get("tool_calls") or []]
-    joined = "".join(text)
-    if usage is None:
-        model = str(request.get("model", ""))
-        try:
-            prompt = core.count_chat_tokens(request_body)
-        except ValueError:
-            prompt = 0
-        usage = Usage(prompt, core.count_tokens(joined, core.encoding_for_model(model)),
-                      counted=True)
-    return usage, joined
+    reported, text = core.stream_usage(raw)
+    if reported is not None:
+        return Usage(*reported), text
+    model = str(request.get("model", ""))
+    try:
+        prompt = core.count_chat_tokens(request_body)
+    except ValueError:
+        prompt = 0
+    return Usage(prompt, core.count_tokens(text, core.encoding_for_model(model)),
+                 counted=True), text

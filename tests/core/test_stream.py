@@ -1,0 +1,99 @@
+"""stream_usage: the extension and the twin read the same usage and text from any stream."""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+COUNT = st.one_of(st.integers(min_value=-(2**63), max_value=2**64 - 1),
+                  st.floats(allow_nan=False, allow_infinity=False, width=32),
+                  st.booleans(), st.none(), st.text(max_size=3), st.just([1]), st.just({}))
+ANY = st.one_of(COUNT, st.text(max_size=5), st.lists(st.text(max_size=3), max_size=2),
+                st.dictionaries(st.text(max_size=3), st.integers(-9, 9), max_size=2))
+
+
+def maybe(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """The right type, or any other value in its place."""
+    return st.one_of(strategy, ANY)
+
+
+USAGE = st.dictionaries(
+    st.sampled_from(["prompt_tokens", "completion_tokens", "input_tokens", "output_tokens",
+                     "total_tokens", "prompt_tokens_details", "input_tokens_details"]),
+    st.one_of(COUNT, st.dictionaries(st.sampled_from(["cached_tokens", "x"]), COUNT,
+                                     max_size=2)), max_size=6)
+CALL = st.fixed_dictionaries({}, optional={
+    "index": st.integers(0, 3),
+    "function": maybe(st.fixed_dictionaries({}, optional={
+        "name": st.text(max_size=4), "arguments": maybe(st.text(max_size=8))}))})
+DELTA = st.fixed_dictionaries({}, optional={
+    "content": maybe(st.text(max_size=12)), "role": st.just("assistant"),
+    "tool_calls": maybe(st.lists(maybe(CALL), max_size=2))})
+CHOICE = st.fixed_dictionaries({"index": st.integers(0, 2)}, optional={
+    "delta": maybe(DELTA), "finish_reason": st.sampled_from([None, "stop", "length"])})
+CHUNK = st.fixed_dictionaries({"id": st.just("c1"), "object": st.just("chat.completion.chunk")},
+                              optional={"choices": maybe(st.lists(maybe(CHOICE), max_size=3)),
+                                        "usage": maybe(USAGE)})
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> bytes:
+    """OpenAI's framing most of the time; otherwise CRLF, `data:` without the space,
+    multi-line data, comments, named events, non-JSON and non-object events."""
+    events = []
+    for chunk in draw(st.lists(st.one_of(CHUNK, ANY), max_size=6)):
+        data = orjson.dumps(chunk)
+        form = draw(st.sampled_from(["plain"] * 4 + ["nospace", "split", "event", "comment"]))
+        if form == "nospace":
+            events.append(b"data:" + data + b"\n\n")
+        elif form == "split" and len(data) > 2:
+            cut = draw(st.integers(1, len(data) - 1))
+            events.append(b"data: " + data[:cut] + b"\ndata: " + data[cut:] + b"\n\n")
+        elif form == "event":
+            events.append(b"event: message\ndata: " + data + b"\n\n")
+        elif form == "comment":
+            events.append(b": keep-alive\n\ndata: " + data + b"\n\n")
+        else:
+            events.append(b"data: " + data + b"\n\n")
+    if draw(st.booleans()):
+        events.append(b"data: not json\n\n")
+    if draw(st.booleans()):
+        events.append(b"data: [DONE]\n\n")
+    raw = b"".join(events)
+    if draw(st.booleans()):
+        raw = raw.replace(b"\n", b"\r\n")
+    if draw(st.booleans()):
+        raw = raw[: draw(st.integers(0, len(raw)))]  # cut anywhere, as a broken stream is
+    return raw
+
+
+@settings(max_examples=1500, deadline=None)
+@given(streams())
+def test_twin_equals_extension(rust: ModuleType, twin: ModuleType, raw: bytes) -> None:
+    assert twin.stream_usage(raw) == rust.stream_usage(raw)
+
+
+def test_openai_stream(rust: ModuleType, twin: ModuleType) -> None:
+    raw = (b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n'
+           b'data: {"choices":[{"delta":{"content":"Hel"}}]}\n\n'
+           b'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":'
+           b'{"arguments":"{\\"a\\":1}"}}]}}]}\n\n'
+           b'data: {"choices":[{"delta":{"content":"lo"},"finish_reason":"stop"}]}\n\n'
+           b'data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":3,'
+           b'"prompt_tokens_details":{"cached_tokens":8}}}\n\ndata: [DONE]\n\n')
+    for impl in (rust, twin):
+        assert impl.stream_usage(raw) == ((9, 3, 8), 'Hel{"a":1}lo')
+        assert impl.stream_usage(raw.replace(b"\n", b"\r\n")) == ((9, 3, 8), 'Hel{"a":1}lo')
+        assert impl.stream_usage(b"") == (None, "")
+
+
+def test_the_last_usage_wins_and_odd_counts_are_zero(rust: ModuleType, twin: ModuleType) -> None:
+    raw = (b'data: {"usage":{"prompt_tokens":5}}\n\n'
+           b'data: {"usage":{"input_tokens":"7","output_tokens":2.9,'
+           b'"input_tokens_details":{"cached_tokens":-1}}}\n\n')
+    for impl in (rust, twin):
+        assert impl.stream_usage(raw) == ((0, 2, 0), "")
