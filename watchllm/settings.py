@@ -43,6 +43,10 @@ class Settings:
     # How granian calls the app: its native RSGI (cheaper per request) or ASGI. The app is
     # ASGI either way; rsgi adds a thin translation (watchllm/entrypoints/rsgi.py).
     interface: Literal["rsgi", "asgi"] = "rsgi"
+    # Run the server's threads under SCHED_BATCH (Linux): a woken thread does not preempt
+    # the running one, so granian's I/O thread and the Python thread switch far less
+    # often (watchllm/entrypoints/scheduling.py).
+    sched_batch: bool = True
     database_url: str = ""  # default: sqlite in data_dir
     redis_url: str = ""
     clickhouse_url: str = ""  # default: chdb in data_dir (embedded), empty = analytics off
@@ -260,6 +264,7 @@ def load_settings(
         port=port,
         workers=r.integer("WATCHLLM_WORKERS", 1, minimum=1),
         interface=interface,  # type: ignore[arg-type]
+        sched_batch=r.flag("WATCHLLM_SCHED_BATCH", True),
         database_url=r.text("WATCHLLM_DATABASE_URL"),
         redis_url=r.text("WATCHLLM_REDIS_URL"),
         clickhouse_url=r.text("WATCHLLM_CLICKHOUSE_URL"),

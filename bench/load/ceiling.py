@@ -1,6 +1,9 @@
 """The ceiling of our stack: a granian ASGI app returning one fixed JSON body.
 
-    python bench/load/ceiling.py PORT
+    python bench/load/ceiling.py PORT [--sched-batch]
+
+`--sched-batch` runs it under SCHED_BATCH as `watchllm serve` runs the gateway
+(watchllm/entrypoints/scheduling.py), for a like-for-like ceiling.
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ if __name__ == "__main__":
     from granian.constants import Interfaces, Loops, RuntimeModes
 
     sys.path.insert(0, __file__.rsplit("/", 1)[0])
+    if "--sched-batch" in sys.argv:
+        sys.path.insert(0, __file__.rsplit("/", 3)[0])
+        from watchllm.entrypoints.scheduling import batch_scheduling
+
+        batch_scheduling()
     Granian("ceiling:app", address="127.0.0.1", port=int(sys.argv[1]), interface=Interfaces.ASGI,
             loop=Loops.uvloop, runtime_mode=RuntimeModes.st, log_access=False,
             log_level="warning").serve()  # type: ignore[arg-type]

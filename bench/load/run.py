@@ -198,10 +198,13 @@ def main() -> None:
     ceiling_port = free_port()
     ceiling = start(["bench/load/ceiling.py", str(ceiling_port)], {}, ceiling_port,
                     tmp / "ceiling.log", "/", cpu=0)
+    batch_port = free_port()  # the same ceiling under the gateway's SCHED_BATCH
+    ceiling_batch = start(["bench/load/ceiling.py", str(batch_port), "--sched-batch"], {},
+                          batch_port, tmp / "ceiling-batch.log", "/", cpu=0)
     admin = "bench-admin"
     env = {"OPENAI_BASE_URL": f"{mock.url}/v1", "OPENAI_API_KEY": "sk-bench",
            "WATCHLLM_ADMIN_KEY": admin, "WATCHLLM_LOG_LEVEL": "warning"}
-    servers = [mock, stream_mock, ceiling]
+    servers = [mock, stream_mock, ceiling, ceiling_batch]
     if args.events == "http":
         ch_port = free_port()
         servers.append(start([str(ROOT / "bench" / "micro" / "fake_clickhouse.py"), str(ch_port)],
@@ -230,6 +233,8 @@ def main() -> None:
             "direct, saturation": measured(None, lambda: hey(direct, s, body, {})),
             "gateway, saturation": measured(drained(gw), lambda: hey(url, s, body, nocache)),
             "ceiling app, saturation": measured(ceiling, lambda: hey(ceiling.url, s, None, {})),
+            "ceiling app (SCHED_BATCH), saturation": measured(
+                ceiling_batch, lambda: hey(ceiling_batch.url, s, None, {})),
             "gateway cache hit, saturation": measured(drained(gw),
                                                       lambda: hey(url, s, body, auth)),
             "gateway cache hit, 5000 rps": measured(drained(gw), lambda: fixed_rate(
@@ -263,8 +268,10 @@ def main() -> None:
     print(f"gateway's own time per request at {args.rate} rps (latency minus upstream wait, "
           f"{len(own)} samples): p50 {pct(own, 0.5):.2f} ms, p99 {pct(own, 0.99):.2f} ms")
     print(f"passthrough: {sat_g['rps']:,.0f} req/s, {sat_g['cpu_ms_per_req']:.3f} ms CPU/req")
+    ceil_b = results["ceiling app (SCHED_BATCH), saturation"]
     print(f"cache hit: {hit['rps']:,.0f} req/s = {hit['rps'] / ceil['rps']:.0%} of the ceiling "
-          f"app's {ceil['rps']:,.0f}; p99 at 5000 rps: "
+          f"app's {ceil['rps']:,.0f}, {hit['rps'] / ceil_b['rps']:.0%} of the same app under "
+          f"SCHED_BATCH ({ceil_b['rps']:,.0f}); p99 at 5000 rps: "
           f"{results['gateway cache hit, 5000 rps']['p99_ms']:.2f} ms")
 
 

@@ -1,8 +1,10 @@
-"""Process-level behaviour: graceful drain on SIGTERM; streams without Nagle stalls."""
+"""Process-level behaviour: graceful drain on SIGTERM; streams without Nagle stalls; SCHED_BATCH."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -10,7 +12,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.e2e.conftest import gateway_env, new_key
+from tests.e2e.conftest import gateway_env, new_key, stats
 from watchllm.testing.servers import Server, start_gateway
 
 
@@ -29,9 +31,12 @@ def test_sigterm_drains_in_flight_requests(upstream: Server, interface: str,
                              "messages": [{"role": "user", "content": uuid.uuid4().hex}]})
         results.append(r.status_code)
 
+    before = stats(upstream)["total"]
     worker = threading.Thread(target=slow_request)
     worker.start()
-    time.sleep(0.5)  # the request is in flight upstream
+    deadline = time.monotonic() + 10
+    while stats(upstream)["total"] == before and time.monotonic() < deadline:
+        time.sleep(0.02)  # until the request is in flight upstream (the mock holds it 1.5 s)
     server.proc.send_signal(signal.SIGTERM)
     worker.join(10)
     assert results == [200]
@@ -59,3 +64,16 @@ def test_small_sse_writes_are_not_delayed(gateway: Server, api_key: str,
     direct_total, _ = timed(upstream.url + "/v1/chat/completions", {})
     assert via_gap < 0.03, f"a chunk waited {via_gap * 1000:.0f} ms"
     assert via_total < direct_total + 0.1
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux only")
+def test_served_worker_threads_run_under_sched_batch(gateway: Server) -> None:
+    """`watchllm serve` sets SCHED_BATCH before granian forks (entrypoints/scheduling.py):
+    every thread of every worker has it."""
+    workers = subprocess.run(["pgrep", "-P", str(gateway.proc.pid)], capture_output=True,
+                             text=True).stdout.split()
+    assert workers
+    for pid in workers:
+        tids = os.listdir(f"/proc/{pid}/task")
+        assert len(tids) > 1  # the Python thread and granian's
+        assert {os.sched_getscheduler(int(t)) for t in tids} == {os.SCHED_BATCH}

@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 
+from watchllm.entrypoints.scheduling import batch_scheduling
 from watchllm.settings import Settings
 
 log = logging.getLogger("watchllm")
@@ -29,6 +30,8 @@ def serve(settings: Settings) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prom_dir.resolve())
     # Workers re-read settings from the environment: pass on what the CLI changed.
     os.environ["WATCHLLM_HOST"], os.environ["WATCHLLM_PORT"] = settings.host, str(settings.port)
+    if settings.sched_batch:
+        batch_scheduling()  # before granian forks: the workers and their threads inherit it
     rsgi = settings.interface == "rsgi"
     Granian(
         "watchllm.entrypoints.rsgi:app" if rsgi else "watchllm.entrypoints.asgi:app",
