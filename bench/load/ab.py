@@ -1,12 +1,13 @@
 """Interleaved A/B of gateway configurations, for differences smaller than this VM's noise.
 
     .venv/bin/python bench/load/ab.py '{"a": {"ENV": "1"}, "b": {}}' [--rounds 10]
-        [--seconds 2] [--kind hit|passthrough|stream] [--events off|chdb]
+        [--seconds 2] [--kind hit|passthrough|stream] [--events off|chdb] [--rate R]
 
 Each configuration is a gateway (one worker, core 0) in front of the fixed-answer mock
 (core 1); all run at once, and `hey -c 50` (core 1) drives them in turn for a short
 window, round after round, so a slow minute of the machine hits every configuration alike.
-Prints the median and every round's gateway CPU per request.
+Prints the median and every round's gateway CPU per request; with `--rate R` the load is
+open loop at R requests/s (oha, see run.py's fixed_rate) and p99 latency is printed too.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import BODY, hey, make_key, measured
+from run import BODY, fixed_rate, hey, make_key, measured
 
 from watchllm.testing.servers import start_gateway, start_mock_upstream
 
@@ -33,6 +34,8 @@ def main() -> None:
     p.add_argument("--seconds", type=int, default=2)
     p.add_argument("--kind", choices=("hit", "passthrough", "stream"), default="hit")
     p.add_argument("--events", choices=("off", "chdb"), default="off")
+    p.add_argument("--rate", type=int, default=0, help="open loop at this rate (default: "
+                   "closed loop, hey -c 50)")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="watchllm-ab-"))
     body = tmp / "body.json"
@@ -45,6 +48,7 @@ def main() -> None:
     gateways = {name: start_gateway(Path(tempfile.mkdtemp(dir=tmp)), {**base, **env}, cpu=0)
                 for name, env in json.loads(args.variants).items()}
     cpu: dict[str, list[float]] = {name: [] for name in gateways}
+    p99: dict[str, list[float]] = {name: [] for name in gateways}
     try:
         headers = {}
         for name, gw in gateways.items():
@@ -55,7 +59,12 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, gw in gateways.items():
                 url, h = gw.url + "/v1/chat/completions", headers[name]
-                result = measured(gw, lambda u=url, hh=h: hey(u, args.seconds, body, hh))
+                if args.rate:
+                    result = measured(gw, lambda u=url, hh=h: fixed_rate(
+                        u, args.seconds, body, hh, args.rate))
+                    p99[name].append(result["p99_ms"])
+                else:
+                    result = measured(gw, lambda u=url, hh=h: hey(u, args.seconds, body, hh))
                 cpu[name].append(result["cpu_ms_per_req"] * 1000)
     finally:
         for gw in gateways.values():
@@ -65,6 +74,9 @@ def main() -> None:
     for name, values in cpu.items():
         print(f"{name}: median {statistics.median(values):.1f} µs CPU/request; rounds: "
               + ", ".join(f"{v:.0f}" for v in values))
+        if p99[name]:
+            print(f"{'':{len(name)}}  p99 median {statistics.median(p99[name]):.2f} ms; rounds: "
+                  + ", ".join(f"{v:.1f}" for v in p99[name]))
 
 
 if __name__ == "__main__":
