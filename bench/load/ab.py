@@ -6,7 +6,7 @@
 Each configuration is a gateway (one worker, core 0) in front of the fixed-answer mock
 (core 1); all run at once, and `hey -c 50` (core 1) drives them in turn for a short
 window, round after round, so a slow minute of the machine hits every configuration alike.
-Prints the median and every round's gateway CPU per request.
+Prints the median gateway CPU per request and requests/s, and every round's CPU.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def main() -> None:
     gateways = {name: start_gateway(Path(tempfile.mkdtemp(dir=tmp)), {**base, **env}, cpu=0)
                 for name, env in json.loads(args.variants).items()}
     cpu: dict[str, list[float]] = {name: [] for name in gateways}
+    rps: dict[str, list[float]] = {name: [] for name in gateways}
     try:
         headers = {}
         for name, gw in gateways.items():
@@ -57,13 +58,15 @@ def main() -> None:
                 url, h = gw.url + "/v1/chat/completions", headers[name]
                 result = measured(gw, lambda u=url, hh=h: hey(u, args.seconds, body, hh))
                 cpu[name].append(result["cpu_ms_per_req"] * 1000)
+                rps[name].append(result["rps"])
     finally:
         for gw in gateways.values():
             gw.stop()
         upstream.stop()
     print(f"\n`{' '.join(sys.argv)}`\n")
     for name, values in cpu.items():
-        print(f"{name}: median {statistics.median(values):.1f} µs CPU/request; rounds: "
+        print(f"{name}: median {statistics.median(values):.1f} µs CPU/request, "
+              f"{statistics.median(rps[name]):,.0f} req/s; rounds: "
               + ", ".join(f"{v:.0f}" for v in values))
 
 
