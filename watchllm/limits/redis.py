@@ -167,6 +167,7 @@ SHA = hashlib.sha1(LUA.encode()).hexdigest()
 
 
 Batch = tuple[Sequence[Op], "int | None"]  # one request's ops and its clock
+_Joined = tuple[Sequence[Op], "int | None", "asyncio.Future[Outcome]"]
 
 
 def encode(batches: Sequence[Batch], prefix: str = "") -> tuple[list[str], list[str]]:
@@ -211,8 +212,9 @@ class RedisLimiter:
     """`Counters.apply` on Redis. Connection failures become `CountersUnavailable`.
 
     The batches of one event-loop tick go to Redis as ONE EVALSHA (still one round trip
-    per request, each batch exact and all-or-nothing on its own): one script call, one
-    reply to parse, one timer and one task per tick instead of per request. `client` is
+    per request, each batch exact and all-or-nothing on its own): the first request of a
+    tick yields once, takes the batches that joined meanwhile and makes one script call
+    (one reply to parse, one timer, one task) for all; alone, it just makes its own. `client` is
     anything with `async execute(*args)`: the hot path uses the lean pipelined client
     (`watchllm.env.selfhosted.resp.LeanRedis`, ~10 µs CPU per call against redis-py's
     ~95 µs); a redis-py client is wrapped.
@@ -222,38 +224,50 @@ class RedisLimiter:
         self.client = client if hasattr(client, "execute") else _RedisPy(client)
         self.timeout_s = timeout_s  # settings.limits_timeout_s: slower counts as unavailable
         self.prefix = prefix  # prepended to every key (an adapter's namespace), for free
-        # This tick's batches per hash tag (one script call may only touch one Redis
-        # Cluster slot), each with its callers' futures; sent by _send.
-        self._open: dict[str, tuple[list[Batch], list[asyncio.Future[Outcome]]]] = {}
+        # Per hash tag (one script may touch one Redis Cluster slot): the requests that
+        # joined this tick's leader, each with its future.
+        self._open: dict[str, list[_Joined]] = {}
         self._sending: set[asyncio.Task[None]] = set()
 
     async def apply(self, ops: Sequence[Op], now_ms: int | None = None) -> Outcome:
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[Outcome] = loop.create_future()  # a cancelled caller: only its own
         tag = ops[0].key.partition("}")[0] if ops else ""  # "wl:{project"
-        group = self._open.get(tag)
-        if group is None:
-            group = self._open[tag] = ([], [])
-            # Runs after the callbacks already scheduled: every request of this tick joins.
-            task = loop.create_task(self._send(tag))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
-        group[0].append((ops, now_ms))
-        group[1].append(waiter)
-        return await waiter
-
-    async def _send(self, tag: str) -> None:
-        batches, waiters = self._open.pop(tag)
+        joined = self._open.get(tag)
+        if joined is not None:  # another request of this tick leads: ride along
+            waiter: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+            joined.append((ops, now_ms, waiter))
+            return await waiter
+        joined = self._open[tag] = []
         try:
-            outcomes = await self._call(batches)
-        except BaseException as exc:  # every caller of the tick gets the failure
-            for waiter in waiters:
+            await asyncio.sleep(0)  # one loop iteration: this tick's other requests join
+        except BaseException:  # cancelled: the others still go
+            del self._open[tag]
+            if joined:
+                self._spawn(joined)
+            raise
+        del self._open[tag]
+        if not joined:  # alone: no task, no future
+            return (await self._call([(ops, now_ms)]))[0]
+        # A task makes the call, so a cancelled caller cancels only its own future.
+        mine: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._spawn([(ops, now_ms, mine), *joined])
+        return await mine
+
+    def _spawn(self, entries: list[_Joined]) -> None:
+        task = asyncio.get_running_loop().create_task(self._send(entries))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, entries: list[_Joined]) -> None:
+        try:
+            outcomes = await self._call([(ops, now_ms) for ops, now_ms, _ in entries])
+        except BaseException as exc:  # every request of the tick gets the failure
+            for *_, waiter in entries:
                 if not waiter.done():
                     waiter.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        for waiter, outcome in zip(waiters, outcomes, strict=True):
+        for (*_, waiter), outcome in zip(entries, outcomes, strict=True):
             if not waiter.done():
                 waiter.set_result(outcome)
 
