@@ -6,8 +6,9 @@
 Each configuration is a gateway (one worker, core 0) in front of the fixed-answer mock
 (core 1); all run at once, and `hey -c 50` (core 1) drives them in turn for a short
 window, round after round, so a slow minute of the machine hits every configuration alike.
-Prints the median and every round's gateway CPU per request; with `--rate R` the load is
-open loop at R requests/s (oha, see run.py's fixed_rate) and p99 latency is printed too.
+Prints the median gateway CPU per request and requests/s, and every round's CPU; with
+`--rate R` the load is open loop at R requests/s (oha, see run.py's fixed_rate) and p99
+latency is printed too.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def main() -> None:
                 for name, env in json.loads(args.variants).items()}
     cpu: dict[str, list[float]] = {name: [] for name in gateways}
     p99: dict[str, list[float]] = {name: [] for name in gateways}
+    rps: dict[str, list[float]] = {name: [] for name in gateways}
     try:
         headers = {}
         for name, gw in gateways.items():
@@ -66,13 +68,15 @@ def main() -> None:
                 else:
                     result = measured(gw, lambda u=url, hh=h: hey(u, args.seconds, body, hh))
                 cpu[name].append(result["cpu_ms_per_req"] * 1000)
+                rps[name].append(result["rps"])
     finally:
         for gw in gateways.values():
             gw.stop()
         upstream.stop()
     print(f"\n`{' '.join(sys.argv)}`\n")
     for name, values in cpu.items():
-        print(f"{name}: median {statistics.median(values):.1f} µs CPU/request; rounds: "
+        print(f"{name}: median {statistics.median(values):.1f} µs CPU/request, "
+              f"{statistics.median(rps[name]):,.0f} req/s; rounds: "
               + ", ".join(f"{v:.0f}" for v in values))
         if p99[name]:
             print(f"{'':{len(name)}}  p99 median {statistics.median(p99[name]):.2f} ms; rounds: "

@@ -16,11 +16,13 @@ from typing import Any
 
 import pytest
 
+from watchllm.env.base import CountersUnavailable
+from watchllm.env.embedded.memory import MemoryCounters
 from watchllm.limits import Limits, LimitsService, Scope
 from watchllm.limits.ops import FORCE, PEEK, QUOTA, RATE, Op
 from watchllm.settings import Settings
 
-from .conftest import RedisCounters
+from .conftest import RedisCounters, needs_redis, redis_client
 from .test_service import NOV_23, Clock
 
 # Small enough that the rate keys outlive the test: their Redis TTL is real time (until
@@ -69,6 +71,43 @@ async def redis_counters(private_redis: int) -> AsyncIterator[Any]:
     counters = RedisCounters(redis.Redis(port=private_redis))
     yield counters
     await counters.close()
+
+
+class RemoteMemory:
+    """In-process counters seen as a remote backend (no `local_limiter`): settle defers its
+    deltas as on Redis. Plain MemoryCounters settle at once (no round trip to save)."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryCounters()
+        self.down = False
+
+    async def apply(self, ops: Any, now_ms: int | None = None) -> Any:
+        if self.down:
+            raise CountersUnavailable("down")
+        return await self.inner.apply(ops, now_ms)
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=needs_redis)])
+async def counters(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """The deferral runs on any backend that is not in this process."""
+    if request.param == "memory":
+        yield RemoteMemory()
+        return
+    c = RedisCounters(redis_client())
+    yield c
+    await c.close()
+
+
+async def test_in_process_settle_applies_at_once(project: str) -> None:
+    """Embedded: nothing is deferred; the reconciliation is in the counters at once."""
+    counters = MemoryCounters()
+    svc = LimitsService(counters, Settings(), clock=Clock(), flush_interval_s=3600)
+    for _ in range(3):
+        await svc.settle(await svc.admit(project, "k", 10, PLAN), 30, 0.25)
+    assert svc.pending() == 0
+    assert await _used(counters, f"wl:{{{project}}}:k:k:tpm", TPM) == 90
+    assert await _used(counters, f"wl:{{{project}}}:tpm", TPM) == 90
+    assert await _spent_micro(counters, project, 10**9) == 750_000
 
 
 async def _commandstats(client: Any) -> dict[str, int]:
@@ -186,18 +225,7 @@ async def test_close_flushes_every_pending_delta(counters: Any, project: str) ->
 
 async def test_failed_flush_keeps_the_deltas(project: str) -> None:
     """A backend outage during a flush loses nothing: the deltas wait for the next try."""
-    from watchllm.env.base import CountersUnavailable
-    from watchllm.env.embedded.memory import MemoryCounters
-
-    class Flaky(MemoryCounters):
-        down = False
-
-        async def apply(self, ops: Any, now_ms: int | None = None) -> Any:
-            if self.down:
-                raise CountersUnavailable("down")
-            return await super().apply(ops, now_ms)
-
-    counters = Flaky()
+    counters = RemoteMemory()
     svc = LimitsService(counters, Settings(default_tpm=1000), clock=Clock(),
                         flush_interval_s=3600)
     await svc.settle(await svc.admit(project, "k", 100), 300, 0.0)

@@ -8,6 +8,7 @@ virtual-scheduling GCRA we implement, and the two must agree on every decision.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import secrets
 from fractions import Fraction
@@ -126,6 +127,72 @@ async def test_lua_port_matches_python_on_random_batches() -> None:
             ops.append(Op(kind, key, limit, window, cost, mode, str(rng.randint(0, 3))))
         assert await red.apply(ops, now) == await mem.apply(ops, now), ops
     await client.aclose()
+
+
+def _random_ops(rng: random.Random, tag: str, now: int) -> list[Op]:
+    ops, used = [], set()
+    for _ in range(rng.randint(1, 4)):
+        kind = rng.choice([RATE, RATE, CONC, QUOTA])
+        key = f"wl:{tag}:{kind}:{rng.randint(0, 2)}"
+        if kind == QUOTA:
+            key += f":{now // 100_000}"
+        if key in used:
+            continue
+        used.add(key)
+        limit = {RATE: rng.choice([1, 3, 7, 60]), CONC: 2, QUOTA: 50}[kind]
+        window = {RATE: rng.choice([60_000, 7_001]), CONC: 5_000,
+                  QUOTA: (now // 100_000 + 1) * 100_000}[kind]
+        mode = rng.choice([CHECK, RELEASE] if kind == CONC else [CHECK, PEEK, FORCE, ADJUST])
+        cost = rng.randint(-3, 8) if mode in (FORCE, ADJUST) else rng.randint(0, 4)
+        ops.append(Op(kind, key, limit, window, cost, mode, str(rng.randint(0, 3))))
+    return ops
+
+
+@needs_redis
+async def test_one_script_call_per_tick_matches_python() -> None:
+    """The batches of one loop tick go to Redis in one EVALSHA; each is decided exactly as
+    on its own, in call order (Python applies them one by one), each with its own clock."""
+    client = redis_client()
+    red, mem = RedisLimiter(client), MemoryLimiter()
+    calls = 0
+    call = red._call
+
+    async def counted(batches: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await call(batches)
+
+    red._call = counted  # type: ignore[method-assign]
+    rng = random.Random(11)
+    tag = "{t" + secrets.token_hex(6) + "}"
+    now, sent = NOW0, 0
+    for _ in range(300):
+        # The fake clock must run ahead of real time: Redis expires keys in real time.
+        now += rng.choice([17, 250, 1000, 7000])
+        tick = [(_random_ops(rng, tag, now), now + j // 4) for j in range(rng.randint(1, 12))]
+        got = await asyncio.gather(*(red.apply(ops, t) for ops, t in tick))
+        for (ops, t), outcome in zip(tick, got, strict=True):
+            assert outcome == await mem.apply(ops, t), ops
+        sent += len(tick)
+    assert calls == 300 < sent
+    await client.aclose()
+
+
+def test_adjust_writes_what_apply_writes() -> None:
+    """The in-process settle (`MemoryLimiter.adjust`) leaves the same state as `apply`."""
+    rng = random.Random(5)
+    a, b = MemoryLimiter(), MemoryLimiter()
+    now = NOW0
+    for _ in range(3000):
+        now += rng.choice([0, 1, 17, 250, 7000])
+        checks = [op for op in _random_ops(rng, "{t}", now) if op.mode == CHECK]
+        assert a.apply_now(checks, now) == b.apply_now(checks, now)
+        settle = [Op(op.kind, op.key, op.limit, op.window_ms, rng.randint(-20, 20), ADJUST)
+                  if op.kind != CONC else Op(CONC, op.key, op.limit, op.window_ms, 0, RELEASE,
+                                             op.member) for op in checks]
+        a.adjust(settle, now)
+        b.apply_now(settle, now)
+        assert (a._rate, a._conc, a._quota) == (b._rate, b._conc, b._quota)
 
 
 async def test_plan_change_keeps_what_was_used() -> None:

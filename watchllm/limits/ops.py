@@ -138,7 +138,11 @@ class MemoryLimiter:
         self._sweep_at = 0
 
     async def apply(self, ops: Sequence[Op], now_ms: int | None = None) -> Outcome:
-        # No await inside: the batch is atomic with respect to every other coroutine.
+        return self.apply_now(ops, now_ms)
+
+    def apply_now(self, ops: Sequence[Op], now_ms: int | None = None) -> Outcome:
+        """`apply` without the coroutine, for callers in this process (LimitsService)."""
+        # Synchronous: the batch is atomic with respect to every other coroutine.
         now = int(time.time() * 1000) if now_ms is None else now_ms
         results: list[OpResult] = []
         writes: list[tuple[dict[str, Any], str, object]] = []
@@ -187,6 +191,24 @@ class MemoryLimiter:
         if now >= self._sweep_at:
             self._sweep(now)
         return Outcome(denied < 0, denied, now, tuple(results))
+
+    def adjust(self, ops: Sequence[Op], now_ms: int | None = None) -> None:
+        """Apply ADJUST (and RELEASE) ops whose results nobody reads: the in-process settle.
+        The same writes as `apply_now` (tests/limits/test_gcra.py), rate()'s ADJUST inlined."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        rates = self._rate
+        rest = []
+        for op in ops:
+            if op.kind == RATE and op.mode == ADJUST:
+                limit, win, state = op.limit, op.window_ms, rates.get(op.key)
+                d = (state[0] - now) * state[2] + state[1] \
+                    if state is not None and state[0] >= now else 0
+                dn = min(max(d + op.cost * win, 0), win * limit * MAX_DEBT)
+                rates[op.key] = (now + dn // limit, dn % limit, limit)
+            else:
+                rest.append(op)
+        if rest:
+            self.apply_now(rest, now)
 
     def _sweep(self, now: int) -> None:
         """Drop state that no longer limits anything (full buckets, past periods)."""

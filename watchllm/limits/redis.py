@@ -22,27 +22,25 @@ from typing import Any
 from watchllm.env.base import CountersUnavailable
 from watchllm.limits.ops import Op, OpResult, Outcome
 
-# KEYS[i] = key of op i. ARGV[1] = now in ms ('' = Redis TIME); ARGV[2] = 6 space-separated
-# fields per op: kind limit window_ms cost mode member ('-' = none). ADJUST ops (mode 4)
-# are written as they are met (the ops after them read the new value) and kept when the
-# batch is denied; every other write waits until the whole batch has passed. One argument
+# One EVALSHA carries every batch of one event-loop tick (`RedisLimiter` collects them).
+# KEYS = the distinct keys of all ops. ARGV[1] = number of batches; ARGV[2] = space-
+# separated fields: per batch "<now_ms or -> <number of ops>" ('-' = Redis TIME), then 7
+# per op: key index (into KEYS) kind limit window_ms cost mode member ('-' = none). Each batch is
+# all-or-nothing on its own, exactly as if it were its own script call: ADJUST ops (mode
+# 4) are written as they are met (the ops after them read the new value) and kept when
+# the batch is denied; every other write waits until the whole batch has passed. The
+# reply is one string: per batch "allowed denied now" and 3 numbers per op. One argument
 # and one string reply instead of 6n+1 arguments and a 3n+3 array: redis-py's pure-Python
 # packing and parsing cost more than the script itself. Numbers stay below 2^53
 # (ops.MAX_CAPACITY), so Lua's doubles do exact integer arithmetic.
 LUA = r"""
-local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
 local f = {}
 for field in string.gmatch(ARGV[2], '%S+') do f[#f + 1] = field end
-local out = {1, -1, now}
-local writes = {}
-local denied = -1
+local out = {}
+local clock
 local function fdiv(a, b) return math.floor(a / b) end
 local function cdiv(a, b) return -math.floor(-a / b) end
-local function write(w)
+local function write(w, now)
   local k = w[2]
   if w[1] == 0 then
     local dn, limit = w[3], w[4]
@@ -62,109 +60,142 @@ local function write(w)
     redis.call('SET', k, string.format('%d', w[3]), 'PX', w[4] + 60000)
   end
 end
-for i = 1, #KEYS do
-  local a = (i - 1) * 6
-  local kind, limit, win = tonumber(f[a + 1]), tonumber(f[a + 2]), tonumber(f[a + 3])
-  local n, mode, member = tonumber(f[a + 4]), tonumber(f[a + 5]), f[a + 6]
-  local key = KEYS[i]
-  local ok, rem_out, reset, retry = true, 0, 0, 0
-  if kind == 0 then -- RATE (GCRA)
-    local d = 0
-    local v = redis.call('GET', key)
-    if v then
-      local ms, rem, l0 = string.match(v, '^(%-?%d+):(%d+):(%d+)$')
-      ms, rem, l0 = tonumber(ms), tonumber(rem), tonumber(l0)
-      if ms and ms >= now then d = (ms - now) * l0 + rem end
-    end
-    local cap = win * limit
-    local dn = d + n * win
-    if mode == 2 or mode == 4 then -- FORCE, ADJUST (written at once)
-      if dn < 0 then dn = 0 end
-      if dn > cap * 16 then dn = cap * 16 end
-      rem_out, reset = fdiv(cap - math.min(dn, cap), win), cdiv(dn, limit)
-      local w = {0, key, dn, limit}
-      if mode == 4 then write(w) else writes[#writes + 1] = w end
-    elseif dn <= cap then
-      rem_out, reset = fdiv(cap - dn, win), cdiv(dn, limit)
-      if mode == 0 then writes[#writes + 1] = {0, key, dn, limit} end
-    else
-      ok = false
-      rem_out, reset = fdiv(math.max(cap - d, 0), win), cdiv(d, limit)
-      if n > limit then retry = -1 else retry = cdiv(dn - cap, limit) end
-    end
-  elseif kind == 1 then -- CONC (leases in a sorted set, scored by expiry)
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-    if mode == 3 then -- RELEASE, deferred like every write
-      local count = redis.call('ZCARD', key)
-      if redis.call('ZSCORE', key, member) then count = count - 1 end
-      rem_out = limit - count
-      writes[#writes + 1] = {3, key, member}
-    else
-      local count = redis.call('ZCARD', key)
-      if count < limit then
-        if mode == 0 then
-          writes[#writes + 1] = {1, key, now + win, member, win}
-          count = count + 1
-        end
-        rem_out = limit - count
+local function batch(now, a, nops)
+  local head = #out + 1
+  out[head], out[head + 1], out[head + 2] = 1, -1, now
+  local writes = {}
+  local denied = -1
+  for i = 1, nops do
+    local key = KEYS[tonumber(f[a + 1])]
+    local kind, limit, win = tonumber(f[a + 2]), tonumber(f[a + 3]), tonumber(f[a + 4])
+    local n, mode, member = tonumber(f[a + 5]), tonumber(f[a + 6]), f[a + 7]
+    a = a + 7
+    local ok, rem_out, reset, retry = true, 0, 0, 0
+    if kind == 0 then -- RATE (GCRA)
+      local d = 0
+      local v = redis.call('GET', key)
+      if v then
+        local ms, rem, l0 = string.match(v, '^(%-?%d+):(%d+):(%d+)$')
+        ms, rem, l0 = tonumber(ms), tonumber(rem), tonumber(l0)
+        if ms and ms >= now then d = (ms - now) * l0 + rem end
+      end
+      local cap = win * limit
+      local dn = d + n * win
+      if mode == 2 or mode == 4 then -- FORCE, ADJUST (written at once)
+        if dn < 0 then dn = 0 end
+        if dn > cap * 16 then dn = cap * 16 end
+        rem_out, reset = fdiv(cap - math.min(dn, cap), win), cdiv(dn, limit)
+        local w = {0, key, dn, limit}
+        if mode == 4 then write(w, now) else writes[#writes + 1] = w end
+      elseif dn <= cap then
+        rem_out, reset = fdiv(cap - dn, win), cdiv(dn, limit)
+        if mode == 0 then writes[#writes + 1] = {0, key, dn, limit} end
       else
         ok = false
-        if limit <= 0 then retry = -1 else retry = 1000 end
+        rem_out, reset = fdiv(math.max(cap - d, 0), win), cdiv(d, limit)
+        if n > limit then retry = -1 else retry = cdiv(dn - cap, limit) end
       end
-    end
-  else -- QUOTA (counter of one period; win = the period's end in epoch ms)
-    local value = tonumber(redis.call('GET', key) or '0')
-    reset = math.max(win - now, 0)
-    if mode == 2 or mode == 4 then
-      value = math.max(value + n, 0)
-      rem_out = math.max(limit - value, 0)
-      local w = {2, key, value, reset}
-      if mode == 4 then write(w) else writes[#writes + 1] = w end
-    elseif value + n <= limit then
-      if mode == 0 then
-        writes[#writes + 1] = {2, key, value + n, reset}
-        rem_out = limit - value - n
+    elseif kind == 1 then -- CONC (leases in a sorted set, scored by expiry)
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+      if mode == 3 then -- RELEASE, deferred like every write
+        local count = redis.call('ZCARD', key)
+        if redis.call('ZSCORE', key, member) then count = count - 1 end
+        rem_out = limit - count
+        writes[#writes + 1] = {3, key, member}
       else
-        rem_out = limit - value
+        local count = redis.call('ZCARD', key)
+        if count < limit then
+          if mode == 0 then
+            writes[#writes + 1] = {1, key, now + win, member, win}
+            count = count + 1
+          end
+          rem_out = limit - count
+        else
+          ok = false
+          if limit <= 0 then retry = -1 else retry = 1000 end
+        end
       end
-    else
-      ok = false
-      rem_out = math.max(limit - value, 0)
-      if n > limit then retry = -1 else retry = reset end
+    else -- QUOTA (counter of one period; win = the period's end in epoch ms)
+      local value = tonumber(redis.call('GET', key) or '0')
+      reset = math.max(win - now, 0)
+      if mode == 2 or mode == 4 then
+        value = math.max(value + n, 0)
+        rem_out = math.max(limit - value, 0)
+        local w = {2, key, value, reset}
+        if mode == 4 then write(w, now) else writes[#writes + 1] = w end
+      elseif value + n <= limit then
+        if mode == 0 then
+          writes[#writes + 1] = {2, key, value + n, reset}
+          rem_out = limit - value - n
+        else
+          rem_out = limit - value
+        end
+      else
+        ok = false
+        rem_out = math.max(limit - value, 0)
+        if n > limit then retry = -1 else retry = reset end
+      end
     end
+    if not ok and denied < 0 then denied = i - 1 end
+    out[#out + 1] = rem_out
+    out[#out + 1] = reset
+    out[#out + 1] = retry
   end
-  if not ok and denied < 0 then denied = i - 1 end
-  out[#out + 1] = rem_out
-  out[#out + 1] = reset
-  out[#out + 1] = retry
+  if denied >= 0 then
+    out[head], out[head + 1] = 0, denied
+  else
+    for _, w in ipairs(writes) do write(w, now) end
+  end
 end
-local function reply()
-  for j = 1, #out do out[j] = string.format('%d', out[j]) end
-  return table.concat(out, ' ')
+local a = 0
+for _ = 1, tonumber(ARGV[1]) do
+  local now, nops = tonumber(f[a + 1]), tonumber(f[a + 2])
+  if not now then
+    if not clock then
+      local t = redis.call('TIME')
+      clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    end
+    now = clock
+  end
+  batch(now, a + 2, nops)
+  a = a + 2 + 7 * nops
 end
-if denied >= 0 then
-  out[1] = 0
-  out[2] = denied
-  return reply()
-end
-for _, w in ipairs(writes) do write(w) end
-return reply()
+for j = 1, #out do out[j] = string.format('%d', out[j]) end
+return table.concat(out, ' ')
 """
 SHA = hashlib.sha1(LUA.encode()).hexdigest()
 
 
-def encode(ops: Sequence[Op], now_ms: int | None,
-           prefix: str = "") -> tuple[list[str], list[str]]:
-    keys = [prefix + op.key for op in ops]
-    fields = " ".join(f"{op.kind} {op.limit} {op.window_ms} {op.cost} {op.mode} {op.member or '-'}"
-                      for op in ops)
-    return keys, ["" if now_ms is None else str(now_ms), fields]
+Batch = tuple[Sequence[Op], "int | None"]  # one request's ops and its clock
+_Joined = tuple[Sequence[Op], "int | None", "asyncio.Future[Outcome]"]
 
 
-def decode(raw: bytes | str) -> Outcome:
+def encode(batches: Sequence[Batch], prefix: str = "") -> tuple[list[str], list[str]]:
+    """(KEYS, ARGV); a key is sent once however many ops of the tick use it."""
+    index: dict[str, int] = {}
+    keys: list[str] = []
+    fields: list[str] = []
+    for ops, now_ms in batches:
+        fields.append(f"{'-' if now_ms is None else now_ms} {len(ops)}")
+        for op in ops:
+            k = index.get(op.key)
+            if k is None:
+                keys.append(prefix + op.key)
+                k = index[op.key] = len(keys)
+            fields.append(f"{k} {op.kind} {op.limit} {op.window_ms} {op.cost} {op.mode} "
+                          f"{op.member or '-'}")
+    return keys, [str(len(batches)), " ".join(fields)]
+
+
+def decode(raw: bytes | str, batches: Sequence[Batch]) -> list[Outcome]:
     v = [int(x) for x in raw.split()]
-    results = [OpResult(v[i], v[i + 1], v[i + 2]) for i in range(3, len(v), 3)]
-    return Outcome(v[0] == 1, v[1], v[2], tuple(results))
+    outcomes, at = [], 0
+    for ops, _ in batches:
+        end = at + 3 + 3 * len(ops)
+        results = tuple(OpResult(v[i], v[i + 1], v[i + 2]) for i in range(at + 3, end, 3))
+        outcomes.append(Outcome(v[at] == 1, v[at + 1], v[at + 2], results))
+        at = end
+    return outcomes
 
 
 class _RedisPy:
@@ -180,8 +211,12 @@ class _RedisPy:
 class RedisLimiter:
     """`Counters.apply` on Redis. Connection failures become `CountersUnavailable`.
 
-    `client` is anything with `async execute(*args)`: the hot path uses the lean pipelined
-    client (`watchllm.env.selfhosted.resp.LeanRedis`, ~10 µs CPU per call against redis-py's
+    The batches of one event-loop tick go to Redis as ONE EVALSHA (still one round trip
+    per request, each batch exact and all-or-nothing on its own): the first request of a
+    tick yields once, takes the batches that joined meanwhile and makes one script call
+    (one reply to parse, one timer, one task) for all; alone, it just makes its own. `client` is
+    anything with `async execute(*args)`: the hot path uses the lean pipelined client
+    (`watchllm.env.selfhosted.resp.LeanRedis`, ~10 µs CPU per call against redis-py's
     ~95 µs); a redis-py client is wrapped.
     """
 
@@ -189,11 +224,57 @@ class RedisLimiter:
         self.client = client if hasattr(client, "execute") else _RedisPy(client)
         self.timeout_s = timeout_s  # settings.limits_timeout_s: slower counts as unavailable
         self.prefix = prefix  # prepended to every key (an adapter's namespace), for free
+        # Per hash tag (one script may touch one Redis Cluster slot): the requests that
+        # joined this tick's leader, each with its future.
+        self._open: dict[str, list[_Joined]] = {}
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def apply(self, ops: Sequence[Op], now_ms: int | None = None) -> Outcome:
+        tag = ops[0].key.partition("}")[0] if ops else ""  # "wl:{project"
+        joined = self._open.get(tag)
+        if joined is not None:  # another request of this tick leads: ride along
+            waiter: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+            joined.append((ops, now_ms, waiter))
+            return await waiter
+        joined = self._open[tag] = []
+        try:
+            await asyncio.sleep(0)  # one loop iteration: this tick's other requests join
+        except BaseException:  # cancelled: the others still go
+            del self._open[tag]
+            if joined:
+                self._spawn(joined)
+            raise
+        del self._open[tag]
+        if not joined:  # alone: no task, no future
+            return (await self._call([(ops, now_ms)]))[0]
+        # A task makes the call, so a cancelled caller cancels only its own future.
+        mine: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._spawn([(ops, now_ms, mine), *joined])
+        return await mine
+
+    def _spawn(self, entries: list[_Joined]) -> None:
+        task = asyncio.get_running_loop().create_task(self._send(entries))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, entries: list[_Joined]) -> None:
+        try:
+            outcomes = await self._call([(ops, now_ms) for ops, now_ms, _ in entries])
+        except BaseException as exc:  # every request of the tick gets the failure
+            for *_, waiter in entries:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (*_, waiter), outcome in zip(entries, outcomes, strict=True):
+            if not waiter.done():
+                waiter.set_result(outcome)
+
+    async def _call(self, batches: list[Batch]) -> list[Outcome]:
         from redis import exceptions as rexc
 
-        keys, args = encode(ops, now_ms, self.prefix)
+        keys, args = encode(batches, self.prefix)
         try:
             async with asyncio.timeout(self.timeout_s):
                 try:
@@ -208,4 +289,4 @@ class RedisLimiter:
                     raw = await self.client.execute("EVALSHA", SHA, len(keys), *keys, *args)
         except (rexc.ConnectionError, rexc.TimeoutError, OSError, TimeoutError) as exc:
             raise CountersUnavailable(f"redis: {exc!r}") from exc
-        return decode(raw)
+        return decode(raw, batches)

@@ -30,6 +30,7 @@ from watchllm.env.base import Counters, CountersUnavailable
 from watchllm.errors import RateLimitError, ServiceUnavailableError
 from watchllm.limits.deferred import DeferredDeltas, add
 from watchllm.limits.ops import (
+    ADJUST,
     CHECK,
     CONC,
     FORCE,
@@ -38,6 +39,7 @@ from watchllm.limits.ops import (
     QUOTA,
     RATE,
     RELEASE,
+    MemoryLimiter,
     Op,
     Outcome,
 )
@@ -160,6 +162,8 @@ class LimitsService:
         self._leases = itertools.count()
         self._lease_prefix = f"{os.getpid()}.{id(self):x}."
         self._deferred = DeferredDeltas(self._apply_deltas, flush_interval_s)
+        # In-process counters (embedded): called directly, and settle applies at once.
+        self._local: MemoryLimiter | None = getattr(counters, "local_limiter", None)
 
     # -- limits of a caller ---------------------------------------------------------------
     async def limits_for(self, project_id: str, key_id: str) -> Limits:
@@ -212,12 +216,16 @@ class LimitsService:
         if template is None or template.limits is not limits:
             template = self._template(project_id, key_id, limits)
         ops = self._admit_ops(template, tokens, now_ms)
-        admission = Admission(project_id, key_id, tokens, ops, template.names, plan=template)
-        pending = self._deferred.take(project_id)
-        if pending is None:
+        admission = Admission(project_id, key_id, tokens, ops, template.names, None, False,
+                              False, template)
+        local = self._local
+        outcome: Outcome | None
+        if local is not None:
+            outcome = local.apply_now(ops, now_ms)
+        elif (pending := self._deferred.take(project_id)) is None:
             if time.monotonic() >= self._down_until:  # _apply inlined: the common case
                 try:
-                    outcome: Outcome | None = await self.counters.apply(ops, now_ms)
+                    outcome = await self.counters.apply(ops, now_ms)
                 except (CountersUnavailable, TimeoutError, OSError) as exc:
                     outcome = self._unavailable(exc, admission)
             else:
@@ -401,6 +409,9 @@ class LimitsService:
             return
         ops = admission.ops
         project_id = admission.project_id
+        if self._local is not None:  # in this process: no round trip to save, apply now
+            self._settle_local(ops, template, real_tokens, cost_usd)
+            return
         # Deltas go straight into the project's pending ADJUST ops (summed per key); a
         # request holding a lease takes them along in its release batch below.
         pending = self._deferred.of(project_id)
@@ -422,6 +433,22 @@ class LimitsService:
         now_ms = None if self.clock is None else int(self.clock() * 1000)
         if await self._apply([*carried.values(), *releases], now_ms, None) is None and carried:
             self._deferred.restore(project_id, carried)  # the lease expires on its own
+
+    def _settle_local(self, ops: list[Op], template: _Template, real_tokens: int,
+                      cost_usd: float) -> None:
+        batch: list[Op] = []
+        for i, what in template.reconcile:
+            op = ops[i]
+            delta = (max(int(real_tokens), 0) - op.cost if what == _TOK
+                     else max(round(cost_usd * _MICRO), 0))
+            if delta:
+                batch.append(Op(op.kind, op.key, op.limit, op.window_ms, delta, ADJUST))
+        if template.has_conc:
+            batch += [Op(CONC, op.key, op.limit, op.window_ms, 0, RELEASE, op.member)
+                      for op in ops if op.kind == CONC]
+        if batch and self._local is not None:
+            now_ms = None if self.clock is None else int(self.clock() * 1000)
+            self._local.adjust(batch, now_ms)
 
     def pending(self) -> int:
         """How many counter keys have deferred deltas not yet applied (tests, metrics)."""

@@ -77,6 +77,9 @@ class MemoryCounters:
     def __init__(self) -> None:
         self._data: dict[str, tuple[float, float]] = {}
         self._limiter = MemoryLimiter()
+        # Limits in this process: LimitsService calls it directly and settles at once
+        # (there is no round trip for deferring settle's deltas to save).
+        self.local_limiter = self._limiter
 
     async def apply(self, ops: Sequence[Op], now_ms: int | None = None) -> Outcome:
         return await self._limiter.apply(ops, now_ms)
