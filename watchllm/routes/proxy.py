@@ -142,7 +142,9 @@ async def finish(gw: Gateway, ctx: ProxyContext) -> None:
     if ctx.admission is not None:
         used = 0 if ctx.cache_status in _HITS else u.prompt + u.completion
         settle = gw.limits.settle(ctx.admission, used, ctx.cost_usd)
-        if any(op.kind == CONC for op in ctx.admission.ops):
+        plan = ctx.admission.plan
+        if plan.has_conc if plan is not None else any(op.kind == CONC
+                                                      for op in ctx.admission.ops):
             # A client that hangs up must not cancel the release of its concurrency slot
             # (the shield's task costs ~10 µs, so only when a slot is held).
             await asyncio.shield(settle)
