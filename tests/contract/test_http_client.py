@@ -8,6 +8,7 @@ connection close, slow answers, clients hanging up.
 from __future__ import annotations
 
 import asyncio
+import time
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -147,6 +148,31 @@ async def test_read_timeout(client: HttpClient) -> None:
     async with serve(slow) as url:
         with pytest.raises(TimeoutError):
             await call(client, url, read_timeout=0.3)
+
+
+async def test_read_timeout_counts_from_the_last_chunk(client: HttpClient) -> None:
+    """The read timeout bounds each wait for data: chunks 0.2 s apart under a 0.35 s
+    timeout stream to the end (1 s in all); then a stall longer than it raises."""
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        for i in range(5):
+            writer.write(b"1\r\n" + str(i).encode() + b"\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(5)  # then a stall
+
+    async with serve(trickle) as url:
+        resp = await client.request("POST", url, {}, b"{}", connect_timeout=2,
+                                    read_timeout=0.35)
+        got: list[bytes] = []
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            async for chunk in resp.iter_chunks():
+                got.append(chunk)
+        assert b"".join(got) == b"01234"
+        assert 1.0 < time.monotonic() - started < 2.5
 
 
 async def test_close_mid_stream_reaches_the_server(client: HttpClient) -> None:

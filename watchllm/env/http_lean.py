@@ -31,8 +31,8 @@ _IDLE_TTL_S = 30.0
 class _Response:
     """One response; filled by the connection's parser callbacks, read by the caller."""
 
-    __slots__ = ("_conn", "_waiter", "buffered", "chunks", "done", "error", "headers",
-                 "status", "streaming")
+    __slots__ = ("_conn", "_deadline", "_timer", "_waiter", "buffered", "chunks", "done",
+                 "error", "headers", "status", "streaming")
 
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
@@ -44,6 +44,8 @@ class _Response:
         self.error: BaseException | None = None
         self.streaming = False  # back-pressure only applies to a consumer reading chunks
         self._waiter: asyncio.Future[None] | None = None
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     def _wake(self) -> None:
         w = self._waiter
@@ -51,20 +53,33 @@ class _Response:
             w.set_result(None)
 
     async def _wait(self, limit_s: float) -> None:
-        # A bare timer instead of asyncio.timeout(): this runs per chunk on the hot path.
+        # One timer per response, not one per wait (a stream waits once per chunk): it
+        # re-arms itself for the current wait's deadline when an earlier one comes due.
         loop = asyncio.get_running_loop()
         self._waiter = loop.create_future()
-        timer = loop.call_later(limit_s, self._timeout)
+        self._deadline = loop.time() + limit_s
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadline, self._timeout)
         try:
             await self._waiter
         finally:
-            timer.cancel()
             self._waiter = None
 
     def _timeout(self) -> None:
+        self._timer = None
         w = self._waiter
-        if w is not None and not w.done():
+        if w is None or w.done():
+            return  # not waiting: the next wait arms a timer of its own
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:
+            self._timer = loop.call_at(self._deadline, self._timeout)
+        else:
             w.set_exception(TimeoutError("upstream did not send data within the read timeout"))
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def read(self) -> bytes:
         while not self.done and self.error is None:
@@ -72,6 +87,7 @@ class _Response:
         if self.error is not None and not self.done:
             self.close()
             raise ConnectionError(f"upstream response broke: {self.error}")
+        self._stop_timer()
         body = b"".join(self.chunks)
         self.chunks.clear()
         self._conn.release()
@@ -99,6 +115,7 @@ class _Response:
                 else:
                     await self._wait(self._conn.read_timeout)
         finally:
+            self._stop_timer()
             if self.done:
                 self._conn.release()
             else:
@@ -106,6 +123,7 @@ class _Response:
 
     def close(self) -> None:
         """Abort: drop the connection so the upstream sees the request cancelled."""
+        self._stop_timer()
         self._conn.abort()
 
 
@@ -217,6 +235,7 @@ class _Connection(asyncio.Protocol):
         self.transport.write(head + body if body else head)
         while r.status == 0 and r.error is None:
             await r._wait(read_timeout)
+        r._stop_timer()  # a caller that never reads the body must not leave it armed
         if r.status == 0:
             raise ConnectError(f"connection failed before a response: {r.error}")
         return r
