@@ -180,8 +180,11 @@ fn row_error(py: Python<'_>, row: usize, column: &str, reason: &str) -> PyErr {
 /// order. Rows built the same way (a literal, a template, the same JSON shape)
 /// hold the same keys at the same positions, and usually the same key objects
 /// (interned literals, orjson's key cache), so the common case is one pointer
-/// comparison per entry instead of a hash lookup in a cache-cold table.
+/// comparison per entry instead of a hash lookup in a cache-cold table; a
+/// different `str` object at a known position is compared by its text.
 struct ColumnFinder<'py> {
+    /// Each column's name.
+    names: Vec<String>,
     /// Column index of each column name (the first, if a name repeats).
     by_name: HashMap<String, usize>,
     /// Columns that repeat an earlier column's name: (column, first column).
@@ -189,6 +192,33 @@ struct ColumnFinder<'py> {
     /// The key object last seen at each entry position and its column
     /// (`usize::MAX`: not a column). Owned, so a pointer cannot be reused.
     seen: Vec<(Bound<'py, PyAny>, usize)>,
+    /// Keys replaced in `seen`, kept until `drop_replaced`: dropping an arbitrary
+    /// key object may run Python code (`__del__`), which must not happen while
+    /// borrowed values are held.
+    replaced: Vec<Bound<'py, PyAny>>,
+}
+
+/// The UTF-8 of an exact `str`: `Ok(None)` for other objects, `Err` if it has none
+/// (a lone surrogate; the error is cleared, but raising it may have run Python
+/// code, a garbage collection).
+///
+/// SAFETY: GIL held; `obj` is live and stays alive while the slice is used.
+unsafe fn exact_str_or_err<'a>(obj: *mut ffi::PyObject) -> Result<Option<&'a [u8]>, ()> {
+    if unsafe { ffi::PyUnicode_CheckExact(obj) } == 0 {
+        return Ok(None);
+    }
+    let mut len: ffi::Py_ssize_t = 0;
+    // SAFETY: `obj` is a live str; the UTF-8 (its own data for ASCII, else a
+    // cache kept in it) lives as long as `obj`.
+    let data = unsafe { ffi::PyUnicode_AsUTF8AndSize(obj, &mut len) };
+    if data.is_null() {
+        unsafe { ffi::PyErr_Clear() };
+        return Err(());
+    }
+    // SAFETY: `data` points to `len` bytes (see above).
+    Ok(Some(unsafe {
+        std::slice::from_raw_parts(data.cast::<u8>(), len as usize)
+    }))
 }
 
 impl<'py> ColumnFinder<'py> {
@@ -203,28 +233,45 @@ impl<'py> ColumnFinder<'py> {
             }
         }
         Self {
+            names: columns.iter().map(|(name, _)| name.clone()).collect(),
             by_name,
             repeats,
             seen: Vec::with_capacity(columns.len()),
+            replaced: Vec::new(),
         }
     }
 
     /// Sets `values[c]` to the value of column `c` in `dict` (null if absent) as a
     /// borrowed pointer: the same values as `dict.get(name)` per column. Returns
-    /// false if the pointers cannot be trusted: a key that was not seen before
-    /// failed to convert to UTF-8, and raising that error may have run Python
-    /// code (a garbage collection) that changed the dict.
-    fn values(&mut self, dict: &Bound<'py, PyDict>, values: &mut [*mut ffi::PyObject]) -> bool {
-        let py = dict.py();
+    /// false if the pointers cannot be trusted: a key failed to convert to UTF-8,
+    /// and raising that error may have run Python code (a garbage collection)
+    /// that changed the dict (or any other dict whose values are held).
+    ///
+    /// SAFETY: GIL held; `dict` is a live dict (or subclass).
+    unsafe fn values(
+        &mut self,
+        py: Python<'py>,
+        dict: *mut ffi::PyObject,
+        values: &mut [*mut ffi::PyObject],
+    ) -> bool {
         values.fill(std::ptr::null_mut());
         let (mut pos, mut key, mut value) = (0, std::ptr::null_mut(), std::ptr::null_mut());
         let mut entry = 0;
         let mut trusted = true;
         // SAFETY: `dict` is a live dict; PyDict_Next hands out borrowed references,
         // which stay valid while no Python code runs (see the return value).
-        while unsafe { ffi::PyDict_Next(dict.as_ptr(), &mut pos, &mut key, &mut value) } != 0 {
+        while unsafe { ffi::PyDict_Next(dict, &mut pos, &mut key, &mut value) } != 0 {
             let column = match self.seen.get(entry) {
                 Some((seen, column)) if seen.as_ptr() == key => *column,
+                // Same text as the column's name at this position (a key built at
+                // run time, or evicted from orjson's key cache): no lookup.
+                Some(&(_, column))
+                    if column != usize::MAX
+                        && unsafe { exact_str_or_err(key) }
+                            == Ok(Some(self.names[column].as_bytes())) =>
+                {
+                    column
+                }
                 _ => {
                     // SAFETY: `key` is a valid borrowed reference (see above).
                     let key = unsafe { Bound::from_borrowed_ptr(py, key) };
@@ -239,7 +286,8 @@ impl<'py> ColumnFinder<'py> {
                         Err(_) => usize::MAX,
                     };
                     if entry < self.seen.len() {
-                        self.seen[entry] = (key, column);
+                        let old = std::mem::replace(&mut self.seen[entry], (key, column));
+                        self.replaced.push(old.0);
                     } else {
                         self.seen.push((key, column));
                     }
@@ -256,6 +304,11 @@ impl<'py> ColumnFinder<'py> {
         }
         trusted
     }
+
+    /// Drops the keys replaced since the last call.
+    fn drop_replaced(&mut self) {
+        self.replaced.clear();
+    }
 }
 
 /// Each column's value in `dict` (`dict.get(name)`), owned: what the generic
@@ -270,23 +323,31 @@ fn held_values<'py>(
         .collect()
 }
 
-/// A string's UTF-8 if `obj` is exactly `str` (not a subclass) and has UTF-8.
+/// A string's UTF-8 if `obj` is exactly `str` (not a subclass) and has UTF-8 (a
+/// lone surrogate is left to the generic path, which reports it).
 ///
 /// SAFETY: GIL held; `obj` is live and stays alive while the slice is used.
 unsafe fn exact_str<'a>(obj: *mut ffi::PyObject) -> Option<&'a [u8]> {
-    if unsafe { ffi::PyUnicode_CheckExact(obj) } == 0 {
+    unsafe { exact_str_or_err(obj) }.ok().flatten()
+}
+
+/// The bytes a String column takes from an exact `str` (its UTF-8) or `bytes`.
+///
+/// SAFETY: GIL held; `obj` is live and stays alive while the slice is used.
+#[inline(always)]
+unsafe fn exact_text<'a>(obj: *mut ffi::PyObject) -> Option<&'a [u8]> {
+    if let Some(b) = unsafe { exact_str(obj) } {
+        return Some(b);
+    }
+    if unsafe { ffi::PyBytes_CheckExact(obj) } == 0 {
         return None;
     }
-    let mut len: ffi::Py_ssize_t = 0;
-    // SAFETY: `obj` is a live str; the UTF-8 (its own data for ASCII, else a
-    // cache kept in it) lives as long as `obj`.
-    let data = unsafe { ffi::PyUnicode_AsUTF8AndSize(obj, &mut len) };
-    if data.is_null() {
-        // A lone surrogate: left to the generic path (same error as before).
+    let (mut data, mut len) = (std::ptr::null_mut(), 0);
+    // SAFETY: `obj` is a live bytes object; its buffer lives as long as it does.
+    if unsafe { ffi::PyBytes_AsStringAndSize(obj, &mut data, &mut len) } != 0 {
         unsafe { ffi::PyErr_Clear() };
         return None;
     }
-    // SAFETY: `data` points to `len` bytes (see above).
     Some(unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len as usize) })
 }
 
@@ -358,17 +419,8 @@ unsafe fn encode_fast(ty: &Type, obj: *mut ffi::PyObject, out: &mut Vec<u8>) -> 
     }
     match ty {
         Type::String => {
-            let b = match unsafe { exact_str(obj) } {
-                Some(b) => b,
-                None if unsafe { ffi::PyBytes_CheckExact(obj) } != 0 => {
-                    let (mut data, mut len) = (std::ptr::null_mut(), 0);
-                    if unsafe { ffi::PyBytes_AsStringAndSize(obj, &mut data, &mut len) } != 0 {
-                        unsafe { ffi::PyErr_Clear() };
-                        return false;
-                    }
-                    unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len as usize) }
-                }
-                None => return false,
+            let Some(b) = (unsafe { exact_text(obj) }) else {
+                return false;
             };
             rowbinary::varint(b.len() as u64, out);
             put(out, b);
@@ -482,6 +534,152 @@ unsafe fn encode_fast(ty: &Type, obj: *mut ffi::PyObject, out: &mut Vec<u8>) -> 
     }
 }
 
+/// A column as the row loop sees it: its type, the common scalar types in a flat
+/// form (encoded inline, without the recursive `encode_fast` call), its memo.
+struct Col<'py> {
+    ty: Type,
+    /// `Nullable(T)` of a flat `T`: a 0 byte, then `kind`.
+    nullable: bool,
+    kind: Kind,
+    memo: Memo<'py>,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    /// `width` little-endian bytes of a value in `lo..=hi` (`hi` capped at
+    /// i64::MAX: a larger int is not an `exact_i64` anyway).
+    Int {
+        width: u8,
+        lo: i64,
+        hi: i64,
+    },
+    Float64,
+    Float32,
+    Bool,
+    DateTime64,
+    /// Anything else: `encode_fast(ty)`.
+    Other,
+}
+
+impl Col<'_> {
+    fn new(ty: Type) -> Self {
+        let (nullable, inner) = match &ty {
+            Type::Nullable(t) => (true, &**t),
+            t => (false, t),
+        };
+        let kind = match inner {
+            Type::String => Kind::Str,
+            &Type::Int { bytes, signed } => {
+                let (lo, hi) = rowbinary::int_range(bytes, signed);
+                Kind::Int {
+                    width: bytes,
+                    lo: i64::try_from(lo).unwrap_or(i64::MIN),
+                    hi: i64::try_from(hi).unwrap_or(i64::MAX),
+                }
+            }
+            Type::Float64 => Kind::Float64,
+            Type::Float32 => Kind::Float32,
+            Type::Bool => Kind::Bool,
+            Type::DateTime64(_) => Kind::DateTime64,
+            _ => Kind::Other,
+        };
+        let nullable = nullable && !matches!(kind, Kind::Other);
+        Self {
+            ty,
+            nullable,
+            kind,
+            memo: Memo::default(),
+        }
+    }
+
+    /// `encode_fast(&self.ty, obj, out)`, inline for the flat kinds.
+    ///
+    /// SAFETY: as `encode_fast`.
+    #[inline(always)]
+    unsafe fn encode_fast(&self, obj: *mut ffi::PyObject, out: &mut Vec<u8>) -> bool {
+        if let Kind::Other = self.kind {
+            return unsafe { encode_fast(&self.ty, obj, out) };
+        }
+        // SAFETY (all blocks below): `obj` is null or live (caller).
+        if obj.is_null() || unsafe { ffi::Py_IsNone(obj) } != 0 {
+            return rowbinary::zero(&self.ty, out).is_ok();
+        }
+        if self.nullable {
+            out.push(0);
+        }
+        match self.kind {
+            Kind::Str => match unsafe { exact_text(obj) } {
+                Some(b) => {
+                    rowbinary::varint(b.len() as u64, out);
+                    put(out, b);
+                    true
+                }
+                None => false,
+            },
+            Kind::Int { width, lo, hi } => match unsafe { exact_i64(obj) } {
+                Some(i) if (lo..=hi).contains(&i) => {
+                    put_le(out, i as u64, width);
+                    true
+                }
+                _ => false,
+            },
+            Kind::Float64 | Kind::Float32 => {
+                if unsafe { ffi::PyFloat_CheckExact(obj) } == 0 {
+                    return false;
+                }
+                let x = unsafe { ffi::PyFloat_AsDouble(obj) };
+                if let Kind::Float64 = self.kind {
+                    put_le(out, x.to_bits(), 8);
+                    return true;
+                }
+                let y = x as f32;
+                if y.is_infinite() && x.is_finite() {
+                    return false;
+                }
+                put_le(out, u64::from(y.to_bits()), 4);
+                true
+            }
+            Kind::Bool => {
+                let b = if obj == unsafe { ffi::Py_True() } {
+                    1
+                } else if obj == unsafe { ffi::Py_False() } {
+                    0
+                } else {
+                    return false;
+                };
+                out.push(b);
+                true
+            }
+            Kind::DateTime64 => match unsafe { exact_i64(obj) } {
+                Some(ticks) => {
+                    put_le(out, ticks as u64, 8);
+                    true
+                }
+                None => false,
+            },
+            Kind::Other => unreachable!("handled above"),
+        }
+    }
+}
+
+/// The first `n` (≤ 8) bytes of `v`, little-endian: one unaligned store, no call.
+#[inline(always)]
+fn put_le(out: &mut Vec<u8>, v: u64, n: u8) {
+    let n = usize::from(n.min(8));
+    out.reserve(8);
+    // SAFETY: 8 bytes of room are reserved; the first `n` of them are written
+    // before the length grows by `n`.
+    unsafe {
+        let end = out.len();
+        out.as_mut_ptr()
+            .add(end)
+            .cast::<u64>()
+            .write_unaligned(v.to_le());
+        out.set_len(end + n);
+    }
+}
+
 /// A column's last value and its encoding, for rows that share value objects
 /// (literals, constants, the same parsed config): a hit costs one pointer
 /// comparison and a copy. Only immutable exact types are remembered (`str`,
@@ -493,6 +691,8 @@ struct Memo<'py> {
     bytes: Vec<u8>,
     hits: u32,
     misses: u32,
+    /// The column rarely repeats: not looked at again in this call.
+    off: bool,
 }
 
 impl<'py> Memo<'py> {
@@ -507,7 +707,10 @@ impl<'py> Memo<'py> {
     /// SAFETY: GIL held; `obj` is null or live.
     unsafe fn remember(&mut self, py: Python<'py>, obj: *mut ffi::PyObject, bytes: &[u8]) {
         self.misses = self.misses.saturating_add(1);
-        if obj.is_null() || (self.misses > 16 && self.hits < self.misses) {
+        if self.misses > 16 && self.hits < self.misses {
+            self.off = true;
+        }
+        if obj.is_null() || self.off {
             return;
         }
         // SAFETY: `obj` is live (caller); exact types only, all immutable.
@@ -526,31 +729,25 @@ impl<'py> Memo<'py> {
     }
 }
 
-#[pyfunction]
-pub(super) fn encode_rowbinary<'py>(
+/// The state of one `encode_rowbinary` call.
+struct Encoder<'a, 'py> {
     py: Python<'py>,
-    columns: Vec<(String, String)>,
-    rows: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyBytes>> {
-    let types = columns
-        .iter()
-        .map(|(_, t)| rowbinary::parse_type(t))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(CoreError::new_err)?;
-    let mut finder = ColumnFinder::new(&columns);
-    let mut values: Vec<*mut ffi::PyObject> = vec![std::ptr::null_mut(); columns.len()];
-    let cls = Classes {
-        datetime: DATETIME.import(py, "datetime", "datetime")?,
-        date: DATE.import(py, "datetime", "date")?,
-        uuid: UUID.import(py, "uuid", "UUID")?,
-    };
-    let mut memos: Vec<Memo<'py>> = columns.iter().map(|_| Memo::default()).collect();
-    let mut out = Vec::with_capacity(256);
-    let mut encode_row = |i: usize, row: Bound<'py, PyAny>, out: &mut Vec<u8>| -> PyResult<()> {
+    columns: &'a [(String, String)],
+    cols: Vec<Col<'py>>,
+    cls: Classes<'py>,
+    finder: ColumnFinder<'py>,
+    /// The current row's values, borrowed from its dict.
+    values: Vec<*mut ffi::PyObject>,
+}
+
+impl<'py> Encoder<'_, 'py> {
+    /// Encodes row `i` into `out`.
+    fn row(&mut self, i: usize, row: &Bound<'py, PyAny>, out: &mut Vec<u8>) -> PyResult<()> {
+        let py = self.py;
         let dict = row.cast::<PyDict>().map_err(|_| {
             let name = PyVal {
                 obj: row.clone(),
-                cls: &cls,
+                cls: &self.cls,
             }
             .type_name();
             row_error(py, i, "", &format!("expected dict, got {name}"))
@@ -559,40 +756,76 @@ pub(super) fn encode_rowbinary<'py>(
         // again) from the first value that needs the generic path, which may run
         // Python code.
         let mut held = None;
-        if !finder.values(dict, &mut values) {
-            held = Some(held_values(dict, &columns)?);
+        // SAFETY: GIL held; `dict` is a live dict.
+        if !unsafe { self.finder.values(py, dict.as_ptr(), &mut self.values) } {
+            held = Some(held_values(dict, self.columns)?);
         }
-        for (c, (ty, (name, _))) in types.iter().zip(&columns).enumerate() {
+        for (c, (col, (name, _))) in self.cols.iter_mut().zip(self.columns).enumerate() {
             let obj = match &held {
-                None => values[c],
+                None => self.values[c],
                 Some(h) => h[c].as_ref().map_or(std::ptr::null_mut(), |v| v.as_ptr()),
             };
-            let memo = &mut memos[c];
-            if memo.hit(obj) {
-                put(out, &memo.bytes);
+            let memo = !col.memo.off;
+            if memo && col.memo.hit(obj) {
+                put(out, &col.memo.bytes);
                 continue;
             }
             let start = out.len();
             // SAFETY: GIL held; `obj` is null, borrowed from `dict` with no Python
             // code run since, or owned by `held`.
-            if unsafe { encode_fast(ty, obj, out) } {
-                // SAFETY: as above.
-                unsafe { memo.remember(py, obj, &out[start..]) };
+            if unsafe { col.encode_fast(obj, out) } {
+                if memo {
+                    // SAFETY: as above.
+                    unsafe { col.memo.remember(py, obj, &out[start..]) };
+                }
                 continue;
             }
             out.truncate(start);
             let held = match &mut held {
                 Some(h) => h,
-                None => held.insert(held_values(dict, &columns)?),
+                None => held.insert(held_values(dict, self.columns)?),
             };
-            let value = held[c].clone().map(|obj| PyVal { obj, cls: &cls });
-            rowbinary::encode(ty, value.as_ref(), out).map_err(|e| row_error(py, i, name, &e))?;
+            let value = held[c].clone().map(|obj| PyVal {
+                obj,
+                cls: &self.cls,
+            });
+            rowbinary::encode(&col.ty, value.as_ref(), out)
+                .map_err(|e| row_error(py, i, name, &e))?;
         }
+        drop(held);
+        // Keys replaced while walking this row, now that no value is borrowed.
+        self.finder.drop_replaced();
         Ok(())
+    }
+}
+
+#[pyfunction]
+pub(super) fn encode_rowbinary<'py>(
+    py: Python<'py>,
+    columns: Vec<(String, String)>,
+    rows: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let cols = columns
+        .iter()
+        .map(|(_, t)| rowbinary::parse_type(t).map(Col::new))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(CoreError::new_err)?;
+    let mut enc = Encoder {
+        py,
+        columns: &columns,
+        cols,
+        cls: Classes {
+            datetime: DATETIME.import(py, "datetime", "datetime")?,
+            date: DATE.import(py, "datetime", "date")?,
+            uuid: UUID.import(py, "uuid", "UUID")?,
+        },
+        finder: ColumnFinder::new(&columns),
+        values: vec![std::ptr::null_mut(); columns.len()],
     };
+    let mut out = Vec::with_capacity(256);
     if let Ok(list) = rows.cast::<PyList>() {
         for (i, row) in list.iter().enumerate() {
-            encode_row(i, row, &mut out)?;
+            enc.row(i, &row, &mut out)?;
             if i == 0 {
                 // Size the buffer once from the first row instead of growing it.
                 out.reserve(out.len() * list.len() * 9 / 8);
@@ -600,7 +833,7 @@ pub(super) fn encode_rowbinary<'py>(
         }
     } else {
         for (i, row) in rows.try_iter()?.enumerate() {
-            encode_row(i, row?, &mut out)?;
+            enc.row(i, &row?, &mut out)?;
         }
     }
     Ok(PyBytes::new(py, &out))
