@@ -351,6 +351,95 @@ unsafe fn exact_text<'a>(obj: *mut ffi::PyObject) -> Option<&'a [u8]> {
     Some(unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len as usize) })
 }
 
+/// A String value from an exact `str` or `bytes`: its length, then its bytes.
+///
+/// SAFETY: GIL held; `obj` is live.
+#[inline(always)]
+unsafe fn put_text(obj: *mut ffi::PyObject, out: &mut Vec<u8>) -> bool {
+    match unsafe { exact_text(obj) } {
+        Some(b) => {
+            rowbinary::varint(b.len() as u64, out);
+            put(out, b);
+            true
+        }
+        None => false,
+    }
+}
+
+/// `put_text`, or the empty string for None or null (an item of an Array or Map,
+/// as `encode_fast` encodes it).
+///
+/// SAFETY: GIL held; `obj` is null or live.
+#[inline(always)]
+unsafe fn put_text_or_none(obj: *mut ffi::PyObject, out: &mut Vec<u8>) -> bool {
+    if obj.is_null() || unsafe { ffi::Py_IsNone(obj) } != 0 {
+        out.push(0);
+        return true;
+    }
+    unsafe { put_text(obj, out) }
+}
+
+/// An `Array(String)` value from an exact list or tuple (`Kind::StrArray`).
+///
+/// SAFETY: GIL held; `obj` is live.
+#[inline(never)]
+unsafe fn put_str_array(obj: *mut ffi::PyObject, out: &mut Vec<u8>) -> bool {
+    let (len, get): (_, unsafe extern "C" fn(_, _) -> _) =
+        if unsafe { ffi::PyList_CheckExact(obj) } != 0 {
+            (unsafe { ffi::PyList_Size(obj) }, ffi::PyList_GetItem)
+        } else if unsafe { ffi::PyTuple_CheckExact(obj) } != 0 {
+            (unsafe { ffi::PyTuple_Size(obj) }, ffi::PyTuple_GetItem)
+        } else {
+            return false;
+        };
+    rowbinary::varint(len as u64, out);
+    // Items are borrowed; the list cannot change while no Python code runs.
+    (0..len).all(|k| unsafe { put_text_or_none(get(obj, k), out) })
+}
+
+/// A `Map(String, String)` value from an exact dict (`Kind::StrMap`).
+///
+/// SAFETY: GIL held; `obj` is live.
+#[inline(never)]
+unsafe fn put_str_map(obj: *mut ffi::PyObject, out: &mut Vec<u8>) -> bool {
+    if unsafe { ffi::PyDict_CheckExact(obj) } == 0 {
+        return false;
+    }
+    rowbinary::varint(unsafe { ffi::PyDict_Size(obj) } as u64, out);
+    let (mut pos, mut k, mut v) = (0, std::ptr::null_mut(), std::ptr::null_mut());
+    // Entries are borrowed; the dict cannot change while no Python code runs.
+    while unsafe { ffi::PyDict_Next(obj, &mut pos, &mut k, &mut v) } != 0 {
+        if !unsafe { put_text_or_none(k, out) && put_text_or_none(v, out) } {
+            return false;
+        }
+    }
+    true
+}
+
+/// An `Enum8`/`Enum16` value from an exact str that is one of `labels`.
+///
+/// SAFETY: GIL held; `obj` is live.
+#[inline(never)]
+unsafe fn put_enum(
+    wide: bool,
+    labels: &[(Box<[u8]>, i16)],
+    obj: *mut ffi::PyObject,
+    out: &mut Vec<u8>,
+) -> bool {
+    let Some(s) = (unsafe { exact_str(obj) }) else {
+        return false;
+    };
+    let Some(&(_, value)) = labels.iter().find(|(l, _)| **l == *s) else {
+        return false;
+    };
+    if wide {
+        put_le(out, value as u64, 2);
+    } else {
+        out.push(value as u8);
+    }
+    true
+}
+
 /// The value of an exact `int` (not `bool`) that fits in an i64.
 ///
 /// SAFETY: GIL held; `obj` is live.
@@ -544,9 +633,17 @@ struct Col<'py> {
     memo: Memo<'py>,
 }
 
-#[derive(Clone, Copy)]
 enum Kind {
     Str,
+    /// `Array(String)` of an exact list or tuple.
+    StrArray,
+    /// `Map(String, String)` of an exact dict.
+    StrMap,
+    /// `Enum8`/`Enum16`: each label's UTF-8 and value.
+    Enum {
+        wide: bool,
+        labels: Vec<(Box<[u8]>, i16)>,
+    },
     /// `width` little-endian bytes of a value in `lo..=hi` (`hi` capped at
     /// i64::MAX: a larger int is not an `exact_i64` anyway).
     Int {
@@ -562,7 +659,7 @@ enum Kind {
     Other,
 }
 
-impl Col<'_> {
+impl<'py> Col<'py> {
     fn new(ty: Type) -> Self {
         let (nullable, inner) = match &ty {
             Type::Nullable(t) => (true, &**t),
@@ -570,6 +667,15 @@ impl Col<'_> {
         };
         let kind = match inner {
             Type::String => Kind::Str,
+            Type::Array(t) if **t == Type::String => Kind::StrArray,
+            Type::Map(k, v) if **k == Type::String && **v == Type::String => Kind::StrMap,
+            Type::Enum { wide, labels } => Kind::Enum {
+                wide: *wide,
+                labels: labels
+                    .iter()
+                    .map(|(l, v)| (l.as_bytes().into(), *v))
+                    .collect(),
+            },
             &Type::Int { bytes, signed } => {
                 let (lo, hi) = rowbinary::int_range(bytes, signed);
                 Kind::Int {
@@ -593,14 +699,38 @@ impl Col<'_> {
         }
     }
 
+    /// `encode_fast` through the column's memo; on false, nothing is written.
+    ///
+    /// SAFETY: as `encode_fast`.
+    #[inline(always)]
+    unsafe fn encode_memo(
+        &mut self,
+        py: Python<'py>,
+        obj: *mut ffi::PyObject,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let memo = !self.memo.off;
+        if memo && self.memo.hit(obj) {
+            put(out, &self.memo.bytes);
+            return true;
+        }
+        let start = out.len();
+        if !unsafe { self.encode_fast(obj, out) } {
+            out.truncate(start);
+            return false;
+        }
+        if memo {
+            // SAFETY: as above.
+            unsafe { self.memo.remember(py, obj, &out[start..]) };
+        }
+        true
+    }
+
     /// `encode_fast(&self.ty, obj, out)`, inline for the flat kinds.
     ///
     /// SAFETY: as `encode_fast`.
     #[inline(always)]
     unsafe fn encode_fast(&self, obj: *mut ffi::PyObject, out: &mut Vec<u8>) -> bool {
-        if let Kind::Other = self.kind {
-            return unsafe { encode_fast(&self.ty, obj, out) };
-        }
         // SAFETY (all blocks below): `obj` is null or live (caller).
         if obj.is_null() || unsafe { ffi::Py_IsNone(obj) } != 0 {
             return rowbinary::zero(&self.ty, out).is_ok();
@@ -608,16 +738,13 @@ impl Col<'_> {
         if self.nullable {
             out.push(0);
         }
-        match self.kind {
-            Kind::Str => match unsafe { exact_text(obj) } {
-                Some(b) => {
-                    rowbinary::varint(b.len() as u64, out);
-                    put(out, b);
-                    true
-                }
-                None => false,
-            },
-            Kind::Int { width, lo, hi } => match unsafe { exact_i64(obj) } {
+        match &self.kind {
+            Kind::Other => unsafe { encode_fast(&self.ty, obj, out) },
+            Kind::Str => unsafe { put_text(obj, out) },
+            Kind::StrArray => unsafe { put_str_array(obj, out) },
+            Kind::StrMap => unsafe { put_str_map(obj, out) },
+            Kind::Enum { wide, labels } => unsafe { put_enum(*wide, labels, obj, out) },
+            &Kind::Int { width, lo, hi } => match unsafe { exact_i64(obj) } {
                 Some(i) if (lo..=hi).contains(&i) => {
                     put_le(out, i as u64, width);
                     true
@@ -629,7 +756,7 @@ impl Col<'_> {
                     return false;
                 }
                 let x = unsafe { ffi::PyFloat_AsDouble(obj) };
-                if let Kind::Float64 = self.kind {
+                if let Kind::Float64 = &self.kind {
                     put_le(out, x.to_bits(), 8);
                     return true;
                 }
@@ -658,7 +785,6 @@ impl Col<'_> {
                 }
                 None => false,
             },
-            Kind::Other => unreachable!("handled above"),
         }
     }
 }
@@ -755,42 +881,37 @@ impl<'py> Encoder<'_, 'py> {
         // Borrowed values while only the fast path runs; owned ones (looked up
         // again) from the first value that needs the generic path, which may run
         // Python code.
-        let mut held = None;
+        let n = self.cols.len();
+        let mut c = 0;
         // SAFETY: GIL held; `dict` is a live dict.
-        if !unsafe { self.finder.values(py, dict.as_ptr(), &mut self.values) } {
-            held = Some(held_values(dict, self.columns)?);
-        }
-        for (c, (col, (name, _))) in self.cols.iter_mut().zip(self.columns).enumerate() {
-            let obj = match &held {
-                None => self.values[c],
-                Some(h) => h[c].as_ref().map_or(std::ptr::null_mut(), |v| v.as_ptr()),
-            };
-            let memo = !col.memo.off;
-            if memo && col.memo.hit(obj) {
-                put(out, &col.memo.bytes);
-                continue;
-            }
-            let start = out.len();
-            // SAFETY: GIL held; `obj` is null, borrowed from `dict` with no Python
-            // code run since, or owned by `held`.
-            if unsafe { col.encode_fast(obj, out) } {
-                if memo {
-                    // SAFETY: as above.
-                    unsafe { col.memo.remember(py, obj, &out[start..]) };
+        if unsafe { self.finder.values(py, dict.as_ptr(), &mut self.values) } {
+            for (col, &obj) in self.cols.iter_mut().zip(&self.values) {
+                // SAFETY: `obj` is null or borrowed from `dict`, and no Python
+                // code has run since.
+                if !unsafe { col.encode_memo(py, obj, out) } {
+                    break;
                 }
+                c += 1;
+            }
+        }
+        let held = if c < n {
+            Some(held_values(dict, self.columns)?)
+        } else {
+            None
+        };
+        for (c, held) in held.iter().flat_map(|h| h.iter().enumerate().skip(c)) {
+            let col = &mut self.cols[c];
+            let obj = held.as_ref().map_or(std::ptr::null_mut(), |v| v.as_ptr());
+            // SAFETY: `obj` is null or owned by `held`.
+            if unsafe { col.encode_memo(py, obj, out) } {
                 continue;
             }
-            out.truncate(start);
-            let held = match &mut held {
-                Some(h) => h,
-                None => held.insert(held_values(dict, self.columns)?),
-            };
-            let value = held[c].clone().map(|obj| PyVal {
+            let value = held.clone().map(|obj| PyVal {
                 obj,
                 cls: &self.cls,
             });
             rowbinary::encode(&col.ty, value.as_ref(), out)
-                .map_err(|e| row_error(py, i, name, &e))?;
+                .map_err(|e| row_error(py, i, &self.columns[c].0, &e))?;
         }
         drop(held);
         // Keys replaced while walking this row, now that no value is borrowed.
