@@ -22,6 +22,7 @@ API = {
     "embed_text",
     "encode_rowbinary",
     "encoding_for_model",
+    "stream_usage",
 }
 
 

@@ -433,3 +433,19 @@ def test_values_are_kept_while_python_code_runs(rust: ModuleType) -> None:
     assert row == {}
     odd_key = {"\ud800": 1, "a": "x" * 30, "ts": 0, "b": "y" * 30, "c": ["z" * 30]}
     assert rust.encode_rowbinary(cols, [odd_key, odd_key]) == want * 2
+
+
+def test_keys_rebuilt_per_row(rust: ModuleType, twin: ModuleType) -> None:
+    """Each row's keys are new str objects (as when JSON decoding evicts them from
+    its key cache): the extension matches them by text at the remembered position,
+    and a changed key at that position by lookup."""
+    cols = [("a", "String"), ("bb", "UInt8"), ("ccc", "Nullable(Float32)")]
+
+    def key(k: str) -> str:
+        return "".join(list(k))  # a new object each time
+
+    batch = [{key("a"): str(i), key("bb"): i, key("ccc"): i / 2} for i in range(30)]
+    batch.insert(10, {key("ccc"): 1.0, key("a"): "x", key("bb"): 1})  # moved keys
+    batch.insert(20, {key("a"): "y", key("zz"): 5, key("ccc"): None})  # unknown key
+    want = twin.encode_rowbinary(cols, batch)
+    assert rust.encode_rowbinary(cols, batch) == want
