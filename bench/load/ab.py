@@ -1,7 +1,7 @@
 """Interleaved A/B of gateway configurations, for differences smaller than this VM's noise.
 
     .venv/bin/python bench/load/ab.py '{"a": {"ENV": "1"}, "b": {}}' [--rounds 10]
-        [--seconds 2] [--kind hit|passthrough|stream] [--events off|chdb] [--rate R]
+        [--seconds 2] [--kind hit|passthrough|stream] [--events off|chdb|http] [--rate R]
 
 Each configuration is a gateway (one worker, core 0) in front of the fixed-answer mock
 (core 1); all run at once, and `hey -c 50` (core 1) drives them in turn for a short
@@ -23,9 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import BODY, fixed_rate, hey, make_key, measured
+from run import BODY, ROOT, fixed_rate, hey, make_key, measured
 
-from watchllm.testing.servers import start_gateway, start_mock_upstream
+from watchllm.testing.servers import free_port, start, start_gateway, start_mock_upstream
 
 
 def main() -> None:
@@ -34,7 +34,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--seconds", type=int, default=2)
     p.add_argument("--kind", choices=("hit", "passthrough", "stream"), default="hit")
-    p.add_argument("--events", choices=("off", "chdb"), default="off")
+    p.add_argument("--events", choices=("off", "chdb", "http"), default="off",
+                   help="events: nowhere, embedded chDB, or RowBinary over HTTP to a "
+                   "stand-in ClickHouse endpoint on core 1")
     p.add_argument("--rate", type=int, default=0, help="open loop at this rate (default: "
                    "closed loop, hey -c 50)")
     args = p.parse_args()
@@ -46,6 +48,12 @@ def main() -> None:
     base = {"OPENAI_BASE_URL": upstream.url + "/v1", "OPENAI_API_KEY": "sk-bench",
             "WATCHLLM_ADMIN_KEY": "bench-admin", "WATCHLLM_LOG_LEVEL": "warning",
             **({"WATCHLLM_CLICKHOUSE_URL": "off"} if args.events == "off" else {})}
+    servers = [upstream]
+    if args.events == "http":
+        port = free_port()
+        servers.append(start([str(ROOT / "bench" / "micro" / "fake_clickhouse.py"), str(port)],
+                             {}, port, tmp / "clickhouse.log", "/ping", cpu=1))
+        base["WATCHLLM_CLICKHOUSE_URL"] = f"http://127.0.0.1:{port}"
     gateways = {name: start_gateway(Path(tempfile.mkdtemp(dir=tmp)), {**base, **env}, cpu=0)
                 for name, env in json.loads(args.variants).items()}
     cpu: dict[str, list[float]] = {name: [] for name in gateways}
@@ -72,7 +80,8 @@ def main() -> None:
     finally:
         for gw in gateways.values():
             gw.stop()
-        upstream.stop()
+        for server in servers:
+            server.stop()
     print(f"\n`{' '.join(sys.argv)}`\n")
     for name, values in cpu.items():
         print(f"{name}: median {statistics.median(values):.1f} µs CPU/request, "
