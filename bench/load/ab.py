@@ -51,8 +51,8 @@ def main() -> None:
     servers = [upstream]
     if args.events == "http":
         port = free_port()
-        servers.append(start([str(ROOT / "bench" / "micro" / "fake_clickhouse.py"), str(port)],
-                             {}, port, tmp / "clickhouse.log", "/ping", cpu=1))
+        fake = [str(ROOT / "bench" / "micro" / "fake_clickhouse.py"), str(port), "--idle"]
+        servers.append(start(fake, {}, port, tmp / "clickhouse.log", "/ping", cpu=1))
         base["WATCHLLM_CLICKHOUSE_URL"] = f"http://127.0.0.1:{port}"
     gateways = {name: start_gateway(Path(tempfile.mkdtemp(dir=tmp)), {**base, **env}, cpu=0)
                 for name, env in json.loads(args.variants).items()}

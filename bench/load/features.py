@@ -96,7 +96,7 @@ def main() -> None:
     upstream = start_mock_upstream(tmp, fixed=True, cpu=1)
     port = free_port()
     fake_ch = start([str(Path(__file__).resolve().parents[1] / "micro" / "fake_clickhouse.py"),
-                     str(port)], {}, port, tmp / "fake_clickhouse.log", "/ping", cpu=1)
+                     str(port), "--idle"], {}, port, tmp / "fake_clickhouse.log", "/ping", cpu=1)
     results: dict[str, list[dict[str, Any]]] = {}
     try:
         for _ in range(args.rounds):

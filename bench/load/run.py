@@ -207,7 +207,8 @@ def main() -> None:
     servers = [mock, stream_mock, ceiling, ceiling_batch]
     if args.events == "http":
         ch_port = free_port()
-        servers.append(start([str(ROOT / "bench" / "micro" / "fake_clickhouse.py"), str(ch_port)],
+        servers.append(start([str(ROOT / "bench" / "micro" / "fake_clickhouse.py"), str(ch_port),
+                              "--idle"],
                              {}, ch_port, tmp / "clickhouse.log", "/ping", cpu=1))
         env["WATCHLLM_CLICKHOUSE_URL"] = f"http://127.0.0.1:{ch_port}"
     gw = start_gateway(tmp / "gw", env, cpu=0)

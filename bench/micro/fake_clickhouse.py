@@ -1,7 +1,11 @@
 """A stand-in ClickHouse HTTP endpoint for bench/micro/run.py: answers
 clickhouse-connect's start-up queries and accepts any INSERT body (discarded, bytes
 counted; `SELECT bytes_received` returns the count), so the client's own CPU per
-inserted row can be measured without a server. Run: fake_clickhouse.py PORT
+inserted row can be measured without a server. Run: fake_clickhouse.py PORT [--idle]
+
+`--idle` runs it under SCHED_IDLE: the load benches share its core with the load
+generator, and a stand-in for a ClickHouse on another machine must not delay the
+generator's requests (and so inflate the latency it measures).
 """
 
 from __future__ import annotations
@@ -62,4 +66,8 @@ class H(BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
+    if "--idle" in sys.argv:
+        import os
+
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()

@@ -14,6 +14,7 @@ tables and in the materialized views; a token never names other data.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import threading
 import zlib
 from collections import deque
@@ -31,7 +32,14 @@ from watchllm.events.spool import Position, Record
 Row = dict[str, Any]
 Columns = list[tuple[str, str]]
 
-ENCODE_CHUNK = 1000  # rows per encoder call (bounds how long it holds the GIL)
+ENCODE_CHUNK = 250  # rows per encoder call (bounds how long it holds the GIL)
+
+# Batches are built and encoded on a helper thread that shares its core with request
+# handling. A request thread that wants the GIL would wait a whole switch interval (5 ms),
+# and under SCHED_BATCH (entrypoints/scheduling.py) a woken one waits for the running
+# thread's time slice. So every ENCODE_CHUNK rows the helper steps aside: sched_yield
+# releases the GIL and lets a runnable request thread go first (p99 in performance.md).
+_step_aside: Callable[[], None] = getattr(os, "sched_yield", lambda: None)
 
 
 def _json_default(value: Any) -> Any:
@@ -114,7 +122,9 @@ class BatchBuilder:
     def build(self, slot: str, start: Position, end: Position, count: int,
               events: list[Row]) -> Batch:
         batch = Batch(start, end, count, len(events), slot)
-        for ev in events:
+        for i, ev in enumerate(events):
+            if i % ENCODE_CHUNK == 0:
+                _step_aside()
             self.rows.complete(ev)
             for table in self.route(ev):
                 batch.tables.setdefault(table, []).append(ev)
@@ -132,6 +142,7 @@ class BatchBuilder:
     def decode(self, records: list[Record]) -> list[Row]:
         events: list[Row] = []
         for rec in records:
+            _step_aside()
             for line in rec.payload.split(b"\n"):
                 try:
                     ev = orjson.loads(line)
@@ -156,6 +167,7 @@ class BatchBuilder:
         parts: list[bytes] = []
         start = 0
         while start < len(rows):
+            _step_aside()
             chunk = rows[start : start + ENCODE_CHUNK]
             try:
                 parts.append(core.encode_rowbinary(columns, chunk))
