@@ -27,30 +27,28 @@ pyo3::create_exception!(
 /// Work on inputs at least this large runs with the GIL released.
 const DETACH_BYTES: usize = 16 * 1024;
 
+/// `run()`, with the GIL released when the input is large enough to be worth it: for a
+/// typical request's few microseconds of work a release costs more than it frees.
+fn detach_if<T: Send>(py: Python<'_>, input_len: usize, run: impl FnOnce() -> T + Send) -> T {
+    if input_len >= DETACH_BYTES {
+        py.detach(run)
+    } else {
+        run()
+    }
+}
+
 fn core_err(e: impl std::fmt::Display) -> PyErr {
     CoreError::new_err(e.to_string())
 }
 
 #[pyfunction]
 fn cache_key(py: Python<'_>, body: &[u8], namespace: &str) -> PyResult<String> {
-    let run = || keys::cache_key(body, namespace);
-    if body.len() >= DETACH_BYTES {
-        py.detach(run)
-    } else {
-        run()
-    }
-    .map_err(core_err)
+    detach_if(py, body.len(), || keys::cache_key(body, namespace)).map_err(core_err)
 }
 
 #[pyfunction]
 fn context_key(py: Python<'_>, body: &[u8], namespace: &str) -> PyResult<String> {
-    let run = || keys::context_key(body, namespace);
-    if body.len() >= DETACH_BYTES {
-        py.detach(run)
-    } else {
-        run()
-    }
-    .map_err(core_err)
+    detach_if(py, body.len(), || keys::context_key(body, namespace)).map_err(core_err)
 }
 
 #[pyfunction]
@@ -67,18 +65,14 @@ fn text_arg<'a>(text: &'a Bound<'_, PyString>) -> PyResult<Cow<'a, str>> {
 fn count_tokens(py: Python<'_>, text: &Bound<'_, PyString>, encoding: &str) -> PyResult<usize> {
     let bpe = tokens::bpe(encoding).map_err(core_err)?;
     let text = text_arg(text)?;
-    let run = || {
+    // Counting costs more per byte than hashing: a quarter of the size is worth a release.
+    Ok(detach_if(py, text.len() * 4, || {
         if text.is_empty() {
             0
         } else {
             bpe.encode_ordinary(&text).len()
         }
-    };
-    Ok(if text.len() >= DETACH_BYTES / 4 {
-        py.detach(run)
-    } else {
-        run()
-    })
+    }))
 }
 
 #[pyfunction]
@@ -88,25 +82,13 @@ fn encoding_for_model(model: &str) -> &'static str {
 
 #[pyfunction]
 fn count_chat_tokens(py: Python<'_>, body: &[u8]) -> PyResult<usize> {
-    // A typical request counts in ~2 µs: releasing the GIL for it would cost a thread
-    // hand-off (to granian's threads or the pipeline's) that is dearer than the work.
-    let run = || tokens::count_chat_tokens(body);
-    if body.len() >= DETACH_BYTES {
-        py.detach(run)
-    } else {
-        run()
-    }
-    .map_err(core_err)
+    detach_if(py, body.len(), || tokens::count_chat_tokens(body)).map_err(core_err)
 }
 
 /// (usage or None, text) of a finished SSE stream (see `stream.rs`).
 #[pyfunction]
 fn stream_usage(py: Python<'_>, raw: &[u8]) -> (Option<stream::Usage>, String) {
-    if raw.len() >= DETACH_BYTES {
-        py.detach(|| stream::summarize(raw))
-    } else {
-        stream::summarize(raw)
-    }
+    detach_if(py, raw.len(), || stream::summarize(raw))
 }
 
 /// Cosine top-k index (see `similarity.rs`).

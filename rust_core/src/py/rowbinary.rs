@@ -440,6 +440,42 @@ unsafe fn put_enum(
     true
 }
 
+/// An exact `float` as Float64 (`wide`) or Float32; false for anything else, or a
+/// finite value Float32 cannot hold.
+///
+/// SAFETY: GIL held; `obj` is live.
+unsafe fn put_float(obj: *mut ffi::PyObject, wide: bool, out: &mut Vec<u8>) -> bool {
+    if unsafe { ffi::PyFloat_CheckExact(obj) } == 0 {
+        return false;
+    }
+    let x = unsafe { ffi::PyFloat_AsDouble(obj) };
+    if wide {
+        put_le(out, x.to_bits(), 8);
+        return true;
+    }
+    let y = x as f32;
+    if y.is_infinite() && x.is_finite() {
+        return false;
+    }
+    put_le(out, u64::from(y.to_bits()), 4);
+    true
+}
+
+/// `True`/`False` as one byte; false for anything else.
+///
+/// SAFETY: GIL held; `obj` is live.
+unsafe fn put_bool(obj: *mut ffi::PyObject, out: &mut Vec<u8>) -> bool {
+    let b = if obj == unsafe { ffi::Py_True() } {
+        1
+    } else if obj == unsafe { ffi::Py_False() } {
+        0
+    } else {
+        return false;
+    };
+    out.push(b);
+    true
+}
+
 /// The value of an exact `int` (not `bool`) that fits in an i64.
 ///
 /// SAFETY: GIL held; `obj` is live.
@@ -531,33 +567,10 @@ unsafe fn encode_fast(ty: &Type, obj: *mut ffi::PyObject, out: &mut Vec<u8>) -> 
             out.extend_from_slice(&i.to_le_bytes()[..usize::from(*bytes)]);
             true
         }
-        Type::Float64 | Type::Float32 => {
-            if unsafe { ffi::PyFloat_CheckExact(obj) } == 0 {
-                return false;
-            }
-            let x = unsafe { ffi::PyFloat_AsDouble(obj) };
-            if let Type::Float32 = ty {
-                let y = x as f32;
-                if y.is_infinite() && x.is_finite() {
-                    return false;
-                }
-                out.extend_from_slice(&y.to_le_bytes());
-            } else {
-                out.extend_from_slice(&x.to_le_bytes());
-            }
-            true
-        }
-        Type::Bool => {
-            let b = if obj == unsafe { ffi::Py_True() } {
-                1
-            } else if obj == unsafe { ffi::Py_False() } {
-                0
-            } else {
-                return false;
-            };
-            out.push(b);
-            true
-        }
+        Type::Float64 | Type::Float32 => unsafe {
+            put_float(obj, matches!(ty, Type::Float64), out)
+        },
+        Type::Bool => unsafe { put_bool(obj, out) },
         Type::Enum { wide, labels } => {
             let Some(s) = (unsafe { exact_str(obj) }) else {
                 return false;
@@ -751,33 +764,10 @@ impl<'py> Col<'py> {
                 }
                 _ => false,
             },
-            Kind::Float64 | Kind::Float32 => {
-                if unsafe { ffi::PyFloat_CheckExact(obj) } == 0 {
-                    return false;
-                }
-                let x = unsafe { ffi::PyFloat_AsDouble(obj) };
-                if let Kind::Float64 = &self.kind {
-                    put_le(out, x.to_bits(), 8);
-                    return true;
-                }
-                let y = x as f32;
-                if y.is_infinite() && x.is_finite() {
-                    return false;
-                }
-                put_le(out, u64::from(y.to_bits()), 4);
-                true
-            }
-            Kind::Bool => {
-                let b = if obj == unsafe { ffi::Py_True() } {
-                    1
-                } else if obj == unsafe { ffi::Py_False() } {
-                    0
-                } else {
-                    return false;
-                };
-                out.push(b);
-                true
-            }
+            Kind::Float64 | Kind::Float32 => unsafe {
+                put_float(obj, matches!(self.kind, Kind::Float64), out)
+            },
+            Kind::Bool => unsafe { put_bool(obj, out) },
             Kind::DateTime64 => match unsafe { exact_i64(obj) } {
                 Some(ticks) => {
                     put_le(out, ticks as u64, 8);
