@@ -27,7 +27,6 @@ from watchllm.http.asgi import (
     parse_object,
     send_body,
 )
-from watchllm.limits.ops import CONC
 from watchllm.proxy.anthropic_translate import error_message
 from watchllm.proxy.base import FORWARDED_HEADERS, UpstreamCall, UpstreamResult
 from watchllm.proxy.context import ProxyContext
@@ -142,9 +141,8 @@ async def finish(gw: Gateway, ctx: ProxyContext) -> None:
     if ctx.admission is not None:
         used = 0 if ctx.cache_status in _HITS else u.prompt + u.completion
         settle = gw.limits.settle(ctx.admission, used, ctx.cost_usd)
-        plan = ctx.admission.plan
-        if plan.has_conc if plan is not None else any(op.kind == CONC
-                                                      for op in ctx.admission.ops):
+        plan = ctx.admission.plan  # None only for an unlimited caller: no ops at all
+        if plan is not None and plan.has_conc:
             # A client that hangs up must not cancel the release of its concurrency slot
             # (the shield's task costs ~10 µs, so only when a slot is held).
             await asyncio.shield(settle)
