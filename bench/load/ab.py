@@ -25,7 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import BODY, ROOT, fixed_rate, hey, make_key, measured
 
-from watchllm.testing.servers import free_port, start, start_gateway, start_mock_upstream
+from watchllm.testing.servers import (
+    ensure_database,
+    free_port,
+    start,
+    start_gateway,
+    start_mock_upstream,
+)
 
 
 def main() -> None:
@@ -54,8 +60,13 @@ def main() -> None:
         fake = [str(ROOT / "bench" / "micro" / "fake_clickhouse.py"), str(port), "--idle"]
         servers.append(start(fake, {}, port, tmp / "clickhouse.log", "/ping", cpu=1))
         base["WATCHLLM_CLICKHOUSE_URL"] = f"http://127.0.0.1:{port}"
+    variants = json.loads(args.variants)
+    for env in variants.values():  # a fresh machine has no bench database yet
+        if (url := env.get("WATCHLLM_DATABASE_URL", "")).startswith("postgresql://"):
+            dsn, _, name = url.rpartition("/")
+            ensure_database(name, dsn)
     gateways = {name: start_gateway(Path(tempfile.mkdtemp(dir=tmp)), {**base, **env}, cpu=0)
-                for name, env in json.loads(args.variants).items()}
+                for name, env in variants.items()}
     cpu: dict[str, list[float]] = {name: [] for name in gateways}
     p99: dict[str, list[float]] = {name: [] for name in gateways}
     rps: dict[str, list[float]] = {name: [] for name in gateways}

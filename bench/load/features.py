@@ -29,7 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import hey, make_key, measured
 
-from watchllm.testing.servers import Server, free_port, start, start_gateway, start_mock_upstream
+from watchllm.testing.servers import (
+    Server,
+    ensure_database,
+    free_port,
+    start,
+    start_gateway,
+    start_mock_upstream,
+)
 
 PG = "postgresql://postgres@127.0.0.1:5432"
 LIMITS = {"WATCHLLM_DEFAULT_RPM": "100000000", "WATCHLLM_DEFAULT_TPM": "1000000000"}
@@ -52,22 +59,6 @@ def configs(upstream: Server, clickhouse_http: str) -> dict[str, dict[str, str]]
             **selfhosted, "WATCHLLM_CLICKHOUSE_URL": clickhouse_http},
         "self-hosted + Redis limits": {**selfhosted, **LIMITS},
     }
-
-
-def ensure_database(name: str) -> None:
-    import asyncio
-
-    import asyncpg
-
-    async def create() -> None:
-        conn = await asyncpg.connect(f"{PG}/postgres")
-        try:
-            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
-                await conn.execute(f"CREATE DATABASE {name}")
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
 
 
 def run_one(name: str, env: dict[str, str], tmp: Path, body: Path, seconds: int) -> dict[str, Any]:

@@ -106,5 +106,9 @@ if __name__ == "__main__":
         import uvloop
 
         uvloop.install()
+    if "--self-hosted" in sys.argv:
+        from watchllm.testing.servers import ensure_database
+
+        ensure_database("watchllm_bench")
     asyncio.run(main(args[0] if args else "hit", int(args[1]) if len(args) > 1 else 20000,
                      "--profile" in sys.argv, int(args[2]) if len(args) > 2 else 1))

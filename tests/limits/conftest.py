@@ -33,6 +33,25 @@ def redis_client(**kw: Any) -> Any:
                        db=REDIS_DB, socket_connect_timeout=0.5, socket_timeout=2, **kw)
 
 
+def lean_client() -> Any:
+    """The hot path's client: `RedisLimiter` sends through its `submit`, no task."""
+    from watchllm.env.selfhosted.resp import LeanRedis
+
+    return LeanRedis(f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}", size=2)
+
+
+def client_of(kind: str) -> Any:
+    return lean_client() if kind == "lean" else redis_client()
+
+
+async def close_client(client: Any) -> None:
+    await (client.aclose() if hasattr(client, "aclose") else client.close())
+
+
+# Both Redis clients the limiter is given: redis-py (tools) and the lean one (hot path).
+REDIS_KINDS = [pytest.param(k, marks=needs_redis) for k in ("redis", "lean")]
+
+
 class RedisCounters:
     """The smallest Redis `Counters` for these tests: `apply` is RedisLimiter's."""
 
@@ -47,15 +66,15 @@ class RedisCounters:
         raise NotImplementedError
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await close_client(self.client)
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=needs_redis)])
+@pytest.fixture(params=["memory", *REDIS_KINDS])
 async def counters(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     if request.param == "memory":
         yield MemoryCounters()
         return
-    c = RedisCounters(redis_client())
+    c = RedisCounters(client_of(request.param))
     yield c
     await c.close()
 

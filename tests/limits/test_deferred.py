@@ -64,13 +64,24 @@ def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         proc.wait(timeout=10)
 
 
-@pytest.fixture
-async def redis_counters(private_redis: int) -> AsyncIterator[Any]:
+@pytest.fixture(params=["redis", "lean"])
+async def redis_counters(private_redis: int,
+                         request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """On a private server, through redis-py and through the hot path's lean client;
+    `.admin` is a redis-py client to the same server (INFO and the like)."""
     import redis.asyncio as redis
 
-    counters = RedisCounters(redis.Redis(port=private_redis))
+    from watchllm.env.selfhosted.resp import LeanRedis
+
+    admin = redis.Redis(port=private_redis)
+    client = admin if request.param == "redis" else LeanRedis(
+        f"redis://127.0.0.1:{private_redis}/0", size=2)
+    counters = RedisCounters(client)
+    counters.admin = admin  # type: ignore[attr-defined]
     yield counters
     await counters.close()
+    if client is not admin:
+        await admin.aclose()
 
 
 class RemoteMemory:
@@ -132,7 +143,7 @@ async def test_one_redis_round_trip_per_request_with_tpm_and_budget(
     """rpm+tpm per key and project, a budget and a token quota: Redis counts exactly one
     EVALSHA per request (admit), settle's reconciliation included, and nothing else."""
     svc = LimitsService(redis_counters, Settings(), clock=Clock(), flush_interval_s=3600)
-    client = redis_counters.client
+    client = redis_counters.admin
     await svc.settle(await svc.admit(project, "k", 10, PLAN), 25, 0.001)  # script loaded
     await svc.flush()
     before = await _commandstats(client)

@@ -30,7 +30,7 @@ from watchllm.limits.ops import (
 )
 from watchllm.limits.redis import RedisLimiter
 
-from .conftest import needs_redis, redis_client
+from .conftest import REDIS_KINDS, client_of, close_client, redis_client
 
 NOW0 = 1_790_000_000_000
 
@@ -62,11 +62,11 @@ def trace(seed: int, steps: int) -> list[tuple[int, int]]:
 async def _limiter(kind: str) -> tuple[Any, Any]:
     if kind == "memory":
         return MemoryLimiter(), None
-    client = redis_client()
+    client = client_of(kind)
     return RedisLimiter(client), client
 
 
-@pytest.mark.parametrize("kind", ["memory", pytest.param("redis", marks=needs_redis)])
+@pytest.mark.parametrize("kind", ["memory", *REDIS_KINDS])
 @pytest.mark.parametrize(("limit", "window_ms"), [(7, 60_000), (60, 60_000), (3, 1_000),
                                                   (1000, 60_000), (13, 7_001)])
 async def test_gcra_matches_exact_leaky_bucket(kind: str, limit: int, window_ms: int) -> None:
@@ -82,7 +82,7 @@ async def test_gcra_matches_exact_leaky_bucket(kind: str, limit: int, window_ms:
         admitted += ok
     assert 0 < admitted < 1500
     if client is not None:
-        await client.aclose()
+        await close_client(client)
 
 
 async def test_burst_then_steady_rate_bound() -> None:
@@ -98,11 +98,11 @@ async def test_burst_then_steady_rate_bound() -> None:
             assert inside <= limit + d * limit // window
 
 
-@needs_redis
-async def test_lua_port_matches_python_on_random_batches() -> None:
+@pytest.mark.parametrize("kind", REDIS_KINDS)
+async def test_lua_port_matches_python_on_random_batches(kind: str) -> None:
     """Every kind and mode, several ops per batch, all-or-nothing writes (ADJUST: at once,
     kept when denied), same results."""
-    client = redis_client()
+    client = client_of(kind)
     red, mem = RedisLimiter(client), MemoryLimiter()
     rng = random.Random(7)
     tag = "{t" + secrets.token_hex(6) + "}"  # fresh keys: earlier runs left state in Redis
@@ -126,7 +126,7 @@ async def test_lua_port_matches_python_on_random_batches() -> None:
             cost = rng.randint(-3, 8) if mode in (FORCE, ADJUST) else rng.randint(0, 4)
             ops.append(Op(kind, key, limit, window, cost, mode, str(rng.randint(0, 3))))
         assert await red.apply(ops, now) == await mem.apply(ops, now), ops
-    await client.aclose()
+    await close_client(client)
 
 
 def _random_ops(rng: random.Random, tag: str, now: int) -> list[Op]:
@@ -148,21 +148,31 @@ def _random_ops(rng: random.Random, tag: str, now: int) -> list[Op]:
     return ops
 
 
-@needs_redis
-async def test_one_script_call_per_tick_matches_python() -> None:
+def _count_scripts(client: Any) -> list[int]:
+    """Counts the EVALSHA commands `client` is asked to send, on any of its entry points
+    (the lean client's `submit`/`execute`, redis-py's `execute_command`)."""
+    count = [0]
+    for name in ("submit", "execute", "execute_command"):
+        method = getattr(client, name, None)
+        if method is None:
+            continue
+
+        def counted(*args: Any, _method: Any = method, **kw: Any) -> Any:
+            sent = _method(*args, **kw)
+            count[0] += "EVALSHA" in args[:2] and sent is not None  # submit: None = not sent
+            return sent
+
+        setattr(client, name, counted)
+    return count
+
+
+@pytest.mark.parametrize("kind", REDIS_KINDS)
+async def test_one_script_call_per_tick_matches_python(kind: str) -> None:
     """The batches of one loop tick go to Redis in one EVALSHA; each is decided exactly as
     on its own, in call order (Python applies them one by one), each with its own clock."""
-    client = redis_client()
+    client = client_of(kind)
+    calls = _count_scripts(client)
     red, mem = RedisLimiter(client), MemoryLimiter()
-    calls = 0
-    call = red._call
-
-    async def counted(batches: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        return await call(batches)
-
-    red._call = counted  # type: ignore[method-assign]
     rng = random.Random(11)
     tag = "{t" + secrets.token_hex(6) + "}"
     now, sent = NOW0, 0
@@ -174,8 +184,41 @@ async def test_one_script_call_per_tick_matches_python() -> None:
         for (ops, t), outcome in zip(tick, got, strict=True):
             assert outcome == await mem.apply(ops, t), ops
         sent += len(tick)
-    assert calls == 300 < sent
-    await client.aclose()
+    assert calls[0] == 300 < sent
+    await close_client(client)
+
+
+@pytest.mark.parametrize("kind", REDIS_KINDS)
+async def test_a_request_cancelled_before_the_send_is_not_counted(kind: str) -> None:
+    client = client_of(kind)
+    red = RedisLimiter(client)
+    key = "wl:{t" + secrets.token_hex(6) + "}:rpm"
+    first = asyncio.ensure_future(red.apply([Op(RATE, key, 10, 60_000)], NOW0))
+    second = asyncio.ensure_future(red.apply([Op(RATE, key, 10, 60_000)], NOW0))
+    await asyncio.sleep(0)  # both have joined this tick; the send runs at its end
+    second.cancel()
+    assert (await first).results[0].remaining == 9
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    peek = await red.apply([Op(RATE, key, 10, 60_000, 0, PEEK)], NOW0)
+    assert peek.results[0].remaining == 9  # one counted, not two
+    await close_client(client)
+
+
+@pytest.mark.parametrize("kind", REDIS_KINDS)
+async def test_script_flushed_from_redis_is_loaded_again(kind: str) -> None:
+    """After a Redis restart or failover the script cache is empty: the next tick loads it
+    (once) and every request of the tick still gets its own answer."""
+    client, admin = client_of(kind), redis_client()
+    red = RedisLimiter(client)
+    key = "wl:{t" + secrets.token_hex(6) + "}:rpm"
+    assert (await red.apply([Op(RATE, key, 10, 60_000)], NOW0)).allowed
+    await admin.script_flush()
+    got = await asyncio.gather(*(red.apply([Op(RATE, key, 10, 60_000)], NOW0)
+                                 for _ in range(3)))
+    assert sorted(o.results[0].remaining for o in got) == [6, 7, 8]
+    await close_client(client)
+    await admin.aclose()
 
 
 def test_adjust_writes_what_apply_writes() -> None:
@@ -207,7 +250,7 @@ async def test_plan_change_keeps_what_was_used() -> None:
     assert not lowered.allowed and lowered.results[0].retry_ms == 90_000  # 3 cells at 30 s
 
 
-@pytest.mark.parametrize("kind", ["memory", pytest.param("redis", marks=needs_redis)])
+@pytest.mark.parametrize("kind", ["memory", *REDIS_KINDS])
 async def test_adjust_is_applied_first_and_kept_when_denied(kind: str) -> None:
     """ADJUST (settle's deferred delta) is written before the checks after it read the
     key, and survives a denied batch: the next admit carries it whatever its own fate."""
@@ -230,4 +273,4 @@ async def test_adjust_is_applied_first_and_kept_when_denied(kind: str) -> None:
                                Op(RATE, tpm, 100, 60_000, 65)], NOW0)
     assert out.allowed and out.results[1].remaining == 5
     if client is not None:
-        await client.aclose()
+        await close_client(client)

@@ -213,44 +213,75 @@ class RedisLimiter:
 
     The batches of one event-loop tick go to Redis as ONE EVALSHA (still one round trip
     per request, each batch exact and all-or-nothing on its own): the first request of a
-    tick yields once, takes the batches that joined meanwhile and makes one script call
-    (one reply to parse, one timer, one task) for all; alone, it just makes its own. `client` is
-    anything with `async execute(*args)`: the hot path uses the lean pipelined client
-    (`watchllm.env.selfhosted.resp.LeanRedis`, ~10 µs CPU per call against redis-py's
-    ~95 µs); a redis-py client is wrapped.
+    tick schedules the send for the end of the tick, and every request just awaits its
+    future — one suspension per request, and per tick one write, one timer, one reply to
+    parse. `client` is anything with `async execute(*args)`; the hot path uses the lean
+    pipelined client (`watchllm.env.selfhosted.resp.LeanRedis`, ~10 µs CPU per call
+    against redis-py's ~95 µs), whose `submit` sends without a coroutine. A redis-py
+    client is wrapped, and goes through a task per tick.
     """
 
     def __init__(self, client: Any, timeout_s: float = 1.0, prefix: str = "") -> None:
         self.client = client if hasattr(client, "execute") else _RedisPy(client)
+        self._submit = getattr(self.client, "submit", None)
         self.timeout_s = timeout_s  # settings.limits_timeout_s: slower counts as unavailable
         self.prefix = prefix  # prepended to every key (an adapter's namespace), for free
-        # Per hash tag (one script may touch one Redis Cluster slot): the requests that
-        # joined this tick's leader, each with its future.
+        # Per hash tag (one script may touch one Redis Cluster slot): the requests of
+        # this tick, each with its future.
         self._open: dict[str, list[_Joined]] = {}
         self._sending: set[asyncio.Task[None]] = set()
 
     async def apply(self, ops: Sequence[Op], now_ms: int | None = None) -> Outcome:
         tag = ops[0].key.partition("}")[0] if ops else ""  # "wl:{project"
+        loop = asyncio.get_running_loop()
         joined = self._open.get(tag)
-        if joined is not None:  # another request of this tick leads: ride along
-            waiter: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-            joined.append((ops, now_ms, waiter))
-            return await waiter
-        joined = self._open[tag] = []
-        try:
-            await asyncio.sleep(0)  # one loop iteration: this tick's other requests join
-        except BaseException:  # cancelled: the others still go
-            del self._open[tag]
-            if joined:
-                self._spawn(joined)
-            raise
-        del self._open[tag]
-        if not joined:  # alone: no task, no future
-            return (await self._call([(ops, now_ms)]))[0]
-        # A task makes the call, so a cancelled caller cancels only its own future.
-        mine: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._spawn([(ops, now_ms, mine), *joined])
-        return await mine
+        if joined is None:
+            joined = self._open[tag] = []
+            loop.call_soon(self._send_tick, tag)
+        waiter: asyncio.Future[Outcome] = loop.create_future()
+        joined.append((ops, now_ms, waiter))
+        return await waiter
+
+    def _send_tick(self, tag: str) -> None:
+        # A caller cancelled before the send is left out: it was never counted.
+        entries = [e for e in self._open.pop(tag) if not e[2].done()]
+        if not entries:
+            return
+        batches = [(ops, now_ms) for ops, now_ms, _ in entries]
+        reply = None
+        if self._submit is not None:
+            keys, args = encode(batches, self.prefix)
+            reply = self._submit(self.timeout_s, "EVALSHA", SHA, len(keys), *keys, *args)
+        if reply is None:  # no connection yet, NOSCRIPT handling, or redis-py: a task
+            self._spawn(entries)
+            return
+        reply.add_done_callback(lambda r: self._deliver(entries, batches, r))
+
+    def _deliver(self, entries: list[_Joined], batches: list[Batch],
+                 reply: asyncio.Future[Any]) -> None:
+        exc = reply.exception()
+        if exc is None:
+            raw = reply.result()
+            if isinstance(raw, Exception):
+                if _noscript(raw):  # first call after a Redis restart: the task loads it
+                    self._spawn(entries)
+                    return
+                exc = raw
+            else:
+                try:
+                    outcomes = decode(raw, batches)
+                except Exception as bad:  # never leave a caller waiting
+                    exc = bad
+                else:
+                    for (*_, waiter), outcome in zip(entries, outcomes, strict=True):
+                        if not waiter.done():
+                            waiter.set_result(outcome)
+                    return
+        elif isinstance(exc, (TimeoutError, OSError)):  # lost connection, no answer in time
+            exc = CountersUnavailable(f"redis: {exc!r}")
+        for *_, waiter in entries:
+            if not waiter.done():
+                waiter.set_exception(exc)
 
     def _spawn(self, entries: list[_Joined]) -> None:
         task = asyncio.get_running_loop().create_task(self._send(entries))
@@ -280,9 +311,7 @@ class RedisLimiter:
                 try:
                     raw = await self.client.execute("EVALSHA", SHA, len(keys), *keys, *args)
                 except Exception as exc:
-                    # redis-py raises NoScriptError without the NOSCRIPT prefix; the lean
-                    # client keeps Redis's message.
-                    if "NOSCRIPT" not in str(exc) and "No matching script" not in str(exc):
+                    if not _noscript(exc):
                         raise
                     # First call after a Redis restart or failover: load it, once.
                     await self.client.execute("SCRIPT", "LOAD", LUA)
@@ -290,3 +319,9 @@ class RedisLimiter:
         except (rexc.ConnectionError, rexc.TimeoutError, OSError, TimeoutError) as exc:
             raise CountersUnavailable(f"redis: {exc!r}") from exc
         return decode(raw, batches)
+
+
+def _noscript(exc: Exception) -> bool:
+    # redis-py raises NoScriptError without the NOSCRIPT prefix; the lean client keeps
+    # Redis's message.
+    return "NOSCRIPT" in str(exc) or "No matching script" in str(exc)

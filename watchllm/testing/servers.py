@@ -84,3 +84,20 @@ def start_gateway(data_dir: Path, env: Mapping[str, str], cpu: int | None = None
             "WATCHLLM_WORKERS": str(workers), **env}
     return start(["-m", "watchllm.entrypoints.cli", "serve"], full, port,
                  data_dir / f"gateway-{port}.log", "/health", cpu)
+
+
+def ensure_database(name: str, dsn: str = "postgresql://postgres@127.0.0.1:5432") -> None:
+    """Create a PostgreSQL database for a bench if it does not exist (fresh machines)."""
+    import asyncio
+
+    import asyncpg
+
+    async def create() -> None:
+        conn = await asyncpg.connect(f"{dsn}/postgres")
+        try:
+            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+                await conn.execute(f"CREATE DATABASE {name}")
+        finally:
+            await conn.close()
+
+    asyncio.run(create())

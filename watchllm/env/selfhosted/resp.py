@@ -85,6 +85,8 @@ class _Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
+        if not pending:  # written early by `LeanRedis.submit`
+            return
         if self.closed or self.transport is None or self.transport.is_closing():
             self.connection_lost(None)  # fails every waiter still queued
             return
@@ -156,6 +158,23 @@ class LeanRedis:
                 self._connecting.pop(i, None)
         self._conns[i] = self._last = conn
         return conn
+
+    def submit(self, timeout_s: float, *args: Any) -> asyncio.Future[Any] | None:
+        """Write one command now, without a coroutine: the future of its reply (an error
+        reply is a `RespError` result, a lost connection or timeout its exception). None
+        when no connection is ready yet: then use `execute`, which connects. For callers
+        that batch a loop tick themselves (`RedisLimiter`)."""
+        last = self._last
+        conn = last if last is not None and last.filling else self._conns[next(self._next)]
+        if conn is None or conn.closed:  # that slot is not connected: any that is
+            conn = next((c for c in self._conns if c is not None and not c.closed), None)
+            if conn is None:
+                return None
+        waiter = conn.send(_pack(args))
+        conn._flush()  # with whatever else this tick queued on it, in order
+        timer = asyncio.get_running_loop().call_later(timeout_s, conn.expire, waiter)
+        waiter.add_done_callback(lambda _: timer.cancel())
+        return waiter
 
     async def execute(self, *args: Any) -> Any:
         conn = await self._connection()
