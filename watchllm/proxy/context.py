@@ -43,8 +43,6 @@ class ProxyContext:
     prompt: str = ""
     response: str = ""
     user: str = ""
-    tags: list[str] = field(default_factory=list)
-    metadata: dict[str, str] = field(default_factory=dict)
     admission: Admission | None = None
     limit_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     # A replayed request's event, minus the per-request fields (see proxy/hot.py).
@@ -54,6 +52,11 @@ class ProxyContext:
         return (time.perf_counter() - self.started) * 1000
 
     def event(self) -> dict[str, Any]:
+        """The request's event. Every value is a str, number, bool or None, so CPython
+        never tracks the dict for the cyclic collector: events queued for a batch cost
+        the collector nothing (a list here, e.g. empty `tags`, made every queued event
+        part of each collection: 20k of them, pauses of 6-20 ms, in the p99 of hits).
+        `tags` and `metadata` are left out; the encoder writes them empty."""
         if self.template is not None and self.status == 200:
             event = self.template.copy()
             event["event_id"] = event["request_id"] = self.request_id
@@ -69,7 +72,6 @@ class ProxyContext:
             "project_id": self.project_id,
             "timestamp": self.wall_ms,
             "user_id": self.user,
-            "tags": self.tags,
             "client_hostname": _HOST,
             "client_sdk_version": "gateway",
             "client_platform": "watchllm-gateway",
@@ -92,5 +94,4 @@ class ProxyContext:
             "key_id": self.key_id,
             "error_type": self.error_type,
             "error_message": self.error_message[:2000],
-            "metadata": self.metadata,
         }
