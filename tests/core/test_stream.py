@@ -97,3 +97,39 @@ def test_the_last_usage_wins_and_odd_counts_are_zero(rust: ModuleType, twin: Mod
            b'"input_tokens_details":{"cached_tokens":-1}}}\n\n')
     for impl in (rust, twin):
         assert impl.stream_usage(raw) == ((0, 2, 0), "")
+
+
+MESSAGE = st.fixed_dictionaries({}, optional={
+    "role": st.just("assistant"), "content": maybe(st.text(max_size=12)),
+    "tool_calls": maybe(st.lists(maybe(CALL), max_size=2))})
+RESPONSE = st.fixed_dictionaries({"id": st.just("r1")}, optional={
+    "choices": maybe(st.lists(maybe(st.fixed_dictionaries(
+        {"index": st.integers(0, 2)}, optional={"message": maybe(MESSAGE),
+                                                "text": maybe(st.text(max_size=5))})),
+        max_size=3)),
+    "usage": maybe(USAGE)})
+
+
+@settings(max_examples=800, deadline=None)
+@given(RESPONSE)
+def test_a_complete_response_is_read_by_the_streams_rule(rust: ModuleType,
+                                                         doc: dict[str, Any]) -> None:
+    """Non-streamed responses (events/usage.py) read usage and text by the same rule as
+    streams: the same document sent as one stream chunk (message as delta) gives the same
+    counts and text, and a malformed upstream body never raises."""
+    from watchllm.events.usage import Usage, from_body
+
+    usage, text, _ = from_body("chat/completions", orjson.dumps(doc))
+    chunk = dict(doc)
+    if isinstance(doc.get("choices"), list):
+        chunk["choices"] = [{**c, "delta": c.pop("message")} if isinstance(c, dict)
+                            and "message" in c else c for c in map(_copy, doc["choices"])]
+    reported, streamed_text = rust.stream_usage(b"data: " + orjson.dumps(chunk) + b"\n\n")
+    assert (usage.prompt, usage.completion, usage.cached) == (reported or (0, 0, 0))
+    assert text == streamed_text
+    assert isinstance(usage, Usage)
+    from_body("completions", orjson.dumps(doc))  # never raises either
+
+
+def _copy(v: Any) -> Any:
+    return dict(v) if isinstance(v, dict) else v

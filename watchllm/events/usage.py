@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from watchllm import core
+from watchllm.events.usage_counts import usage_counts
 
 
 @dataclass(slots=True)
@@ -26,13 +27,10 @@ class Usage:
 
 
 def _from_usage(u: Any) -> Usage | None:
+    """The provider's usage object read by the streams' rule (`usage_counts`)."""
     if not isinstance(u, dict):
         return None
-    prompt = u.get("prompt_tokens", u.get("input_tokens", 0)) or 0
-    completion = u.get("completion_tokens", u.get("output_tokens", 0)) or 0
-    details = u.get("prompt_tokens_details") or u.get("input_tokens_details") or {}
-    cached = details.get("cached_tokens", 0) if isinstance(details, dict) else 0
-    return Usage(int(prompt), int(completion), int(cached or 0))
+    return Usage(*usage_counts(u))
 
 
 def from_usage_doc(u: Any) -> Usage:
@@ -40,17 +38,31 @@ def from_usage_doc(u: Any) -> Usage:
 
 
 def response_text(endpoint: str, doc: dict[str, Any]) -> str:
-    if endpoint == "chat/completions":
-        parts = []
-        for choice in doc.get("choices") or []:
-            msg = choice.get("message") or {}
-            parts.append(msg.get("content") or "")
-            parts += [(c.get("function") or {}).get("arguments", "")
-                      for c in msg.get("tool_calls") or []]
-        return "".join(parts)
-    if endpoint == "completions":
-        return "".join(c.get("text", "") for c in doc.get("choices") or [])
-    return ""
+    """The generated text of a complete response; parts of the wrong type are skipped,
+    as in streams (`stream.rs`): a malformed upstream body never raises here."""
+    choices = doc.get("choices")
+    if endpoint not in ("chat/completions", "completions") or not isinstance(choices, list):
+        return ""
+    parts: list[str] = []
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        if endpoint == "completions":
+            if isinstance(text := choice.get("text"), str):
+                parts.append(text)
+            continue
+        msg = choice.get("message")
+        if not isinstance(msg, dict):
+            continue
+        if isinstance(content := msg.get("content"), str):
+            parts.append(content)
+        calls = msg.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            function = call.get("function") if isinstance(call, dict) else None
+            args = function.get("arguments") if isinstance(function, dict) else None
+            if isinstance(args, str):
+                parts.append(args)
+    return "".join(parts)
 
 
 def from_body(endpoint: str, body: bytes) -> tuple[Usage, str, dict[str, Any] | None]:
