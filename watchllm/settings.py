@@ -45,8 +45,11 @@ class Settings:
     interface: Literal["rsgi", "asgi"] = "rsgi"
     # Run the server's threads under SCHED_BATCH (Linux): a woken thread does not preempt
     # the running one, so granian's I/O thread and the Python thread switch far less
-    # often (watchllm/entrypoints/scheduling.py).
+    # often (watchllm/scheduling.py).
     sched_batch: bool = True
+    # Run the in-process ClickHouse engine (chDB) under SCHED_IDLE: its inserts and merges
+    # yield to requests at once on a busy core (watchllm/scheduling.py).
+    chdb_idle: bool = True
     database_url: str = ""  # default: sqlite in data_dir
     redis_url: str = ""
     clickhouse_url: str = ""  # default: chdb in data_dir (embedded), empty = analytics off
@@ -265,6 +268,7 @@ def load_settings(
         workers=r.integer("WATCHLLM_WORKERS", 1, minimum=1),
         interface=interface,  # type: ignore[arg-type]
         sched_batch=r.flag("WATCHLLM_SCHED_BATCH", True),
+        chdb_idle=r.flag("WATCHLLM_CHDB_IDLE", True),
         database_url=r.text("WATCHLLM_DATABASE_URL"),
         redis_url=r.text("WATCHLLM_REDIS_URL"),
         clickhouse_url=r.text("WATCHLLM_CLICKHOUSE_URL"),

@@ -3,7 +3,7 @@
     python bench/load/ceiling.py PORT [--sched-batch]
 
 `--sched-batch` runs it under SCHED_BATCH as `watchllm serve` runs the gateway
-(watchllm/entrypoints/scheduling.py), for a like-for-like ceiling.
+(watchllm/scheduling.py), for a like-for-like ceiling.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ if __name__ == "__main__":
     sys.path.insert(0, __file__.rsplit("/", 1)[0])
     if "--sched-batch" in sys.argv:
         sys.path.insert(0, __file__.rsplit("/", 3)[0])
-        from watchllm.entrypoints.scheduling import batch_scheduling
+        from watchllm.scheduling import batch_scheduling
 
         batch_scheduling()
     Granian("ceiling:app", address="127.0.0.1", port=int(sys.argv[1]), interface=Interfaces.ASGI,

@@ -67,13 +67,27 @@ def test_small_sse_writes_are_not_delayed(gateway: Server, api_key: str,
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux only")
-def test_served_worker_threads_run_under_sched_batch(gateway: Server) -> None:
-    """`watchllm serve` sets SCHED_BATCH before granian forks (entrypoints/scheduling.py):
-    every thread of every worker has it."""
+def test_served_worker_threads_run_under_sched_batch(gateway: Server, api_key: str) -> None:
+    """`watchllm serve` sets SCHED_BATCH before granian forks (scheduling.py): every
+    thread of every worker has it, except the embedded ClickHouse engine's (chDB), which
+    run under SCHED_IDLE so that inserts and merges yield to requests at once."""
+    r = httpx.post(gateway.url + "/v1/chat/completions", timeout=30,
+                   headers={"authorization": f"Bearer {api_key}"},
+                   json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "t"}]})
+    assert r.status_code == 200  # an event to insert: the engine's insert pools exist
     workers = subprocess.run(["pgrep", "-P", str(gateway.proc.pid)], capture_output=True,
                              text=True).stdout.split()
     assert workers
     for pid in workers:
-        tids = os.listdir(f"/proc/{pid}/task")
-        assert len(tids) > 1  # the Python thread and granian's
-        assert {os.sched_getscheduler(int(t)) for t in tids} == {os.SCHED_BATCH}
+        policies: dict[str, set[int]] = {}
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                # Threads Python or granian start keep the interpreter's name.
+                name = "python" if f.read().startswith("python") else "engine"
+            policies.setdefault(name, set()).add(os.sched_getscheduler(int(tid)))
+        assert os.sched_getscheduler(int(pid)) == os.SCHED_BATCH  # the app's loop thread
+        # The engine's named threads (BgSchPool, MergeMutate, ThreadPool, ...) are idle;
+        # Python's and granian's are batch (our two analytics threads, idle, are the
+        # only other ones).
+        assert policies["engine"] == {os.SCHED_IDLE}, policies
+        assert policies["python"] == {os.SCHED_BATCH, os.SCHED_IDLE}, policies

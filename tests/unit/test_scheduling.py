@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux on
 
 CHILD = """
 import os, threading
-from watchllm.entrypoints.scheduling import batch_scheduling
+from watchllm.scheduling import batch_scheduling
 assert os.sched_getscheduler(0) == os.SCHED_OTHER
 assert batch_scheduling()
 seen = []
@@ -38,3 +38,5 @@ def test_the_setting_defaults_on_and_can_be_turned_off() -> None:
 
     assert load_settings({}, None).sched_batch is True
     assert load_settings({"WATCHLLM_SCHED_BATCH": "false"}, None).sched_batch is False
+    assert load_settings({}, None).chdb_idle is True
+    assert load_settings({"WATCHLLM_CHDB_IDLE": "0"}, None).chdb_idle is False

@@ -6,7 +6,7 @@ import logging
 import os
 import shutil
 
-from watchllm.entrypoints.scheduling import batch_scheduling
+from watchllm.scheduling import batch_scheduling
 from watchllm.settings import Settings
 
 log = logging.getLogger("watchllm")

@@ -36,7 +36,7 @@ ENCODE_CHUNK = 250  # rows per encoder call (bounds how long it holds the GIL)
 
 # Batches are built and encoded on a helper thread that shares its core with request
 # handling. A request thread that wants the GIL would wait a whole switch interval (5 ms),
-# and under SCHED_BATCH (entrypoints/scheduling.py) a woken one waits for the running
+# and under SCHED_BATCH (scheduling.py) a woken one waits for the running
 # thread's time slice. So every ENCODE_CHUNK rows the helper steps aside: sched_yield
 # releases the GIL and lets a runnable request thread go first (p99 in performance.md).
 _step_aside: Callable[[], None] = getattr(os, "sched_yield", lambda: None)

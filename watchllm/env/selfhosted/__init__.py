@@ -33,7 +33,7 @@ async def build_pipeline(
     """The event pipeline into ClickHouse at `url` (or the in-memory queue when "off")."""
     if url == "off":
         return MemoryEventQueue(settings.events_buffer), None
-    analytics = ClickHouseAnalytics(url)
+    analytics = ClickHouseAnalytics(url, engine_idle=settings.chdb_idle)
     try:
         await ensure_schema(analytics, settings.event_ttl_days)
     except (ConnectionError, ValueError) as e:

@@ -38,6 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 from watchllm.env.base import Row
 from watchllm.events.clickhouse_schema import file_source, input_source, insert_select
 from watchllm.events.schema import TABLES
+from watchllm.scheduling import background_priority
 
 T = TypeVar("T")
 # ClickHouse error codes that mean "this data is bad", not "the server is unwell".
@@ -129,14 +130,22 @@ class ClickHouseAnalytics:
     INSERT_SETTINGS: Mapping[str, Any] = {"optimize_on_insert": 0}
 
     def __init__(self, url: str, database: str | None = None,
-                 schema: Mapping[str, Sequence[tuple[str, str]]] = TABLES) -> None:
+                 schema: Mapping[str, Sequence[tuple[str, str]]] = TABLES,
+                 engine_idle: bool = False) -> None:
+        """`engine_idle`: run chDB (the engine in this process) under SCHED_IDLE, so its
+        inserts and merges never delay a request on a busy core (`WATCHLLM_CHDB_IDLE`,
+        watchllm/scheduling.py). The engine starts from these two threads,
+        so its own pools inherit the policy."""
         self.url = url
         self.database = database
         self.schema = schema  # tables inserted through input()/file() with plain types
         self._chdb = url.startswith("chdb://")
         self._spill: str | None = None  # chDB: the file the insert thread hands rows in
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="watchllm-ch-insert")
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix="watchllm-ch-query")
+        init = background_priority if engine_idle and self._chdb else None
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="watchllm-ch-insert",
+                                          initializer=init)
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="watchllm-ch-query",
+                                          initializer=init)
         self._clients: dict[str, Any] = {}  # one client per thread ("insert", "query")
 
     def _client(self, role: str) -> Any:
