@@ -21,8 +21,11 @@ OPS = [Op(RATE, "wl:{p}:rpm", 10, 60_000)]
 REPLY = f"1 -1 {NOW} 9 6000 0".encode()  # allowed, none denied, now, (remaining reset retry)
 
 
-@pytest.mark.parametrize("then", ["close", "hang"])
+@pytest.mark.parametrize("then", ["close", "hang", "readonly", "garbage"])
 async def test_redis_lost_after_the_send_fails_the_whole_tick(then: str) -> None:
+    """Lost, silent, or answering an error (a replica after failover): unavailable, so
+    the configured fail-open/closed choice applies. A reply that is not the script's:
+    every caller gets the error rather than waiting forever."""
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(65536)
         writer.write(b"$%d\r\n%s\r\n" % (len(REPLY), REPLY))
@@ -30,7 +33,12 @@ async def test_redis_lost_after_the_send_fails_the_whole_tick(then: str) -> None
         await reader.read(65536)  # the second tick's script call
         if then == "close":
             writer.close()
-        else:
+        elif then == "readonly":
+            writer.write(b"-READONLY You can't write against a read only replica.\r\n")
+        elif then == "garbage":
+            writer.write(b"$3\r\nabc\r\n")
+        if then != "close":
+            await writer.drain()
             await asyncio.sleep(10)
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
@@ -49,7 +57,8 @@ async def test_redis_lost_after_the_send_fails_the_whole_tick(then: str) -> None
     started = time.monotonic()
     got = await asyncio.gather(*(limiter.apply(OPS, NOW) for _ in range(3)),
                                return_exceptions=True)
-    assert all(isinstance(g, CountersUnavailable) for g in got), got
+    expected = ValueError if then == "garbage" else CountersUnavailable
+    assert all(isinstance(g, expected) for g in got), got
     assert time.monotonic() - started < 2
     assert submitted[-1] is not None  # the second tick went out without a task
     await client.close()

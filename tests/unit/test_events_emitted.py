@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,8 @@ async def test_remembered_hits_emit_the_same_event_as_full_hits(
     assert _events(gw)[-1]["cache_status"] == "MISS" and len(gw.hot) == 0
 
 
+@pytest.mark.skipif(sys.version_info >= (3, 14), reason="CPython 3.14 tracks every dict "
+                    "(python/cpython#127010): the optimisation does not apply there")
 async def test_events_stay_out_of_the_cyclic_collector(app: tuple[Gateway, str]) -> None:
     """Events wait in memory for their batch (thousands at a time). Holding only str,
     numbers and None, CPython never tracks them for the cyclic collector, so they do not

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from watchllm.env.base import CountersUnavailable
+from watchllm.env.selfhosted.resp import RespError
 from watchllm.limits.ops import Op, OpResult, Outcome
 
 # One EVALSHA carries every batch of one event-loop tick (`RedisLimiter` collects them).
@@ -247,41 +248,39 @@ class RedisLimiter:
         entries = [e for e in self._open.pop(tag) if not e[2].done()]
         if not entries:
             return
-        batches = [(ops, now_ms) for ops, now_ms, _ in entries]
-        reply = None
-        if self._submit is not None:
-            keys, args = encode(batches, self.prefix)
-            reply = self._submit(self.timeout_s, "EVALSHA", SHA, len(keys), *keys, *args)
-        if reply is None:  # no connection yet, NOSCRIPT handling, or redis-py: a task
-            self._spawn(entries)
-            return
-        reply.add_done_callback(lambda r: self._deliver(entries, batches, r))
+        try:
+            batches = [(ops, now_ms) for ops, now_ms, _ in entries]
+            reply = None
+            if self._submit is not None:
+                keys, args = encode(batches, self.prefix)
+                reply = self._submit(self.timeout_s, "EVALSHA", SHA, len(keys), *keys, *args)
+            if reply is None:  # no connection yet, or redis-py: a task sends it
+                self._spawn(entries)
+                return
+            reply.add_done_callback(lambda r: self._deliver(entries, batches, r))
+        except BaseException as exc:  # a loop callback: its callers would wait forever
+            _fail(entries, exc)
+            if not isinstance(exc, Exception):
+                raise
 
     def _deliver(self, entries: list[_Joined], batches: list[Batch],
                  reply: asyncio.Future[Any]) -> None:
-        exc = reply.exception()
-        if exc is None:
-            raw = reply.result()
+        try:
+            raw = reply.result()  # raises: connection lost, no answer in time, cancelled
             if isinstance(raw, Exception):
                 if _noscript(raw):  # first call after a Redis restart: the task loads it
-                    self._spawn(entries)
+                    self._spawn([e for e in entries if not e[2].done()])
                     return
-                exc = raw
-            else:
-                try:
-                    outcomes = decode(raw, batches)
-                except Exception as bad:  # never leave a caller waiting
-                    exc = bad
-                else:
-                    for (*_, waiter), outcome in zip(entries, outcomes, strict=True):
-                        if not waiter.done():
-                            waiter.set_result(outcome)
-                    return
-        elif isinstance(exc, (TimeoutError, OSError)):  # lost connection, no answer in time
-            exc = CountersUnavailable(f"redis: {exc!r}")
-        for *_, waiter in entries:
+                raise raw
+            outcomes = decode(raw, batches)
+        except BaseException as exc:  # never leave a caller waiting
+            _fail(entries, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (*_, waiter), outcome in zip(entries, outcomes, strict=True):
             if not waiter.done():
-                waiter.set_exception(exc)
+                waiter.set_result(outcome)
 
     def _spawn(self, entries: list[_Joined]) -> None:
         task = asyncio.get_running_loop().create_task(self._send(entries))
@@ -292,9 +291,7 @@ class RedisLimiter:
         try:
             outcomes = await self._call([(ops, now_ms) for ops, now_ms, _ in entries])
         except BaseException as exc:  # every request of the tick gets the failure
-            for *_, waiter in entries:
-                if not waiter.done():
-                    waiter.set_exception(exc)
+            _fail(entries, exc)
             if not isinstance(exc, Exception):
                 raise
             return
@@ -325,3 +322,15 @@ def _noscript(exc: Exception) -> bool:
     # redis-py raises NoScriptError without the NOSCRIPT prefix; the lean client keeps
     # Redis's message.
     return "NOSCRIPT" in str(exc) or "No matching script" in str(exc)
+
+
+def _fail(entries: list[_Joined], exc: BaseException) -> None:
+    """Every caller of a tick still waiting gets the failure. Redis unreachable or not
+    answering in time, and error replies (READONLY after a failover, LOADING, OOM, BUSY)
+    become `CountersUnavailable`, so the configured fail-open/closed choice applies."""
+    if isinstance(exc, (TimeoutError, OSError, RespError)) or (
+            type(exc).__module__.startswith("redis") and isinstance(exc, Exception)):
+        exc = CountersUnavailable(f"redis: {exc!r}")
+    for *_, waiter in entries:
+        if not waiter.done():
+            waiter.set_exception(exc)
