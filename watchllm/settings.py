@@ -47,9 +47,10 @@ class Settings:
     # the running one, so granian's I/O thread and the Python thread switch far less
     # often (watchllm/scheduling.py).
     sched_batch: bool = True
-    # Run the in-process ClickHouse engine (chDB) under SCHED_IDLE: its inserts and merges
-    # yield to requests at once on a busy core (watchllm/scheduling.py).
-    chdb_idle: bool = True
+    # Run event shipping under SCHED_IDLE: the pipeline's encoder, the ClickHouse insert
+    # and query threads and the in-process engine (chDB) yield to requests at once on a
+    # busy core (watchllm/scheduling.py). Events are durable in the spool before that.
+    analytics_idle: bool = True
     database_url: str = ""  # default: sqlite in data_dir
     redis_url: str = ""
     clickhouse_url: str = ""  # default: chdb in data_dir (embedded), empty = analytics off
@@ -268,7 +269,7 @@ def load_settings(
         workers=r.integer("WATCHLLM_WORKERS", 1, minimum=1),
         interface=interface,  # type: ignore[arg-type]
         sched_batch=r.flag("WATCHLLM_SCHED_BATCH", True),
-        chdb_idle=r.flag("WATCHLLM_CHDB_IDLE", True),
+        analytics_idle=r.flag("WATCHLLM_ANALYTICS_IDLE", True),
         database_url=r.text("WATCHLLM_DATABASE_URL"),
         redis_url=r.text("WATCHLLM_REDIS_URL"),
         clickhouse_url=r.text("WATCHLLM_CLICKHOUSE_URL"),

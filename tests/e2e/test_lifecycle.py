@@ -86,8 +86,12 @@ def test_served_worker_threads_run_under_sched_batch(gateway: Server, api_key: s
             policies.setdefault(name, set()).add(os.sched_getscheduler(int(tid)))
         assert os.sched_getscheduler(int(pid)) == os.SCHED_BATCH  # the app's loop thread
         assert policies["engine"] == {os.SCHED_IDLE}, policies
-        # granian's and Python's (our two analytics threads are the idle ones).
+        # granian's and Python's: batch, but for the event shipping threads (the
+        # pipeline's encoder, the ClickHouse insert and query threads).
         assert policies["other"] == {os.SCHED_BATCH, os.SCHED_IDLE}, policies
+        idle = [t for t in os.listdir(f"/proc/{pid}/task")
+                if os.sched_getscheduler(int(t)) == os.SCHED_IDLE]
+        assert len(idle) >= 3 + 5, idle  # the three, and the engine's own
 
 
 # Names the ClickHouse engine (chDB 4.x) gives the threads it starts.

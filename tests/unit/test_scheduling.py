@@ -38,5 +38,5 @@ def test_the_setting_defaults_on_and_can_be_turned_off() -> None:
 
     assert load_settings({}, None).sched_batch is True
     assert load_settings({"WATCHLLM_SCHED_BATCH": "false"}, None).sched_batch is False
-    assert load_settings({}, None).chdb_idle is True
-    assert load_settings({"WATCHLLM_CHDB_IDLE": "0"}, None).chdb_idle is False
+    assert load_settings({}, None).analytics_idle is True
+    assert load_settings({"WATCHLLM_ANALYTICS_IDLE": "0"}, None).analytics_idle is False

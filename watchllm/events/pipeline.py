@@ -54,6 +54,7 @@ from watchllm.events.deadletter import DeadLetterFile, Item
 from watchllm.events.rows import route as default_route
 from watchllm.events.schema import TABLES
 from watchllm.events.spool import FsyncPolicy, Position, Spool, SpoolBusy, orphan_slots
+from watchllm.scheduling import background_priority
 
 __all__ = ["EventPipeline", "Metrics", "default_route", "dumps"]
 log = logging.getLogger("watchllm.events")
@@ -97,6 +98,7 @@ class EventPipeline:
         route: Callable[[Row], Sequence[str]] = default_route,
         tables: dict[str, tuple[tuple[str, str], ...]] = TABLES,
         adopt_every_s: float = 10.0,
+        idle: bool = False,
     ) -> None:
         self.sink = sink
         self.batch_size = batch_size
@@ -127,7 +129,10 @@ class EventPipeline:
         self._writer: threading.Thread | None = None
         self._shipper: asyncio.Task[None] | None = None
         self._hot = HotRecords(hot_bytes)  # records just spooled, still in memory
-        self._helper = ThreadPoolExecutor(1, thread_name_prefix="watchllm-events-encode")
+        # Batches are built and encoded from the spool (already durable): with `idle`, under
+        # SCHED_IDLE, so they never take the core from a request (watchllm/scheduling.py).
+        self._helper = ThreadPoolExecutor(1, thread_name_prefix="watchllm-events-encode",
+                                          initializer=background_priority if idle else None)
 
     # -- EventQueue ------------------------------------------------------------------
     def put(self, event: Row) -> None:

@@ -33,7 +33,7 @@ async def build_pipeline(
     """The event pipeline into ClickHouse at `url` (or the in-memory queue when "off")."""
     if url == "off":
         return MemoryEventQueue(settings.events_buffer), None
-    analytics = ClickHouseAnalytics(url, engine_idle=settings.chdb_idle)
+    analytics = ClickHouseAnalytics(url, idle=settings.analytics_idle)
     try:
         await ensure_schema(analytics, settings.event_ttl_days)
     except (ConnectionError, ValueError) as e:
@@ -46,6 +46,7 @@ async def build_pipeline(
         flush_ms=settings.events_flush_ms,
         max_bytes=settings.spool_max_bytes,
         buffer=settings.events_buffer,
+        idle=settings.analytics_idle,
     )
     await pipeline.start()
 

@@ -131,17 +131,17 @@ class ClickHouseAnalytics:
 
     def __init__(self, url: str, database: str | None = None,
                  schema: Mapping[str, Sequence[tuple[str, str]]] = TABLES,
-                 engine_idle: bool = False) -> None:
-        """`engine_idle`: run chDB (the engine in this process) under SCHED_IDLE, so its
-        inserts and merges never delay a request on a busy core (`WATCHLLM_CHDB_IDLE`,
-        watchllm/scheduling.py). The engine starts from these two threads,
-        so its own pools inherit the policy."""
+                 idle: bool = False) -> None:
+        """`idle`: run the insert and query threads under SCHED_IDLE, so inserts (and
+        with chDB, the engine in this process and its merges) never delay a request on a
+        busy core (`WATCHLLM_ANALYTICS_IDLE`, watchllm/scheduling.py). chDB starts from
+        these two threads, so its own pools inherit the policy."""
         self.url = url
         self.database = database
         self.schema = schema  # tables inserted through input()/file() with plain types
         self._chdb = url.startswith("chdb://")
         self._spill: str | None = None  # chDB: the file the insert thread hands rows in
-        init = background_priority if engine_idle and self._chdb else None
+        init = background_priority if idle else None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="watchllm-ch-insert",
                                           initializer=init)
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="watchllm-ch-query",
