@@ -6,7 +6,7 @@ The rule (framing, which values count, wrong types as absent) is stated in `stre
 
 from __future__ import annotations
 
-from watchllm.events.usage_counts import Counts, usage_counts
+from watchllm.events.usage_counts import Counts, message_parts, usage_counts
 from watchllm.proxy import sse
 
 Usage = Counts
@@ -23,14 +23,6 @@ def stream_usage(raw: bytes) -> tuple[Usage | None, str]:
         choices = chunk.get("choices")
         for choice in choices if isinstance(choices, list) else ():
             delta = choice.get("delta") if isinstance(choice, dict) else None
-            if not isinstance(delta, dict):
-                continue
-            if isinstance(content := delta.get("content"), str):
-                text.append(content)
-            calls = delta.get("tool_calls")
-            for call in calls if isinstance(calls, list) else ():
-                function = call.get("function") if isinstance(call, dict) else None
-                args = function.get("arguments") if isinstance(function, dict) else None
-                if isinstance(args, str):
-                    text.append(args)
+            if isinstance(delta, dict):
+                message_parts(delta, text)
     return usage, "".join(text)

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from watchllm import core
-from watchllm.events.usage_counts import usage_counts
+from watchllm.events.usage_counts import message_parts, usage_counts
 
 
 @dataclass(slots=True)
@@ -51,17 +51,8 @@ def response_text(endpoint: str, doc: dict[str, Any]) -> str:
             if isinstance(text := choice.get("text"), str):
                 parts.append(text)
             continue
-        msg = choice.get("message")
-        if not isinstance(msg, dict):
-            continue
-        if isinstance(content := msg.get("content"), str):
-            parts.append(content)
-        calls = msg.get("tool_calls")
-        for call in calls if isinstance(calls, list) else ():
-            function = call.get("function") if isinstance(call, dict) else None
-            args = function.get("arguments") if isinstance(function, dict) else None
-            if isinstance(args, str):
-                parts.append(args)
+        if isinstance(msg := choice.get("message"), dict):
+            message_parts(msg, parts)
     return "".join(parts)
 
 

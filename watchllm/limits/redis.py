@@ -278,9 +278,7 @@ class RedisLimiter:
             if not isinstance(exc, Exception):
                 raise
             return
-        for (*_, waiter), outcome in zip(entries, outcomes, strict=True):
-            if not waiter.done():
-                waiter.set_result(outcome)
+        _resolve(entries, outcomes)
 
     def _spawn(self, entries: list[_Joined]) -> None:
         task = asyncio.get_running_loop().create_task(self._send(entries))
@@ -295,9 +293,7 @@ class RedisLimiter:
             if not isinstance(exc, Exception):
                 raise
             return
-        for (*_, waiter), outcome in zip(entries, outcomes, strict=True):
-            if not waiter.done():
-                waiter.set_result(outcome)
+        _resolve(entries, outcomes)
 
     async def _call(self, batches: list[Batch]) -> list[Outcome]:
         from redis import exceptions as rexc
@@ -322,6 +318,12 @@ def _noscript(exc: Exception) -> bool:
     # redis-py raises NoScriptError without the NOSCRIPT prefix; the lean client keeps
     # Redis's message.
     return "NOSCRIPT" in str(exc) or "No matching script" in str(exc)
+
+
+def _resolve(entries: list[_Joined], outcomes: list[Outcome]) -> None:
+    for (*_, waiter), outcome in zip(entries, outcomes, strict=True):
+        if not waiter.done():  # a caller cancelled meanwhile
+            waiter.set_result(outcome)
 
 
 def _fail(entries: list[_Joined], exc: BaseException) -> None:
