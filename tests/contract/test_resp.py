@@ -81,6 +81,23 @@ async def test_a_slow_reply_times_out_and_never_answers_another_caller() -> None
         await r.close()
 
 
+async def test_a_shorter_caller_timeout_fails_only_that_caller() -> None:
+    """`submit` with a timeout below the client's (the limits timeout): that caller gets
+    TimeoutError, the shared connection stays, and its late reply answers nobody else."""
+    r = LeanRedis(URL, size=1, timeout_s=2.0)
+    try:
+        await r.execute("SET", "wl:resp:s", "mine")
+        conn = r._conns[0]
+        slow = r.submit(0.1, "BLPOP", "wl:resp:never", "0.5")  # blocks 0.5 s
+        assert slow is not None
+        with pytest.raises(TimeoutError):
+            await slow
+        assert await r.execute("GET", "wl:resp:s") == b"mine"  # after the late reply
+        assert r._conns[0] is conn and not conn.closed
+    finally:
+        await r.close()
+
+
 async def test_commands_of_one_tick_share_a_write() -> None:
     """Commands issued together go out in one write per connection, so Redis reads them in
     a handful of reads instead of one read per command (counted by the server itself)."""

@@ -91,7 +91,7 @@ async def build_env(settings: Settings) -> Env:
                             fast=fast)
         kv = rkv
         counters = RedisCounters(client, fail_mode=settings.redis_fail_mode, owns_client=False,
-                                 fast=fast)
+                                 fast=fast, timeout_s=settings.limits_timeout_s)
         if fast is not None:
             closers.append(fast.close)
         checks["redis"] = rkv.ping

@@ -190,7 +190,8 @@ class RedisCounters:
     """Atomic float counters with a TTL (rate limits, budgets)."""
 
     def __init__(self, client: Redis, prefix: str = "wl:ctr:", fail_mode: FailMode = "open",
-                 owns_client: bool = True, fast: LeanRedis | None = None) -> None:
+                 owns_client: bool = True, fast: LeanRedis | None = None,
+                 timeout_s: float = 1.0) -> None:
         self.client = client
         self.owns_client = owns_client
         self.prefix = prefix
@@ -199,7 +200,8 @@ class RedisCounters:
         self._incr = client.register_script(INCR_LUA)
         # The limiter is on every request's path: it uses the lean pipelined client when
         # one is given (`fast`), redis-py otherwise.
-        self._limiter = RedisLimiter(fast or client, prefix=prefix)
+        # timeout_s (WATCHLLM_LIMITS_TIMEOUT): a slower script call counts as Redis down.
+        self._limiter = RedisLimiter(fast or client, timeout_s=timeout_s, prefix=prefix)
 
     @property
     def degraded(self) -> bool:

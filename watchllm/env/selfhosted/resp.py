@@ -92,11 +92,13 @@ class _Connection(asyncio.Protocol):
             return
         self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
-    def expire(self, waiter: asyncio.Future[Any]) -> None:
-        """A reply took too long. Replies are matched to requests by order, so a late one
-        would answer the wrong caller: drop the connection, failing all in flight on it."""
+    def expire(self, waiter: asyncio.Future[Any], drop: bool = True) -> None:
+        """A reply took too long: its caller gets TimeoutError. With `drop`, and while the
+        reply has still not come, the connection is dropped too (failing all in flight on
+        it): replies come in order, so one that never comes holds up every later one."""
         if not waiter.done():
             waiter.set_exception(TimeoutError("redis did not answer in time"))
+        if drop and waiter in self.waiters:  # a late reply would pop it (and be ignored)
             self.close()
 
     def close(self) -> None:
@@ -172,8 +174,14 @@ class LeanRedis:
                 return None
         waiter = conn.send(_pack(args))
         conn._flush()  # with whatever else this tick queued on it, in order
-        timer = asyncio.get_running_loop().call_later(timeout_s, conn.expire, waiter)
+        loop = asyncio.get_running_loop()
+        # A caller's timeout shorter than the client's fails only that caller; the shared
+        # connection is dropped only once the client's own timeout has passed too.
+        drop = timeout_s >= self.timeout_s
+        timer = loop.call_later(timeout_s, conn.expire, waiter, drop)
         waiter.add_done_callback(lambda _: timer.cancel())
+        if not drop:
+            loop.call_later(self.timeout_s, conn.expire, waiter)
         return waiter
 
     async def execute(self, *args: Any) -> Any:
