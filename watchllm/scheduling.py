@@ -13,12 +13,13 @@ Unprivileged: any process may lower itself to SCHED_BATCH (nice values still app
 policy is inherited across fork and by new threads, so setting it on the serving process
 before granian starts its workers covers every thread they start.
 
-SCHED_IDLE for the in-process ClickHouse engine (chDB): its inserts and merges are
-background work on the gateway's own cores. Under SCHED_IDLE any other thread that wakes
-preempts them at once (under SCHED_BATCH a request woken while a 20 ms insert runs waits
-for the insert's time slice); they still get ~0.3% of a saturated core, and all of any
-idle one. Threads inherit the policy, so the engine's own pools started from these
-threads (merges, schedule pools) get it too.
+SCHED_IDLE for event shipping (`background_priority`, `WATCHLLM_ANALYTICS_IDLE`): the
+pipeline's encoder, the ClickHouse insert and query threads and, with chDB, the engine's
+inserts and merges are background work on the gateway's own cores. Under SCHED_IDLE any
+other thread that wakes preempts them at once (under SCHED_BATCH a request woken while a
+20 ms insert runs waits for the insert's time slice); they still get ~0.3% of a
+saturated core, and all of any idle one. Threads inherit the policy, so the engine's own
+pools started from these threads (merges, schedule pools) get it too.
 """
 
 from __future__ import annotations

@@ -309,8 +309,8 @@ class RedisLimiter:
                     # First call after a Redis restart or failover: load it, once.
                     await self.client.execute("SCRIPT", "LOAD", LUA)
                     raw = await self.client.execute("EVALSHA", SHA, len(keys), *keys, *args)
-        except (rexc.ConnectionError, rexc.TimeoutError, OSError, TimeoutError) as exc:
-            raise CountersUnavailable(f"redis: {exc!r}") from exc
+        except (rexc.RedisError, RespError, OSError, TimeoutError) as exc:
+            raise CountersUnavailable(f"redis: {exc!r}") from exc  # see _fail
         return decode(raw, batches)
 
 
@@ -330,8 +330,7 @@ def _fail(entries: list[_Joined], exc: BaseException) -> None:
     """Every caller of a tick still waiting gets the failure. Redis unreachable or not
     answering in time, and error replies (READONLY after a failover, LOADING, OOM, BUSY)
     become `CountersUnavailable`, so the configured fail-open/closed choice applies."""
-    if isinstance(exc, (TimeoutError, OSError, RespError)) or (
-            type(exc).__module__.startswith("redis") and isinstance(exc, Exception)):
+    if isinstance(exc, (TimeoutError, OSError, RespError)):
         exc = CountersUnavailable(f"redis: {exc!r}")
     for *_, waiter in entries:
         if not waiter.done():

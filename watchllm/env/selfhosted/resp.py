@@ -139,13 +139,19 @@ class LeanRedis:
             await conn.send(_pack(("SELECT", self.db)))
         return conn
 
-    async def _connection(self) -> _Connection:
+    def _pick(self) -> tuple[int, _Connection | None]:
+        """The connection for the next command: the one this tick already writes to, else
+        the next slot's; (slot, None) when that slot is not connected."""
         last = self._last
         if last is not None and last.filling:  # join the write this tick already has
-            return last
+            return -1, last
         i = next(self._next)
         conn = self._conns[i]
-        if conn is not None and not conn.closed:
+        return i, conn if conn is not None and not conn.closed else None
+
+    async def _connection(self) -> _Connection:
+        i, conn = self._pick()
+        if conn is not None:
             return conn
         task = self._connecting.get(i)
         if task is None:  # one connect per slot, however many callers are waiting
@@ -166,9 +172,8 @@ class LeanRedis:
         reply is a `RespError` result, a lost connection or timeout its exception). None
         when no connection is ready yet: then use `execute`, which connects. For callers
         that batch a loop tick themselves (`RedisLimiter`)."""
-        last = self._last
-        conn = last if last is not None and last.filling else self._conns[next(self._next)]
-        if conn is None or conn.closed:  # that slot is not connected: any that is
+        conn = self._pick()[1]
+        if conn is None:  # that slot is not connected: any that is
             conn = next((c for c in self._conns if c is not None and not c.closed), None)
             if conn is None:
                 return None
