@@ -93,7 +93,7 @@ async def main(kind: str, n: int, profile: bool, concurrency: int) -> None:
     elapsed = time.process_time() - start
     if prof:
         prof.disable()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(int(__import__("os").environ.get("NSTATS", "25")))
     print(f"{kind}: {elapsed / n * 1e6:.1f} us CPU per request (n={n})")
     await gw.shutdown()
     if upstream is not None:

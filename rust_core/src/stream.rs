@@ -8,17 +8,22 @@
 //! value wins) and, per choice, `delta.content` and `delta.tool_calls[].function.arguments`
 //! in order. A value of the wrong type counts as absent.
 
-use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::fmt;
 
 /// Token counts as a provider reported them: (prompt, completion, cached prompt).
 pub type Usage = (i64, i64, i64);
 
 /// What a stream reported: its usage (None when no event carried one) and its text.
+///
+/// Each event is parsed once, straight into the text: the fields that matter are read
+/// where they are, everything else is checked (as strictly as a full parse: UTF-8,
+/// escapes, numbers that overflow a double) without being built.
 pub fn summarize(raw: &[u8]) -> (Option<Usage>, String) {
     let normalized;
-    let raw = if raw.contains(&b'\r') {
+    let raw = if memchr::memchr(b'\r', raw).is_some() {
         normalized = normalize_newlines(raw);
         &normalized[..]
     } else {
@@ -26,28 +31,28 @@ pub fn summarize(raw: &[u8]) -> (Option<Usage>, String) {
     };
     let mut usage = None;
     let mut text = String::new();
-    let mut payload = Vec::new();
+    let mut joined = Vec::new();
     for block in split_blocks(raw) {
-        // Invalid UTF-8 anywhere fails the Python parse, so it fails here too, skipped
-        // fields included.
-        if !block_data(block, &mut payload)
-            || payload == b"[DONE]"
-            || std::str::from_utf8(&payload).is_err()
-        {
-            continue;
-        }
-        let mut de = serde_json::Deserializer::from_slice(&payload);
-        let Ok(chunk) = de
-            .deserialize_any(ChunkVisitor)
-            .and_then(|c| de.end().map(|_| c))
-        else {
+        let Some(payload) = block_data(block, &mut joined) else {
             continue;
         };
-        if let Some(Value::Object(u)) = &chunk.usage {
-            usage = Some(usage_of(u));
+        // Invalid UTF-8 anywhere fails the Python parse, so it fails here too. Checked
+        // once per event: the string reader then skips the per-string check.
+        let Ok(payload) = std::str::from_utf8(payload) else {
+            continue;
+        };
+        if payload == "[DONE]" {
+            continue;
         }
-        if let Some(Value::Array(choices)) = &chunk.choices {
-            append_text(choices, &mut text);
+        let start = text.len();
+        let mut de = serde_json::Deserializer::from_str(payload);
+        match de
+            .deserialize_any(ChunkSeed(&mut text))
+            .and_then(|u| de.end().map(|_| u))
+        {
+            Ok(Some(u)) => usage = Some(u),
+            Ok(None) => {}
+            Err(_) => text.truncate(start), // not JSON, or not an object: skipped whole
         }
     }
     (usage, text)
@@ -70,74 +75,13 @@ fn normalize_newlines(raw: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The two fields of a chunk object that matter; the others are skipped without being
-/// built (a chunk's id, model, fingerprint... cost nothing). A duplicate key keeps its
-/// last value, as a JSON object parsed into a map does; anything but an object is `Err`.
-struct Chunk {
-    usage: Option<Value>,
-    choices: Option<Value>,
-}
-
-struct ChunkVisitor;
-
-impl<'de> Visitor<'de> for ChunkVisitor {
-    type Value = Chunk;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Chunk, A::Error> {
-        let mut chunk = Chunk {
-            usage: None,
-            choices: None,
-        };
-        while let Some(key) = map.next_key::<Field>()? {
-            match key {
-                Field::Usage => chunk.usage = Some(map.next_value()?),
-                Field::Choices => chunk.choices = Some(map.next_value()?),
-                Field::Other => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(chunk)
-    }
-}
-
-/// A chunk's key, matched without allocating (escaped keys included).
-enum Field {
-    Usage,
-    Choices,
-    Other,
-}
-
-impl<'de> Deserialize<'de> for Field {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct FieldVisitor;
-        impl Visitor<'_> for FieldVisitor {
-            type Value = Field;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Field, E> {
-                Ok(match v {
-                    "usage" => Field::Usage,
-                    "choices" => Field::Choices,
-                    _ => Field::Other,
-                })
-            }
-        }
-        d.deserialize_str(FieldVisitor)
-    }
-}
-
 /// The pieces between blank lines (`\n\n`), the last one included.
 fn split_blocks(raw: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let finder = memchr::memmem::Finder::new(b"\n\n");
     let mut rest = Some(raw);
     std::iter::from_fn(move || {
         let current = rest?;
-        match current.windows(2).position(|w| w == b"\n\n") {
+        match finder.find(current) {
             Some(at) => {
                 rest = Some(&current[at + 2..]);
                 Some(&current[..at])
@@ -150,20 +94,377 @@ fn split_blocks(raw: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// The joined `data:` lines of one event into `out`; false when it has none.
-fn block_data(block: &[u8], out: &mut Vec<u8>) -> bool {
-    out.clear();
+/// The joined `data:` lines of one event (borrowed when it has just one line); None when
+/// it has none.
+fn block_data<'a>(block: &'a [u8], joined: &'a mut Vec<u8>) -> Option<&'a [u8]> {
+    if memchr::memchr(b'\n', block).is_none() {
+        let value = block.strip_prefix(b"data:")?;
+        return Some(value.strip_prefix(b" ").unwrap_or(value));
+    }
+    joined.clear();
     let mut any = false;
     for line in block.split(|&b| b == b'\n') {
         if let Some(value) = line.strip_prefix(b"data:") {
             if any {
-                out.push(b'\n');
+                joined.push(b'\n');
             }
-            out.extend_from_slice(value.strip_prefix(b" ").unwrap_or(value));
+            joined.extend_from_slice(value.strip_prefix(b" ").unwrap_or(value));
             any = true;
         }
     }
-    any
+    any.then_some(&joined[..])
+}
+
+// --- One event, parsed into the text ------------------------------------------------
+// JSON objects keep the last of duplicate keys (as Python's dict does), so a field's text
+// is written where the field is read and rolled back when the same key comes again.
+
+/// Which of `names` a key is (`names.len()` for any other key); never allocates.
+struct KeyOf<'n>(&'n [&'n str]);
+
+impl<'de> DeserializeSeed<'de> for KeyOf<'_> {
+    type Value = usize;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for KeyOf<'_> {
+    type Value = usize;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<usize, E> {
+        Ok(self.0.iter().position(|n| *n == v).unwrap_or(self.0.len()))
+    }
+}
+
+/// Any JSON value, checked and dropped.
+struct Skip;
+
+impl<'de> de::Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Skip, D::Error> {
+        // deserialize_any (not deserialize_ignored_any): numbers are converted, so one
+        // that overflows a double is an error, as it is for the Python parser.
+        d.deserialize_any(SkipVisitor)
+    }
+}
+
+struct SkipVisitor;
+
+impl<'de> Visitor<'de> for SkipVisitor {
+    type Value = Skip;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_unit<E>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+        while map.next_entry::<Skip, Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+}
+
+/// Implements the visits of a seed that reads only objects (`map`) or only arrays
+/// (`seq`): any other value is checked, skipped, and yields the default.
+macro_rules! only {
+    (map, $value:ty) => {
+        only!(@common $value);
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<$value, A::Error> {
+            SkipVisitor.visit_seq(seq).map(|_| Default::default())
+        }
+    };
+    (seq, $value:ty) => {
+        only!(@common $value);
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<$value, A::Error> {
+            SkipVisitor.visit_map(map).map(|_| Default::default())
+        }
+    };
+    (@common $value:ty) => {
+        fn visit_bool<Er>(self, _: bool) -> Result<$value, Er> {
+            Ok(Default::default())
+        }
+        fn visit_i64<Er>(self, _: i64) -> Result<$value, Er> {
+            Ok(Default::default())
+        }
+        fn visit_u64<Er>(self, _: u64) -> Result<$value, Er> {
+            Ok(Default::default())
+        }
+        fn visit_f64<Er>(self, _: f64) -> Result<$value, Er> {
+            Ok(Default::default())
+        }
+        fn visit_str<Er>(self, _: &str) -> Result<$value, Er> {
+            Ok(Default::default())
+        }
+        fn visit_unit<Er>(self) -> Result<$value, Er> {
+            Ok(Default::default())
+        }
+    };
+}
+
+/// The top-level object: its usage (the last `usage` that is an object), and the text
+/// of its last `choices` appended to the text. Anything but an object is an error.
+struct ChunkSeed<'t>(&'t mut String);
+
+impl<'de> DeserializeSeed<'de> for ChunkSeed<'_> {
+    type Value = Option<Usage>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<Usage>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ChunkSeed<'_> {
+    type Value = Option<Usage>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Usage>, A::Error> {
+        let start = self.0.len();
+        let mut usage = None;
+        while let Some(key) = map.next_key_seed(KeyOf(&["usage", "choices"]))? {
+            match key {
+                0 => {
+                    usage = match map.next_value::<Value>()? {
+                        Value::Object(u) => Some(usage_of(&u)),
+                        _ => None,
+                    }
+                }
+                1 => {
+                    self.0.truncate(start);
+                    map.next_value_seed(Each(&mut *self.0, ChoiceSeed))?;
+                }
+                _ => {
+                    map.next_value::<Skip>()?;
+                }
+            }
+        }
+        Ok(usage)
+    }
+}
+
+/// Reads one element of an array into the text.
+trait ElementSeed: Copy {
+    fn read<'de, D: Deserializer<'de>>(self, out: &mut String, d: D) -> Result<(), D::Error>;
+}
+
+/// An array whose elements `E` reads (anything else: nothing).
+struct Each<'t, E>(&'t mut String, E);
+
+impl<'de, E: ElementSeed> DeserializeSeed<'de> for Each<'_, E> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, E: ElementSeed> Visitor<'de> for Each<'_, E> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array")
+    }
+    only!(seq, ());
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let Each(out, element) = self;
+        while seq
+            .next_element_seed(Element(&mut *out, element))?
+            .is_some()
+        {}
+        Ok(())
+    }
+}
+
+struct Element<'t, E>(&'t mut String, E);
+
+impl<'de, E: ElementSeed> DeserializeSeed<'de> for Element<'_, E> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        self.1.read(self.0, d)
+    }
+}
+
+/// A choice: the text of its (last) `delta`.
+#[derive(Clone, Copy)]
+struct ChoiceSeed;
+
+impl ElementSeed for ChoiceSeed {
+    fn read<'de, D: Deserializer<'de>>(self, out: &mut String, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(ChoiceVisitor(out))
+    }
+}
+
+struct ChoiceVisitor<'t>(&'t mut String);
+
+impl<'de> Visitor<'de> for ChoiceVisitor<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a choice")
+    }
+    only!(map, ());
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let start = self.0.len();
+        while let Some(key) = map.next_key_seed(KeyOf(&["delta"]))? {
+            if key == 0 {
+                self.0.truncate(start);
+                map.next_value_seed(DeltaSeed(&mut *self.0))?;
+            } else {
+                map.next_value::<Skip>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A delta: its `content` string, then each tool call's `function.arguments` string.
+struct DeltaSeed<'t>(&'t mut String);
+
+impl<'de> DeserializeSeed<'de> for DeltaSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DeltaSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a delta")
+    }
+    only!(map, ());
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut content: Option<Cow<'de, str>> = None;
+        let mut calls = String::new(); // allocates only when a tool call has arguments
+        while let Some(key) = map.next_key_seed(KeyOf(&["content", "tool_calls"]))? {
+            match key {
+                0 => content = map.next_value_seed(StrOrNone)?,
+                1 => {
+                    calls.clear();
+                    map.next_value_seed(Each(&mut calls, CallSeed))?;
+                }
+                _ => {
+                    map.next_value::<Skip>()?;
+                }
+            }
+        }
+        self.0.push_str(content.as_deref().unwrap_or(""));
+        self.0.push_str(&calls);
+        Ok(())
+    }
+}
+
+/// A tool call: the `arguments` string of its (last) `function`.
+#[derive(Clone, Copy)]
+struct CallSeed;
+
+impl ElementSeed for CallSeed {
+    fn read<'de, D: Deserializer<'de>>(self, out: &mut String, d: D) -> Result<(), D::Error> {
+        if let Some(args) = d.deserialize_any(Field("function", Field("arguments", StrOrNone)))? {
+            out.push_str(&args);
+        }
+        Ok(())
+    }
+}
+
+/// The value `S` reads of the last `name` key of an object (None: not an object, no
+/// such key, or `S` found nothing).
+#[derive(Clone, Copy)]
+struct Field<S>(&'static str, S);
+
+impl<'de, S, T> DeserializeSeed<'de> for Field<S>
+where
+    S: DeserializeSeed<'de, Value = Option<T>> + Copy,
+{
+    type Value = Option<T>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<T>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, S, T> Visitor<'de> for Field<S>
+where
+    S: DeserializeSeed<'de, Value = Option<T>> + Copy,
+{
+    type Value = Option<T>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object")
+    }
+    only!(map, Option<T>);
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<T>, A::Error> {
+        let names = [self.0];
+        let mut found = None;
+        while let Some(key) = map.next_key_seed(KeyOf(&names))? {
+            if key == 0 {
+                found = map.next_value_seed(self.1)?;
+            } else {
+                map.next_value::<Skip>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A string (borrowed from the input when it has no escapes); None for any other value.
+#[derive(Clone, Copy)]
+struct StrOrNone;
+
+impl<'de> DeserializeSeed<'de> for StrOrNone {
+    type Value = Option<Cow<'de, str>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrOrNone {
+    type Value = Option<Cow<'de, str>>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Owned(v.to_owned())))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        SkipVisitor.visit_seq(seq).map(|_| None)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        SkipVisitor.visit_map(map).map(|_| None)
+    }
 }
 
 /// A token count: an integer (or the integer part of a number), at least 0; anything
@@ -214,26 +515,6 @@ fn usage_of(u: &Map<String, Value>) -> Usage {
         count(either("completion_tokens", "output_tokens")),
         cached,
     )
-}
-
-fn append_text(choices: &[Value], text: &mut String) {
-    for choice in choices {
-        let Some(Value::Object(delta)) = choice.get("delta") else {
-            continue;
-        };
-        if let Some(Value::String(content)) = delta.get("content") {
-            text.push_str(content);
-        }
-        let Some(Value::Array(calls)) = delta.get("tool_calls") else {
-            continue;
-        };
-        for call in calls {
-            if let Some(Value::String(args)) = call.get("function").and_then(|f| f.get("arguments"))
-            {
-                text.push_str(args);
-            }
-        }
-    }
 }
 
 #[cfg(test)]

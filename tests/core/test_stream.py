@@ -99,6 +99,41 @@ def test_the_last_usage_wins_and_odd_counts_are_zero(rust: ModuleType, twin: Mod
         assert impl.stream_usage(raw) == ((0, 2, 0), "")
 
 
+def test_duplicate_keys_keep_the_last_value_at_every_level(rust: ModuleType,
+                                                         twin: ModuleType) -> None:
+    """JSON objects with a key twice read as Python's dict does: the last one wins, for
+    `choices`, `delta`, `content`, `tool_calls`, `function` and `arguments` alike."""
+    events = [
+        b'{"choices":[{"delta":{"content":"a"}}],"choices":[{"delta":{"content":"b"}}]}',
+        b'{"choices":[{"delta":{"content":"c"}}],"choices":5}',
+        b'{"choices":[{"delta":{"content":"d"},"delta":{"content":"e"}}]}',
+        b'{"choices":[{"delta":{"content":"f","content":"g","content":7}}]}',
+        b'{"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"h"}}],'
+        b'"content":"i","tool_calls":[{"function":{"arguments":"j","arguments":"k"}}]}}]}',
+        b'{"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"l"},'
+        b'"function":{"name":"x"}},{"function":{"arguments":"m"}}]}}]}',
+        b'{"usage":{"prompt_tokens":3},"usage":null}',
+    ]
+    raw = b"".join(b"data: " + e + b"\n\n" for e in events)
+    for impl in (rust, twin):
+        assert impl.stream_usage(raw) == (None, "beikm"), impl
+
+
+def test_an_event_the_python_parser_rejects_is_skipped_whole(rust: ModuleType,
+                                                            twin: ModuleType) -> None:
+    """A number that overflows a double, a lone surrogate or invalid UTF-8 in a field that
+    is otherwise ignored still makes the event invalid JSON, as orjson has it."""
+    good = b'data: {"choices":[{"delta":{"content":"ok"}}]}\n\n'
+    for bad in (b'{"id":1e400,"choices":[{"delta":{"content":"X"}}]}',
+                b'{"choices":[{"delta":{"content":"X"},"logprobs":[-1e999]}]}',
+                b'{"id":"\\ud800","choices":[{"delta":{"content":"X"}}]}',
+                b'{"id":"\xff","choices":[{"delta":{"content":"X"}}]}',
+                b'{"choices":[{"delta":{"content":"X"}}]} trailing'):
+        raw = good + b"data: " + bad + b"\n\n" + good
+        for impl in (rust, twin):
+            assert impl.stream_usage(raw) == (None, "okok"), (impl, bad)
+
+
 MESSAGE = st.fixed_dictionaries({}, optional={
     "role": st.just("assistant"), "content": maybe(st.text(max_size=12)),
     "tool_calls": maybe(st.lists(maybe(CALL), max_size=2))})
