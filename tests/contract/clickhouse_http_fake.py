@@ -33,6 +33,9 @@ class Response:
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         yield self._body
 
+    def ended(self) -> bool:
+        return True
+
     def close(self) -> None:
         return None
 

@@ -148,6 +148,11 @@ class HttpResponse(Protocol):
         """Body chunks as they arrive off the wire (never buffered)."""
         ...
 
+    def ended(self) -> bool:
+        """True when the chunk just yielded was the last: the body has ended and nothing
+        is left to yield (False when the client cannot tell before the next read)."""
+        ...
+
     def close(self) -> None:
         """Abort the exchange (cancels the upstream request if still running)."""
         ...

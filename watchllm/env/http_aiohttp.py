@@ -40,6 +40,9 @@ class AiohttpResponse:
         finally:
             self._resp.release()
 
+    def ended(self) -> bool:
+        return bool(self._resp.content.at_eof())
+
     def close(self) -> None:
         self._resp.close()  # drops the connection: the upstream sees the request cancelled
 

@@ -15,6 +15,7 @@ import contextlib
 import os
 import socket
 import ssl
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from urllib.parse import urlsplit
@@ -55,7 +56,7 @@ class _Response:
     async def _wait(self, limit_s: float) -> None:
         # One timer per response, not one per wait (a stream waits once per chunk): it
         # re-arms itself for the current wait's deadline when an earlier one comes due.
-        loop = asyncio.get_running_loop()
+        loop = self._conn.loop  # not get_running_loop(): on 3.11 each call is a getpid()
         self._waiter = loop.create_future()
         self._deadline = loop.time() + limit_s
         if self._timer is None:
@@ -70,7 +71,7 @@ class _Response:
         w = self._waiter
         if w is None or w.done():
             return  # not waiting: the next wait arms a timer of its own
-        loop = asyncio.get_running_loop()
+        loop = self._conn.loop
         if loop.time() < self._deadline:
             self._timer = loop.call_at(self._deadline, self._timeout)
         else:
@@ -121,6 +122,9 @@ class _Response:
             else:
                 self.close()
 
+    def ended(self) -> bool:
+        return self.done and not self.chunks and self.error is None
+
     def close(self) -> None:
         """Abort: drop the connection so the upstream sees the request cancelled."""
         self._stop_timer()
@@ -128,8 +132,8 @@ class _Response:
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("_header", "_reused", "closed", "idle_since", "parser", "pool", "read_timeout",
-                 "response", "transport")
+    __slots__ = ("_header", "_reused", "closed", "idle_since", "loop", "parser", "pool",
+                 "read_timeout", "response", "transport")
 
     def __init__(self, pool: _Pool) -> None:
         self.pool = pool
@@ -139,12 +143,14 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.read_timeout = 600.0
         self.idle_since = 0.0
+        self.loop: asyncio.AbstractEventLoop
         self._header: bytes = b""
         self._reused = False
 
     # -- asyncio.Protocol ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        self.loop = asyncio.get_running_loop()  # the connection's loop, looked up once
         sock = transport.get_extra_info("socket")
         if sock is not None:  # small SSE writes must not wait for delayed ACKs (Nagle)
             with contextlib.suppress(OSError):
@@ -251,13 +257,12 @@ class _Pool:
         self.waiters: deque[asyncio.Future[None]] = deque()
 
     async def acquire(self, connect_timeout: float) -> _Connection:
-        loop = asyncio.get_running_loop()
         while self.active >= self.limit:
-            fut = loop.create_future()
+            fut = asyncio.get_running_loop().create_future()
             self.waiters.append(fut)
             await fut
         self.active += 1
-        now = loop.time()
+        now = time.monotonic()
         while self.idle:
             conn = self.idle.pop()
             if not conn.closed and now - conn.idle_since < _IDLE_TTL_S:
@@ -265,7 +270,7 @@ class _Pool:
                 return conn
             conn.abort()
         try:
-            _, conn = await asyncio.wait_for(loop.create_connection(
+            _, conn = await asyncio.wait_for(asyncio.get_running_loop().create_connection(
                 lambda: _Connection(self), self.host, self.port, ssl=self.tls,
                 server_hostname=self.host if self.tls else None), connect_timeout)
         except (OSError, TimeoutError) as exc:
@@ -284,7 +289,7 @@ class _Pool:
                 break
 
     def put_back(self, conn: _Connection) -> None:
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = time.monotonic()
         self.idle.append(conn)
         self.release_slot()
 

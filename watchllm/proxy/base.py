@@ -45,6 +45,8 @@ class UpstreamResult:
     body: bytes | None = None
     chunks: AsyncIterator[bytes] | None = None
     close: Callable[[], None] = lambda: None
+    # After a chunk: whether it was the last (its write can end the response too).
+    ended: Callable[[], bool] = lambda: False
 
     async def read(self) -> bytes:
         if self.body is not None:

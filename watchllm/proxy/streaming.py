@@ -48,22 +48,28 @@ async def _watch_disconnect(receive: Receive, result: UpstreamResult, outcome: S
 async def forward_stream(send: Send, receive: Receive, result: UpstreamResult,
                          headers: list[tuple[bytes, bytes]], started: float) -> StreamOutcome:
     outcome = StreamOutcome()
-    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task(loop)  # with the loop given: no second lookup
     assert task is not None and result.chunks is not None
     watcher: list[Any] = []
 
     def watch() -> None:
         watcher.append(asyncio.ensure_future(_watch_disconnect(receive, result, outcome, task)))
 
-    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, watch)
+    timer = loop.call_later(WATCH_AFTER_S, watch)
+    last = False
     try:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         async for chunk in result.chunks:
             if outcome.ttft_s is None:
                 outcome.ttft_s = time.perf_counter() - started
             outcome.chunks.append(chunk)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            # The upstream's last chunk ends our response in the same write (one write
+            # fewer per stream; a short stream that came in one read is one write).
+            last = result.ended()
+            await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+        if not last:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         outcome.complete = True
     except asyncio.CancelledError:
         if not outcome.disconnected:

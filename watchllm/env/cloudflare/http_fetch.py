@@ -43,6 +43,9 @@ class FetchResponse:
         chunks = [c async for c in self.iter_chunks()]
         return b"".join(chunks)
 
+    def ended(self) -> bool:
+        return False  # a ReadableStream tells only on the next read
+
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         body = self._response.body
         if is_null(body):
