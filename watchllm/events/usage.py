@@ -69,15 +69,22 @@ def from_body(endpoint: str, body: bytes) -> tuple[Usage, str, dict[str, Any] | 
         raw if isinstance(raw, dict) else None
 
 
-def from_stream(raw: bytes, request: dict[str, Any], request_body: bytes) -> tuple[Usage, str]:
-    """Usage and text of a streamed chat completion (SSE bytes as sent to the client)."""
+def chat_prompt_tokens(body: bytes) -> int:
+    """Prompt tokens of a chat request body by OpenAI's formula (0 if it cannot be read)."""
+    try:
+        return core.count_chat_tokens(body)
+    except ValueError:
+        return 0
+
+
+def from_stream(raw: bytes, request: dict[str, Any], request_body: bytes,
+                prompt_tokens: int | None = None) -> tuple[Usage, str]:
+    """Usage and text of a streamed chat completion (SSE bytes as sent to the client).
+    `prompt_tokens`: `count_chat_tokens(request_body)` if the caller already has it."""
     reported, text = core.stream_usage(raw)
     if reported is not None:
         return Usage(*reported), text
     model = str(request.get("model", ""))
-    try:
-        prompt = core.count_chat_tokens(request_body)
-    except ValueError:
-        prompt = 0
+    prompt = prompt_tokens if prompt_tokens is not None else chat_prompt_tokens(request_body)
     return Usage(prompt, core.count_tokens(text, core.encoding_for_model(model)),
                  counted=True), text

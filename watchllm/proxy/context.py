@@ -45,6 +45,7 @@ class ProxyContext:
     user: str = ""
     admission: Admission | None = None
     limit_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    counted: tuple[bytes, int] | None = None  # (body, its count_chat_tokens) from admission
     # A replayed request's event, minus the per-request fields (see proxy/hot.py).
     template: dict[str, Any] | None = None
 

@@ -159,10 +159,7 @@ async def finish(gw: Gateway, ctx: ProxyContext) -> None:
 def _estimate_tokens(endpoint: str, raw: bytes, data: dict[str, Any], model: str) -> int:
     """Prompt tokens before the call (for token limits); reconciled with real usage later."""
     if endpoint == "chat/completions":
-        try:
-            return core.count_chat_tokens(raw)
-        except ValueError:
-            return 0
+        return usage_mod.chat_prompt_tokens(raw)
     value = data.get("prompt", data.get("input"))
     texts = value if isinstance(value, list) else [value]
     encoding = core.encoding_for_model(model)
@@ -190,6 +187,7 @@ async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
     estimate = 0
     if limits is not None and not limits.unlimited:
         estimate = _estimate_tokens(ctx.endpoint, raw, data, ctx.model)
+        ctx.counted = (raw, estimate)
         ctx.admission = await gw.limits.admit(ctx.project_id, ctx.key_id, estimate, limits)
         ctx.limit_headers = gw.limits.headers(ctx.admission)
     body_controls = data.get("watchllm")
@@ -298,7 +296,11 @@ async def _forward(gw: Gateway, req: Request, send: Send, ctx: ProxyContext,
         outcome = await forward_stream(send, req.receive, result, out_headers, ctx.started)
         ctx.ttft_s = outcome.ttft_s
         raw_stream = outcome.raw()
-        ctx.usage, ctx.response = usage_mod.from_stream(raw_stream, call.data, call.body)
+        # A stream without usage is counted; the admission's estimate is that count when
+        # it was made from the same body (the same object).
+        counted = ctx.counted[1] if ctx.counted and ctx.counted[0] is call.body else None
+        ctx.usage, ctx.response = usage_mod.from_stream(raw_stream, call.data, call.body,
+                                                        counted)
         ctx.cost_usd = _cost(gw, ctx)
         if outcome.disconnected:
             ctx.status, ctx.error_type = 499, "client_disconnected"
