@@ -162,6 +162,14 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(exc)
             self.abort()
+            return
+        # One wake-up per read, not one per parser callback: a read of a stream often
+        # holds many HTTP chunks (SSE events).
+        r = self.response
+        if r is not None:
+            if r.streaming and r.buffered > _HIGH_WATER and self.transport is not None:
+                self.transport.pause_reading()
+            r._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -182,22 +190,17 @@ class _Connection(asyncio.Protocol):
         r = self.response
         if r is not None:
             r.status = self.parser.get_status_code()
-            r._wake()
 
     def on_body(self, body: bytes) -> None:
         r = self.response
         if r is not None:
             r.chunks.append(body)
             r.buffered += len(body)
-            if r.streaming and r.buffered > _HIGH_WATER and self.transport is not None:
-                self.transport.pause_reading()
-            r._wake()
 
     def on_message_complete(self) -> None:
         r = self.response
         if r is not None:
             r.done = True
-            r._wake()
         if not self.parser.should_keep_alive():
             self.closed = True
 
