@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import cProfile
+import os
 import pstats
 import sys
 import tempfile
@@ -93,7 +94,8 @@ async def main(kind: str, n: int, profile: bool, concurrency: int) -> None:
     elapsed = time.process_time() - start
     if prof:
         prof.disable()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(int(__import__("os").environ.get("NSTATS", "25")))
+        rows = int(os.environ.get("NSTATS", "25"))  # how many functions --profile prints
+        pstats.Stats(prof).sort_stats("tottime").print_stats(rows)
     print(f"{kind}: {elapsed / n * 1e6:.1f} us CPU per request (n={n})")
     await gw.shutdown()
     if upstream is not None:
