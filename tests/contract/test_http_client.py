@@ -12,6 +12,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aiohttp
 import pytest
 
 from watchllm.env.base import ConnectError, HttpClient
@@ -231,3 +232,71 @@ async def test_slow_consumer_of_a_large_stream_gets_every_byte(client: HttpClien
             total += len(chunk)
             await asyncio.sleep(0)
         assert total == 80 * len(piece)
+
+
+@pytest.mark.parametrize("tail", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}XX",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}not http",
+])
+async def test_stray_bytes_after_a_complete_response_do_not_stall_it(client: HttpClient,
+                                                                     tail: bytes) -> None:
+    """A response that completes in a read ending in bytes the parser rejects is returned
+    at once by the lean client (not after the read timeout); aiohttp refuses it at once."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(tail)
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    async with serve(handler) as url:
+        got: bytes | None = None
+        with contextlib.suppress(aiohttp.ClientError):
+            got = await asyncio.wait_for(call(client, url, read_timeout=4), 2)
+        assert got == b"{}" or not isinstance(client, LeanHttpClient)
+
+
+async def test_an_interim_103_response_is_skipped(client: HttpClient) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n7\r\ndata: 1\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"7\r\ndata: 2\r\n0\r\n\r\n")
+        await writer.drain()
+
+    async with serve(handler) as url:
+        resp = await client.request("POST", url + "/s", {}, b"{}", connect_timeout=2,
+                                    read_timeout=5)
+        assert resp.status == 200
+        assert resp.headers["content-type"] == "text/event-stream"
+        assert b"".join([c async for c in resp.iter_chunks()]) == b"data: 1data: 2"
+
+
+@pytest.mark.parametrize("split", [False, True])
+async def test_ended_is_true_only_after_the_last_chunk(client: HttpClient, split: bool) -> None:
+    """`ended()` after a yielded chunk: True only when nothing more will be yielded, with
+    the terminator in the same read as the last chunk or in a later one."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n7\r\ndata: 1\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"7\r\ndata: 2\r\n" + (b"" if split else b"0\r\n\r\n"))
+        await writer.drain()
+        if split:
+            await asyncio.sleep(0.05)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    async with serve(handler) as url:
+        resp = await client.request("POST", url + "/s", {}, b"{}", connect_timeout=2,
+                                    read_timeout=5)
+        seen = [(chunk, resp.ended()) async for chunk in resp.iter_chunks()]
+    assert b"".join(c for c, _ in seen) == b"data: 1data: 2"
+    assert not any(ended for _, ended in seen[:-1])
+    assert seen[-1][1] is (not split)  # with the terminator still to come, it cannot know

@@ -134,6 +134,20 @@ def test_an_event_the_python_parser_rejects_is_skipped_whole(rust: ModuleType,
             assert impl.stream_usage(raw) == (None, "okok"), (impl, bad)
 
 
+def test_malformed_events_that_regroup_into_valid_json_stay_invalid(rust: ModuleType,
+                                                                    twin: ModuleType) -> None:
+    """Three invalid events whose bytes, joined into one array, would parse as three
+    values: every one is skipped, and such a stream is never cached."""
+    from watchllm.cache.entry import entry_from_stream
+
+    raw = b"".join(b"data: " + e + b"\n\n" for e in (
+        b'{"a":"}', b'{"}', b'{"choices":[{"delta":{"content":"Z"},"finish_reason":"stop"}]},'
+        b'{"y":2}')) + b"data: [DONE]\n\n"
+    for impl in (rust, twin):
+        assert impl.stream_usage(raw) == (None, ""), impl
+    assert entry_from_stream("chat/completions", raw) is None
+
+
 MESSAGE = st.fixed_dictionaries({}, optional={
     "role": st.just("assistant"), "content": maybe(st.text(max_size=12)),
     "tool_calls": maybe(st.lists(maybe(CALL), max_size=2))})

@@ -160,8 +160,11 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            r = self.response
             self._fail(exc)
             self.abort()
+            if r is not None:
+                r._wake()  # its message may have completed in this read, before the error
             return
         # One wake-up per read, not one per parser callback: a read of a stream often
         # holds many HTTP chunks (SSE events).
@@ -189,17 +192,21 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         r = self.response
         if r is not None:
-            r.status = self.parser.get_status_code()
+            status = self.parser.get_status_code()
+            if 100 <= status < 200:  # an interim response (100, 103): the real one follows
+                r.headers.clear()
+                return
+            r.status = status
 
     def on_body(self, body: bytes) -> None:
         r = self.response
-        if r is not None:
+        if r is not None and not r.done:
             r.chunks.append(body)
             r.buffered += len(body)
 
     def on_message_complete(self) -> None:
         r = self.response
-        if r is not None:
+        if r is not None and r.status:  # not the end of an interim (1xx) response
             r.done = True
         if not self.parser.should_keep_alive():
             self.closed = True

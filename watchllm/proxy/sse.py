@@ -68,24 +68,15 @@ def simple_data(raw: bytes) -> list[bytes] | None:
 
 def json_events(raw: bytes) -> tuple[list[Any], bool, bool]:
     """The JSON value of each event of a whole stream, in order, without [DONE]; whether
-    some event was not JSON (it is left out); whether a [DONE] came."""
+    some event was not JSON (it is left out); whether a [DONE] came.
+
+    Each event is parsed on its own: parsing the events joined into one array would
+    accept malformed events whose pieces regroup into as many valid values."""
     data = simple_data(raw)
-    if data is not None:
-        done = bool(data) and data[-1] == DONE
-        if done:
-            data.pop()
-        # OpenAI's framing: the whole stream as one JSON array, one parse instead of one
-        # per event. Each event must be one object: `{...},{...}` in one event would
-        # parse here as two.
-        if all(d[:1] == b"{" and d[-1:] == b"}" for d in data):
-            try:
-                values = orjson.loads(b"[" + b",".join(data) + b"]")
-            except orjson.JSONDecodeError:
-                values = None  # some event is not JSON: parse them one by one
-            if values is not None and len(values) == len(data):
-                return values, False, done
-    values, invalid, done = [], False, False
-    for _, payload in iter_events(raw):
+    payloads = data if data is not None else [payload for _, payload in iter_events(raw)]
+    values: list[Any] = []
+    invalid = done = False
+    for payload in payloads:
         if payload == DONE:
             done = True
             continue

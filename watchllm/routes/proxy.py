@@ -187,7 +187,8 @@ async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
     estimate = 0
     if limits is not None and not limits.unlimited:
         estimate = _estimate_tokens(ctx.endpoint, raw, data, ctx.model)
-        ctx.counted = (raw, estimate)
+        if ctx.endpoint == "chat/completions":  # the same count from_stream would make
+            ctx.counted = (raw, estimate)
         ctx.admission = await gw.limits.admit(ctx.project_id, ctx.key_id, estimate, limits)
         ctx.limit_headers = gw.limits.headers(ctx.admission)
     body_controls = data.get("watchllm")
