@@ -150,6 +150,27 @@ impl<'de> de::Deserialize<'de> for Skip {
     }
 }
 
+/// The visits of the scalars other than strings, each yielding `$value`.
+macro_rules! scalars {
+    ($ty:ty, $value:expr) => {
+        fn visit_bool<Er>(self, _: bool) -> Result<$ty, Er> {
+            Ok($value)
+        }
+        fn visit_i64<Er>(self, _: i64) -> Result<$ty, Er> {
+            Ok($value)
+        }
+        fn visit_u64<Er>(self, _: u64) -> Result<$ty, Er> {
+            Ok($value)
+        }
+        fn visit_f64<Er>(self, _: f64) -> Result<$ty, Er> {
+            Ok($value)
+        }
+        fn visit_unit<Er>(self) -> Result<$ty, Er> {
+            Ok($value)
+        }
+    };
+}
+
 struct SkipVisitor;
 
 impl<'de> Visitor<'de> for SkipVisitor {
@@ -157,22 +178,8 @@ impl<'de> Visitor<'de> for SkipVisitor {
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("any value")
     }
-    fn visit_bool<E>(self, _: bool) -> Result<Skip, E> {
-        Ok(Skip)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Skip, E> {
-        Ok(Skip)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Skip, E> {
-        Ok(Skip)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Skip, E> {
-        Ok(Skip)
-    }
+    scalars!(Skip, Skip);
     fn visit_str<E>(self, _: &str) -> Result<Skip, E> {
-        Ok(Skip)
-    }
-    fn visit_unit<E>(self) -> Result<Skip, E> {
         Ok(Skip)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
@@ -201,22 +208,8 @@ macro_rules! only {
         }
     };
     (@common $value:ty) => {
-        fn visit_bool<Er>(self, _: bool) -> Result<$value, Er> {
-            Ok(Default::default())
-        }
-        fn visit_i64<Er>(self, _: i64) -> Result<$value, Er> {
-            Ok(Default::default())
-        }
-        fn visit_u64<Er>(self, _: u64) -> Result<$value, Er> {
-            Ok(Default::default())
-        }
-        fn visit_f64<Er>(self, _: f64) -> Result<$value, Er> {
-            Ok(Default::default())
-        }
+        scalars!($value, Default::default());
         fn visit_str<Er>(self, _: &str) -> Result<$value, Er> {
-            Ok(Default::default())
-        }
-        fn visit_unit<Er>(self) -> Result<$value, Er> {
             Ok(Default::default())
         }
     };
@@ -444,21 +437,7 @@ impl<'de> Visitor<'de> for StrOrNone {
     fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
         Ok(Some(Cow::Owned(v.to_owned())))
     }
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
+    scalars!(Self::Value, None);
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
         SkipVisitor.visit_seq(seq).map(|_| None)
     }

@@ -20,6 +20,8 @@ from watchllm.env.http_aiohttp import AiohttpClient
 from watchllm.env.http_lean import LeanHttpClient
 from watchllm.testing.servers import free_port
 
+SSE_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
@@ -95,8 +97,7 @@ async def test_chunked_stream_arrives_incrementally(client: HttpClient) -> None:
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n")
+        writer.write(SSE_HEAD)
         writer.write(b"7\r\ndata: 1\r\n")
         await writer.drain()
         await release.wait()
@@ -156,8 +157,7 @@ async def test_read_timeout_counts_from_the_last_chunk(client: HttpClient) -> No
     timeout stream to the end (1 s in all); then a stall longer than it raises."""
     async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n")
+        writer.write(SSE_HEAD)
         for i in range(5):
             writer.write(b"1\r\n" + str(i).encode() + b"\r\n")
             await writer.drain()
@@ -261,8 +261,7 @@ async def test_an_interim_103_response_is_skipped(client: HttpClient) -> None:
         writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n")
         await writer.drain()
         await asyncio.sleep(0.05)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n7\r\ndata: 1\r\n")
+        writer.write(SSE_HEAD + b"7\r\ndata: 1\r\n")
         await writer.drain()
         await asyncio.sleep(0.05)
         writer.write(b"7\r\ndata: 2\r\n0\r\n\r\n")
@@ -282,8 +281,7 @@ async def test_ended_is_true_only_after_the_last_chunk(client: HttpClient, split
     the terminator in the same read as the last chunk or in a later one."""
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n7\r\ndata: 1\r\n")
+        writer.write(SSE_HEAD + b"7\r\ndata: 1\r\n")
         await writer.drain()
         await asyncio.sleep(0.05)
         writer.write(b"7\r\ndata: 2\r\n" + (b"" if split else b"0\r\n\r\n"))
