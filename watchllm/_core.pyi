@@ -5,9 +5,12 @@ from typing import Any, final
 
 __all__ = [
     "CoreError",
+    "RatePlan",
     "RowBinaryError",
     "VectorIndex",
     "__version__",
+    "adjust_rates",
+    "admit_rates",
     "cache_key",
     "context_key",
     "count_chat_tokens",
@@ -49,3 +52,18 @@ class VectorIndex:
     ) -> list[tuple[str, float]]: ...
     def namespace_len(self, namespace: str) -> int: ...
     def __len__(self) -> int: ...
+
+@final
+class RatePlan:
+    def __new__(
+        cls,
+        rows: Sequence[tuple[str, int, int, bool]],
+        groups: Sequence[tuple[tuple[bytes, bytes, bytes], Sequence[int]]],
+    ) -> RatePlan: ...
+
+def admit_rates(
+    rates: dict[str, tuple[int, int, int]], plan: RatePlan, tokens: int, now_ms: int
+) -> list[tuple[bytes, bytes]] | None: ...
+def adjust_rates(
+    rates: dict[str, tuple[int, int, int]], plan: RatePlan, delta: int, now_ms: int
+) -> None: ...

@@ -30,8 +30,11 @@ BACKEND: Literal["rust", "python"] = "rust" if _impl.__name__ == "watchllm._core
 if TYPE_CHECKING:
     from ._core import (
         CoreError,
+        RatePlan,
         RowBinaryError,
         VectorIndex,
+        adjust_rates,
+        admit_rates,
         cache_key,
         context_key,
         count_chat_tokens,
@@ -43,6 +46,9 @@ if TYPE_CHECKING:
     )
 else:
     CoreError = _impl.CoreError
+    RatePlan = _impl.RatePlan
+    adjust_rates = _impl.adjust_rates
+    admit_rates = _impl.admit_rates
     RowBinaryError = _impl.RowBinaryError
     VectorIndex = _impl.VectorIndex
     cache_key = _impl.cache_key
@@ -57,8 +63,11 @@ else:
 __all__ = [
     "BACKEND",
     "CoreError",
+    "RatePlan",
     "RowBinaryError",
     "VectorIndex",
+    "adjust_rates",
+    "admit_rates",
     "cache_key",
     "context_key",
     "count_chat_tokens",

@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyString;
 use std::borrow::Cow;
 
+mod rates;
 mod rowbinary;
 
 pyo3::create_exception!(
@@ -66,13 +67,7 @@ fn count_tokens(py: Python<'_>, text: &Bound<'_, PyString>, encoding: &str) -> P
     let bpe = tokens::bpe(encoding).map_err(core_err)?;
     let text = text_arg(text)?;
     // Counting costs more per byte than hashing: a quarter of the size is worth a release.
-    Ok(detach_if(py, text.len() * 4, || {
-        if text.is_empty() {
-            0
-        } else {
-            bpe.encode_ordinary(&text).len()
-        }
-    }))
+    Ok(detach_if(py, text.len() * 4, || bpe.count(&text)))
 }
 
 #[pyfunction]
@@ -169,6 +164,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CoreError", py.get_type::<CoreError>())?;
     m.add("RowBinaryError", py.get_type::<RowBinaryError>())?;
     m.add_class::<VectorIndex>()?;
+    m.add_class::<rates::RatePlan>()?;
+    m.add_function(wrap_pyfunction!(rates::admit_rates, m)?)?;
+    m.add_function(wrap_pyfunction!(rates::adjust_rates, m)?)?;
     m.add_function(wrap_pyfunction!(cache_key, m)?)?;
     m.add_function(wrap_pyfunction!(context_key, m)?)?;
     m.add_function(wrap_pyfunction!(embed_text, m)?)?;

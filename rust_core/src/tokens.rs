@@ -3,20 +3,161 @@
 
 use crate::cache_key::{parse_object, KeyError};
 use serde_json::{Map, Value};
+use split::Pattern;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::OnceLock;
-use tiktoken_rs::CoreBPE;
+use tiktoken_rs::{byte_pair_split, Rank};
+
+mod split;
 
 pub const CL100K: &str = "cl100k_base";
 pub const O200K: &str = "o200k_base";
 
-static CL100K_BPE: OnceLock<CoreBPE> = OnceLock::new();
-static O200K_BPE: OnceLock<CoreBPE> = OnceLock::new();
+/// The pre-tokenizer regexes (tiktoken's; also in the Python twin, `_twins/_tokens.py`).
+pub const CL100K_PATTERN: &str = concat!(
+    r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+|",
+    r" ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"
+);
+pub const O200K_PATTERN: &str = tiktoken_rs::O200K_BASE_PAT_STR;
+
+/// One encoding: its merge ranks and its pre-tokenizer (the regex, and the same split
+/// compiled by hand for ASCII text in `split`).
+pub struct Encoding {
+    ranks: rustc_hash::FxHashMap<Vec<u8>, Rank>,
+    regex: fancy_regex::Regex,
+    pattern: Pattern,
+}
+
+impl Encoding {
+    /// Ranks from tiktoken-rs's embedded BPE files (every ordinary token, decoded).
+    fn load(bpe: &tiktoken_rs::CoreBPE, pattern: Pattern, regex: &str) -> Self {
+        let specials = bpe.special_tokens();
+        let mut ranks = rustc_hash::FxHashMap::default();
+        let mut misses = 0;
+        for rank in 0.. {
+            match bpe.decode_bytes(&[rank]) {
+                Ok(bytes) => {
+                    misses = 0;
+                    if !std::str::from_utf8(&bytes).is_ok_and(|s| specials.contains(s)) {
+                        ranks.insert(bytes, rank);
+                    }
+                }
+                Err(_) if misses > 1_000 => break, // past the last rank
+                Err(_) => misses += 1,
+            }
+        }
+        let regex = fancy_regex::Regex::new(regex).expect("tiktoken's pattern compiles");
+        Encoding {
+            ranks,
+            regex,
+            pattern,
+        }
+    }
+
+    /// Exact number of tokens of `text`: `encode_ordinary(text).len()` (special tokens
+    /// are counted as ordinary text).
+    pub fn count(&self, text: &str) -> usize {
+        let mut n = 0;
+        let mut add = |piece: &[u8]| {
+            n += if self.ranks.contains_key(piece) {
+                1
+            } else {
+                merge_count(piece, &self.ranks, LARGE_PIECE)
+            }
+        };
+        if text.is_ascii() {
+            split::pieces(text.as_bytes(), self.pattern, add);
+            return n;
+        }
+        // Mixed text: the hand split wherever it can decide from ASCII bytes, the regex
+        // for the pieces at and around other characters (the patterns look neither
+        // behind nor, past a whitespace run, ahead, so the two can take turns).
+        let bytes = text.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let end = match split::ascii_piece(bytes, i, self.pattern) {
+                Some(end) => end,
+                None => match self.regex.find_from_pos(text, i) {
+                    Ok(Some(m)) if m.start() == i => m.end(),
+                    // Every character is matched by some alternative, so the next match
+                    // starts here; a backtracking failure has no honest count.
+                    other => panic!("tiktoken's pattern failed at {i}: {other:?}"),
+                },
+            };
+            add(&bytes[i..end]);
+            i = end;
+        }
+        n
+    }
+}
+
+/// Pieces at least this long are merged with a heap (tiktoken's `_byte_pair_merge_large`
+/// does the same): the pairwise scan is quadratic, and one long word is one piece.
+const LARGE_PIECE: usize = 100;
+
+/// How many tokens BPE merges `piece` (not itself a token, so > 1 byte) into: repeatedly
+/// the adjacent pair of lowest rank, the leftmost of equals, as tiktoken does.
+fn merge_count(piece: &[u8], ranks: &rustc_hash::FxHashMap<Vec<u8>, Rank>, large: usize) -> usize {
+    let n = piece.len();
+    if n < large {
+        return byte_pair_split(piece, ranks).len();
+    }
+    // Parts as a linked list of start offsets; `rank[i]`: the pair starting at part i.
+    let mut next: Vec<usize> = (1..=n).collect();
+    let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect();
+    let mut rank = vec![Rank::MAX; n];
+    let mut heap = BinaryHeap::new();
+    let pair = |next: &[usize], i: usize| {
+        let j = next[i];
+        (j < n)
+            .then(|| ranks.get(&piece[i..next[j]]).copied())
+            .flatten()
+    };
+    for i in 0..n - 1 {
+        if let Some(r) = ranks.get(&piece[i..i + 2]) {
+            rank[i] = *r;
+            heap.push(Reverse((*r, i)));
+        }
+    }
+    let mut parts = n;
+    while let Some(Reverse((r, i))) = heap.pop() {
+        if rank[i] != r {
+            continue; // stale: the pair at i has grown (a longer span has another rank)
+        }
+        let j = next[i];
+        next[i] = next[j];
+        if next[j] < n {
+            prev[next[j]] = i;
+        }
+        rank[j] = Rank::MAX;
+        parts -= 1;
+        for k in [i, prev[i]] {
+            if k < n {
+                rank[k] = pair(&next, k).unwrap_or(Rank::MAX);
+                if rank[k] != Rank::MAX {
+                    heap.push(Reverse((rank[k], k)));
+                }
+            }
+        }
+    }
+    parts
+}
+
+static CL100K_ENC: OnceLock<Encoding> = OnceLock::new();
+static O200K_ENC: OnceLock<Encoding> = OnceLock::new();
 
 /// The tokenizer for an encoding name, built on first use.
-pub fn bpe(encoding: &str) -> Result<&'static CoreBPE, KeyError> {
+pub fn bpe(encoding: &str) -> Result<&'static Encoding, KeyError> {
     match encoding {
-        CL100K => Ok(CL100K_BPE.get_or_init(|| tiktoken_rs::cl100k_base().expect("embedded BPE"))),
-        O200K => Ok(O200K_BPE.get_or_init(|| tiktoken_rs::o200k_base().expect("embedded BPE"))),
+        CL100K => Ok(CL100K_ENC.get_or_init(|| {
+            let bpe = tiktoken_rs::cl100k_base().expect("embedded BPE");
+            Encoding::load(&bpe, Pattern::Cl100k, CL100K_PATTERN)
+        })),
+        O200K => Ok(O200K_ENC.get_or_init(|| {
+            let bpe = tiktoken_rs::o200k_base().expect("embedded BPE");
+            Encoding::load(&bpe, Pattern::O200k, O200K_PATTERN)
+        })),
         other => Err(KeyError(format!(
             "unknown encoding {other:?} (expected \"cl100k_base\" or \"o200k_base\")"
         ))),
@@ -25,15 +166,11 @@ pub fn bpe(encoding: &str) -> Result<&'static CoreBPE, KeyError> {
 
 /// Exact number of tokens of `text` (special tokens are counted as ordinary text).
 pub fn count_tokens(text: &str, encoding: &str) -> Result<usize, KeyError> {
-    Ok(count_with(bpe(encoding)?, text))
+    Ok(bpe(encoding)?.count(text))
 }
 
-fn count_with(bpe: &CoreBPE, text: &str) -> usize {
-    if text.is_empty() {
-        0
-    } else {
-        bpe.encode_ordinary(text).len()
-    }
+fn count_with(bpe: &Encoding, text: &str) -> usize {
+    bpe.count(text)
 }
 
 /// Models that use o200k_base although their name starts like a cl100k model.
@@ -204,6 +341,60 @@ mod tests {
         assert_eq!(encoding_for_model("text-embedding-3-small"), CL100K);
         assert_eq!(encoding_for_model("o3-mini"), O200K);
         assert_eq!(encoding_for_model("some-llama"), O200K);
+    }
+
+    #[test]
+    fn heap_merge_matches_the_pairwise_merge() {
+        let enc = bpe(O200K).unwrap();
+        let mut state: u64 = 7;
+        for len in 2..300 {
+            let piece: Vec<u8> = (0..len)
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    b"aab ethq"[(state >> 40) as usize % 8]
+                })
+                .collect();
+            assert_eq!(
+                merge_count(&piece, &enc.ranks, 0),
+                byte_pair_split(&piece, &enc.ranks).len(),
+                "{piece:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn mixed_text_counts_like_tiktoken() {
+        // ASCII next to letters, digits and spaces that are not: the hand split and the
+        // regex take turns at every kind of boundary.
+        let alphabet = [
+            "a", "B", "'s", "'LL", "1", " ", "  ", "\t", "\n", "\r\n", "!", "/", "\u{0b}", "é",
+            "É", "ß", "\u{a0}", "\u{3000}", "\u{2028}", "中", "😀", "\u{0301}", "\u{0661}", "Ⅻ",
+        ];
+        let pairs = [
+            (CL100K, tiktoken_rs::cl100k_base().unwrap()),
+            (O200K, tiktoken_rs::o200k_base().unwrap()),
+        ];
+        let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            for _ in 0..(state % 24) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                text.push_str(alphabet[(state >> 11) as usize % alphabet.len()]);
+            }
+            for (name, reference) in &pairs {
+                let expected = reference.encode_ordinary(&text).len();
+                assert_eq!(
+                    count_tokens(&text, name).unwrap(),
+                    expected,
+                    "{name} on {text:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -28,7 +28,9 @@ from watchllm.limits.ops import (
     MemoryLimiter,
     Op,
 )
+from watchllm import core
 from watchllm.limits.redis import RedisLimiter
+from watchllm.limits.service import duration
 
 from .conftest import REDIS_KINDS, client_of, close_client, redis_client
 
@@ -236,6 +238,42 @@ def test_adjust_writes_what_apply_writes() -> None:
         a.adjust(settle, now)
         b.apply_now(settle, now)
         assert (a._rate, a._conc, a._quota) == (b._rate, b._conc, b._quota)
+
+
+def test_check_rates_decides_and_writes_what_apply_does() -> None:
+    """The in-process fast path (`check_rates` + `adjust_rates`, what LimitsService uses
+    for rates-only callers) against `apply_now` + `adjust` on the same ops: every decision,
+    every header value, every state, through denials, plan changes and refunds."""
+    rng = random.Random(11)
+    fast, ref = MemoryLimiter(), MemoryLimiter()
+    now, denied = NOW0, 0
+    for _ in range(5000):
+        now += rng.choice([0, 0, 1, 17, 250, 7000, 61_000, 4_000_000])
+        rows = [("k:rpm", rng.choice([3, 5, 60]), 60_000, False),
+                ("k:tpm", rng.choice([50, 400, 10**9]), 60_000, True),
+                ("p:tpm", 300, rng.choice([1_000, 60_000, 7_200_000]), True)][:rng.randint(1, 3)]
+        names = [(b"l%d" % i, b"r%d" % i, b"s%d" % i) for i in range(len(rows))]
+        plan = core.RatePlan(rows, [(n, [i]) for i, n in enumerate(names)])
+        tokens = rng.choice([0, 1, 7, 40, 120, 500])
+        ops = [Op(RATE, k, lim, win, tokens if tok else 1) for k, lim, win, tok in rows]
+        got, want = fast.check_rates(plan, tokens, now), ref.apply_now(ops, now)
+        if want.allowed:
+            assert got == [pair for n, op, r in zip(names, ops, want.results, strict=True)
+                           for pair in ((n[0], b"%d" % op.limit), (n[1], b"%d" % r.remaining),
+                                        (n[2], duration(r.reset_ms).encode()))]
+        else:
+            assert got is None
+            # The service then decides again on the general path (and explains the 429).
+            assert fast.apply_now(ops, now) == want
+            denied += 1
+        assert fast._rate == ref._rate
+        if got is not None:
+            delta = rng.randint(-60, 200)
+            fast.adjust_rates(plan, delta, now)
+            ref.adjust([Op(RATE, k, lim, win, delta, ADJUST) for k, lim, win, tok in rows
+                        if tok], now)
+            assert fast._rate == ref._rate
+    assert 500 < denied < 4500  # both branches were exercised
 
 
 async def test_plan_change_keeps_what_was_used() -> None:

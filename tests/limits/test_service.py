@@ -232,3 +232,37 @@ async def test_unlimited_and_admin_cost_no_round_trip(project: str) -> None:
 
 def test_redis_limiter_is_what_a_counters_adapter_delegates_to() -> None:
     assert callable(RedisLimiter(object()).apply)
+
+
+async def test_in_process_fast_path_answers_as_the_general_path() -> None:
+    """Rates-only callers in process are admitted by `MemoryLimiter.check_rates` (one
+    `core.admit_rates` call) and settled by `settle_now`. A twin service forced onto the
+    general path (ops, outcome, `_settle_local`) must give the same 429s, headers, state."""
+    import random
+
+    from watchllm.env.embedded.memory import MemoryCounters
+
+    rng = random.Random(3)
+    clock = Clock()
+    fast = service(MemoryCounters(), clock, default_rpm=40, default_tpm=2_000)
+    general = service(MemoryCounters(), clock, default_rpm=40, default_tpm=2_000)
+    assert general._local is not None
+    general._local.check_rates = lambda plan, tokens, now_ms=None: None  # type: ignore[method-assign]
+    limits = Limits(project=Scope(tpm=3_000), key=Scope(rpm=40, tpm=2_000))
+    outcomes = {"admitted": 0, "denied": 0}
+    for _ in range(3000):
+        clock.t += rng.choice([0, 0, 0.01, 0.3, 2, 20])
+        tokens = rng.choice([1, 10, 90, 400, 2_500])
+        answers = []
+        for svc in (fast, general):
+            try:
+                adm = await svc.admit("p", "k", tokens, limits)
+            except RateLimitError as exc:
+                answers.append((exc.status, exc.message, exc.headers))
+                continue
+            answers.append(svc.headers(adm))
+            await svc.settle(adm, tokens + random.Random(clock.t).randint(-5, 300), 0.0)
+        assert answers[0] == answers[1]
+        outcomes["denied" if isinstance(answers[0], tuple) else "admitted"] += 1
+        assert fast._local._rate == general._local._rate  # type: ignore[union-attr]
+    assert min(outcomes.values()) > 300, outcomes

@@ -3,13 +3,15 @@
 Used when the Rust extension is not available (Cloudflare Python Workers/Pyodide)
 or when `WATCHLLM_CORE=python`. Each module mirrors one Rust module:
 `_cache_key` ↔ `cache_key.rs`, `_tokens` ↔ `tokens.rs`, `_vector` ↔
-`similarity.rs`, `_rowbinary` ↔ `rowbinary.rs`, `_stream` ↔ `stream.rs`.
+`similarity.rs`, `_rowbinary` ↔ `rowbinary.rs`, `_stream` ↔ `stream.rs`, `_rates` ↔
+`py/rates.rs`.
 """
 
 from __future__ import annotations
 
 from ._cache_key import cache_key, context_key, embed_text
 from ._errors import CoreError, RowBinaryError
+from ._rates import RatePlan, adjust_rates, admit_rates
 from ._rowbinary import encode_rowbinary
 from ._stream import stream_usage
 from ._tokens import count_chat_tokens, count_tokens, encoding_for_model
@@ -19,9 +21,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CoreError",
+    "RatePlan",
     "RowBinaryError",
     "VectorIndex",
     "__version__",
+    "adjust_rates",
+    "admit_rates",
     "cache_key",
     "context_key",
     "count_chat_tokens",

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from watchllm import core
+
 RATE, CONC, QUOTA = 0, 1, 2
 CHECK, PEEK, FORCE, RELEASE, ADJUST = 0, 1, 2, 3, 4
 NEVER = -1  # retry_ms when waiting cannot help (cost above the whole limit)
@@ -191,6 +193,24 @@ class MemoryLimiter:
         if now >= self._sweep_at:
             self._sweep(now)
         return Outcome(denied < 0, denied, now, tuple(results))
+
+    def check_rates(self, plan: core.RatePlan, tokens: int,
+                    now_ms: int | None = None) -> list[tuple[bytes, bytes]] | None:
+        """`apply_now` of a rates-only caller's RATE CHECK ops (each costing 1 or `tokens`),
+        without building ops and results: `core.admit_rates` checks and writes them in one
+        call and returns the response's x-ratelimit-* headers, or None when one is denied
+        (nothing written). The same decisions and writes as `apply_now`
+        (tests/limits/test_gcra.py)."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        headers = core.admit_rates(self._rate, plan, tokens, now)
+        if now >= self._sweep_at:
+            self._sweep(now)
+        return headers
+
+    def adjust_rates(self, plan: core.RatePlan, delta: int, now_ms: int | None = None) -> None:
+        """`adjust` of one RATE ADJUST op of `delta` per token op of `plan` (TPM)."""
+        core.adjust_rates(self._rate, plan, delta,
+                          int(time.time() * 1000) if now_ms is None else now_ms)
 
     def adjust(self, ops: Sequence[Op], now_ms: int | None = None) -> None:
         """Apply ADJUST (and RELEASE) ops whose results nobody reads: the in-process settle.

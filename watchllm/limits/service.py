@@ -21,11 +21,11 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from watchllm import metrics
+from watchllm import core, metrics
 from watchllm.env.base import Counters, CountersUnavailable
 from watchllm.errors import RateLimitError, ServiceUnavailableError
 from watchllm.limits.deferred import DeferredDeltas, add
@@ -62,9 +62,10 @@ _ONE, _TOKENS, _AT_LEAST_ONE = 0, 1, 2  # what an op costs per request
 _TOK, _USD = 1, 2  # what settle reconciles on an op
 # (kind, key, limit, window_ms, cost kind, mode, name)
 _Row = tuple[int, str, int, int, int, int, str]
-_HEADER_NAMES = {
-    suffix: tuple(f"x-ratelimit-{part}-{unit}".encode() for part in ("limit", "remaining", "reset"))
-    for suffix, unit in (("rpm", "requests"), ("tpm", "tokens"))}
+_HEADER_NAMES: dict[str, tuple[bytes, bytes, bytes]] = {
+    suffix: (b"x-ratelimit-limit-" + unit, b"x-ratelimit-remaining-" + unit,
+             b"x-ratelimit-reset-" + unit)
+    for suffix, unit in (("rpm", b"requests"), ("tpm", b"tokens"))}
 
 
 @dataclass(slots=True)
@@ -82,6 +83,7 @@ class _Template:
     header_groups: tuple[tuple[tuple[bytes, ...], tuple[int, ...]], ...]
     simple: bool  # rates only: admit copies `fixed` and fills in the token ops
     token_rows: tuple[tuple[int, str, int, int], ...]  # (index, key, limit, window) of tpm ops
+    rate_plan: core.RatePlan | None  # `simple`: the ops for MemoryLimiter.check_rates
 
 
 class QuotaExceededError(RateLimitError):
@@ -104,12 +106,15 @@ class Admission:
     project_id: str
     key_id: str
     estimated_tokens: int = 0
-    ops: list[Op] = field(default_factory=list)
+    ops: Sequence[Op] = ()
     names: tuple[str, ...] = ()  # per op: "key.rpm", "project.tpm", "budget", ...
     outcome: Outcome | None = None
     degraded: bool = False  # admitted without checking: the backend was down (fail open)
     settled: bool = field(default=False)
     plan: _Template | None = None
+    # Admitted in process by MemoryLimiter.check_rates, in place of ops and outcome: the
+    # x-ratelimit-* headers it worked out. Settled synchronously by `settle_now`.
+    rate_headers: RawHeaders | None = None
 
 
 def duration(ms: int) -> str:
@@ -215,10 +220,17 @@ class LimitsService:
         template = self._templates.get((project_id, key_id))
         if template is None or template.limits is not limits:
             template = self._template(project_id, key_id, limits)
+        local = self._local
+        if local is not None and template.rate_plan is not None:
+            headers = local.check_rates(template.rate_plan, tokens, now_ms)
+            if headers is not None:
+                return Admission(project_id, key_id, tokens, (), (), None, False, False,
+                                 template, headers)
+            # Denied, nothing written: the general path below decides again (the same
+            # answer) and explains the 429.
         ops = self._admit_ops(template, tokens, now_ms)
         admission = Admission(project_id, key_id, tokens, ops, template.names, None, False,
                               False, template)
-        local = self._local
         outcome: Outcome | None
         if local is not None:
             outcome = local.apply_now(ops, now_ms)
@@ -284,8 +296,12 @@ class LimitsService:
         simple = all(r[0] == RATE for r in rows)
         token_rows = tuple((i, r[1], r[2], r[3]) for i, r in enumerate(rows)
                            if r[0] == RATE and r[4] == _TOKENS)
+        rate_plan = core.RatePlan([(r[1], r[2], r[3], r[4] == _TOKENS) for r in rows],
+                                  [(names, list(idx)) for names, idx in groups]) \
+            if simple and rows else None
         template = _Template(limits, tuple(rows), names, fixed, reconcile,
-                             any(r[0] == CONC for r in rows), groups, simple, token_rows)
+                             any(r[0] == CONC for r in rows), groups, simple, token_rows,
+                             rate_plan)
         if len(self._templates) > 100_000:
             self._templates.clear()
         self._templates[(project_id, key_id)] = template
@@ -400,6 +416,9 @@ class LimitsService:
         concurrency lease is released at once, in one batch with the project's deltas.
         Never raises: it runs after the response. Idempotent per admission.
         """
+        if admission.rate_headers is not None:
+            self.settle_now(admission, real_tokens)
+            return
         if admission.settled or admission.degraded or not admission.ops:
             admission.settled = True
             return
@@ -434,7 +453,20 @@ class LimitsService:
         if await self._apply([*carried.values(), *releases], now_ms, None) is None and carried:
             self._deferred.restore(project_id, carried)  # the lease expires on its own
 
-    def _settle_local(self, ops: list[Op], template: _Template, real_tokens: int,
+    def settle_now(self, admission: Admission, real_tokens: int) -> None:
+        """`settle` of an admission made by `check_rates` (in process, rates only): TPM
+        reconciliation written at once. Synchronous: no coroutine per request."""
+        if admission.settled:
+            return
+        admission.settled = True
+        delta = max(int(real_tokens), 0) - admission.estimated_tokens
+        template = admission.plan
+        if delta and template is not None and template.rate_plan is not None \
+                and self._local is not None:
+            now_ms = None if self.clock is None else int(self.clock() * 1000)
+            self._local.adjust_rates(template.rate_plan, delta, now_ms)
+
+    def _settle_local(self, ops: Sequence[Op], template: _Template, real_tokens: int,
                       cost_usd: float) -> None:
         batch: list[Op] = []
         for i, what in template.reconcile:
@@ -498,6 +530,8 @@ class LimitsService:
         """OpenAI's x-ratelimit-* for the tightest request and token limits (none if unlimited)."""
         outcome = admission.outcome
         template = admission.plan
+        if admission.rate_headers is not None:
+            return admission.rate_headers
         if outcome is None or template is None:
             return []
         results, ops = outcome.results, admission.ops
