@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import gc
 import hashlib
-import json
 import itertools
+import json
 import os
 import re
 import sys

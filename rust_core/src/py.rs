@@ -4,9 +4,10 @@
 use crate::cache_key as keys;
 use crate::{similarity, stream, tokens};
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyString;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use std::borrow::Cow;
 
 mod rates;
@@ -75,9 +76,63 @@ fn encoding_for_model(model: &str) -> &'static str {
     tokens::encoding_for_model(model)
 }
 
+/// Prompt tokens of a chat request: its body, or the dict orjson parsed it into (the
+/// same count without parsing again; see `tokens/chat.rs`).
 #[pyfunction]
-fn count_chat_tokens(py: Python<'_>, body: &[u8]) -> PyResult<usize> {
-    detach_if(py, body.len(), || tokens::count_chat_tokens(body)).map_err(core_err)
+fn count_chat_tokens(py: Python<'_>, body: &Bound<'_, PyAny>) -> PyResult<usize> {
+    if let Ok(bytes) = body.cast::<PyBytes>() {
+        let body = bytes.as_bytes();
+        return detach_if(py, body.len(), || tokens::count_chat_tokens(body)).map_err(core_err);
+    }
+    if body.cast::<PyDict>().is_ok() {
+        return tokens::chat::count_chat(body).map_err(core_err);
+    }
+    Err(PyTypeError::new_err(
+        "count_chat_tokens takes the body (bytes) or its parsed dict",
+    ))
+}
+
+/// A Python object as orjson makes it of JSON, for the chat formula.
+impl tokens::chat::Json for Bound<'_, PyAny> {
+    fn text(&self) -> Option<Cow<'_, str>> {
+        self.cast::<PyString>().ok()?.to_cow().ok()
+    }
+    fn member(&self, key: &str) -> Option<Self> {
+        let dict = self.cast::<PyDict>().ok()?;
+        let py = self.py();
+        // Interned: a new str per lookup (made and hashed) costs more than the lookup.
+        let key = match key {
+            "model" => intern!(py, "model"),
+            "messages" => intern!(py, "messages"),
+            "text" => intern!(py, "text"),
+            "prompt" => intern!(py, "prompt"),
+            "input" => intern!(py, "input"),
+            "tools" => intern!(py, "tools"),
+            "functions" => intern!(py, "functions"),
+            other => return dict.get_item(other).ok().flatten(),
+        };
+        dict.get_item(key).ok().flatten()
+    }
+    fn is_object(&self) -> bool {
+        self.cast::<PyDict>().is_ok()
+    }
+    fn each_item(&self, f: &mut dyn FnMut(Self)) -> bool {
+        let Ok(list) = self.cast::<PyList>() else {
+            return false;
+        };
+        list.iter().for_each(f);
+        true
+    }
+    fn each_entry(&self, f: &mut dyn FnMut(&str, Self)) -> bool {
+        let Ok(dict) = self.cast::<PyDict>() else {
+            return false;
+        };
+        for (key, value) in dict.iter() {
+            let key = key.cast::<PyString>().ok().and_then(|k| k.to_cow().ok());
+            f(key.as_deref().unwrap_or(""), value);
+        }
+        true
+    }
 }
 
 /// (usage or None, text) of a finished SSE stream (see `stream.rs`).

@@ -9,6 +9,7 @@ from importlib import resources
 from types import ModuleType
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -278,3 +279,38 @@ chat_bodies = st.fixed_dictionaries(
 def test_chat_twin_equals_rust(rust: ModuleType, twin: ModuleType, body: dict[str, Any]) -> None:
     raw = json.dumps(body).encode()
     assert twin.count_chat_tokens(raw) == rust.count_chat_tokens(raw)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(
+        st.sampled_from(["text", "type", "name", "content", "function", "parameters",
+                         "properties", "enum", "description", "x"]), inner, max_size=4),
+    max_leaves=12,
+)
+odd_bodies = st.dictionaries(
+    st.sampled_from(["model", "messages", "tools", "functions", "prompt", "input", "x"]),
+    json_values | st.lists(json_values, max_size=3), max_size=5,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=chat_bodies | odd_bodies)
+def test_the_parsed_dict_counts_as_the_body(
+    rust: ModuleType, twin: ModuleType, body: dict[str, Any]
+) -> None:
+    """The proxy passes the dict it already parsed: the same count as the raw body, on
+    both backends, for well-formed chats and for every odd shape and type."""
+    raw = json.dumps(body).encode()
+    parsed = orjson.loads(raw)
+    expected = twin.count_chat_tokens(raw)
+    assert rust.count_chat_tokens(raw) == expected
+    assert rust.count_chat_tokens(parsed) == expected
+    assert twin.count_chat_tokens(parsed) == expected
+
+
+def test_count_chat_tokens_takes_bytes_or_a_dict(rust: ModuleType, twin: ModuleType) -> None:
+    for mod in (rust, twin):
+        with pytest.raises(TypeError):
+            mod.count_chat_tokens("not bytes")

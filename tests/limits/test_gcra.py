@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from watchllm import core
 from watchllm.limits.ops import (
     ADJUST,
     CHECK,
@@ -28,7 +29,6 @@ from watchllm.limits.ops import (
     MemoryLimiter,
     Op,
 )
-from watchllm import core
 from watchllm.limits.redis import RedisLimiter
 from watchllm.limits.service import duration
 

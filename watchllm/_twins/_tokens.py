@@ -194,9 +194,15 @@ def _tools_tokens(obj: dict[str, Any], encoding: str, count: Callable[[str], int
     return max(total, 0)
 
 
-def count_chat_tokens(body: bytes) -> int:
-    """Prompt tokens of a request body by OpenAI's cookbook formula (docs/core.md)."""
-    obj = parse_object(body)
+def count_chat_tokens(body: bytes | dict[str, Any]) -> int:
+    """Prompt tokens of a request body (or the dict orjson parsed it into) by OpenAI's
+    cookbook formula (docs/core.md)."""
+    if isinstance(body, dict):
+        obj = body
+    elif isinstance(body, bytes):
+        obj = parse_object(body)
+    else:
+        raise TypeError("count_chat_tokens takes the body (bytes) or its parsed dict")
     model = obj.get("model")
     encoding = encoding_for_model(model) if isinstance(model, str) else O200K
     enc = _get(encoding)

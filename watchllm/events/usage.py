@@ -69,8 +69,9 @@ def from_body(endpoint: str, body: bytes) -> tuple[Usage, str, dict[str, Any] | 
         raw if isinstance(raw, dict) else None
 
 
-def chat_prompt_tokens(body: bytes) -> int:
-    """Prompt tokens of a chat request body by OpenAI's formula (0 if it cannot be read)."""
+def chat_prompt_tokens(body: bytes | dict[str, Any]) -> int:
+    """Prompt tokens of a chat request body, or of the dict parsed from it (the same
+    count, without parsing again), by OpenAI's formula (0 if it cannot be read)."""
     try:
         return core.count_chat_tokens(body)
     except ValueError:

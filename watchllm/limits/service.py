@@ -260,6 +260,24 @@ class LimitsService:
             raise self._rejection(admission, outcome, limits)
         return admission
 
+    def admit_now(self, project_id: str, key_id: str, estimated_prompt_tokens: int,
+                  limits: Limits) -> Admission | None:
+        """`admit` without a coroutine, when it can answer at once: counters in this process,
+        a rates-only caller seen before with these limits, a request within them. None:
+        await `admit` (which also builds the caller's template and raises the 429)."""
+        local = self._local
+        template = self._templates.get((project_id, key_id))
+        if local is None or template is None or template.limits is not limits \
+                or template.rate_plan is None:
+            return None
+        tokens = max(int(estimated_prompt_tokens), 0)
+        headers = local.check_rates(template.rate_plan, tokens,
+                                    None if self.clock is None else int(self.clock() * 1000))
+        if headers is None:
+            return None  # over a limit: nothing was written; admit() explains it
+        return Admission(project_id, key_id, tokens, (), (), None, False, False, template,
+                         headers)
+
     def _template(self, project_id: str, key_id: str, limits: Limits) -> _Template:
         """Cached per (project, key) while the Limits object is the same: building key
         strings and ops per request costs more than the in-process check itself."""

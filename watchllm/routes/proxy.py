@@ -163,7 +163,7 @@ async def finish(gw: Gateway, ctx: ProxyContext) -> None:
 def _estimate_tokens(endpoint: str, raw: bytes, data: dict[str, Any], model: str) -> int:
     """Prompt tokens before the call (for token limits); reconciled with real usage later."""
     if endpoint == "chat/completions":
-        return usage_mod.chat_prompt_tokens(raw)
+        return usage_mod.chat_prompt_tokens(data)  # as counted from `raw`, without a parse
     value = data.get("prompt", data.get("input"))
     texts = value if isinstance(value, list) else [value]
     encoding = core.encoding_for_model(model)
@@ -193,7 +193,8 @@ async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
         estimate = _estimate_tokens(ctx.endpoint, raw, data, ctx.model)
         if ctx.endpoint == "chat/completions":  # the same count from_stream would make
             ctx.counted = (raw, estimate)
-        ctx.admission = await gw.limits.admit(ctx.project_id, ctx.key_id, estimate, limits)
+        ctx.admission = gw.limits.admit_now(ctx.project_id, ctx.key_id, estimate, limits) \
+            or await gw.limits.admit(ctx.project_id, ctx.key_id, estimate, limits)
         ctx.limit_headers = gw.limits.headers(ctx.admission)
     body_controls = data.get("watchllm")
     if body_controls is None and plain:
@@ -273,7 +274,8 @@ async def remembered(gw: Gateway, ctx: ProxyContext, principal: Principal,
         return False
     ctx.model, ctx.stream = hot.model, hot.stream  # what the full path knows at admission
     if not limits.unlimited:
-        ctx.admission = await gw.limits.admit(pid, ctx.key_id, hot.estimate, limits)
+        ctx.admission = gw.limits.admit_now(pid, ctx.key_id, hot.estimate, limits) \
+            or await gw.limits.admit(pid, ctx.key_id, hot.estimate, limits)
         ctx.limit_headers = gw.limits.headers(ctx.admission)
     ctx.provider, ctx.prompt, ctx.user = hot.provider, hot.prompt, hot.user
     ctx.status, ctx.cache_status = 200, "HIT"
