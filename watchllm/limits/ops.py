@@ -207,10 +207,9 @@ class MemoryLimiter:
             self._sweep(now)
         return headers
 
-    def adjust_rates(self, plan: core.RatePlan, delta: int, now_ms: int | None = None) -> None:
+    def adjust_rates(self, plan: core.RatePlan, delta: int, now_ms: int) -> None:
         """`adjust` of one RATE ADJUST op of `delta` per token op of `plan` (TPM)."""
-        core.adjust_rates(self._rate, plan, delta,
-                          int(time.time() * 1000) if now_ms is None else now_ms)
+        core.adjust_rates(self._rate, plan, delta, now_ms)
 
     def adjust(self, ops: Sequence[Op], now_ms: int | None = None) -> None:
         """Apply ADJUST (and RELEASE) ops whose results nobody reads: the in-process settle.

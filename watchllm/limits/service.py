@@ -272,7 +272,7 @@ class LimitsService:
             return None
         tokens = max(int(estimated_prompt_tokens), 0)
         headers = local.check_rates(template.rate_plan, tokens,
-                                    None if self.clock is None else int(self.clock() * 1000))
+                                    int((self.clock or time.time)() * 1000))
         if headers is None:
             return None  # over a limit: nothing was written; admit() explains it
         return Admission(project_id, key_id, tokens, (), (), None, False, False, template,
@@ -478,11 +478,10 @@ class LimitsService:
             return
         admission.settled = True
         delta = max(int(real_tokens), 0) - admission.estimated_tokens
-        template = admission.plan
-        if delta and template is not None and template.rate_plan is not None \
-                and self._local is not None:
-            now_ms = None if self.clock is None else int(self.clock() * 1000)
-            self._local.adjust_rates(template.rate_plan, delta, now_ms)
+        if delta and self._local is not None and admission.plan is not None \
+                and admission.plan.rate_plan is not None:
+            self._local.adjust_rates(admission.plan.rate_plan, delta,
+                                     int((self.clock or time.time)() * 1000))
 
     def _settle_local(self, ops: Sequence[Op], template: _Template, real_tokens: int,
                       cost_usd: float) -> None:
