@@ -66,6 +66,11 @@ async def test_plan_lifecycle_and_limits_resolution(gw: Any) -> None:
     assert status == 201 and plan["limits"]["budget_usd"] == 50
     status, bad = await call(gw, "POST", "/v1/admin/plans", {"name": "x", "limits": {"rpn": 1}})
     assert status == 400 and "rpn" in bad["error"]["message"]
+    # A rate of 0 is refused (it used to be stored, and every request then failed).
+    status, bad = await call(gw, "POST", "/v1/admin/plans",
+                             {"name": "x", "limits": {"key": {"tpm": 0}}})
+    assert status == 400 and bad["error"]["param"] == "key.tpm"
+    assert "positive" in bad["error"]["message"]
     _, project = await call(gw, "POST", "/v1/admin/projects", {"name": "app"})
     status, updated = await call(gw, "PATCH", f"/v1/admin/projects/{project['id']}",
                                  {"plan_id": plan["id"], "name": "app2"})

@@ -71,6 +71,10 @@ def _int(data: dict[str, Any], name: str, where: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidRequestError(f"{where}{name} must be a non-negative integer or null",
                                   param=f"{where}{name}")
+    if name in ("rpm", "tpm") and value == 0:  # a rate has no meaning at 0 (GCRA divides by it)
+        raise InvalidRequestError(
+            f"{where}{name} must be a positive integer or null (null: unlimited; to stop a "
+            "key, revoke it or set its max_concurrent to 0)", param=f"{where}{name}")
     if name in ("rpm", "tpm") and value * RATE_WINDOW_MS > MAX_CAPACITY:
         raise InvalidRequestError(f"{where}{name} is too large (max {MAX_CAPACITY // 60_000})",
                                   param=f"{where}{name}")

@@ -314,9 +314,10 @@ class LimitsService:
         simple = all(r[0] == RATE for r in rows)
         token_rows = tuple((i, r[1], r[2], r[3]) for i, r in enumerate(rows)
                            if r[0] == RATE and r[4] == _TOKENS)
+        # A limit of 0 (a plan that blocks) takes the general path, which explains it.
         rate_plan = core.RatePlan([(r[1], r[2], r[3], r[4] == _TOKENS) for r in rows],
                                   [(names, list(idx)) for names, idx in groups]) \
-            if simple and rows else None
+            if simple and rows and all(r[2] > 0 for r in rows) else None
         template = _Template(limits, tuple(rows), names, fixed, reconcile,
                              any(r[0] == CONC for r in rows), groups, simple, token_rows,
                              rate_plan)

@@ -60,7 +60,7 @@ def reply_text(data: dict[str, Any]) -> str:
 def _usage(data: dict[str, Any], text: str) -> dict[str, int]:
     model = str(data.get("model", ""))
     try:
-        prompt = core.count_chat_tokens(orjson.dumps(data)) if "messages" in data else 0
+        prompt = core.count_chat_tokens(data) if "messages" in data else 0
     except ValueError:
         prompt = 0
     completion = core.count_tokens(text, core.encoding_for_model(model))
