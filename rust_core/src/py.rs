@@ -68,7 +68,7 @@ fn count_tokens(py: Python<'_>, text: &Bound<'_, PyString>, encoding: &str) -> P
     let bpe = tokens::bpe(encoding).map_err(core_err)?;
     let text = text_arg(text)?;
     // Counting costs more per byte than hashing: a quarter of the size is worth a release.
-    Ok(detach_if(py, text.len() * 4, || bpe.count(&text)))
+    detach_if(py, text.len() * 4, || bpe.count(&text)).map_err(core_err)
 }
 
 #[pyfunction]

@@ -57,8 +57,9 @@ impl Encoding {
     }
 
     /// Exact number of tokens of `text`: `encode_ordinary(text).len()` (special tokens
-    /// are counted as ordinary text).
-    pub fn count(&self, text: &str) -> usize {
+    /// are counted as ordinary text). Fails only where the regex gives up (its
+    /// backtracking stack, e.g. on ~1M non-ASCII spaces): tiktoken panics there.
+    pub fn count(&self, text: &str) -> Result<usize, KeyError> {
         let mut n = 0;
         let mut add = |piece: &[u8]| {
             n += if self.ranks.contains_key(piece) {
@@ -69,7 +70,7 @@ impl Encoding {
         };
         if text.is_ascii() {
             split::pieces(text.as_bytes(), self.pattern, add);
-            return n;
+            return Ok(n);
         }
         // Mixed text: the hand split wherever it can decide from ASCII bytes, the regex
         // for the pieces at and around other characters (the patterns look neither
@@ -80,16 +81,20 @@ impl Encoding {
             let end = match split::ascii_piece(bytes, i, self.pattern) {
                 Some(end) => end,
                 None => match self.regex.find_from_pos(text, i) {
+                    // Every character is matched by some alternative: the next match
+                    // starts here.
                     Ok(Some(m)) if m.start() == i => m.end(),
-                    // Every character is matched by some alternative, so the next match
-                    // starts here; a backtracking failure has no honest count.
-                    other => panic!("tiktoken's pattern failed at {i}: {other:?}"),
+                    other => {
+                        return Err(KeyError(format!(
+                            "the tokenizer's pattern failed at byte {i}: {other:?}"
+                        )))
+                    }
                 },
             };
             add(&bytes[i..end]);
             i = end;
         }
-        n
+        Ok(n)
     }
 }
 
@@ -167,7 +172,7 @@ pub fn bpe(encoding: &str) -> Result<&'static Encoding, KeyError> {
 
 /// Exact number of tokens of `text` (special tokens are counted as ordinary text).
 pub fn count_tokens(text: &str, encoding: &str) -> Result<usize, KeyError> {
-    Ok(bpe(encoding)?.count(text))
+    bpe(encoding)?.count(text)
 }
 
 /// Models that use o200k_base although their name starts like a cl100k model.

@@ -314,3 +314,28 @@ def test_count_chat_tokens_takes_bytes_or_a_dict(rust: ModuleType, twin: ModuleT
     for mod in (rust, twin):
         with pytest.raises(TypeError):
             mod.count_chat_tokens("not bytes")
+
+
+@pytest.mark.parametrize("text", [
+    "7" * 30_000 + " 12345",  # digits come 3 at a time: a long run must stay linear
+    " " * 5_000 + "é" + "\u3000" * 3 + "x",  # an ASCII run ending at non-ASCII
+    "12" + "\u0661\u0662" + "3",  # ASCII digits next to Arabic-Indic ones (also \p{N})
+])
+def test_long_runs_next_to_other_characters(rust: ModuleType, twin: ModuleType,
+                                            text: str) -> None:
+    for enc in ENCODINGS:
+        expected = len(tiktoken_encoding(enc).encode_ordinary(text))
+        assert rust.count_tokens(text, enc) == expected == twin.count_tokens(text, enc)
+
+
+def test_where_the_regex_gives_up_the_count_is_an_error(rust: ModuleType) -> None:
+    """~1M non-ASCII spaces exhaust fancy-regex's backtracking stack (tiktoken panics
+    there): a CoreError (a ValueError the gateway turns into an estimate), not a panic."""
+    from watchllm import core
+    from watchllm.events.usage import text_tokens
+
+    text = "\u3000" * 1_000_000 + "a"
+    with pytest.raises(rust.CoreError):
+        rust.count_tokens(text, "cl100k_base")
+    if core.BACKEND == "rust":
+        assert text_tokens(text, "cl100k_base") == (3 * 1_000_000 + 1 + 3) // 4

@@ -266,3 +266,30 @@ async def test_in_process_fast_path_answers_as_the_general_path() -> None:
         outcomes["denied" if isinstance(answers[0], tuple) else "admitted"] += 1
         assert fast._local._rate == general._local._rate  # type: ignore[union-attr]
     assert min(outcomes.values()) > 300, outcomes
+
+
+async def test_a_stored_rate_of_0_keeps_the_rest_of_the_plan() -> None:
+    """Rates of 0 are refused on write now; a plan stored before keeps its budget and
+    quotas, and the 0 is read as 1 per minute (the nearest rate), not as unlimited."""
+    from watchllm.env.embedded.memory import MemoryCounters
+
+    class Stored:
+        async def project_limits(self, project_id: str) -> dict[str, Any]:
+            return {"budget_usd": 5, "max_requests": 100, "key": {"rpm": 0}}
+
+        async def key_limits(self, key_id: str) -> dict[str, Any] | None:
+            return {"tpm": 0}
+
+    svc = LimitsService(MemoryCounters(), Settings(), Stored(), clock=Clock())
+    limits = await svc.limits_for("p", "k")
+    assert limits.budget_usd == 5 and limits.max_requests == 100
+    assert limits.key.rpm == 1 and limits.key.tpm == 1
+
+
+async def test_a_huge_reported_usage_settles(counters: Any, project: str) -> None:
+    """Usage counts are capped at 2^63-1 each; their sum still settles (no overflow)."""
+    svc = service(counters, default_rpm=100, default_tpm=10_000)
+    adm = await svc.admit(project, "k", 10)
+    await svc.settle(adm, 2 * (2**63 - 1), 0.0)
+    with pytest.raises(RateLimitError):
+        await svc.admit(project, "k", 10)  # the bucket is in (clamped) debt

@@ -69,6 +69,16 @@ def from_body(endpoint: str, body: bytes) -> tuple[Usage, str, dict[str, Any] | 
         raw if isinstance(raw, dict) else None
 
 
+def text_tokens(text: str, encoding: str) -> int:
+    """Tokens of `text`; where the tokenizer's regex gives up (its backtracking stack, on
+    about a million consecutive non-ASCII spaces; tiktoken panics there) an estimate of
+    UTF-8 bytes / 4, so such a text is still counted, not failed."""
+    try:
+        return core.count_tokens(text, encoding)
+    except ValueError:
+        return -(-len(text.encode("utf-8", "replace")) // 4)
+
+
 def chat_prompt_tokens(body: bytes | dict[str, Any]) -> int:
     """Prompt tokens of a chat request body, or of the dict parsed from it (the same
     count, without parsing again), by OpenAI's formula (0 if it cannot be read)."""
@@ -87,5 +97,5 @@ def from_stream(raw: bytes, request: dict[str, Any], request_body: bytes,
         return Usage(*reported), text
     model = str(request.get("model", ""))
     prompt = prompt_tokens if prompt_tokens is not None else chat_prompt_tokens(request_body)
-    return Usage(prompt, core.count_tokens(text, core.encoding_for_model(model)),
+    return Usage(prompt, text_tokens(text, core.encoding_for_model(model)),
                  counted=True), text

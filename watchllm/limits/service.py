@@ -133,6 +133,14 @@ def _duration_bytes(ms: int) -> bytes:
     return b"%dms" % ms if 0 <= ms < 1000 else duration(ms).encode()
 
 
+def _rates_of_0_as_1(doc: Any) -> Any:
+    """A stored limits document with its rpm/tpm of 0 (also under "key") read as 1."""
+    if not isinstance(doc, dict):
+        return doc
+    return {k: 1 if k in ("rpm", "tpm") and v == 0 and not isinstance(v, bool)
+            else _rates_of_0_as_1(v) if k == "key" else v for k, v in doc.items()}
+
+
 def _key(project_id: str, rest: str) -> str:
     return f"wl:{{{project_id}}}:{rest}"  # hash tag: one Redis Cluster slot per project
 
@@ -183,8 +191,15 @@ class LimitsService:
         try:
             plan, own = parse_limits(plan_doc), parse_scope(key_doc)
         except Exception:  # stored documents are validated on write; never fail a request
-            log.warning("invalid limits stored for %s/%s; using defaults", project_id, key_id)
-            plan, own = Limits(), Scope()
+            try:  # written before rates of 0 were refused: the nearest rate, 1 per minute
+                plan, own = parse_limits(_rates_of_0_as_1(plan_doc)), \
+                    parse_scope(_rates_of_0_as_1(key_doc))
+                log.warning("limits stored for %s/%s have a rate of 0 (no longer accepted); "
+                            "read as 1 per minute: save them again", project_id, key_id)
+            except Exception:
+                log.warning("invalid limits stored for %s/%s; using defaults", project_id,
+                            key_id)
+                plan, own = Limits(), Scope()
         limits = Limits(plan.project, own.over(plan.key).over(self.defaults), plan.budget_usd,
                         plan.max_requests, plan.max_tokens, plan.period)
         previous = hit[0] if hit is not None else None
@@ -478,7 +493,9 @@ class LimitsService:
         if admission.settled:
             return
         admission.settled = True
-        delta = max(int(real_tokens), 0) - admission.estimated_tokens
+        # Clamped into core's integers; past ±2^53 tokens the bucket's own clamp (16 full
+        # windows at most) gives the same state.
+        delta = min(max(int(real_tokens), 0) - admission.estimated_tokens, 1 << 53)
         if delta and self._local is not None and admission.plan is not None \
                 and admission.plan.rate_plan is not None:
             self._local.adjust_rates(admission.plan.rate_plan, delta,

@@ -167,7 +167,7 @@ def _estimate_tokens(endpoint: str, raw: bytes, data: dict[str, Any], model: str
     value = data.get("prompt", data.get("input"))
     texts = value if isinstance(value, list) else [value]
     encoding = core.encoding_for_model(model)
-    return sum(core.count_tokens(t, encoding) for t in texts if isinstance(t, str))
+    return sum(usage_mod.text_tokens(t, encoding) for t in texts if isinstance(t, str))
 
 
 async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> None:

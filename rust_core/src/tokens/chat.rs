@@ -1,10 +1,11 @@
 //! OpenAI's cookbook formula for a chat request's prompt tokens, over any JSON tree:
 //! serde_json's `Value` (a body parsed here), or — in the Python bindings — the dict
 //! orjson already made of it, which spares a second parse (most of a small count's cost).
-use super::{bpe, encoding_for_model, Encoding, CL100K, O200K};
+use super::{bpe, encoding_for_model, CL100K, O200K};
 use crate::cache_key::KeyError;
 use serde_json::Value;
 use std::borrow::Cow;
+use std::cell::RefCell;
 
 const TOKENS_PER_MESSAGE: usize = 3;
 const TOKENS_PER_NAME: usize = 1;
@@ -52,6 +53,14 @@ pub fn count_chat<J: Json>(root: &J) -> Result<usize, KeyError> {
         .and_then(|m| m.text().map(|s| encoding_for_model(&s)))
         .unwrap_or(O200K);
     let enc = bpe(encoding)?;
+    // The first count that fails fails the whole (see `Encoding::count`).
+    let failed = RefCell::new(None);
+    let count = |s: &str| {
+        enc.count(s).unwrap_or_else(|e| {
+            failed.borrow_mut().get_or_insert(e);
+            0
+        })
+    };
     let mut total = 0;
     let messages = root.member("messages");
     let is_list = messages.is_some_and(|m| {
@@ -68,13 +77,13 @@ pub fn count_chat<J: Json>(root: &J) -> Result<usize, KeyError> {
                 let is_parts = key == "content"
                     && value.each_item(&mut |part| {
                         if let Some(text) = part.member("text").as_ref().and_then(J::text) {
-                            parts += enc.count(&text);
+                            parts += count(&text);
                         }
                     });
                 total += if is_parts {
                     parts
                 } else {
-                    string_leaves(&value, enc)
+                    string_leaves(&value, &count)
                 };
             });
         })
@@ -87,23 +96,24 @@ pub fn count_chat<J: Json>(root: &J) -> Result<usize, KeyError> {
                 continue;
             };
             if let Some(s) = value.text() {
-                total += enc.count(&s);
+                total += count(&s);
             } else {
-                value.each_item(&mut |x| total += x.text().map_or(0, |s| enc.count(&s)));
+                value.each_item(&mut |x| total += x.text().map_or(0, |s| count(&s)));
             }
         }
     }
-    Ok(total + tools_tokens(root, encoding, enc))
+    total += tools_tokens(root, encoding, &count);
+    failed.into_inner().map_or(Ok(total), Err)
 }
 
 /// Tokens of every string inside a value (object keys excluded).
-fn string_leaves<J: Json>(v: &J, enc: &Encoding) -> usize {
+fn string_leaves<J: Json>(v: &J, count: &dyn Fn(&str) -> usize) -> usize {
     if let Some(s) = v.text() {
-        return enc.count(&s);
+        return count(&s);
     }
     let mut total = 0;
-    if !v.each_item(&mut |x| total += string_leaves(&x, enc)) {
-        v.each_entry(&mut |_, x| total += string_leaves(&x, enc));
+    if !v.each_item(&mut |x| total += string_leaves(&x, count)) {
+        v.each_entry(&mut |_, x| total += string_leaves(&x, count));
     }
     total
 }
@@ -116,7 +126,7 @@ fn str_field<J: Json>(v: &J, key: &str) -> String {
 
 /// The cookbook's function-schema formula over `tools` (type "function") and the
 /// legacy `functions` field.
-fn tools_tokens<J: Json>(root: &J, encoding: &str, enc: &Encoding) -> usize {
+fn tools_tokens<J: Json>(root: &J, encoding: &str, count: &dyn Fn(&str) -> usize) -> usize {
     let func_init: i64 = if encoding == CL100K { 10 } else { 7 };
     let (prop_init, prop_key, enum_init, enum_item, func_end) = (3i64, 3i64, -3i64, 3i64, 12i64);
     let mut functions: Vec<J> = Vec::new();
@@ -142,7 +152,7 @@ fn tools_tokens<J: Json>(root: &J, encoding: &str, enc: &Encoding) -> usize {
     if functions.is_empty() {
         return 0;
     }
-    let count = |s: &str| enc.count(s) as i64;
+    let count = |s: &str| count(s) as i64;
     let mut total: i64 = func_end;
     for function in functions {
         total += func_init;

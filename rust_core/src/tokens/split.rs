@@ -113,7 +113,14 @@ impl Scan<'_> {
     /// same three (its `\s*[\r\n]` and `\s` match what `\s*[\r\n]+` and `\s+` match here).
     fn space_end(&mut self, i: usize, end_first: bool) -> usize {
         let s = self.s;
+        let before = self.seen;
         let e = self.run(i, |c| c == SPACE || c == NEWLINE);
+        // The run ends at a non-ASCII character: what matters is only whether it is \s
+        // (it would extend the run). If not, and nothing else looked at it, the split
+        // stands (a long ASCII run next to, say, "é" is not handed to the regex whole).
+        if e < s.len() && s[e] >= 0x80 && before <= e && !starts_with_space(&s[e..]) {
+            self.seen = before.max(e);
+        }
         if end_first && e == s.len() {
             return e;
         }
@@ -127,6 +134,16 @@ impl Scan<'_> {
         } else {
             e - 1
         }
+    }
+
+    /// `\p{N}{1,3}` from `i`: at most 3 digits, and the byte after only if fewer (it
+    /// may be a non-ASCII digit). Reading the whole run made long numbers quadratic.
+    fn digits_end(&mut self, i: usize) -> usize {
+        let mut k = i;
+        while k < i + 3 && self.class(k) == DIGIT {
+            k += 1;
+        }
+        k
     }
 
     /// `[^\s\p{L}\p{N}]+` from `i`, then `[\r\n/]*` (o200k) or `[\r\n]*` (cl100k).
@@ -152,7 +169,8 @@ impl Scan<'_> {
             return self.contraction(lower_end);
         }
         match c {
-            DIGIT => self.run(i, |c| c == DIGIT).min(i + 3), // \p{N}{1,3}
+            DIGIT => self.digits_end(i), // \p{N}{1,3}
+            NON_ASCII => i,              // the regex decides (`seen` covers i)
             // ` ?[^\s\p{L}\p{N}]+[\r\n/]*`
             OTHER => self.punct_end(i, true),
             SPACE if self.s[i] == b' ' && self.class(i + 1) == OTHER => self.punct_end(i + 1, true),
@@ -174,7 +192,8 @@ impl Scan<'_> {
             return letters_end;
         }
         match c {
-            DIGIT => self.run(i, |c| c == DIGIT).min(i + 3), // \p{N}{1,3}+
+            DIGIT => self.digits_end(i), // \p{N}{1,3}+
+            NON_ASCII => i,              // the regex decides (`seen` covers i)
             // ` ?[^\s\p{L}\p{N}]++[\r\n]*+`
             OTHER => self.punct_end(i, false),
             SPACE if self.s[i] == b' ' && self.class(i + 1) == OTHER => {
@@ -183,6 +202,20 @@ impl Scan<'_> {
             _ => self.space_end(i, true),
         }
     }
+}
+
+/// Whether the UTF-8 text `s` (at a character boundary) starts with a Unicode
+/// White_Space character (the regex's `\s`; `char::is_whitespace` is that property).
+fn starts_with_space(s: &[u8]) -> bool {
+    let len = match s[0] {
+        0xC0..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        _ => 4,
+    };
+    std::str::from_utf8(&s[..len.min(s.len())])
+        .ok()
+        .and_then(|t| t.chars().next())
+        .is_some_and(char::is_whitespace)
 }
 
 /// `[^\r\n\p{L}\p{N}]?`: whether a byte of this class may open a word.
