@@ -84,7 +84,7 @@ def chat_prompt_tokens(body: bytes | dict[str, Any]) -> int:
     count, without parsing again), by OpenAI's formula (0 if it cannot be read)."""
     try:
         return core.count_chat_tokens(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: the twin, on ~500-deep fields
         return 0
 
 
