@@ -235,14 +235,11 @@ class LimitsService:
         template = self._templates.get((project_id, key_id))
         if template is None or template.limits is not limits:
             template = self._template(project_id, key_id, limits)
+        if (fast := self.admit_now(project_id, key_id, tokens, limits)) is not None:
+            return fast
+        # Not in process, not rates only, or denied (nothing written): the general path
+        # decides (again: the same answer) and explains a 429.
         local = self._local
-        if local is not None and template.rate_plan is not None:
-            headers = local.check_rates(template.rate_plan, tokens, now_ms)
-            if headers is not None:
-                return Admission(project_id, key_id, tokens, (), (), None, False, False,
-                                 template, headers)
-            # Denied, nothing written: the general path below decides again (the same
-            # answer) and explains the 429.
         ops = self._admit_ops(template, tokens, now_ms)
         admission = Admission(project_id, key_id, tokens, ops, template.names, None, False,
                               False, template)
@@ -329,10 +326,9 @@ class LimitsService:
         simple = all(r[0] == RATE for r in rows)
         token_rows = tuple((i, r[1], r[2], r[3]) for i, r in enumerate(rows)
                            if r[0] == RATE and r[4] == _TOKENS)
-        # A limit of 0 (a plan that blocks) takes the general path, which explains it.
         rate_plan = core.RatePlan([(r[1], r[2], r[3], r[4] == _TOKENS) for r in rows],
                                   [(names, list(idx)) for names, idx in groups]) \
-            if simple and rows and all(r[2] > 0 for r in rows) else None
+            if simple and rows else None
         template = _Template(limits, tuple(rows), names, fixed, reconcile,
                              any(r[0] == CONC for r in rows), groups, simple, token_rows,
                              rate_plan)

@@ -138,12 +138,11 @@ async def handle(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
 async def finish(gw: Gateway, ctx: ProxyContext) -> None:
     """After the answer: settle limits, record metrics, emit the request's event."""
     u = ctx.usage
+    used = 0 if ctx.cache_status in _HITS else u.prompt + u.completion
     if ctx.admission is not None and ctx.admission.rate_headers is not None:
         # Admitted in process on rates only: settled here and now, no coroutine.
-        gw.limits.settle_now(ctx.admission, 0 if ctx.cache_status in _HITS
-                             else u.prompt + u.completion)
+        gw.limits.settle_now(ctx.admission, used)
     elif ctx.admission is not None:
-        used = 0 if ctx.cache_status in _HITS else u.prompt + u.completion
         settle = gw.limits.settle(ctx.admission, used, ctx.cost_usd)
         plan = ctx.admission.plan  # None only for an unlimited caller: no ops at all
         if plan is not None and plan.has_conc:
