@@ -179,6 +179,12 @@ class LimitsService:
         self._local: MemoryLimiter | None = getattr(counters, "local_limiter", None)
 
     # -- limits of a caller ---------------------------------------------------------------
+    def limits_now(self, project_id: str, key_id: str) -> Limits | None:
+        """`limits_for` while its cached answer is fresh (None: await `limits_for`), without
+        a coroutine: the per-request case."""
+        hit = self._cache.get((project_id, key_id))
+        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
+
     async def limits_for(self, project_id: str, key_id: str) -> Limits:
         """The caller's limits: plan + key override + defaults, cached `key_cache_ttl_s`."""
         hit = self._cache.get((project_id, key_id))

@@ -185,16 +185,21 @@ async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
     data = parse_object(raw)
     ctx.model, ctx.stream = validate(ctx.endpoint, data)
     principal.check_model(ctx.model)
-    limits = await gw.limits.limits_for(ctx.project_id, ctx.key_id) \
-        if ctx.project_id != "*" else None
+    limits = None
+    if ctx.project_id != "*":  # the admin key is not limited
+        limits = gw.limits.limits_now(ctx.project_id, ctx.key_id) \
+            or await gw.limits.limits_for(ctx.project_id, ctx.key_id)
     estimate = 0
     if limits is not None and not limits.unlimited:
-        estimate = _estimate_tokens(ctx.endpoint, raw, data, ctx.model)
         if ctx.endpoint == "chat/completions":  # the same count from_stream would make
+            estimate = usage_mod.chat_prompt_tokens(data)  # as counted from `raw`
             ctx.counted = (raw, estimate)
-        ctx.admission = gw.limits.admit_now(ctx.project_id, ctx.key_id, estimate, limits) \
+        else:
+            estimate = _estimate_tokens(ctx.endpoint, raw, data, ctx.model)
+        adm = ctx.admission = gw.limits.admit_now(ctx.project_id, ctx.key_id, estimate, limits) \
             or await gw.limits.admit(ctx.project_id, ctx.key_id, estimate, limits)
-        ctx.limit_headers = gw.limits.headers(ctx.admission)
+        ctx.limit_headers = adm.rate_headers if adm.rate_headers is not None \
+            else gw.limits.headers(adm)
     body_controls = data.get("watchllm")
     if body_controls is None and plain:
         controls = cache_controls.DEFAULT  # the common case: nothing to parse
@@ -267,15 +272,17 @@ async def remembered(gw: Gateway, ctx: ProxyContext, principal: Principal,
     if (hot.principal is not principal
             or await gw.projects.get(pid) is not hot.project_settings
             or await gw.provider_keys.get(pid) is not hot.own_keys
-            or (limits := await gw.limits.limits_for(pid, ctx.key_id)) is not hot.limits
+            or (limits := gw.limits.limits_now(pid, ctx.key_id)
+                or await gw.limits.limits_for(pid, ctx.key_id)) is not hot.limits
             or (not admit and not limits.unlimited)
             or not await gw.cache.still_stored(hot.kv_key, hot.stored)):
         return False
     ctx.model, ctx.stream = hot.model, hot.stream  # what the full path knows at admission
     if not limits.unlimited:
-        ctx.admission = gw.limits.admit_now(pid, ctx.key_id, hot.estimate, limits) \
+        adm = ctx.admission = gw.limits.admit_now(pid, ctx.key_id, hot.estimate, limits) \
             or await gw.limits.admit(pid, ctx.key_id, hot.estimate, limits)
-        ctx.limit_headers = gw.limits.headers(ctx.admission)
+        ctx.limit_headers = adm.rate_headers if adm.rate_headers is not None \
+            else gw.limits.headers(adm)
     ctx.provider, ctx.prompt, ctx.user = hot.provider, hot.prompt, hot.user
     ctx.status, ctx.cache_status = 200, "HIT"
     ctx.usage, ctx.cost_saved_usd, ctx.template = hot.usage, hot.cost_saved_usd, hot.event

@@ -25,6 +25,8 @@ type GroupArg = ((Py<PyBytes>, Py<PyBytes>, Py<PyBytes>), Vec<usize>);
 struct Group {
     names: [Py<PyBytes>; 3],
     rows: Vec<usize>,
+    /// `(limit name, limit)` of each of `rows`: the same every request, built once.
+    limits: Vec<Py<PyTuple>>,
 }
 
 /// A caller's rate ops, built once per (project, key, limits): `rows` are
@@ -63,9 +65,20 @@ impl RatePlan {
             if idx.is_empty() || idx.iter().any(|&i| i >= out.len()) {
                 return Err(CoreError::new_err("header group names no row"));
             }
+            let limits = idx
+                .iter()
+                .map(|&i| {
+                    let pair = [
+                        a.clone_ref(py).into_any(),
+                        out[i].limit_bytes.clone_ref(py).into_any(),
+                    ];
+                    PyTuple::new(py, pair).map(Bound::unbind)
+                })
+                .collect::<PyResult<_>>()?;
             grouped.push(Group {
                 names: [a, b, c],
                 rows: idx,
+                limits,
             });
         }
         Ok(RatePlan {
@@ -73,6 +86,33 @@ impl RatePlan {
             groups: grouped,
         })
     }
+}
+
+/// `a / b` and `a % b` for the non-negative values here: in 64 bits when they fit (the
+/// common case; 128-bit division is a library call of ~100 instructions).
+fn div_rem(a: i128, b: i128) -> (i128, i128) {
+    match (i64::try_from(a), i64::try_from(b)) {
+        (Ok(x), Ok(y)) => ((x / y).into(), (x % y).into()),
+        _ => (a / b, a % b),
+    }
+}
+
+/// A decimal integer as Python bytes, without a String in between.
+fn int_bytes(py: Python<'_>, value: i128) -> Bound<'_, PyBytes> {
+    PyBytes::new(py, itoa::Buffer::new().format(value).as_bytes())
+}
+
+/// `duration` as Python bytes; under a second (nearly every reset) without formatting.
+fn duration_bytes(py: Python<'_>, ms: i128) -> Bound<'_, PyBytes> {
+    if ms >= 1000 {
+        return PyBytes::new(py, duration(ms).as_bytes());
+    }
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(ms.max(0)).as_bytes();
+    let mut out = [0u8; 5]; // "999ms"
+    out[..digits.len()].copy_from_slice(digits);
+    out[digits.len()..digits.len() + 2].copy_from_slice(b"ms");
+    PyBytes::new(py, &out[..digits.len() + 2])
 }
 
 /// `d`: the bucket's level in units of 1/L0 ms (0 when empty or stale).
@@ -97,7 +137,8 @@ fn store(
     limit: i128,
 ) -> PyResult<()> {
     let int = |v: i128| i64::try_from(v).map_err(|_| CoreError::new_err("rate state overflows"));
-    let state = (int(now + dn / limit)?, int(dn % limit)?, int(limit)?);
+    let (whole, rest) = div_rem(dn, limit);
+    let state = (int(now + whole)?, int(rest)?, int(limit)?);
     rates.set_item(key, state)
 }
 
@@ -139,8 +180,8 @@ pub fn admit_rates<'py>(
             return Ok(None);
         }
         new.push((
-            (cap - dn) / row.window,
-            (dn + row.limit - 1) / row.limit,
+            div_rem(cap - dn, row.window).0,
+            div_rem(dn + row.limit - 1, row.limit).0,
             dn,
         ));
     }
@@ -149,23 +190,20 @@ pub fn admit_rates<'py>(
     }
     let headers = PyList::empty(py);
     for group in &plan.groups {
-        let mut i = group.rows[0];
-        for &j in &group.rows[1..] {
-            if new[j].0 < new[i].0 {
-                i = j;
+        let mut k = 0; // the tightest of the group's rows
+        for (n, &j) in group.rows.iter().enumerate().skip(1) {
+            if new[j].0 < new[group.rows[k]].0 {
+                k = n;
             }
         }
-        let (remaining, reset, _) = new[i];
-        let [a, b, c] = &group.names;
+        let (remaining, reset, _) = new[group.rows[k]];
+        let [_, b, c] = &group.names;
         let pair = |name: &Py<PyBytes>, value: Bound<'py, PyAny>| {
             PyTuple::new(py, [name.bind(py).clone().into_any(), value])
         };
-        let remaining = PyBytes::new(py, remaining.to_string().as_bytes());
-        let reset = PyBytes::new(py, duration(reset).as_bytes());
-        headers.append(pair(
-            a,
-            plan.rows[i].limit_bytes.bind(py).clone().into_any(),
-        )?)?;
+        let remaining = int_bytes(py, remaining);
+        let reset = duration_bytes(py, reset);
+        headers.append(group.limits[k].bind(py))?;
         headers.append(pair(b, remaining.into_any())?)?;
         headers.append(pair(c, reset.into_any())?)?;
     }
