@@ -288,9 +288,11 @@ class LimitsService:
         if local is None or template is None or template.limits is not limits \
                 or template.rate_plan is None:
             return None
-        tokens = max(int(estimated_prompt_tokens), 0)
-        headers = local.check_rates(template.rate_plan, tokens,
-                                    int((self.clock or time.time)() * 1000))
+        # Per request: conditionals, not max()/int() (each a call with argument parsing).
+        tokens = estimated_prompt_tokens if estimated_prompt_tokens > 0 else 0
+        clock = self.clock
+        now_ms = time.time_ns() // 1_000_000 if clock is None else int(clock() * 1000)
+        headers = local.check_rates(template.rate_plan, tokens, now_ms)
         if headers is None:
             return None  # over a limit: nothing was written; admit() explains it
         return Admission(project_id, key_id, tokens, (), (), None, False, False, template,
@@ -453,7 +455,7 @@ class LimitsService:
         Never raises: it runs after the response. Idempotent per admission.
         """
         if admission.rate_headers is not None:
-            self.settle_now(admission, real_tokens)
+            self.settle_now(admission, int(real_tokens))
             return
         if admission.settled or admission.degraded or not admission.ops:
             admission.settled = True
@@ -491,17 +493,21 @@ class LimitsService:
 
     def settle_now(self, admission: Admission, real_tokens: int) -> None:
         """`settle` of an admission made by `check_rates` (in process, rates only): TPM
-        reconciliation written at once. Synchronous: no coroutine per request."""
+        reconciliation written at once. Synchronous: no coroutine per request.
+        `real_tokens`: an int (usage counts are; `settle` converts for other callers)."""
         if admission.settled:
             return
         admission.settled = True
         # Clamped into core's integers; past ±2^53 tokens the bucket's own clamp (16 full
         # windows at most) gives the same state.
-        delta = min(max(int(real_tokens), 0) - admission.estimated_tokens, 1 << 53)
+        delta = (real_tokens if real_tokens > 0 else 0) - admission.estimated_tokens
+        if delta > 1 << 53:
+            delta = 1 << 53
         if delta and self._local is not None and admission.plan is not None \
                 and admission.plan.rate_plan is not None:
-            self._local.adjust_rates(admission.plan.rate_plan, delta,
-                                     int((self.clock or time.time)() * 1000))
+            clock = self.clock
+            now_ms = time.time_ns() // 1_000_000 if clock is None else int(clock() * 1000)
+            self._local.adjust_rates(admission.plan.rate_plan, delta, now_ms)
 
     def _settle_local(self, ops: Sequence[Op], template: _Template, real_tokens: int,
                       cost_usd: float) -> None:
