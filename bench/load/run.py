@@ -213,10 +213,13 @@ def main() -> None:
     batch_port = free_port()  # the same ceiling under the gateway's SCHED_BATCH
     ceiling_batch = start(["bench/load/ceiling.py", str(batch_port), "--sched-batch"], {},
                           batch_port, tmp / "ceiling-batch.log", "/", cpu=0)
+    reference_port = free_port()  # issue 2's yardstick: featureless granian + aiohttp
+    reference = start(["bench/load/aiohttp_passthrough.py", str(reference_port), mock.url],
+                      {}, reference_port, tmp / "reference.log", "/_mock/stats", cpu=0)
     admin = "bench-admin"
     env = {"OPENAI_BASE_URL": f"{mock.url}/v1", "OPENAI_API_KEY": "sk-bench",
            "WATCHLLM_ADMIN_KEY": admin, "WATCHLLM_LOG_LEVEL": "warning"}
-    servers = [mock, stream_mock, ceiling, ceiling_batch]
+    servers = [mock, stream_mock, ceiling, ceiling_batch, reference]
     if args.events == "http":
         ch_port = free_port()
         servers.append(start([str(ROOT / "bench" / "micro" / "fake_clickhouse.py"), str(ch_port),
@@ -246,6 +249,8 @@ def main() -> None:
             "gateway, fixed rate": fixed,
             "direct, saturation": measured(None, lambda: hey(direct, s, body, {})),
             "gateway, saturation": measured(gw, lambda: hey(url, s, body, nocache)),
+            "granian + aiohttp pass-through (no features), saturation": measured(
+                reference, lambda: hey(f"{reference.url}/v1/chat/completions", s, body, {})),
             "ceiling app, saturation": measured(ceiling, lambda: hey(ceiling.url, s, None, {})),
             "ceiling app (SCHED_BATCH), saturation": measured(
                 ceiling_batch, lambda: hey(ceiling_batch.url, s, None, {})),
@@ -283,7 +288,13 @@ def main() -> None:
           f"p99 {fr_g['p99_ms'] - fr_d['p99_ms']:+.2f} ms")
     print(f"gateway's own time per request at {args.rate} rps (latency minus upstream wait, "
           f"{len(own)} samples): p50 {pct(own, 0.5):.2f} ms, p99 {pct(own, 0.99):.2f} ms")
-    print(f"passthrough: {sat_g['rps']:,.0f} req/s, {sat_g['cpu_ms_per_req']:.3f} ms CPU/req")
+    ref = results["granian + aiohttp pass-through (no features), saturation"]
+    stream_g = results["gateway, streaming, saturation"]
+    print(f"passthrough: {sat_g['rps']:,.0f} req/s, {sat_g['cpu_ms_per_req']:.3f} ms CPU/req "
+          f"= {sat_g['cpu_ms_per_req'] / ref['cpu_ms_per_req']:.0%} of the featureless "
+          f"granian + aiohttp pass-through's {ref['cpu_ms_per_req']:.3f} (issue 2: 0.2 vs "
+          f"0.22 ms, 91%); streaming {stream_g['cpu_ms_per_req']:.3f} ms = "
+          f"{stream_g['cpu_ms_per_req'] / ref['cpu_ms_per_req']:.0%}")
     ceil_b = results["ceiling app (SCHED_BATCH), saturation"]
     print(f"cache hit: {hit['rps']:,.0f} req/s = {hit['rps'] / ceil['rps']:.0%} of the ceiling "
           f"app's {ceil['rps']:,.0f}, {hit['rps'] / ceil_b['rps']:.0%} of the same app under "
