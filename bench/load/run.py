@@ -258,6 +258,9 @@ def main() -> None:
                                                       lambda: hey(url, s, body, auth)),
             "gateway cache hit, 5000 rps": measured(gw, lambda: fixed_rate(
                 url, s, body, auth, 5000)),
+            # What the stack itself costs and adds at that rate, for the hit row above.
+            "ceiling app, 5000 rps": measured(ceiling, lambda: fixed_rate(
+                ceiling.url, s, None, {}, 5000)),
         }
         sauth = {"authorization": f"Bearer {skey}", "x-watchllm-cache-mode": "off"}
         surl = f"{gw_stream.url}/v1/chat/completions"
