@@ -571,10 +571,10 @@ class LimitsService:
     # -- headers --------------------------------------------------------------------------
     def headers(self, admission: Admission) -> RawHeaders:
         """OpenAI's x-ratelimit-* for the tightest request and token limits (none if unlimited)."""
+        if admission.rate_headers is not None:  # admitted by check_rates: worked out there
+            return admission.rate_headers
         outcome = admission.outcome
         template = admission.plan
-        if admission.rate_headers is not None:
-            return admission.rate_headers
         if outcome is None or template is None:
             return []
         results, ops = outcome.results, admission.ops

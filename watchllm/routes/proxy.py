@@ -159,10 +159,9 @@ async def finish(gw: Gateway, ctx: ProxyContext) -> None:
         gw.env.events.put(ctx.event())
 
 
-def _estimate_tokens(endpoint: str, raw: bytes, data: dict[str, Any], model: str) -> int:
-    """Prompt tokens before the call (for token limits); reconciled with real usage later."""
-    if endpoint == "chat/completions":
-        return usage_mod.chat_prompt_tokens(data)  # as counted from `raw`, without a parse
+def _text_prompt_tokens(data: dict[str, Any], model: str) -> int:
+    """Prompt tokens of a completions/embeddings request before the call (for token
+    limits; chat bodies are counted by `usage.chat_prompt_tokens`); reconciled later."""
     value = data.get("prompt", data.get("input"))
     texts = value if isinstance(value, list) else [value]
     encoding = core.encoding_for_model(model)
@@ -195,11 +194,10 @@ async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
             estimate = usage_mod.chat_prompt_tokens(data)  # as counted from `raw`
             ctx.counted = (raw, estimate)
         else:
-            estimate = _estimate_tokens(ctx.endpoint, raw, data, ctx.model)
-        adm = ctx.admission = gw.limits.admit_now(ctx.project_id, ctx.key_id, estimate, limits) \
+            estimate = _text_prompt_tokens(data, ctx.model)
+        ctx.admission = gw.limits.admit_now(ctx.project_id, ctx.key_id, estimate, limits) \
             or await gw.limits.admit(ctx.project_id, ctx.key_id, estimate, limits)
-        ctx.limit_headers = adm.rate_headers if adm.rate_headers is not None \
-            else gw.limits.headers(adm)
+        ctx.limit_headers = gw.limits.headers(ctx.admission)
     body_controls = data.get("watchllm")
     if body_controls is None and plain:
         controls = cache_controls.DEFAULT  # the common case: nothing to parse
@@ -279,10 +277,9 @@ async def remembered(gw: Gateway, ctx: ProxyContext, principal: Principal,
         return False
     ctx.model, ctx.stream = hot.model, hot.stream  # what the full path knows at admission
     if not limits.unlimited:
-        adm = ctx.admission = gw.limits.admit_now(pid, ctx.key_id, hot.estimate, limits) \
+        ctx.admission = gw.limits.admit_now(pid, ctx.key_id, hot.estimate, limits) \
             or await gw.limits.admit(pid, ctx.key_id, hot.estimate, limits)
-        ctx.limit_headers = adm.rate_headers if adm.rate_headers is not None \
-            else gw.limits.headers(adm)
+        ctx.limit_headers = gw.limits.headers(ctx.admission)
     ctx.provider, ctx.prompt, ctx.user = hot.provider, hot.prompt, hot.user
     ctx.status, ctx.cache_status = 200, "HIT"
     ctx.usage, ctx.cost_saved_usd, ctx.template = hot.usage, hot.cost_saved_usd, hot.event
