@@ -207,6 +207,15 @@ pub fn count_chat_tokens(body: &[u8]) -> Result<usize, KeyError> {
     chat::count_chat(&&Value::Object(parse_object(body)?))
 }
 
+/// xorshift64 for the tests' random texts: a fixed seed gives the same texts every run.
+#[cfg(test)]
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,14 +275,9 @@ mod tests {
         let mut state: u64 = 0x2545_F491_4F6C_DD1D;
         for _ in 0..20_000 {
             let mut text = String::new();
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            for _ in 0..(state % 24) {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                text.push_str(alphabet[(state >> 11) as usize % alphabet.len()]);
+            for _ in 0..(super::xorshift(&mut state) % 24) {
+                let r = super::xorshift(&mut state);
+                text.push_str(alphabet[(r >> 11) as usize % alphabet.len()]);
             }
             for (name, reference) in &pairs {
                 let expected = reference.encode_ordinary(&text).len();

@@ -295,18 +295,13 @@ mod tests {
         let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
         for _ in 0..20_000 {
             let mut text = String::new();
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            for _ in 0..(state % 40) {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
+            for _ in 0..(crate::tokens::xorshift(&mut state) % 40) {
+                let r = crate::tokens::xorshift(&mut state);
                 // Half the bytes from the word/space classes, half from all of ASCII.
-                let b = if state & 1 == 0 {
-                    b"ab AB\n 'sll9"[(state >> 8) as usize % 12]
+                let b = if r & 1 == 0 {
+                    b"ab AB\n 'sll9"[(r >> 8) as usize % 12]
                 } else {
-                    (state >> 8) as u8 & 0x7f
+                    (r >> 8) as u8 & 0x7f
                 };
                 text.push(b as char);
             }
