@@ -16,17 +16,17 @@ struct Row {
     limit: i128,
     window: i128,
     per_token: bool,
-    limit_bytes: Py<PyBytes>,
 }
 
 /// A header group as given: (limit, remaining, reset) names, the rows it reports on.
 type GroupArg = ((Py<PyBytes>, Py<PyBytes>, Py<PyBytes>), Vec<usize>);
 
 struct Group {
-    names: [Py<PyBytes>; 3],
     rows: Vec<usize>,
-    /// `(limit name, limit)` of each of `rows`: the same every request, built once.
+    /// The `(limit name, limit)` header of each of `rows`: the same every request.
     limits: Vec<Py<PyTuple>>,
+    remaining_name: Py<PyBytes>,
+    reset_name: Py<PyBytes>,
 }
 
 /// A caller's rate ops, built once per (project, key, limits): `rows` are
@@ -51,13 +51,11 @@ impl RatePlan {
             if limit <= 0 || window <= 0 {
                 return Err(CoreError::new_err("rate limit and window must be positive"));
             }
-            let limit_bytes = PyBytes::new(py, limit.to_string().as_bytes()).unbind();
             out.push(Row {
                 key,
                 limit: limit.into(),
                 window: window.into(),
                 per_token,
-                limit_bytes,
             });
         }
         let mut grouped = Vec::with_capacity(groups.len());
@@ -69,16 +67,17 @@ impl RatePlan {
                 .iter()
                 .map(|&i| {
                     let pair = [
-                        a.clone_ref(py).into_any(),
-                        out[i].limit_bytes.clone_ref(py).into_any(),
+                        a.bind(py).clone().into_any(),
+                        int_bytes(py, out[i].limit).into_any(),
                     ];
                     PyTuple::new(py, pair).map(Bound::unbind)
                 })
                 .collect::<PyResult<_>>()?;
             grouped.push(Group {
-                names: [a, b, c],
                 rows: idx,
                 limits,
+                remaining_name: b,
+                reset_name: c,
             });
         }
         Ok(RatePlan {
@@ -197,15 +196,17 @@ pub fn admit_rates<'py>(
             }
         }
         let (remaining, reset, _) = new[group.rows[k]];
-        let [_, b, c] = &group.names;
-        let pair = |name: &Py<PyBytes>, value: Bound<'py, PyAny>| {
-            PyTuple::new(py, [name.bind(py).clone().into_any(), value])
-        };
-        let remaining = int_bytes(py, remaining);
-        let reset = duration_bytes(py, reset);
+        let remaining = [
+            group.remaining_name.bind(py).clone().into_any(),
+            int_bytes(py, remaining).into_any(),
+        ];
+        let reset = [
+            group.reset_name.bind(py).clone().into_any(),
+            duration_bytes(py, reset).into_any(),
+        ];
         headers.append(group.limits[k].bind(py))?;
-        headers.append(pair(b, remaining.into_any())?)?;
-        headers.append(pair(c, reset.into_any())?)?;
+        headers.append(PyTuple::new(py, remaining)?)?;
+        headers.append(PyTuple::new(py, reset)?)?;
     }
     Ok(Some(headers))
 }
