@@ -3,10 +3,12 @@
     python bench/load/aiohttp_passthrough.py PORT UPSTREAM_BASE_URL
 
 Every request is sent on to the same path of the upstream with one pooled aiohttp
-session, and its status, content type and body come back. Nothing else: no auth, no
-validation, no events, no limits. Issue 2 gives its cost "on this machine" (0.22 ms of
-CPU per request) as the scale for the gateway's ≤ 0.2 ms target; run beside the gateway
-in `bench/load/run.py`, it scales that target to the machine's speed at the time.
+session, and its status, content type and body come back; an SSE body (streaming) is
+forwarded piece by piece as it arrives, the way a streaming pass-through must. Nothing
+else: no auth, no validation, no events, no limits. Issue 2 gives its cost "on this
+machine" (0.22 ms of CPU per request) as the scale for the gateway's ≤ 0.2 ms target; run
+beside the gateway in `bench/load/run.py`, it scales that target to the machine's speed at
+the time.
 """
 
 from __future__ import annotations
@@ -38,10 +40,15 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                if k in (b"content-type", b"authorization")}
     async with _session.request(scope["method"], UPSTREAM + scope["path"], data=body,
                                 headers=headers) as resp:
-        data = await resp.read()
         content_type = resp.headers.get("content-type", "application/json")
-    await send({"type": "http.response.start", "status": resp.status,
-                "headers": [(b"content-type", content_type.encode("latin-1"))]})
+        await send({"type": "http.response.start", "status": resp.status,
+                    "headers": [(b"content-type", content_type.encode("latin-1"))]})
+        if content_type.startswith("text/event-stream"):
+            async for piece in resp.content.iter_any():  # what each read brought
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        data = await resp.read()
     await send({"type": "http.response.body", "body": data})
 
 

@@ -9,7 +9,9 @@ generator (`hey`) on core 1. Scenarios, each also run directly against the mock 
 - saturation (closed loop): requests/s and the gateway's CPU time per request (from
   /proc, all of its processes);
 - cache hits vs the ceiling: a minimal granian app returning a fixed body;
-- streaming: SSE through the gateway vs direct.
+- streaming: SSE through the gateway vs direct;
+- issue 2's yardstick: a featureless granian + aiohttp pass-through, for plain requests and
+  for streams, on the gateway's core.
 """
 
 from __future__ import annotations
@@ -216,10 +218,14 @@ def main() -> None:
     reference_port = free_port()  # issue 2's yardstick: featureless granian + aiohttp
     reference = start(["bench/load/aiohttp_passthrough.py", str(reference_port), mock.url],
                       {}, reference_port, tmp / "reference.log", "/_mock/stats", cpu=0)
+    reference_stream_port = free_port()  # the same yardstick, streaming
+    reference_stream = start(["bench/load/aiohttp_passthrough.py", str(reference_stream_port),
+                              stream_mock.url], {}, reference_stream_port,
+                             tmp / "reference-stream.log", "/_mock/stats", cpu=0)
     admin = "bench-admin"
     env = {"OPENAI_BASE_URL": f"{mock.url}/v1", "OPENAI_API_KEY": "sk-bench",
            "WATCHLLM_ADMIN_KEY": admin, "WATCHLLM_LOG_LEVEL": "warning"}
-    servers = [mock, stream_mock, ceiling, ceiling_batch, reference]
+    servers = [mock, stream_mock, ceiling, ceiling_batch, reference, reference_stream]
     if args.events == "http":
         ch_port = free_port()
         servers.append(start([str(ROOT / "bench" / "micro" / "fake_clickhouse.py"), str(ch_port),
@@ -272,6 +278,9 @@ def main() -> None:
             stream_mock, lambda: hey(sdirect, s, stream_body, {}))
         results["gateway, streaming, saturation"] = measured(
             gw_stream, lambda: hey(surl, s, stream_body, sauth))
+        results["granian + aiohttp pass-through (no features), streaming, saturation"] = \
+            measured(reference_stream, lambda: hey(f"{reference_stream.url}/v1/chat/completions",
+                                                   s, stream_body, {}))
     finally:
         for server in (gw, gw_stream, *servers):
             server.stop()
@@ -293,11 +302,14 @@ def main() -> None:
           f"{len(own)} samples): p50 {pct(own, 0.5):.2f} ms, p99 {pct(own, 0.99):.2f} ms")
     ref = results["granian + aiohttp pass-through (no features), saturation"]
     stream_g = results["gateway, streaming, saturation"]
+    ref_s = results["granian + aiohttp pass-through (no features), streaming, saturation"]
     print(f"passthrough: {sat_g['rps']:,.0f} req/s, {sat_g['cpu_ms_per_req']:.3f} ms CPU/req "
           f"= {sat_g['cpu_ms_per_req'] / ref['cpu_ms_per_req']:.0%} of the featureless "
           f"granian + aiohttp pass-through's {ref['cpu_ms_per_req']:.3f} (issue 2: 0.2 vs "
           f"0.22 ms, 91%); streaming {stream_g['cpu_ms_per_req']:.3f} ms = "
-          f"{stream_g['cpu_ms_per_req'] / ref['cpu_ms_per_req']:.0%}")
+          f"{stream_g['cpu_ms_per_req'] / ref['cpu_ms_per_req']:.0%} of it, and "
+          f"{stream_g['cpu_ms_per_req'] / ref_s['cpu_ms_per_req']:.0%} of the same "
+          f"pass-through streaming ({ref_s['cpu_ms_per_req']:.3f})")
     ceil_b = results["ceiling app (SCHED_BATCH), saturation"]
     print(f"cache hit: {hit['rps']:,.0f} req/s = {hit['rps'] / ceil['rps']:.0%} of the ceiling "
           f"app's {ceil['rps']:,.0f}, {hit['rps'] / ceil_b['rps']:.0%} of the same app under "
