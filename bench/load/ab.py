@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import BODY, ROOT, fixed_rate, hey, make_key, measured
+from run import BODY, ROOT, fixed_rate, hey, make_key, measured, services_on
 
 from watchllm.testing.servers import (
     ensure_database,
@@ -77,17 +77,18 @@ def main() -> None:
             if args.kind != "hit":
                 headers[name]["x-watchllm-cache-mode"] = "off"
             hey(gw.url + "/v1/chat/completions", 2, body, headers[name])  # warm-up
-        for _ in range(args.rounds):
-            for name, gw in gateways.items():
-                url, h = gw.url + "/v1/chat/completions", headers[name]
-                if args.rate:
-                    result = measured(gw, lambda u=url, hh=h: fixed_rate(
-                        u, args.seconds, body, hh, args.rate))
-                    p99[name].append(result["p99_ms"])
-                else:
-                    result = measured(gw, lambda u=url, hh=h: hey(u, args.seconds, body, hh))
-                cpu[name].append(result["cpu_ms_per_req"] * 1000)
-                rps[name].append(result["rps"])
+        with services_on(1):  # Redis and PostgreSQL off the gateway's core
+            for _ in range(args.rounds):
+                for name, gw in gateways.items():
+                    url, h = gw.url + "/v1/chat/completions", headers[name]
+                    if args.rate:
+                        result = measured(gw, lambda u=url, hh=h: fixed_rate(
+                            u, args.seconds, body, hh, args.rate))
+                        p99[name].append(result["p99_ms"])
+                    else:
+                        result = measured(gw, lambda u=url, hh=h: hey(u, args.seconds, body, hh))
+                    cpu[name].append(result["cpu_ms_per_req"] * 1000)
+                    rps[name].append(result["rps"])
     finally:
         for gw in gateways.values():
             gw.stop()

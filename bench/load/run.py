@@ -17,6 +17,7 @@ generator (`hey`) on core 1. Scenarios, each also run directly against the mock 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -27,6 +28,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,33 @@ from watchllm.testing.servers import Server, free_port, start, start_gateway  # 
 
 CLK = os.sysconf("SC_CLK_TCK")
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
+
+
+@contextlib.contextmanager
+def services_on(cpu: int) -> Iterator[None]:
+    """Run the local Redis and PostgreSQL servers on `cpu` (the load generator's core)
+    for the duration, as if they were the other machines they are in production: left
+    on the gateway's core, a Redis woken by each limits call preempts the gateway there.
+    Their affinity is restored afterwards; where it cannot be changed (not our
+    processes), they stay as they are and this says so."""
+    saved: dict[int, set[int]] = {}
+    found = subprocess.run(["pgrep", "-x", "redis-server|postgres"], capture_output=True,
+                           text=True).stdout.split()
+    for pid in found:
+        for task in Path(f"/proc/{pid}/task").glob("*"):  # every thread: Redis has several
+            tid = int(task.name)
+            try:
+                saved[tid] = os.sched_getaffinity(tid)
+                os.sched_setaffinity(tid, {cpu})
+            except OSError as exc:
+                saved.pop(tid, None)
+                print(f"note: could not move thread {tid} of pid {pid} to cpu {cpu}: {exc}")
+    try:
+        yield
+    finally:
+        for tid, cpus in saved.items():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, cpus)
 
 
 def _cpu_seconds(pid: int) -> float:
