@@ -88,14 +88,15 @@ def chat_prompt_tokens(body: bytes | dict[str, Any]) -> int:
         return 0
 
 
-def from_stream(raw: bytes, request: dict[str, Any], request_body: bytes,
+def from_stream(raw: bytes, request: dict[str, Any],
                 prompt_tokens: int | None = None) -> tuple[Usage, str]:
     """Usage and text of a streamed chat completion (SSE bytes as sent to the client).
-    `prompt_tokens`: `count_chat_tokens(request_body)` if the caller already has it."""
+    `request`: the body as parsed (counted as is: a third of the cost of parsing it
+    again); `prompt_tokens`: its `count_chat_tokens` if the caller already has it."""
     reported, text = core.stream_usage(raw)
     if reported is not None:
         return Usage(*reported), text
     model = str(request.get("model", ""))
-    prompt = prompt_tokens if prompt_tokens is not None else chat_prompt_tokens(request_body)
+    prompt = prompt_tokens if prompt_tokens is not None else chat_prompt_tokens(request)
     return Usage(prompt, text_tokens(text, core.encoding_for_model(model)),
                  counted=True), text

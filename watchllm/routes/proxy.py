@@ -309,8 +309,7 @@ async def _forward(gw: Gateway, req: Request, send: Send, ctx: ProxyContext,
         # A stream without usage is counted; the admission's estimate is that count when
         # it was made from the same body (the same object).
         counted = ctx.counted[1] if ctx.counted and ctx.counted[0] is call.body else None
-        ctx.usage, ctx.response = usage_mod.from_stream(raw_stream, call.data, call.body,
-                                                        counted)
+        ctx.usage, ctx.response = usage_mod.from_stream(raw_stream, call.data, counted)
         ctx.cost_usd = _cost(gw, ctx)
         if outcome.disconnected:
             ctx.status, ctx.error_type = 499, "client_disconnected"
