@@ -9,6 +9,12 @@ window, round after round, so a slow minute of the machine hits every configurat
 Prints the median gateway CPU per request and requests/s, and every round's CPU; with
 `--rate R` the load is open loop at R requests/s (oha, see run.py's fixed_rate) and p99
 latency is printed too.
+
+`--replicas N` starts N gateway processes per configuration and measures each in every
+round: two processes of the same configuration can differ by ~10% here for the whole of
+a run (memory layout, which lines share a cache set), so a difference between two single
+processes is not yet a difference between configurations. Each replica's median is
+printed too.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ def main() -> None:
                    "stand-in ClickHouse endpoint on core 1")
     p.add_argument("--rate", type=int, default=0, help="open loop at this rate (default: "
                    "closed loop, hey -c 50)")
+    p.add_argument("--replicas", type=int, default=1, help="gateway processes per "
+                   "configuration, each measured every round")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="watchllm-ab-"))
     body = tmp / "body.json"
@@ -65,40 +73,51 @@ def main() -> None:
         if (url := env.get("WATCHLLM_DATABASE_URL", "")).startswith("postgresql://"):
             dsn, _, name = url.rpartition("/")
             ensure_database(name, dsn)
-    gateways = {name: start_gateway(Path(tempfile.mkdtemp(dir=tmp)), {**base, **env}, cpu=0)
+    gateways = {name: [start_gateway(Path(tempfile.mkdtemp(dir=tmp)), {**base, **env}, cpu=0)
+                       for _ in range(args.replicas)]
                 for name, env in variants.items()}
-    cpu: dict[str, list[float]] = {name: [] for name in gateways}
-    p99: dict[str, list[float]] = {name: [] for name in gateways}
+    # Per configuration, per replica: each round's CPU µs/request, req/s, p99.
+    cpu: dict[str, list[list[float]]] = {name: [[] for _ in gws] for name, gws in gateways.items()}
     rps: dict[str, list[float]] = {name: [] for name in gateways}
+    p99: dict[str, list[float]] = {name: [] for name in gateways}
     try:
-        headers = {}
-        for name, gw in gateways.items():
-            headers[name] = {"authorization": f"Bearer {make_key(gw, 'bench-admin')}"}
-            if args.kind != "hit":
-                headers[name]["x-watchllm-cache-mode"] = "off"
-            hey(gw.url + "/v1/chat/completions", 2, body, headers[name])  # warm-up
+        headers: dict[int, dict[str, str]] = {}
+        for gws in gateways.values():
+            for gw in gws:
+                h = headers[gw.port] = {"authorization": f"Bearer {make_key(gw, 'bench-admin')}"}
+                if args.kind != "hit":
+                    h["x-watchllm-cache-mode"] = "off"
+                hey(gw.url + "/v1/chat/completions", 2, body, h)  # warm-up
         with services_on(1):  # Redis and PostgreSQL off the gateway's core
             for _ in range(args.rounds):
-                for name, gw in gateways.items():
-                    url, h = gw.url + "/v1/chat/completions", headers[name]
-                    if args.rate:
-                        result = measured(gw, lambda u=url, hh=h: fixed_rate(
-                            u, args.seconds, body, hh, args.rate))
-                        p99[name].append(result["p99_ms"])
-                    else:
-                        result = measured(gw, lambda u=url, hh=h: hey(u, args.seconds, body, hh))
-                    cpu[name].append(result["cpu_ms_per_req"] * 1000)
-                    rps[name].append(result["rps"])
+                for i in range(args.replicas):
+                    for name, gws in gateways.items():
+                        gw = gws[i]
+                        url, h = gw.url + "/v1/chat/completions", headers[gw.port]
+                        if args.rate:
+                            result = measured(gw, lambda u=url, hh=h: fixed_rate(
+                                u, args.seconds, body, hh, args.rate))
+                            p99[name].append(result["p99_ms"])
+                        else:
+                            result = measured(gw, lambda u=url, hh=h: hey(
+                                u, args.seconds, body, hh))
+                        cpu[name][i].append(result["cpu_ms_per_req"] * 1000)
+                        rps[name].append(result["rps"])
     finally:
-        for gw in gateways.values():
-            gw.stop()
+        for gws in gateways.values():
+            for gw in gws:
+                gw.stop()
         for server in servers:
             server.stop()
     print(f"\n`{' '.join(sys.argv)}`\n")
-    for name, values in cpu.items():
+    for name, per_replica in cpu.items():
+        values = [v for rounds in per_replica for v in rounds]
         print(f"{name}: median {statistics.median(values):.1f} µs CPU/request, "
               f"{statistics.median(rps[name]):,.0f} req/s; rounds: "
               + ", ".join(f"{v:.0f}" for v in values))
+        if args.replicas > 1:
+            print(f"{'':{len(name)}}  per replica: "
+                  + ", ".join(f"{statistics.median(r):.1f}" for r in per_replica))
         if p99[name]:
             print(f"{'':{len(name)}}  p99 median {statistics.median(p99[name]):.2f} ms; rounds: "
                   + ", ".join(f"{v:.1f}" for v in p99[name]))
