@@ -49,8 +49,12 @@ def services_on(cpu: int) -> Iterator[None]:
     Their affinity is restored afterwards; where it cannot be changed (not our
     processes), they stay as they are and this says so."""
     saved: dict[int, set[int]] = {}
-    found = subprocess.run(["pgrep", "-x", "redis-server|postgres"], capture_output=True,
-                           text=True).stdout.split()
+    if shutil.which("pgrep") is None:
+        print("note: no pgrep: Redis and PostgreSQL stay where the scheduler puts them")
+        found = []
+    else:
+        found = subprocess.run(["pgrep", "-x", "redis-server|postgres"], capture_output=True,
+                               text=True).stdout.split()
     for pid in found:
         for task in Path(f"/proc/{pid}/task").glob("*"):  # every thread: Redis has several
             tid = int(task.name)
