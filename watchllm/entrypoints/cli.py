@@ -59,6 +59,17 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
     asyncio.run(run())
 
 
+def cmd_rebuild_usage(settings: Settings, args: argparse.Namespace) -> None:
+    from watchllm.env.selfhosted.clickhouse import AnalyticsUnavailable
+    from watchllm.events.usage_rebuild import rebuild_usage_cli
+
+    try:
+        print(asyncio.run(rebuild_usage_cli(settings, args.hours)))
+    except AnalyticsUnavailable as exc:
+        raise SystemExit(f"watchllm: {exc} (an embedded gateway holds its chDB: stop it "
+                         "first)") from None
+
+
 def cmd_projects(settings: Settings, args: argparse.Namespace) -> None:
     async def run(store: Any) -> None:
         if args.action == "create":
@@ -153,6 +164,12 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
     raise SystemExit(run_demo(settings))
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="watchllm", description="WatchLLM LLM gateway")
     sub = p.add_subparsers(dest="command", required=True)
@@ -165,6 +182,11 @@ def parser() -> argparse.ArgumentParser:
 
     sub.add_parser("migrate", help="apply metadata and ClickHouse migrations").set_defaults(
         fn=cmd_migrate)
+
+    ru = sub.add_parser("rebuild-usage", help="recompute the usage_hourly rollup of the last "
+                        "hours from the raw events (gateways stopped; docs/pipeline.md)")
+    ru.add_argument("--hours", type=_positive, default=24)
+    ru.set_defaults(fn=cmd_rebuild_usage)
 
     pr = sub.add_parser("projects", help="create or list projects")
     pr_sub = pr.add_subparsers(dest="action", required=True)

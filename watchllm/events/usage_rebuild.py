@@ -1,0 +1,67 @@
+"""Recompute the `usage_hourly` rollup from the raw events: `watchllm rebuild-usage`.
+
+The view is filled at insert time, so anything that makes it miss or repeat an insert
+stays in it: a kill -9 of an embedded gateway in the instant between the view table
+recording a block's deduplication token and committing the block (the replayed batch is
+then dropped as a duplicate, docs/pipeline.md), or a redelivery past the deduplication
+window. The raw `events` table read with `FINAL` has neither problem, so the hours it
+still holds can be rebuilt from it exactly: their view rows are deleted (a synchronous
+mutation) and the view's own query, over `events FINAL`, inserts them again.
+
+Run it with the gateways stopped: an insert arriving during the rebuild could be counted
+twice or not at all. Hours whose raw events have expired (TTL) are left as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from watchllm.events.clickhouse_schema import USAGE_HOURLY_MV_QUERY, clickhouse_url
+from watchllm.settings import Settings
+
+_SOURCE = "FROM events\nWHERE event_type IN ('prompt_call', 'error')"
+
+
+def rebuild_query(since: int) -> str:
+    """The view's query over the deduplicated raw events from `since` (epoch seconds)."""
+    assert _SOURCE in USAGE_HOURLY_MV_QUERY, "the view's query changed: update this"
+    return "INSERT INTO usage_hourly " + USAGE_HOURLY_MV_QUERY.replace(
+        _SOURCE, "FROM events FINAL\nWHERE event_type IN ('prompt_call', 'error') "
+        f"AND timestamp >= toDateTime({int(since)}, 'UTC')")
+
+
+async def rebuild_usage(analytics: Any, hours: int, ttl_days: int = 0) -> str:
+    """Rebuild the last `hours` whole hours (and the current one) of `usage_hourly` from
+    `events FINAL`. With a raw-event TTL of `ttl_days`, the window starts after the hour
+    the TTL is cutting into (its expired part cannot be recomputed). Returns a report."""
+    if hours < 1:
+        raise ValueError("hours must be at least 1")
+    rows = await analytics.query(
+        "SELECT toUnixTimestamp(toStartOfHour(now('UTC'))) AS hour, "
+        "toUnixTimestamp(now('UTC')) AS now")
+    since = rows[0]["hour"] - hours * 3600
+    if ttl_days > 0:
+        expired_before = rows[0]["now"] - ttl_days * 86400
+        since = max(since, expired_before - expired_before % 3600 + 3600)
+    await analytics.command(
+        f"ALTER TABLE usage_hourly DELETE WHERE hour >= toDateTime({since}, 'UTC')",
+        settings={"mutations_sync": 2})
+    await analytics.command(rebuild_query(since), settings={"insert_deduplicate": 0})
+    back = await analytics.query(
+        "SELECT sum(requests) AS requests FROM usage_hourly "
+        f"WHERE hour >= toDateTime({since}, 'UTC')")
+    return (f"usage_hourly: hours from {since} (epoch s) rebuilt from the raw events, "
+            f"{back[0]['requests']} requests")
+
+
+async def rebuild_usage_cli(settings: Settings, hours: int) -> str:
+    url = clickhouse_url(settings)
+    if url == "off":
+        return "clickhouse: off"
+    from watchllm.env.selfhosted.clickhouse import ClickHouseAnalytics
+
+    analytics = ClickHouseAnalytics(url)
+    try:
+        return await rebuild_usage(analytics, hours, settings.event_ttl_days)
+    finally:
+        await analytics.close()
