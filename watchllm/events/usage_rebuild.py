@@ -1,4 +1,5 @@
-"""Recompute the `usage_hourly` rollup from the raw events: `watchllm rebuild-usage`.
+"""Recompute the `usage_hourly` rollup from the raw events: `watchllm rebuild-usage`, and
+the check an embedded gateway makes after replaying the batch a crash left in flight.
 
 The view is filled at insert time, so anything that makes it miss or repeat an insert
 stays in it: a kill -9 of an embedded gateway in the instant between the view table
@@ -10,10 +11,18 @@ mutation) and the view's own query, over `events FINAL`, inserts them again.
 
 Run it with the gateways stopped: an insert arriving during the rebuild could be counted
 twice or not at all. Hours whose raw events have expired (TTL) are left as they are.
+
+`repair_hours` is the automatic form, for the one case that needs it: chDB runs inside
+the gateway, so a kill -9 of the gateway can interrupt ClickHouse itself mid-commit
+(a ClickHouse server finishes an insert whatever happens to its client). After the
+replayed batch is inserted, the pipeline (EventPipeline, through the adapter's
+`repair_after_replay`) compares the view's total with `events FINAL` for each hour the
+batch touched and rebuilds the hours that disagree, before shipping anything else.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from watchllm.events.clickhouse_schema import USAGE_HOURLY_MV_QUERY, clickhouse_url
@@ -22,12 +31,42 @@ from watchllm.settings import Settings
 _SOURCE = "FROM events\nWHERE event_type IN ('prompt_call', 'error')"
 
 
-def rebuild_query(since: int) -> str:
-    """The view's query over the deduplicated raw events from `since` (epoch seconds)."""
+def rebuild_query(since: int, until: int | None = None) -> str:
+    """The view's query over the deduplicated raw events in [since, until) (epoch s)."""
     assert _SOURCE in USAGE_HOURLY_MV_QUERY, "the view's query changed: update this"
+    window = f"timestamp >= toDateTime({int(since)}, 'UTC')"
+    if until is not None:
+        window += f" AND timestamp < toDateTime({int(until)}, 'UTC')"
     return "INSERT INTO usage_hourly " + USAGE_HOURLY_MV_QUERY.replace(
-        _SOURCE, "FROM events FINAL\nWHERE event_type IN ('prompt_call', 'error') "
-        f"AND timestamp >= toDateTime({int(since)}, 'UTC')")
+        _SOURCE, f"FROM events FINAL\nWHERE event_type IN ('prompt_call', 'error') AND {window}")
+
+
+async def repair_hours(analytics: Any, hours: Iterable[int], ttl_days: int = 0) -> list[int]:
+    """Rebuild each of `hours` (epoch s, hour starts) whose requests in `usage_hourly`
+    differ from the calls in `events FINAL`; returns them. Hours the raw-event TTL may
+    have cut into are not touched."""
+    wanted = sorted({int(h) - int(h) % 3600 for h in hours})
+    if ttl_days > 0:
+        now = (await analytics.query("SELECT toUnixTimestamp(now('UTC')) AS now"))[0]["now"]
+        edge = now - ttl_days * 86400
+        wanted = [h for h in wanted if h > edge]
+    if not wanted:
+        return []
+    listed = ", ".join(str(h) for h in wanted)
+    view = {int(r["h"]): int(r["n"]) for r in await analytics.query(
+        "SELECT toUnixTimestamp(hour) AS h, sum(requests) AS n FROM usage_hourly "
+        f"WHERE toUnixTimestamp(hour) IN ({listed}) GROUP BY h")}
+    raw = {int(r["h"]): int(r["n"]) for r in await analytics.query(
+        "SELECT toUnixTimestamp(toStartOfHour(toDateTime(timestamp, 'UTC'))) AS h, "
+        "count() AS n FROM events FINAL WHERE event_type IN ('prompt_call', 'error') "
+        f"AND h IN ({listed}) GROUP BY h")}
+    fixed = [h for h in wanted if view.get(h, 0) != raw.get(h, 0)]
+    for h in fixed:
+        await analytics.command(
+            f"ALTER TABLE usage_hourly DELETE WHERE hour = toDateTime({h}, 'UTC')",
+            settings={"mutations_sync": 2})
+        await analytics.command(rebuild_query(h, h + 3600), settings={"insert_deduplicate": 0})
+    return fixed
 
 
 async def rebuild_usage(analytics: Any, hours: int, ttl_days: int = 0) -> str:

@@ -33,7 +33,8 @@ async def build_pipeline(
     """The event pipeline into ClickHouse at `url` (or the in-memory queue when "off")."""
     if url == "off":
         return MemoryEventQueue(settings.events_buffer), None
-    analytics = ClickHouseAnalytics(url, idle=settings.analytics_idle)
+    analytics = ClickHouseAnalytics(url, idle=settings.analytics_idle,
+                                    ttl_days=settings.event_ttl_days)
     try:
         await ensure_schema(analytics, settings.event_ttl_days)
     except (ConnectionError, ValueError) as e:

@@ -131,12 +131,14 @@ class ClickHouseAnalytics:
 
     def __init__(self, url: str, database: str | None = None,
                  schema: Mapping[str, Sequence[tuple[str, str]]] = TABLES,
-                 idle: bool = False) -> None:
+                 idle: bool = False, ttl_days: int = 0) -> None:
         """`idle`: run the insert and query threads under SCHED_IDLE, so inserts (and
         with chDB, the engine in this process and its merges) never delay a request on a
         busy core (`WATCHLLM_ANALYTICS_IDLE`, watchllm/scheduling.py). chDB starts from
-        these two threads, so its own pools inherit the policy."""
+        these two threads, so its own pools inherit the policy. `ttl_days`: the raw
+        events' TTL, which `repair_after_replay` stays clear of."""
         self.url = url
+        self.ttl_days = ttl_days
         self.database = database
         self.schema = schema  # tables inserted through input()/file() with plain types
         self._chdb = url.startswith("chdb://")
@@ -156,6 +158,19 @@ class ClickHouseAnalytics:
 
     async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn)
+
+    async def repair_after_replay(self, hours: set[int]) -> list[int]:
+        """The pipeline replayed the batch in flight at a crash of this process (its events
+        touched `hours`, epoch s). With chDB, the crash could stop ClickHouse itself
+        between the view table recording the block's token and committing it, so the
+        view can miss the batch that the replay then drops as a duplicate: the hours whose
+        view disagrees with the raw events are rebuilt (returned). A ClickHouse server
+        finished its inserts whatever happened to us: nothing to check."""
+        if not self._chdb:
+            return []
+        from watchllm.events.usage_rebuild import repair_hours
+
+        return await repair_hours(self, hours, self.ttl_days)
 
     async def insert_rowbinary(
         self, table: str, columns: Sequence[str], data: bytes, dedup_token: str | None = None
