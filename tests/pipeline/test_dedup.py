@@ -80,13 +80,8 @@ async def test_batch_in_flight_at_a_crash_is_replayed_as_it_was(
     assert await counts(clickhouse) == (1000, 1000, 1000)
 
 
-async def test_a_view_that_lost_the_batch_in_flight_is_rebuilt_after_the_replay(
-    clickhouse: Any, tmp_path: Path
-) -> None:
-    """The rare kill -9 case of docs/pipeline.md: the crash stopped chDB after the view had
-    recorded the in-flight block's token but before its rows were kept. Simulated here by
-    deleting the view's rows (a mutation keeps the token log), so the replay is dropped
-    by the view as a duplicate; the check after the replay rebuilds the hour."""
+async def crash_with_a_batch_in_flight(clickhouse: Any, tmp_path: Path) -> None:
+    """250 events inserted and not acked when the process 'dies'; 750 more spooled."""
     sink = DiesAfterInsert(clickhouse)
     first = await EventPipeline(sink, tmp_path, batch_size=400, flush_ms=10,
                                 drain_timeout_s=0.2).start()
@@ -97,16 +92,46 @@ async def test_a_view_that_lost_the_batch_in_flight_is_rebuilt_after_the_replay(
         first.put(make_event(i))
     await first.wait_spooled()
     await first.close()
-    await clickhouse.command("ALTER TABLE usage_hourly DELETE WHERE 1",
-                             settings={"mutations_sync": 2})
-    assert await counts(clickhouse) == (250, 250, 0)
 
+
+async def replay(clickhouse: Any, tmp_path: Path) -> EventPipeline:
     second = EventPipeline(clickhouse, tmp_path, batch_size=400, flush_ms=10)
     await second.start()
     await second.flush()
     await second.close()
+    return second
+
+
+async def test_a_view_that_lost_the_batch_in_flight_is_rebuilt_after_the_replay(
+    clickhouse: Any, tmp_path: Path
+) -> None:
+    """The rare kill -9 case of docs/pipeline.md: the crash stopped chDB after the view had
+    recorded the in-flight block's token but before its rows were kept. Simulated by
+    deleting the view's rows (a mutation keeps the token log), so the replay is dropped
+    by the view as a duplicate; the check after the replay rebuilds the hour."""
+    await crash_with_a_batch_in_flight(clickhouse, tmp_path)
+    await clickhouse.command("ALTER TABLE usage_hourly DELETE WHERE 1",
+                             settings={"mutations_sync": 2})
+    assert await counts(clickhouse) == (250, 250, 0)
+    second = await replay(clickhouse, tmp_path)
     assert await counts(clickhouse) == (1000, 1000, 1000)
     assert second.metrics.view_hours_rebuilt >= 1
+    assert second.metrics.events_reinserted == 0
+
+
+async def test_raw_events_lost_the_same_way_are_inserted_again_after_the_replay(
+    clickhouse: Any, tmp_path: Path
+) -> None:
+    """The same race on the raw table (token recorded, rows not kept): the replay is
+    dropped there too, so the events it lacks are inserted again with a new token."""
+    await crash_with_a_batch_in_flight(clickhouse, tmp_path)
+    for table in ("events", "usage_hourly"):
+        await clickhouse.command(f"ALTER TABLE {table} DELETE WHERE 1",
+                                 settings={"mutations_sync": 2})
+    assert await counts(clickhouse) == (0, 0, 0)
+    second = await replay(clickhouse, tmp_path)
+    assert second.metrics.events_reinserted == 250
+    assert await counts(clickhouse) == (1000, 1000, 1000)
 
 
 def test_hot_and_spooled_events_encode_to_the_same_bytes() -> None:

@@ -41,6 +41,7 @@ import logging
 import random
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -71,6 +72,7 @@ class Metrics:
     events_sent: int = 0
     dead_lettered: int = 0
     slots_adopted: int = 0  # orphaned spool slots drained by this process
+    events_reinserted: int = 0  # raw events found missing after a crash replay
     view_hours_rebuilt: int = 0  # usage_hourly hours repaired after a crash replay
     insert_seconds_total: float = 0.0
     insert_seconds_max: float = 0.0
@@ -360,7 +362,8 @@ class EventPipeline:
         spool = spool or self.spool
         loop = asyncio.get_running_loop()
         replay = spool.replay
-        hours = _hours(batch) if replay is not None and replay[0] == batch.start else set()
+        replayed = replay is not None and replay[0] == batch.start
+        events = list(batch.tables.get("events", ())) if replayed else []
         if batch.tables:
             await loop.run_in_executor(self._helper, spool.begin, batch.start, batch.count)
         for table in list(batch.tables):
@@ -368,24 +371,35 @@ class EventPipeline:
                 await self._insert(table, batch.tables[table], batch.base(table),
                                    batch.encoded.get(table), batch.tokens.get(table))
             del batch.tables[table]
-        if hours:
-            await self._repair_view(hours)
+        if events:
+            await self._check_replay(events, batch.base("events"))
         await loop.run_in_executor(self._helper, spool.ack, batch.end, batch.count)
         self.metrics.batches_sent += 1
         self.metrics.events_sent += batch.events
         self._notify()
 
-    async def _repair_view(self, hours: set[int]) -> None:
-        """After the replay of a batch a crash left in flight: let the sink check the
-        rollup of the hours it touched (`repair_after_replay`, chDB only). The view is
-        derived data: a failure here is logged, and shipping goes on."""
+    async def _check_replay(self, events: list[Row], base: str) -> None:
+        """After the replay of a batch a crash left in flight, with a sink that can say
+        (`lost_events`, `repair_after_replay`: chDB in this process): re-insert the events
+        the raw table lacks, then have the view's hours that disagree rebuilt. Before the
+        ack: a crash here replays and checks again. The re-insert's token is new each
+        time (what is missing is looked up first, so a repeat cannot double anything)."""
+        lost_events = getattr(self.sink, "lost_events", None)
         repair = getattr(self.sink, "repair_after_replay", None)
-        if repair is None:
+        if lost_events is None or repair is None:
             return
         try:
-            fixed = await repair(hours)
-        except Exception as e:
-            log.warning("usage_hourly not checked after the crash replay: %s: %s",
+            ids = [str(e["event_id"]) for e in events if e.get("event_id")]
+            lost = await lost_events(ids)
+            if lost:
+                rows = [e for e in events if str(e.get("event_id")) in lost]
+                await self._insert("events", rows, f"{base}.after-crash.{uuid.uuid4().hex}")
+                self.metrics.events_reinserted += len(rows)
+                log.warning("events: %d event(s) of the replayed batch were missing after a "
+                            "crash and were inserted again (docs/pipeline.md)", len(rows))
+            fixed = await repair(_hours(events))
+        except Exception as e:  # best effort: the batch itself was delivered
+            log.warning("the replayed batch was not checked after the crash: %s: %s",
                         type(e).__name__, e)
             return
         if fixed:
@@ -482,11 +496,11 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-def _hours(batch: Batch) -> set[int]:
-    """The hours (epoch s) of the `events` rows of `batch` whose timestamp is epoch ms (as
-    the gateway writes it); other forms are left out of the after-crash check."""
+def _hours(events: list[Row]) -> set[int]:
+    """The hours (epoch s) of `events` whose timestamp is epoch ms (as the gateway writes
+    it); other forms are left out of the after-crash check."""
     out: set[int] = set()
-    for ev in batch.tables.get("events", ()):
+    for ev in events:
         ts = ev.get("timestamp")
         if isinstance(ts, (int, float)) and not isinstance(ts, bool):
             out.add(int(ts) // 3_600_000 * 3600)

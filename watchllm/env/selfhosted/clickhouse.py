@@ -159,13 +159,27 @@ class ClickHouseAnalytics:
     async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn)
 
+    # After the pipeline replays the batch in flight at a crash of this process. With chDB,
+    # the crash could stop ClickHouse itself between a table recording a block's
+    # deduplication token and keeping the block, and the replay is then dropped as a
+    # duplicate: `lost_events` finds what the raw table lacks (the pipeline re-inserts it),
+    # `repair_after_replay` rebuilds the view's hours that disagree with the raw events. A
+    # ClickHouse server finishes its inserts whatever happens to us: nothing to check.
+    async def lost_events(self, event_ids: Sequence[str]) -> set[str]:
+        """Which of `event_ids` are not in `events` (chDB; empty for a server)."""
+        if not self._chdb or not event_ids:
+            return set()
+        found: set[str] = set()
+        for at in range(0, len(event_ids), 5000):
+            chunk = list(event_ids[at:at + 5000])
+            rows = await self.query("SELECT groupUniqArray(event_id) AS ids FROM events "
+                                    "WHERE event_id IN {ids:Array(String)}", {"ids": chunk})
+            found.update(rows[0]["ids"])
+        return set(event_ids) - found
+
     async def repair_after_replay(self, hours: set[int]) -> list[int]:
-        """The pipeline replayed the batch in flight at a crash of this process (its events
-        touched `hours`, epoch s). With chDB, the crash could stop ClickHouse itself
-        between the view table recording the block's token and committing it, so the
-        view can miss the batch that the replay then drops as a duplicate: the hours whose
-        view disagrees with the raw events are rebuilt (returned). A ClickHouse server
-        finished its inserts whatever happened to us: nothing to check."""
+        """The hours (epoch s) of `hours` whose `usage_hourly` disagreed with the raw
+        events, rebuilt (chDB; none for a server)."""
         if not self._chdb:
             return []
         from watchllm.events.usage_rebuild import repair_hours
