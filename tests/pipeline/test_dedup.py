@@ -134,6 +134,20 @@ async def test_raw_events_lost_the_same_way_are_inserted_again_after_the_replay(
     assert await counts(clickhouse) == (1000, 1000, 1000)
 
 
+async def test_raw_events_lost_while_the_view_kept_them_are_not_counted_twice(
+    clickhouse: Any, tmp_path: Path
+) -> None:
+    """The raw table lost the in-flight batch but the view kept it: re-inserting the raw
+    events counts them in the view a second time, and the hour check takes that out."""
+    await crash_with_a_batch_in_flight(clickhouse, tmp_path)
+    await clickhouse.command("ALTER TABLE events DELETE WHERE 1",
+                             settings={"mutations_sync": 2})
+    assert await counts(clickhouse) == (0, 0, 250)
+    second = await replay(clickhouse, tmp_path)
+    assert second.metrics.events_reinserted == 250
+    assert await counts(clickhouse) == (1000, 1000, 1000)
+
+
 def test_hot_and_spooled_events_encode_to_the_same_bytes() -> None:
     """The token carries the data's checksum: a batch re-read from disk after a restart
     must encode exactly like the events the first process had in memory."""

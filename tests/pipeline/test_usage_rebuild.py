@@ -83,13 +83,30 @@ async def test_the_ttl_edge_hour_is_left_alone(clickhouse: Any) -> None:
     # With a 1-day TTL the window starts after the hour the TTL is cutting into, however
     # many hours are asked for: that hour's expired events cannot be recomputed.
     edge = (int(time.time()) - 86400) // 3600 * 3600
+    await clickhouse.insert_rowbinary("events", NAMES, batch(0, 10, 86_400_000 - 60_000), "t")
     await clickhouse.command(
         "INSERT INTO usage_hourly (project_id, model, hour, requests) "
         f"VALUES ('p', 'm', toDateTime({edge}, 'UTC'), 5)")
+    edge_sql = f"SELECT sum(requests) AS n FROM usage_hourly WHERE hour = toDateTime({edge}, 'UTC')"
+    before = int((await clickhouse.query(edge_sql))[0]["n"])
+    assert before >= 5  # the extra row, and the raw events' own when they fell in that hour
     await rebuild_usage(clickhouse, hours=48, ttl_days=1)
+    assert int((await clickhouse.query(edge_sql))[0]["n"]) == before  # untouched
+
+
+async def test_hours_before_the_oldest_raw_event_are_left_alone(clickhouse: Any) -> None:
+    # A view row 3 hours back with no raw events behind it (deleted by hand, or a shorter
+    # TTL once): nothing to rebuild it from, so it stays, even with no TTL configured.
+    three_back = (int(time.time()) - 3 * 3600) // 3600 * 3600
+    await clickhouse.command(
+        "INSERT INTO usage_hourly (project_id, model, hour, requests) "
+        f"VALUES ('p', 'm', toDateTime({three_back}, 'UTC'), 9)")
+    assert "no raw events" in await rebuild_usage(clickhouse, hours=24)
+    await clickhouse.insert_rowbinary("events", NAMES, batch(0, 10), "t-now")
+    await rebuild_usage(clickhouse, hours=24)
     rows = await clickhouse.query("SELECT sum(requests) AS n FROM usage_hourly "
-                                  f"WHERE hour = toDateTime({edge}, 'UTC')")
-    assert int(rows[0]["n"]) == 5
+                                  f"WHERE hour = toDateTime({three_back}, 'UTC')")
+    assert int(rows[0]["n"]) == 9
 
 
 async def test_hours_must_be_positive(clickhouse: Any) -> None:
@@ -111,7 +128,7 @@ def test_cli(tmp_path: Any) -> None:
     assert watchllm("migrate").returncode == 0
     done = watchllm("rebuild-usage", "--hours", "2")
     assert done.returncode == 0, done.stderr
-    assert "usage_hourly: hours from" in done.stdout
+    assert done.stdout.startswith("usage_hourly: ")
     refused = watchllm("rebuild-usage", "--hours", "0")
     assert refused.returncode == 2
     assert "at least 1" in refused.stderr

@@ -73,6 +73,10 @@ class Batch:
     tables: dict[str, list[Row]] = field(default_factory=dict)
     encoded: dict[str, bytes] = field(default_factory=dict)  # RowBinary of tables[t]
     tokens: dict[str, str] = field(default_factory=dict)  # dedup token of encoded[t]
+    # A crash replay's `events` rows, kept (over retries) for the check after it, and the
+    # event ids ClickHouse rejected (dead-lettered, not lost).
+    replay_rows: list[Row] | None = None
+    rejected: set[str] = field(default_factory=set)
 
     def base(self, table: str) -> str:
         return f"wl1:{self.slot}:{self.start[0]}.{self.start[1]}+{self.count}:{table}"

@@ -362,44 +362,54 @@ class EventPipeline:
         spool = spool or self.spool
         loop = asyncio.get_running_loop()
         replay = spool.replay
-        replayed = replay is not None and replay[0] == batch.start
-        events = list(batch.tables.get("events", ())) if replayed else []
+        if replay is not None and replay[0] == batch.start and batch.replay_rows is None:
+            batch.replay_rows = list(batch.tables.get("events", ()))
         if batch.tables:
             await loop.run_in_executor(self._helper, spool.begin, batch.start, batch.count)
         for table in list(batch.tables):
             if batch.tables[table]:
                 await self._insert(table, batch.tables[table], batch.base(table),
-                                   batch.encoded.get(table), batch.tokens.get(table))
+                                   batch.encoded.get(table), batch.tokens.get(table),
+                                   batch.rejected if table == "events" else None)
             del batch.tables[table]
-        if events:
-            await self._check_replay(events, batch.base("events"))
+        if batch.replay_rows:
+            await self._check_replay(batch.replay_rows, batch.rejected, batch.base("events"))
+            batch.replay_rows = []  # checked: a retry of the ack does not check again
         await loop.run_in_executor(self._helper, spool.ack, batch.end, batch.count)
         self.metrics.batches_sent += 1
         self.metrics.events_sent += batch.events
         self._notify()
 
-    async def _check_replay(self, events: list[Row], base: str) -> None:
+    async def _check_replay(self, events: list[Row], rejected: set[str], base: str) -> None:
         """After the replay of a batch a crash left in flight, with a sink that can say
         (`lost_events`, `repair_after_replay`: chDB in this process): re-insert the events
         the raw table lacks, then have the view's hours that disagree rebuilt. Before the
-        ack: a crash here replays and checks again. The re-insert's token is new each
-        time (what is missing is looked up first, so a repeat cannot double anything)."""
+        ack, and a failure to find or re-insert lost events fails the send (retried like
+        an insert): a crash or retry checks again, and the re-insert's token is new each
+        time (what is missing is looked up first, so a repeat cannot double anything).
+        The view is derived (`watchllm rebuild-usage` redoes it): its repair is best effort."""
         lost_events = getattr(self.sink, "lost_events", None)
         repair = getattr(self.sink, "repair_after_replay", None)
         if lost_events is None or repair is None:
             return
+        ids = [str(e["event_id"]) for e in events
+               if e.get("event_id") and str(e["event_id"]) not in rejected]
+        stamps = [int(t) for e in events if isinstance(t := e.get("timestamp"), (int, float))
+                  and not isinstance(t, bool)]
+        span = (min(stamps), max(stamps)) if stamps else None
+        lost = await lost_events(ids, span)
+        if lost:
+            rows = [e for e in events if str(e.get("event_id")) in lost]
+            again: set[str] = set()
+            await self._insert("events", rows, f"{base}.after-crash.{uuid.uuid4().hex}",
+                               rejected=again)
+            self.metrics.events_reinserted += len(rows) - len(again)
+            log.warning("events: %d event(s) of the replayed batch were missing after a "
+                        "crash and were inserted again (docs/pipeline.md)", len(rows))
         try:
-            ids = [str(e["event_id"]) for e in events if e.get("event_id")]
-            lost = await lost_events(ids)
-            if lost:
-                rows = [e for e in events if str(e.get("event_id")) in lost]
-                await self._insert("events", rows, f"{base}.after-crash.{uuid.uuid4().hex}")
-                self.metrics.events_reinserted += len(rows)
-                log.warning("events: %d event(s) of the replayed batch were missing after a "
-                            "crash and were inserted again (docs/pipeline.md)", len(rows))
             fixed = await repair(_hours(events))
-        except Exception as e:  # best effort: the batch itself was delivered
-            log.warning("the replayed batch was not checked after the crash: %s: %s",
+        except Exception as e:
+            log.warning("usage_hourly not checked after the crash replay: %s: %s",
                         type(e).__name__, e)
             return
         if fixed:
@@ -453,9 +463,10 @@ class EventPipeline:
                 await self._backoff(failures, e)
 
     async def _insert(self, table: str, rows: list[Row], base: str, data: bytes | None = None,
-                      token: str | None = None) -> None:
+                      token: str | None = None, rejected: set[str] | None = None) -> None:
         """Insert `rows` (`data`: their RowBinary, `token`: its deduplication token, else
-        made from `base`). A rejected insert is bisected; the halves' bases extend it."""
+        made from `base`). A rejected insert is bisected; the halves' bases extend it.
+        `rejected` collects the event ids of rows dead-lettered on the way."""
         if data is None:
             loop = asyncio.get_running_loop()
             good, data = await loop.run_in_executor(self._helper, self.builder.encode,
@@ -473,11 +484,13 @@ class EventPipeline:
         except ValueError as e:  # rejected: isolate the bad rows
             if len(rows) == 1:
                 self._dead_letter([(table, rows[0], f"{type(e).__name__}: {e}")])
+                if rejected is not None:
+                    rejected.add(str(rows[0].get("event_id")))
                 return
             self.metrics.batches_failed += 1
             half = len(rows) // 2
-            await self._insert(table, rows[:half], base + ".0")
-            await self._insert(table, rows[half:], base + ".1")
+            await self._insert(table, rows[:half], base + ".0", rejected=rejected)
+            await self._insert(table, rows[half:], base + ".1", rejected=rejected)
             return
         took = time.perf_counter() - started
         m = self.metrics

@@ -71,14 +71,18 @@ async def repair_hours(analytics: Any, hours: Iterable[int], ttl_days: int = 0) 
 
 async def rebuild_usage(analytics: Any, hours: int, ttl_days: int = 0) -> str:
     """Rebuild the last `hours` whole hours (and the current one) of `usage_hourly` from
-    `events FINAL`. With a raw-event TTL of `ttl_days`, the window starts after the hour
-    the TTL is cutting into (its expired part cannot be recomputed). Returns a report."""
+    `events FINAL`. The window never starts before the hour of the oldest raw event
+    (older view rows have nothing to be rebuilt from: a shorter TTL once, rows deleted by
+    hand), nor in the hour a raw-event TTL of `ttl_days` is cutting into. Returns a report."""
     if hours < 1:
         raise ValueError("hours must be at least 1")
     rows = await analytics.query(
         "SELECT toUnixTimestamp(toStartOfHour(now('UTC'))) AS hour, "
-        "toUnixTimestamp(now('UTC')) AS now")
-    since = rows[0]["hour"] - hours * 3600
+        "toUnixTimestamp(now('UTC')) AS now, count() AS n, "
+        "toUnixTimestamp(toStartOfHour(min(timestamp))) AS first FROM events")
+    if not rows[0]["n"]:
+        return "usage_hourly: no raw events to rebuild from; left as it is"
+    since = max(rows[0]["hour"] - hours * 3600, rows[0]["first"])
     if ttl_days > 0:
         expired_before = rows[0]["now"] - ttl_days * 86400
         since = max(since, expired_before - expired_before % 3600 + 3600)
@@ -90,7 +94,7 @@ async def rebuild_usage(analytics: Any, hours: int, ttl_days: int = 0) -> str:
         "SELECT sum(requests) AS requests FROM usage_hourly "
         f"WHERE hour >= toDateTime({since}, 'UTC')")
     return (f"usage_hourly: hours from {since} (epoch s) rebuilt from the raw events, "
-            f"{back[0]['requests']} requests")
+            f"{back[0]['requests'] or 0} requests")
 
 
 async def rebuild_usage_cli(settings: Settings, hours: int) -> str:

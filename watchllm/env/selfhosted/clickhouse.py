@@ -165,15 +165,22 @@ class ClickHouseAnalytics:
     # duplicate: `lost_events` finds what the raw table lacks (the pipeline re-inserts it),
     # `repair_after_replay` rebuilds the view's hours that disagree with the raw events. A
     # ClickHouse server finishes its inserts whatever happens to us: nothing to check.
-    async def lost_events(self, event_ids: Sequence[str]) -> set[str]:
-        """Which of `event_ids` are not in `events` (chDB; empty for a server)."""
+    async def lost_events(self, event_ids: Sequence[str],
+                          span_ms: tuple[int, int] | None = None) -> set[str]:
+        """Which of `event_ids` are not in `events` (chDB; empty for a server). `span_ms`:
+        their first and last timestamp (epoch ms), so only those partitions are read."""
         if not self._chdb or not event_ids:
             return set()
+        window = ""
+        if span_ms is not None:
+            window = (f" AND timestamp >= fromUnixTimestamp64Milli(toInt64({int(span_ms[0])}))"
+                      f" AND timestamp <= fromUnixTimestamp64Milli(toInt64({int(span_ms[1])}))")
         found: set[str] = set()
         for at in range(0, len(event_ids), 5000):
-            chunk = list(event_ids[at:at + 5000])
-            rows = await self.query("SELECT groupUniqArray(event_id) AS ids FROM events "
-                                    "WHERE event_id IN {ids:Array(String)}", {"ids": chunk})
+            rows = await self.query(
+                "SELECT groupUniqArray(event_id) AS ids FROM events "
+                "WHERE event_id IN {ids:Array(String)}" + window,
+                {"ids": list(event_ids[at:at + 5000])})
             found.update(rows[0]["ids"])
         return set(event_ids) - found
 
