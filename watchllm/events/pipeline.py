@@ -394,8 +394,7 @@ class EventPipeline:
             return
         ids = [str(e["event_id"]) for e in events
                if e.get("event_id") and str(e["event_id"]) not in rejected]
-        stamps = [int(t) for e in events if isinstance(t := e.get("timestamp"), (int, float))
-                  and not isinstance(t, bool)]
+        stamps = _epoch_ms(events)
         span = (min(stamps), max(stamps)) if stamps else None
         lost = await lost_events(ids, span)
         if lost:
@@ -407,7 +406,7 @@ class EventPipeline:
             log.warning("events: %d event(s) of the replayed batch were missing after a "
                         "crash and were inserted again (docs/pipeline.md)", len(rows))
         try:
-            fixed = await repair(_hours(events))
+            fixed = await repair({ms // 3_600_000 * 3600 for ms in stamps})
         except Exception as e:
             log.warning("usage_hourly not checked after the crash replay: %s: %s",
                         type(e).__name__, e)
@@ -509,12 +508,8 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-def _hours(events: list[Row]) -> set[int]:
-    """The hours (epoch s) of `events` whose timestamp is epoch ms (as the gateway writes
-    it); other forms are left out of the after-crash check."""
-    out: set[int] = set()
-    for ev in events:
-        ts = ev.get("timestamp")
-        if isinstance(ts, (int, float)) and not isinstance(ts, bool):
-            out.add(int(ts) // 3_600_000 * 3600)
-    return out
+def _epoch_ms(events: list[Row]) -> list[int]:
+    """The timestamps of `events` that are epoch ms (as the gateway writes them); other
+    forms are left out of the after-crash check."""
+    return [int(t) for e in events
+            if isinstance(t := e.get("timestamp"), (int, float)) and not isinstance(t, bool)]

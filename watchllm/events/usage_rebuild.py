@@ -41,6 +41,23 @@ def rebuild_query(since: int, until: int | None = None) -> str:
         _SOURCE, f"FROM events FINAL\nWHERE event_type IN ('prompt_call', 'error') AND {window}")
 
 
+def _first_whole_hour(now: int, ttl_days: int) -> int:
+    """The first hour (epoch s) none of whose raw events a TTL of `ttl_days` has expired."""
+    expired_before = now - ttl_days * 86400
+    return expired_before - expired_before % 3600 + 3600
+
+
+async def _rebuild(analytics: Any, since: int, until: int | None = None) -> None:
+    """Replace the view's rows of the hours in [since, until) by the view's query over
+    `events FINAL` (the delete is a mutation, waited for)."""
+    window = f"hour >= toDateTime({since}, 'UTC')"
+    if until is not None:
+        window += f" AND hour < toDateTime({until}, 'UTC')"
+    await analytics.command(f"ALTER TABLE usage_hourly DELETE WHERE {window}",
+                            settings={"mutations_sync": 2})
+    await analytics.command(rebuild_query(since, until), settings={"insert_deduplicate": 0})
+
+
 async def repair_hours(analytics: Any, hours: Iterable[int], ttl_days: int = 0) -> list[int]:
     """Rebuild each of `hours` (epoch s, hour starts) whose requests in `usage_hourly`
     differ from the calls in `events FINAL`; returns them. Hours the raw-event TTL may
@@ -48,8 +65,8 @@ async def repair_hours(analytics: Any, hours: Iterable[int], ttl_days: int = 0) 
     wanted = sorted({int(h) - int(h) % 3600 for h in hours})
     if ttl_days > 0:
         now = (await analytics.query("SELECT toUnixTimestamp(now('UTC')) AS now"))[0]["now"]
-        edge = now - ttl_days * 86400
-        wanted = [h for h in wanted if h > edge]
+        first = _first_whole_hour(now, ttl_days)
+        wanted = [h for h in wanted if h >= first]
     if not wanted:
         return []
     listed = ", ".join(str(h) for h in wanted)
@@ -62,10 +79,7 @@ async def repair_hours(analytics: Any, hours: Iterable[int], ttl_days: int = 0) 
         f"AND h IN ({listed}) GROUP BY h")}
     fixed = [h for h in wanted if view.get(h, 0) != raw.get(h, 0)]
     for h in fixed:
-        await analytics.command(
-            f"ALTER TABLE usage_hourly DELETE WHERE hour = toDateTime({h}, 'UTC')",
-            settings={"mutations_sync": 2})
-        await analytics.command(rebuild_query(h, h + 3600), settings={"insert_deduplicate": 0})
+        await _rebuild(analytics, h, h + 3600)
     return fixed
 
 
@@ -84,12 +98,8 @@ async def rebuild_usage(analytics: Any, hours: int, ttl_days: int = 0) -> str:
         return "usage_hourly: no raw events to rebuild from; left as it is"
     since = max(rows[0]["hour"] - hours * 3600, rows[0]["first"])
     if ttl_days > 0:
-        expired_before = rows[0]["now"] - ttl_days * 86400
-        since = max(since, expired_before - expired_before % 3600 + 3600)
-    await analytics.command(
-        f"ALTER TABLE usage_hourly DELETE WHERE hour >= toDateTime({since}, 'UTC')",
-        settings={"mutations_sync": 2})
-    await analytics.command(rebuild_query(since), settings={"insert_deduplicate": 0})
+        since = max(since, _first_whole_hour(rows[0]["now"], ttl_days))
+    await _rebuild(analytics, since)
     back = await analytics.query(
         "SELECT sum(requests) AS requests FROM usage_hourly "
         f"WHERE hour >= toDateTime({since}, 'UTC')")
