@@ -97,6 +97,7 @@ class Settings:
     limits_fail_mode: Literal["open", "closed"] = "open"  # when the counters backend is down
     limits_timeout_s: float = 1.0  # one limits round trip; slower counts as backend down
     limits_lease_s: float = 900.0  # a concurrency slot frees itself after this (crashed worker)
+    limits_prefetch_ms: int = 100  # shared counters: rate capacity taken ahead, kept this long
     prices_file: str = ""  # JSON merged over the shipped price table
     master_key: str = field(default="", repr=False)  # AES-256-GCM key for provider keys
     master_key_previous: tuple[str, ...] = field(default=(), repr=False)  # rotation: old keys
@@ -348,6 +349,7 @@ def _limits_settings(r: _Reader) -> dict[str, Any]:
         "limits_fail_mode": fail_mode,
         "limits_timeout_s": r.number("WATCHLLM_LIMITS_TIMEOUT", 1.0, minimum=0.001),
         "limits_lease_s": r.number("WATCHLLM_LIMITS_LEASE", 900.0, minimum=1.0),
+        "limits_prefetch_ms": r.integer("WATCHLLM_LIMITS_PREFETCH_MS", 100, minimum=0),
         "prices_file": r.text("WATCHLLM_PRICES_FILE"),
         "master_key": r.text("WATCHLLM_MASTER_KEY"),
         "master_key_previous": tuple(k.strip() for k in previous.split(",") if k.strip()),

@@ -30,7 +30,7 @@ from watchllm.limits.ops import (
     Op,
 )
 from watchllm.limits.redis import RedisLimiter
-from watchllm.limits.service import duration
+from watchllm.limits.reset import duration
 
 from .conftest import REDIS_KINDS, client_of, close_client, redis_client
 

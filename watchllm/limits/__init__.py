@@ -5,7 +5,8 @@
 """
 
 from watchllm.limits.plan import Limits, Scope, parse_limits, parse_scope, period_bounds
-from watchllm.limits.service import Admission, LimitsService, QuotaExceededError, duration
+from watchllm.limits.reset import duration
+from watchllm.limits.service import Admission, LimitsService, QuotaExceededError
 
 __all__ = [
     "Admission",

@@ -51,6 +51,8 @@ from watchllm.limits.plan import (
     parse_scope,
     period_bounds,
 )
+from watchllm.limits.prefetch import Prefetch
+from watchllm.limits.reset import duration, duration_bytes
 from watchllm.settings import Settings
 
 log = logging.getLogger("watchllm.limits")
@@ -84,6 +86,7 @@ class _Template:
     simple: bool  # rates only: admit copies `fixed` and fills in the token ops
     token_rows: tuple[tuple[int, str, int, int], ...]  # (index, key, limit, window) of tpm ops
     rate_plan: core.RatePlan | None  # `simple`: the ops for MemoryLimiter.check_rates
+    prefetch: Any = None  # `simple`, shared counters: this caller's prefetch.Caller
 
 
 class QuotaExceededError(RateLimitError):
@@ -115,22 +118,6 @@ class Admission:
     # Admitted in process by MemoryLimiter.check_rates, in place of ops and outcome: the
     # x-ratelimit-* headers it worked out. Settled synchronously by `settle_now`.
     rate_headers: RawHeaders | None = None
-
-
-def duration(ms: int) -> str:
-    """OpenAI's reset format (Go durations): "20ms", "1s", "8.64s", "6m0s", "1h2m3s"."""
-    if ms < 1000:
-        return f"{max(ms, 0)}ms"
-    hours, rest = divmod(ms, 3_600_000)
-    minutes, rest = divmod(rest, 60_000)
-    seconds = f"{rest / 1000:.3f}".rstrip("0").rstrip(".") + "s"
-    if hours:
-        return f"{hours}h{minutes}m{seconds}"
-    return f"{minutes}m{seconds}" if minutes else seconds
-
-
-def _duration_bytes(ms: int) -> bytes:
-    return b"%dms" % ms if 0 <= ms < 1000 else duration(ms).encode()
 
 
 def _rates_of_0_as_1(doc: Any) -> Any:
@@ -177,6 +164,11 @@ class LimitsService:
         self._deferred = DeferredDeltas(self._apply_deltas, flush_interval_s)
         # In-process counters (embedded): called directly, and settle applies at once.
         self._local: MemoryLimiter | None = getattr(counters, "local_limiter", None)
+        # Shared counters (Redis): rates-only callers are admitted from capacity taken
+        # ahead, one round trip per many requests (limits/prefetch.py).
+        self._prefetch = Prefetch(self._apply_plain, settings.limits_prefetch_ms,
+                                  self._lease_name) \
+            if self._local is None and settings.limits_prefetch_ms > 0 else None
 
     # -- limits of a caller ---------------------------------------------------------------
     def limits_now(self, project_id: str, key_id: str) -> Limits | None:
@@ -226,7 +218,7 @@ class LimitsService:
 
     # -- admit ----------------------------------------------------------------------------
     async def admit(self, project_id: str, key_id: str, estimated_prompt_tokens: int = 0,
-                    limits: Limits | None = None) -> Admission:
+                    limits: Limits | None = None, _asks: int = 3) -> Admission:
         """Check and count one request; raises RateLimitError (429) when over a limit.
 
         The batch also carries the project's deferred settle deltas (applied first)."""
@@ -275,6 +267,11 @@ class LimitsService:
         admission.outcome = outcome
         if not outcome.allowed:
             admission.settled = True  # nothing was written, nothing to settle
+            if _asks > 1 and self._prefetch is not None and template.simple \
+                    and await self._prefetch.held(ops[outcome.denied].key):
+                # Capacity held ahead (here or by another worker) comes back: ask again.
+                return await self.admit(project_id, key_id, estimated_prompt_tokens, limits,
+                                        _asks - 1)
             raise self._rejection(admission, outcome, limits)
         return admission
 
@@ -285,9 +282,17 @@ class LimitsService:
         await `admit` (which also builds the caller's template and raises the 429)."""
         local = self._local
         template = self._templates.get((project_id, key_id))
-        if local is None or template is None or template.limits is not limits \
-                or template.rate_plan is None:
+        if template is None or template.limits is not limits or template.rate_plan is None:
             return None
+        if local is None:  # shared counters: from this worker's prefetched capacity
+            if self._prefetch is None:
+                return None
+            tokens = estimated_prompt_tokens if estimated_prompt_tokens > 0 else 0
+            headers = self._prefetch.take(template, tokens)
+            if headers is None:
+                return None
+            return Admission(project_id, key_id, tokens, (), (), None, False, False, template,
+                             headers)
         # Per request: conditionals, not max()/int() (each a call with argument parsing).
         tokens = estimated_prompt_tokens if estimated_prompt_tokens > 0 else 0
         clock = self.clock
@@ -389,6 +394,14 @@ class LimitsService:
             except (CountersUnavailable, TimeoutError, OSError) as exc:
                 return self._unavailable(exc, admission)
         return self._unavailable(None, admission)
+
+    async def _apply_plain(self, ops: list[Op]) -> Outcome | None:
+        """`_apply` for the service's own batches (prefetch grants and returns)."""
+        return await self._apply(ops, None if self.clock is None else int(self.clock() * 1000),
+                                 None)
+
+    def _lease_name(self) -> str:
+        return self._lease_prefix + str(next(self._leases))
 
     async def _apply_deltas(self, ops: list[Op]) -> bool:
         """Deferred deltas on their own (the flush); False when not applied."""
@@ -492,8 +505,9 @@ class LimitsService:
             self._deferred.restore(project_id, carried)  # the lease expires on its own
 
     def settle_now(self, admission: Admission, real_tokens: int) -> None:
-        """`settle` of an admission made by `check_rates` (in process, rates only): TPM
-        reconciliation written at once. Synchronous: no coroutine per request.
+        """`settle` of an admission made by `check_rates` (in process, rates only: TPM
+        reconciliation written at once) or from a prefetch (shared counters: deferred like
+        `settle`'s). Synchronous: no coroutine per request.
         `real_tokens`: an int (usage counts are; `settle` converts for other callers)."""
         if admission.settled:
             return
@@ -503,11 +517,18 @@ class LimitsService:
         delta = (real_tokens if real_tokens > 0 else 0) - admission.estimated_tokens
         if delta > 1 << 53:
             delta = 1 << 53
-        if delta and self._local is not None and admission.plan is not None \
-                and admission.plan.rate_plan is not None:
+        template = admission.plan
+        if delta and self._local is None and template is not None:
+            # Prefetched: the reconciliation rides on the next round trip, as in `settle`.
+            pending = self._deferred.of(admission.project_id)
+            for _, key, limit, window in template.token_rows:
+                add(pending, Op(RATE, key, limit, window, 0), delta)
+            self._deferred.done(admission.project_id)
+        elif delta and self._local is not None and template is not None \
+                and template.rate_plan is not None:
             clock = self.clock
             now_ms = time.time_ns() // 1_000_000 if clock is None else int(clock() * 1000)
-            self._local.adjust_rates(admission.plan.rate_plan, delta, now_ms)
+            self._local.adjust_rates(template.rate_plan, delta, now_ms)
 
     def _settle_local(self, ops: Sequence[Op], template: _Template, real_tokens: int,
                       cost_usd: float) -> None:
@@ -536,6 +557,8 @@ class LimitsService:
     async def close(self) -> None:
         """At shutdown, before the counters backend closes: apply every deferred delta."""
         self._down_until = 0.0  # one last try even if the breaker is open
+        if self._prefetch is not None:
+            await self._prefetch.close()
         await self._deferred.close()
 
     async def usage(self, project_id: str) -> dict[str, Any]:
@@ -591,7 +614,7 @@ class LimitsService:
             else:
                 remaining, limit, reset = self._denied_view(admission, outcome, idx)
             out += ((names[0], b"%d" % limit), (names[1], b"%d" % remaining),
-                    (names[2], _duration_bytes(reset)))
+                    (names[2], duration_bytes(reset)))
         return out
 
     @staticmethod

@@ -1,0 +1,124 @@
+"""Prefetched rate capacity on Redis (limits/prefetch.py): many requests per round trip,
+and still exact — never more than the limit, and never fewer because a worker holds
+capacity it does not use. Round trips are counted by Redis itself (INFO commandstats)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from watchllm.errors import RateLimitError
+from watchllm.limits import Admission, Limits, LimitsService, Scope
+from watchllm.settings import Settings
+
+from .conftest import RedisCounters, lean_client, needs_redis
+from .test_deferred import _commandstats, _used, private_redis, redis_counters  # noqa: F401
+from .test_service import Clock
+
+
+async def _wave(svc: LimitsService, project: str, n: int, limits: Limits,
+                tokens: int = 10) -> list[Admission]:
+    """n concurrent requests, then a short pause (a grant's round trip can land)."""
+
+    async def one() -> Admission | None:
+        admission = svc.admit_now(project, "k", tokens, limits)
+        try:
+            return admission or await svc.admit(project, "k", tokens, limits)
+        except RateLimitError:
+            return None
+
+    out = [a for a in await asyncio.gather(*(one() for _ in range(n))) if a is not None]
+    await asyncio.sleep(0.003)
+    return out
+
+
+async def test_many_requests_per_round_trip_and_exact_usage(redis_counters: Any,
+                                                            project: str) -> None:
+    """rpm + tpm per key and project: far fewer EVALSHA than requests, and after close()
+    the buckets hold exactly the requests made and the real tokens (unused prefetch
+    refunded, reconciliation applied). Limits small enough that the frozen clock's buckets
+    outlive the test (their Redis TTL runs in real time)."""
+    plan = Limits(project=Scope(rpm=2000, tpm=200_000), key=Scope(rpm=2000, tpm=200_000))
+    svc = LimitsService(redis_counters, Settings(), clock=Clock())
+    first = await _wave(svc, project, 1, plan, 40)  # the script is loaded, template built
+    await svc.settle(first[0], 100, 0.0)
+    before = await _commandstats(redis_counters.admin)
+    n = prefetched = 0
+    for _ in range(10):
+        for admission in await _wave(svc, project, 15, plan, 40):
+            n += 1
+            prefetched += admission.ops == ()  # admitted from the prefetch
+            assert dict(svc.headers(admission))[b"x-ratelimit-limit-requests"] == b"2000"
+            if admission.rate_headers is not None:
+                svc.settle_now(admission, 100)
+            else:
+                await svc.settle(admission, 100, 0.0)
+    after = await _commandstats(redis_counters.admin)
+    assert n == 150
+    assert prefetched > 100, prefetched
+    assert after["evalsha"] - before["evalsha"] < 40, after["evalsha"] - before["evalsha"]
+    assert svc._prefetch is not None and svc._prefetch.granted >= 3
+    await svc.close()
+    for key in (f"wl:{{{project}}}:k:k:", f"wl:{{{project}}}:"):
+        assert await _used(redis_counters, key + "rpm", 2000) == 151
+        assert await _used(redis_counters, key + "tpm", 200_000) == 151 * 100
+
+
+@needs_redis
+async def test_two_workers_one_limit_exactly_with_uneven_load(project: str) -> None:
+    """Worker B takes prefetches for 30 requests and goes quiet; worker A then sends 1,000
+    against the one project limit of 600. Exactly 600 are admitted: A's requests denied
+    while B still holds unused capacity wait for it to come back instead of answering 429."""
+    a, b = RedisCounters(lean_client()), RedisCounters(lean_client())
+    limits = Limits(project=Scope(rpm=600))
+    clock = Clock()
+    settings = Settings(limits_prefetch_ms=1000)  # B holds its prefetch while A runs
+    svc_a = LimitsService(a, settings, clock=clock)
+    svc_b = LimitsService(b, settings, clock=clock)
+
+    async def worker(svc: LimitsService, waves: int, size: int) -> int:
+        return sum([len(await _wave(svc, project, size, limits, 0)) for _ in range(waves)])
+
+    counts = [await worker(svc_b, 3, 10)]
+    assert svc_b._prefetch is not None and svc_b._prefetch.granted > 0
+    held = svc_b._templates[(project, "k")].prefetch.grant
+    assert held is not None and held.req > 0  # unused capacity B holds
+    counts.append(await worker(svc_a, 40, 25))
+    assert sum(counts) == 600, counts
+    assert svc_a._prefetch is not None and svc_a._prefetch.granted > 0
+    for svc in (svc_a, svc_b):
+        await svc.close()
+    assert await _used(a, f"wl:{{{project}}}:rpm", 600) == 600
+    await a.close()
+    await b.close()
+
+
+@needs_redis
+async def test_prefetched_headers_count_down(project: str) -> None:
+    counters = RedisCounters(lean_client())
+    limits = Limits(key=Scope(rpm=1000, tpm=100_000))
+    svc = LimitsService(counters, Settings(), clock=Clock())
+    seen = []
+    for _ in range(10):
+        for admission in await _wave(svc, project, 5, limits, tokens=100):
+            h = dict(svc.headers(admission))
+            assert h[b"x-ratelimit-limit-tokens"] == b"100000"
+            assert h[b"x-ratelimit-reset-requests"].endswith(b"s")
+            seen.append((admission.ops == (), int(h[b"x-ratelimit-remaining-requests"])))
+    prefetched = [r for p, r in seen if p]
+    assert len(prefetched) > 20
+    assert all(x > y for x, y in zip(prefetched, prefetched[1:], strict=False)), prefetched
+    assert all(r <= 1000 - i - 1 for i, (_, r) in enumerate(seen))
+    await svc.close()
+    await counters.close()
+
+
+@needs_redis
+async def test_off_with_a_prefetch_of_0(project: str) -> None:
+    counters = RedisCounters(lean_client())
+    svc = LimitsService(counters, Settings(limits_prefetch_ms=0), clock=Clock())
+    limits = Limits(key=Scope(rpm=10_000))
+    for _ in range(5):
+        assert all(a.ops for a in await _wave(svc, project, 5, limits))
+    assert svc._prefetch is None
+    await counters.close()

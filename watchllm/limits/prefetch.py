@@ -1,0 +1,232 @@
+"""Rate capacity taken from a shared backend ahead of the requests that will use it.
+
+On Redis every request of a rates-only caller (rpm/tpm, the common plan) used to wait for
+its own script call. Far from the limit that call always says yes, so a worker instead
+takes a *prefetch*: one batch charges the buckets for `size` requests and `size` times the
+average estimate in tokens at once, and the next requests are admitted in this process
+against it, with no I/O and no suspension. One round trip then serves tens to hundreds of
+requests. What keeps the limit exact:
+
+- **Never over:** a prefetch is charged to the shared buckets before any request uses it
+  (GCRA, all-or-nothing), so the requests admitted from it were counted already.
+- **Only far from the limit:** a prefetch is granted only while the buckets could take
+  `FLOOR + 1` times it (a PEEK of that cost in the same batch). Near the limit every
+  request takes the exact per-request path, as before.
+- **Never under:** capacity a worker holds but does not use must not make another worker
+  answer 429. Each prefetch is registered in a set per bucket (`<bucket>:held`, a CONC
+  lease), and returned (refund + release, one batch) when it is replaced or `ttl_ms`
+  after its grant. A request denied on a bucket that has registered prefetches waits
+  for them to come back and asks again (`LimitsService.admit`); only a denial with none
+  outstanding is a 429. A worker that dies keeps its prefetch counted until the
+  registration expires (`ttl_ms + HOLD_GRACE_MS`): stricter, never looser.
+
+The price: a prefetched request is charged up to `ttl_ms` before it arrives (the bucket's
+refill starts that much earlier), `x-ratelimit-remaining-*` on a prefetched request also
+counts this worker's unused prefetch, and a request denied next to the limit can wait up
+to `ttl_ms` for other workers' prefetches. See docs/limits.md, "Prefetched capacity".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from watchllm.limits.ops import ADJUST, CHECK, CONC, PEEK, RATE, RELEASE, Op, Outcome
+from watchllm.limits.reset import duration_bytes
+
+if TYPE_CHECKING:
+    from watchllm.limits.service import _Template
+
+log = logging.getLogger("watchllm.limits")
+RawHeaders = list[tuple[bytes, bytes]]
+FLOOR = 8  # grant only while the buckets could take FLOOR more prefetches of this size
+MIN_SIZE, MAX_SIZE = 2, 4096  # requests per prefetch
+HOLD_GRACE_MS = 2000  # a registration outlives its prefetch by this (a slow return)
+_HUGE = 1 << 40  # the held set's "limit": registering never fails
+_TOKENS = 1  # a template row's cost kind (service._TOKENS)
+
+Apply = Callable[[list[Op]], Awaitable["Outcome | None"]]  # None: backend unavailable
+
+
+def held_key(bucket: str) -> str:
+    return bucket + ":held"
+
+
+@dataclass(slots=True)
+class _Grant:
+    member: str
+    req: int  # requests left
+    tok: int  # tokens left
+    until: float  # monotonic: used until then, then returned
+    at: float  # monotonic grant time
+    remaining: tuple[int, ...]  # per template row: the bucket's remaining after the grant
+    reset: tuple[int, ...]  # per template row: reset_ms after the grant
+    rows: tuple[tuple[int, str, int, int, int, int, str], ...]
+    timer: asyncio.TimerHandle | None = None
+    returned: bool = False
+
+
+@dataclass(slots=True)
+class _Caller:
+    """One (project, key) template's prefetch state."""
+
+    grant: _Grant | None = None
+    size: int = 16
+    tok_avg: float = 0.0
+    busy: bool = False  # a grant is on its way
+    off_until: float = 0.0  # after a refused grant: per-request only until then
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+
+class Prefetch:
+    def __init__(self, apply: Apply, ttl_ms: int, names: Callable[[], str]) -> None:
+        self.apply = apply  # LimitsService._apply without an admission
+        self.ttl_s = ttl_ms / 1000
+        self.hold_ms = ttl_ms + HOLD_GRACE_MS
+        self._names = names  # a fresh, process-unique registration id
+        self._live: dict[str, tuple[_Grant, _Caller]] = {}  # member -> its grant
+        self.granted = 0  # grants made (tests, docs)
+
+    # -- per request ----------------------------------------------------------------------
+    def take(self, template: _Template, tokens: int) -> RawHeaders | None:
+        """Admit one request of `tokens` from this worker's prefetch (headers), or None:
+        take the per-request path. Starts a new grant when this one runs low."""
+        caller = template.prefetch
+        if caller is None:
+            caller = template.prefetch = _Caller()
+        caller.tok_avg += (tokens - caller.tok_avg) * 0.0625
+        grant = caller.grant
+        now = time.monotonic()
+        if grant is None or now >= grant.until or grant.req < 1 or grant.tok < tokens:
+            self._refill(template, caller, now)
+            return None
+        grant.req -= 1
+        grant.tok -= tokens
+        if not caller.busy and (grant.req * 2 < caller.size or now + self.ttl_s / 2 > grant.until
+                                or grant.tok < caller.tok_avg * 4):
+            self._refill(template, caller, now)
+        return _headers(template, grant, now)
+
+    # -- grants and returns ---------------------------------------------------------------
+    def _refill(self, template: _Template, caller: _Caller, now: float) -> None:
+        if caller.busy or now < caller.off_until:
+            return
+        caller.busy = True
+        task = asyncio.get_running_loop().create_task(self._grant(template, caller))
+        caller.tasks.add(task)
+        task.add_done_callback(caller.tasks.discard)
+
+    async def _grant(self, template: _Template, caller: _Caller) -> None:
+        try:
+            old = caller.grant
+            if old is not None and old.req * 2 < caller.size:  # used most of it: grow
+                caller.size = min(caller.size * 2, MAX_SIZE)
+            size = caller.size
+            tok = max(int(size * max(caller.tok_avg, 1.0) * 1.5), 1)
+            member = self._names()
+            ops: list[Op] = []
+            for _, key, limit, window, cost_kind, _, _ in template.rows:
+                n = tok if cost_kind == _TOKENS else size
+                ops.append(Op(RATE, key, limit, window, n * (FLOOR + 1), PEEK))
+                ops.append(Op(RATE, key, limit, window, n, CHECK))
+                ops.append(Op(CONC, held_key(key), _HUGE, self.hold_ms, 1, CHECK, member))
+            outcome = await self.apply(ops)
+            now = time.monotonic()
+            if outcome is None or not outcome.allowed:  # near the limit, or backend down
+                caller.size = max(caller.size // 2, MIN_SIZE)
+                caller.off_until = now + (self.ttl_s if caller.size > MIN_SIZE else 1.0)
+                return
+            self.granted += 1
+            res = outcome.results
+            grant = _Grant(member, size, tok, now + self.ttl_s, now,
+                           tuple(res[3 * i + 1].remaining for i in range(len(template.rows))),
+                           tuple(res[3 * i + 1].reset_ms for i in range(len(template.rows))),
+                           template.rows)
+            grant.timer = asyncio.get_running_loop().call_at(grant.until, self._expire,
+                                                             grant, caller)
+            self._live[member] = (grant, caller)
+            caller.grant = grant
+            if old is not None:
+                await self._return(old)
+        except Exception:  # a background task: never let it fail silently
+            log.exception("limits: prefetch grant failed")
+        finally:
+            caller.busy = False
+
+    def _expire(self, grant: _Grant, caller: _Caller) -> None:
+        if caller.grant is grant:
+            caller.grant = None
+            if grant.req * 2 > caller.size:  # mostly unused: smaller next time
+                caller.size = max(caller.size // 2, MIN_SIZE)
+        task = asyncio.get_running_loop().create_task(self._return(grant))
+        caller.tasks.add(task)
+        task.add_done_callback(caller.tasks.discard)
+
+    async def _return(self, grant: _Grant) -> None:
+        """Refund what was not used and drop the registration, in one batch."""
+        if grant.returned:
+            return
+        grant.returned = True
+        if grant.timer is not None:
+            grant.timer.cancel()
+        left_req, left_tok = grant.req, grant.tok
+        grant.req = grant.tok = 0  # nothing more is taken from it
+        self._live.pop(grant.member, None)
+        ops: list[Op] = []
+        for _, key, limit, window, cost_kind, _, _ in grant.rows:
+            left = left_tok if cost_kind == _TOKENS else left_req
+            if left:
+                ops.append(Op(RATE, key, limit, window, -left, ADJUST))
+            ops.append(Op(CONC, held_key(key), _HUGE, self.hold_ms, 0, RELEASE, grant.member))
+        if await self.apply(ops) is None:
+            log.warning("limits: a prefetch could not be returned (backend unavailable); "
+                        "it counts until its registration expires")
+
+    # -- a denial next to the limit --------------------------------------------------------
+    async def held(self, bucket: str) -> bool:
+        """After a per-request denial on `bucket`: True when capacity may come back (this
+        worker returned its own prefetch of the bucket, or another worker's is registered
+        and was waited for), so the caller asks again; False: the denial is final."""
+        own = False
+        for grant, caller in list(self._live.values()):
+            if any(r[1] == bucket for r in grant.rows):
+                own = True
+                if caller.grant is grant:
+                    caller.grant = None
+                await self._return(grant)
+        peek = await self.apply([Op(CONC, held_key(bucket), _HUGE, self.hold_ms, 0, PEEK)])
+        if peek is not None and peek.results[0].remaining < _HUGE:
+            await asyncio.sleep(self.ttl_s + 0.01)  # others return theirs by then
+            return True
+        return own
+
+    async def close(self) -> None:
+        """At shutdown: return every prefetch (before the deferred deltas are flushed)."""
+        for grant, caller in list(self._live.values()):
+            caller.grant = None
+            caller.off_until = float("inf")  # no new grants
+            await self._return(grant)
+
+
+def _headers(template: _Template, grant: _Grant, now: float) -> RawHeaders:
+    """OpenAI's x-ratelimit-* for a prefetched request: the tightest limit of each group,
+    its remaining counting this worker's unused prefetch."""
+    out: RawHeaders = []
+    rows = grant.rows
+    elapsed = int((now - grant.at) * 1000)
+    for names, idx in template.header_groups:
+        best_i, best_rem, best_left = -1, 0, 0
+        for i in idx:
+            left = grant.tok if rows[i][4] == _TOKENS else grant.req
+            rem = grant.remaining[i] + left
+            if best_i < 0 or rem < best_rem:
+                best_i, best_rem, best_left = i, rem, left
+        limit, window = rows[best_i][2], rows[best_i][3]
+        reset = grant.reset[best_i] - best_left * window // limit - elapsed
+        out += ((names[0], b"%d" % limit), (names[1], b"%d" % best_rem),
+                (names[2], duration_bytes(reset if reset > 0 else 0)))
+    return out
