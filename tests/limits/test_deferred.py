@@ -6,11 +6,8 @@ the count."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator, MutableMapping
+from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -30,58 +27,6 @@ from .test_service import NOV_23, Clock
 TPM = 5000
 PLAN = Limits(project=Scope(rpm=1000, tpm=TPM), key=Scope(rpm=1000, tpm=TPM),
               budget_usd=1000.0, max_tokens=10**9, period="month")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("no redis-server binary")
-    port = _free_port()
-    workdir: Path = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(workdir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-@pytest.fixture(params=["redis", "lean"])
-async def redis_counters(private_redis: int,
-                         request: pytest.FixtureRequest) -> AsyncIterator[Any]:
-    """On a private server, through redis-py and through the hot path's lean client;
-    `.admin` is a redis-py client to the same server (INFO and the like)."""
-    import redis.asyncio as redis
-
-    from watchllm.env.selfhosted.resp import LeanRedis
-
-    admin = redis.Redis(port=private_redis)
-    client = admin if request.param == "redis" else LeanRedis(
-        f"redis://127.0.0.1:{private_redis}/0", size=2)
-    counters = RedisCounters(client)
-    counters.admin = admin  # type: ignore[attr-defined]
-    yield counters
-    await counters.close()
-    if client is not admin:
-        await admin.aclose()
 
 
 class RemoteMemory:

@@ -5,6 +5,7 @@ capacity it does not use. Round trips are counted by Redis itself (INFO commands
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 from watchllm.errors import RateLimitError
@@ -12,7 +13,7 @@ from watchllm.limits import Admission, Limits, LimitsService, Scope
 from watchllm.settings import Settings
 
 from .conftest import RedisCounters, lean_client, needs_redis
-from .test_deferred import _commandstats, _used, private_redis, redis_counters  # noqa: F401
+from .test_deferred import _commandstats, _used
 from .test_service import Clock
 
 
@@ -107,7 +108,7 @@ async def test_prefetched_headers_count_down(project: str) -> None:
             seen.append((admission.ops == (), int(h[b"x-ratelimit-remaining-requests"])))
     prefetched = [r for p, r in seen if p]
     assert len(prefetched) > 20
-    assert all(x > y for x, y in zip(prefetched, prefetched[1:], strict=False)), prefetched
+    assert all(x > y for x, y in itertools.pairwise(prefetched)), prefetched
     assert all(r <= 1000 - i - 1 for i, (_, r) in enumerate(seen))
     await svc.close()
     await counters.close()
