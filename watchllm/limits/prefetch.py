@@ -56,6 +56,12 @@ def held_key(bucket: str) -> str:
     return bucket + ":held"
 
 
+# Per header group (requests, tokens) of a grant, worked out once: the limit's header
+# as it is sent, the names of the two that change, the tightest row's remaining and
+# reset_ms right after the grant, whether it counts tokens, and its ms per unit.
+_Group = tuple[tuple[bytes, bytes], bytes, bytes, int, int, bool, float]
+
+
 @dataclass(slots=True)
 class _Grant:
     member: str
@@ -63,8 +69,9 @@ class _Grant:
     tok: int  # tokens left
     until: float  # monotonic: used until then, then returned
     at: float  # monotonic grant time
-    remaining: tuple[int, ...]  # per template row: the bucket's remaining after the grant
-    reset: tuple[int, ...]  # per template row: reset_ms after the grant
+    size: int  # requests granted
+    tokens: int  # tokens granted
+    groups: tuple[_Group, ...]
     rows: tuple[tuple[int, str, int, int, int, int, str], ...]
     timer: asyncio.TimerHandle | None = None
     returned: bool = False
@@ -86,6 +93,7 @@ class Prefetch:
     def __init__(self, apply: Apply, ttl_ms: int, names: Callable[[], str]) -> None:
         self.apply = apply  # LimitsService._apply without an admission
         self.ttl_s = ttl_ms / 1000
+        self.half_s = self.ttl_s / 2
         self.hold_ms = ttl_ms + HOLD_GRACE_MS
         self._names = names  # a fresh, process-unique registration id
         self._live: dict[str, tuple[_Grant, _Caller]] = {}  # member -> its grant
@@ -97,19 +105,28 @@ class Prefetch:
         take the per-request path. Starts a new grant when this one runs low."""
         caller = template.prefetch
         if caller is None:
-            caller = template.prefetch = _Caller()
-        caller.tok_avg += (tokens - caller.tok_avg) * 0.0625
+            caller = template.prefetch = _Caller(tok_avg=float(tokens))
         grant = caller.grant
         now = time.monotonic()
         if grant is None or now >= grant.until or grant.req < 1 or grant.tok < tokens:
             self._refill(template, caller, now)
             return None
-        grant.req -= 1
-        grant.tok -= tokens
-        if not caller.busy and (grant.req * 2 < caller.size or now + self.ttl_s / 2 > grant.until
-                                or grant.tok < caller.tok_avg * 4):
+        req = grant.req = grant.req - 1
+        tok = grant.tok = grant.tok - tokens
+        # Half used, or half its time gone: the next grant is asked for now, so it lands
+        # before this one runs out.
+        if (req * 2 < grant.size or tok * 2 < grant.tokens or now + self.half_s > grant.until) \
+                and not caller.busy:
             self._refill(template, caller, now)
-        return _headers(template, grant, now)
+        # x-ratelimit-*: the tightest limit of each group, counting the unused prefetch.
+        out: RawHeaders = []
+        elapsed = (now - grant.at) * 1000
+        for limit, remaining, reset, base, base_reset, in_tokens, ms_per_unit in grant.groups:
+            left = tok if in_tokens else req
+            ms = int(base_reset - left * ms_per_unit - elapsed)
+            out += (limit, (remaining, b"%d" % (base + left)),
+                    (reset, duration_bytes(ms if ms > 0 else 0)))
+        return out
 
     # -- grants and returns ---------------------------------------------------------------
     def _refill(self, template: _Template, caller: _Caller, now: float) -> None:
@@ -123,8 +140,11 @@ class Prefetch:
     async def _grant(self, template: _Template, caller: _Caller) -> None:
         try:
             old = caller.grant
-            if old is not None and old.req * 2 < caller.size:  # used most of it: grow
-                caller.size = min(caller.size * 2, MAX_SIZE)
+            if old is not None:
+                if old.req * 2 < old.size:  # used most of it: grow
+                    caller.size = min(caller.size * 2, MAX_SIZE)
+                if (used := old.size - old.req) > 0:  # the average estimate sizes the tokens
+                    caller.tok_avg = (old.tokens - old.tok) / used
             size = caller.size
             tok = max(int(size * max(caller.tok_avg, 1.0) * 1.5), 1)
             member = self._names()
@@ -141,11 +161,8 @@ class Prefetch:
                 caller.off_until = now + (self.ttl_s if caller.size > MIN_SIZE else 1.0)
                 return
             self.granted += 1
-            res = outcome.results
-            grant = _Grant(member, size, tok, now + self.ttl_s, now,
-                           tuple(res[3 * i + 1].remaining for i in range(len(template.rows))),
-                           tuple(res[3 * i + 1].reset_ms for i in range(len(template.rows))),
-                           template.rows)
+            grant = _Grant(member, size, tok, now + self.ttl_s, now, size, tok,
+                           _groups(template, outcome), template.rows)
             grant.timer = asyncio.get_running_loop().call_at(grant.until, self._expire,
                                                              grant, caller)
             self._live[member] = (grant, caller)
@@ -212,21 +229,14 @@ class Prefetch:
             await self._return(grant)
 
 
-def _headers(template: _Template, grant: _Grant, now: float) -> RawHeaders:
-    """OpenAI's x-ratelimit-* for a prefetched request: the tightest limit of each group,
-    its remaining counting this worker's unused prefetch."""
-    out: RawHeaders = []
-    rows = grant.rows
-    elapsed = int((now - grant.at) * 1000)
+def _groups(template: _Template, outcome: Outcome) -> tuple[_Group, ...]:
+    """The header groups of a grant: in a group every row counts the same unit, so this
+    worker's unused prefetch adds the same to each, and the tightest row stays it."""
+    out = []
+    res, rows = outcome.results, template.rows
     for names, idx in template.header_groups:
-        best_i, best_rem, best_left = -1, 0, 0
-        for i in idx:
-            left = grant.tok if rows[i][4] == _TOKENS else grant.req
-            rem = grant.remaining[i] + left
-            if best_i < 0 or rem < best_rem:
-                best_i, best_rem, best_left = i, rem, left
-        limit, window = rows[best_i][2], rows[best_i][3]
-        reset = grant.reset[best_i] - best_left * window // limit - elapsed
-        out += ((names[0], b"%d" % limit), (names[1], b"%d" % best_rem),
-                (names[2], duration_bytes(reset if reset > 0 else 0)))
-    return out
+        i = min(idx, key=lambda j: res[3 * j + 1].remaining)  # the CHECK op of row j
+        limit, window = rows[i][2], rows[i][3]
+        out.append(((names[0], b"%d" % limit), names[1], names[2], res[3 * i + 1].remaining,
+                    res[3 * i + 1].reset_ms, rows[i][4] == _TOKENS, window / limit))
+    return tuple(out)

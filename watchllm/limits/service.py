@@ -86,6 +86,7 @@ class _Template:
     simple: bool  # rates only: admit copies `fixed` and fills in the token ops
     token_rows: tuple[tuple[int, str, int, int], ...]  # (index, key, limit, window) of tpm ops
     rate_plan: core.RatePlan | None  # `simple`: the ops for MemoryLimiter.check_rates
+    token_ops: tuple[Op, ...] = ()  # the tpm ops with cost 0: what settle_now adjusts
     prefetch: Any = None  # `simple`, shared counters: this caller's prefetch.Caller
 
 
@@ -344,7 +345,7 @@ class LimitsService:
             if simple and rows else None
         template = _Template(limits, tuple(rows), names, fixed, reconcile,
                              any(r[0] == CONC for r in rows), groups, simple, token_rows,
-                             rate_plan)
+                             rate_plan, tuple(Op(RATE, r[1], r[2], r[3], 0) for r in token_rows))
         if len(self._templates) > 100_000:
             self._templates.clear()
         self._templates[(project_id, key_id)] = template
@@ -521,8 +522,8 @@ class LimitsService:
         if delta and self._local is None and template is not None:
             # Prefetched: the reconciliation rides on the next round trip, as in `settle`.
             pending = self._deferred.of(admission.project_id)
-            for _, key, limit, window in template.token_rows:
-                add(pending, Op(RATE, key, limit, window, 0), delta)
+            for op in template.token_ops:
+                add(pending, op, delta)
             self._deferred.done(admission.project_id)
         elif delta and self._local is not None and template is not None \
                 and template.rate_plan is not None:
