@@ -97,6 +97,8 @@ async def main(kind: str, n: int, profile: bool, concurrency: int) -> None:
         rows = int(os.environ.get("NSTATS", "25"))  # how many functions --profile prints
         pstats.Stats(prof).sort_stats("tottime").print_stats(rows)
     print(f"{kind}: {elapsed / n * 1e6:.1f} us CPU per request (n={n})")
+    if (pf := getattr(gw.limits, "_prefetch", None)) is not None and "--limits" in sys.argv:
+        print(f"prefetch: {pf.granted} grants; {pf.missed} requests took the per-request path")
     await gw.shutdown()
     if upstream is not None:
         upstream.stop()

@@ -98,6 +98,7 @@ class Prefetch:
         self._names = names  # a fresh, process-unique registration id
         self._live: dict[str, tuple[_Grant, _Caller]] = {}  # member -> its grant
         self.granted = 0  # grants made (tests, docs)
+        self.missed = 0  # requests that found no prefetch: per-request path (tests, docs)
 
     # -- per request ----------------------------------------------------------------------
     def take(self, template: _Template, tokens: int) -> RawHeaders | None:
@@ -109,6 +110,7 @@ class Prefetch:
         grant = caller.grant
         now = time.monotonic()
         if grant is None or now >= grant.until or grant.req < 1 or grant.tok < tokens:
+            self.missed += 1
             self._refill(template, caller, now)
             return None
         req = grant.req = grant.req - 1
