@@ -12,7 +12,9 @@ them in-process per counter key, and the next admit of the same project carries 
 its own batch as ADJUST ops, applied before its checks. A timer flushes what no admit
 carried within `flush_interval_s` (0.2 s), and `close()` flushes at shutdown. Only a
 request holding a concurrency lease settles at once (the slot must be free now), taking
-its project's pending deltas along. See docs/limits.md.
+its project's pending deltas along. On a shared backend, rates-only callers are admitted
+from capacity this worker took ahead (`prefetch.py`): no round trip per request. See
+docs/limits.md.
 """
 
 from __future__ import annotations
