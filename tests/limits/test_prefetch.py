@@ -123,3 +123,25 @@ async def test_off_with_a_prefetch_of_0(project: str) -> None:
         assert all(a.ops for a in await _wave(svc, project, 5, limits))
     assert svc._prefetch is None
     await counters.close()
+
+
+@needs_redis
+async def test_close_gives_every_prefetch_back(project: str) -> None:
+    """A prefetch granted before or during close() is returned: the bucket holds only the
+    request made, and no registration is left to make other workers wait."""
+    import redis.asyncio as redis
+
+    from .conftest import REDIS_DB
+
+    counters = RedisCounters(lean_client())
+    svc = LimitsService(counters, Settings(), clock=Clock())
+    limits = Limits(key=Scope(rpm=600))
+    await svc.admit(project, "k", 0, limits)  # starts a grant
+    await svc.close()
+    await asyncio.sleep(0.02)  # a grant still on its way lands, and goes straight back
+    bucket = f"wl:{{{project}}}:k:k:rpm"
+    assert await _used(counters, bucket, 600) == 1
+    admin = redis.Redis(db=REDIS_DB)
+    assert await admin.zcard(bucket + ":held") == 0
+    await admin.aclose()
+    await counters.close()

@@ -99,6 +99,7 @@ class Prefetch:
         self._live: dict[str, tuple[_Grant, _Caller]] = {}  # member -> its grant
         self.granted = 0  # grants made (tests, docs)
         self.missed = 0  # requests that found no prefetch: per-request path (tests, docs)
+        self.closed = False  # after close(): no new grants
 
     # -- per request ----------------------------------------------------------------------
     def take(self, template: _Template, tokens: int) -> RawHeaders | None:
@@ -132,7 +133,7 @@ class Prefetch:
 
     # -- grants and returns ---------------------------------------------------------------
     def _refill(self, template: _Template, caller: _Caller, now: float) -> None:
-        if caller.busy or now < caller.off_until:
+        if caller.busy or now < caller.off_until or self.closed:
             return
         caller.busy = True
         task = asyncio.get_running_loop().create_task(self._grant(template, caller))
@@ -163,6 +164,11 @@ class Prefetch:
                 caller.off_until = now + (self.ttl_s if caller.size > MIN_SIZE else 1.0)
                 return
             self.granted += 1
+            if self.closed:  # shut down while it was on its way: give it straight back
+                caller.grant = None
+                await self._return(_Grant(member, size, tok, now, now, size, tok, (),
+                                          template.rows))
+                return
             grant = _Grant(member, size, tok, now + self.ttl_s, now, size, tok,
                            _groups(template, outcome), template.rows)
             grant.timer = asyncio.get_running_loop().call_at(grant.until, self._expire,
@@ -225,9 +231,9 @@ class Prefetch:
 
     async def close(self) -> None:
         """At shutdown: return every prefetch (before the deferred deltas are flushed)."""
+        self.closed = True
         for grant, caller in list(self._live.values()):
             caller.grant = None
-            caller.off_until = float("inf")  # no new grants
             await self._return(grant)
 
 
