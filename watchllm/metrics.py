@@ -69,6 +69,11 @@ class _Metrics:
             "watchllm_limits_backend_unavailable",
             "Limit decisions taken without the counters backend (fail open/closed).",
             ("mode",), registry=r)
+        self.limits_prefetch = prom.Counter(
+            "watchllm_limits_prefetch",
+            "Rate capacity taken ahead on Redis: grants made, refused (near the limit or "
+            "backend down), returned; denials that waited for other workers' grants.",
+            ("event",), registry=r)
         self.queue_depth = prom.Gauge("watchllm_queue_depth", "Items waiting, summed over "
                                       "live workers.", ("queue",), registry=r,
                                       multiprocess_mode="livesum")
@@ -219,6 +224,11 @@ def rate_limited(scope: str, limit: str) -> None:
 def limits_unavailable(mode: str) -> None:
     if _m is not None:
         _child(_m.limits_unavailable, mode).inc()
+
+
+def limits_prefetch(event: str) -> None:
+    if _m is not None:
+        _child(_m.limits_prefetch, event).inc()
 
 
 def set_queue_depth(queue: str, depth: int) -> None:

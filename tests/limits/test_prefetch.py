@@ -80,6 +80,7 @@ async def test_two_workers_one_limit_exactly_with_uneven_load(project: str) -> N
     async def worker(svc: LimitsService, waves: int, size: int) -> int:
         return sum([len(await _wave(svc, project, size, limits, 0)) for _ in range(waves)])
 
+    waited = _prefetch_count("waited")
     counts = [await worker(svc_b, 3, 10)]
     assert svc_b._prefetch is not None and svc_b._prefetch.granted > 0
     held = svc_b._templates[(project, "k")].prefetch.grant
@@ -87,6 +88,7 @@ async def test_two_workers_one_limit_exactly_with_uneven_load(project: str) -> N
     counts.append(await worker(svc_a, 40, 25))
     assert sum(counts) == 600, counts
     assert svc_a._prefetch is not None and svc_a._prefetch.granted > 0
+    assert _prefetch_count("waited") > waited  # visible in /metrics
     for svc in (svc_a, svc_b):
         await svc.close()
     assert await _used(a, f"wl:{{{project}}}:rpm", 600) == 600
@@ -145,3 +147,12 @@ async def test_close_gives_every_prefetch_back(project: str) -> None:
     assert await admin.zcard(bucket + ":held") == 0
     await admin.aclose()
     await counters.close()
+
+
+def _prefetch_count(event: str) -> float:
+    from watchllm import metrics
+
+    assert metrics._m is not None  # prometheus-client is a dependency
+    value = metrics._m.registry.get_sample_value("watchllm_limits_prefetch_total",
+                                                 {"event": event})
+    return value or 0.0

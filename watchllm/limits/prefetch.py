@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from watchllm import metrics
 from watchllm.limits.ops import ADJUST, CHECK, CONC, PEEK, RATE, RELEASE, Op, Outcome
 from watchllm.limits.reset import duration_bytes
 
@@ -160,10 +161,12 @@ class Prefetch:
             outcome = await self.apply(ops)
             now = time.monotonic()
             if outcome is None or not outcome.allowed:  # near the limit, or backend down
+                metrics.limits_prefetch("refused")
                 caller.size = max(caller.size // 2, MIN_SIZE)
                 caller.off_until = now + (self.ttl_s if caller.size > MIN_SIZE else 1.0)
                 return
             self.granted += 1
+            metrics.limits_prefetch("granted")
             if self.closed:  # shut down while it was on its way: give it straight back
                 caller.grant = None
                 await self._return(_Grant(member, size, tok, now, now, size, tok, (),
@@ -207,6 +210,7 @@ class Prefetch:
             if left:
                 ops.append(Op(RATE, key, limit, window, -left, ADJUST))
             ops.append(Op(CONC, held_key(key), _HUGE, self.hold_ms, 0, RELEASE, grant.member))
+        metrics.limits_prefetch("returned")
         if await self.apply(ops) is None:
             log.warning("limits: a prefetch could not be returned (backend unavailable); "
                         "it counts until its registration expires")
@@ -225,6 +229,7 @@ class Prefetch:
                 await self._return(grant)
         peek = await self.apply([Op(CONC, held_key(bucket), _HUGE, self.hold_ms, 0, PEEK)])
         if peek is not None and peek.results[0].remaining < _HUGE:
+            metrics.limits_prefetch("waited")
             await asyncio.sleep(self.ttl_s + 0.01)  # others return theirs by then
             return True
         return own
