@@ -337,6 +337,13 @@ def _cache_settings(r: _Reader) -> dict[str, Any]:
     }
 
 
+def _prefetch_ms(r: _Reader) -> int:
+    ms = r.integer("WATCHLLM_LIMITS_PREFETCH_MS", 100, minimum=0)
+    if ms > 2000:  # a prefetch must be back well within the buckets' 5 s hold (ops.HOLD_MS)
+        raise SettingsError(f"WATCHLLM_LIMITS_PREFETCH_MS must be at most 2000, got {ms}")
+    return ms
+
+
 def _limits_settings(r: _Reader) -> dict[str, Any]:
     fail_mode = r.text("WATCHLLM_LIMITS_FAIL_MODE", "open").lower()
     if fail_mode not in ("open", "closed"):
@@ -349,7 +356,7 @@ def _limits_settings(r: _Reader) -> dict[str, Any]:
         "limits_fail_mode": fail_mode,
         "limits_timeout_s": r.number("WATCHLLM_LIMITS_TIMEOUT", 1.0, minimum=0.001),
         "limits_lease_s": r.number("WATCHLLM_LIMITS_LEASE", 900.0, minimum=1.0),
-        "limits_prefetch_ms": r.integer("WATCHLLM_LIMITS_PREFETCH_MS", 100, minimum=0),
+        "limits_prefetch_ms": _prefetch_ms(r),
         "prices_file": r.text("WATCHLLM_PRICES_FILE"),
         "master_key": r.text("WATCHLLM_MASTER_KEY"),
         "master_key_previous": tuple(k.strip() for k in previous.split(",") if k.strip()),

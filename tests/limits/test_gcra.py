@@ -22,9 +22,11 @@ from watchllm.limits.ops import (
     CHECK,
     CONC,
     FORCE,
+    GRANT,
     PEEK,
     QUOTA,
     RATE,
+    REFUND,
     RELEASE,
     MemoryLimiter,
     Op,
@@ -312,3 +314,36 @@ async def test_adjust_is_applied_first_and_kept_when_denied(kind: str) -> None:
     assert out.allowed and out.results[1].remaining == 5
     if client is not None:
         await close_client(client)
+
+
+@pytest.mark.parametrize("kind", REDIS_KINDS)
+async def test_grant_and_refund_match_python(kind: str) -> None:
+    """GRANT reports the charge count; REFUND gives back only what is provably still in
+    the bucket, nothing for a stale or foreign grant. Random sequences, Lua == Python."""
+    client = client_of(kind)
+    red, mem = RedisLimiter(client), MemoryLimiter()
+    rng = random.Random(3)
+    for _ in range(40):
+        key = "wl:{g" + secrets.token_hex(6) + "}:rpm"
+        now = NOW0
+        grants: list[tuple[int, int, int]] = []  # (now, C after, D before) of each GRANT
+        for _ in range(30):
+            now += rng.choice([0, 0, 7, 60, 250, 900, 3000])
+            limit = rng.choice([60, 600, 600, 600])
+            mode = rng.choice([GRANT, GRANT, CHECK, ADJUST, FORCE, REFUND, REFUND, REFUND])
+            member = ""
+            if mode == REFUND:
+                if not grants:
+                    continue
+                g_now, c_g, before = rng.choice(grants)
+                member = f"{g_now}:{c_g + rng.choice([0, 0, 0, 1])}:{before}"
+                cost = -rng.randint(1, 20)
+            else:
+                cost = rng.randint(-5, 30) if mode in (ADJUST, FORCE) else rng.randint(0, 20)
+            op = Op(RATE, key, limit, 60_000, cost, mode, member)
+            got, want = await red.apply([op], now), await mem.apply([op], now)
+            assert got == want, (op, got, want)
+            if mode == GRANT and want.allowed:
+                res = want.results[0]
+                grants.append((now, res.retry_ms, res.reset_ms * limit - cost * 60_000))
+    await close_client(client)

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import AsyncIterator
 from typing import Any
+
+import pytest
 
 from watchllm.errors import RateLimitError
 from watchllm.limits import Admission, Limits, LimitsService, Scope
 from watchllm.settings import Settings
 
 from .conftest import RedisCounters, lean_client, needs_redis
-from .test_deferred import _commandstats, _used
+from .test_deferred import RemoteMemory, _commandstats, _used
 from .test_service import Clock
 
 
@@ -156,3 +159,41 @@ def _prefetch_count(event: str) -> float:
     value = metrics._m.registry.get_sample_value("watchllm_limits_prefetch_total",
                                                  {"event": event})
     return value or 0.0
+
+
+@pytest.fixture(params=["remote memory", pytest.param("redis", marks=needs_redis)])
+async def shared(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """Two handles on one shared counters backend (as two workers would have)."""
+    if request.param == "remote memory":
+        one = RemoteMemory()
+        yield one, one
+        return
+    a, b = RedisCounters(lean_client()), RedisCounters(lean_client())
+    yield a, b
+    await a.close()
+    await b.close()
+
+
+async def test_a_return_refunds_only_what_the_drain_left(shared: Any, project: str) -> None:
+    """B takes a prefetch of 16 at t=0 and uses 1 of it. By t=1.5 s the bucket (600 rpm:
+    one request per 100 ms) has drained 15 of B's 17 units. A then fills the bucket (598).
+    When B returns its 15 unused units, only the 2 still in the bucket may come back: A
+    gets exactly 2 more. A plain refund of 15 would let A past the limit (613 in all)."""
+    counters_a, counters_b = shared
+    clock = Clock()
+    limits = Limits(project=Scope(rpm=600))
+    svc_b = LimitsService(counters_b, Settings(), clock=clock)
+    svc_a = LimitsService(counters_a, Settings(limits_prefetch_ms=0), clock=clock)
+    await svc_b.admit(project, "b", 0, limits)  # per request; starts B's grant
+    for _ in range(100):
+        await asyncio.sleep(0.001)
+        if svc_b.admit_now(project, "b", 0, limits) is not None:  # 1 used from the grant
+            break
+    assert svc_b._prefetch is not None and svc_b._prefetch.granted == 1
+    clock.t += 1.5
+    burst = await _wave(svc_a, project, 700, limits, 0)
+    assert len(burst) == 598
+    await svc_b.close()  # B's return: REFUND of 15 unused units
+    more = await _wave(svc_a, project, 50, limits, 0)
+    assert len(more) == 2, len(more)
+    assert await _used(counters_a, f"wl:{{{project}}}:rpm", 600) == 600

@@ -15,6 +15,16 @@ RATE (GCRA, the generic cell rate algorithm of ITU-T I.371, token-bucket equival
 ADJUST is FORCE applied at once and unconditionally: written before the ops after it are
     evaluated (they see it) and kept even when the batch is denied. It carries the deltas
     that settle defers (TPM reconciliation, token quota, spend) into the next admit's batch.
+GRANT is CHECK that also reports, in `retry_ms`, the bucket's charge count C after it: the
+    units ever charged to it (CHECK, GRANT, and what FORCE/ADJUST added after the clamp),
+    kept while the bucket lives. A prefetch (limits/prefetch.py) is taken with GRANT.
+REFUND gives back, at once, at most `-cost` units of a GRANT that were not used, and only
+    what is provably still in the bucket: GCRA drains first in, first out, so the grant's
+    block is still in the bucket by at least D - (charged after it) - (what was ahead of it
+    and has not drained). `member` is "<grant's now>:<C after it>:<D before it, an upper
+    bound>". Refunding more would hand out capacity the drain already freed (over the
+    limit); REFUND never does, and gives nothing once HOLD_MS - 1 s have passed. `retry_ms`
+    reports the units given back.
 CONC  at most `limit` leases held; a lease expires after `window_ms` (a crashed worker
     cannot leak a slot for longer). RELEASE drops the lease named `member`.
 QUOTA a counter for one period: CHECK admits iff value + cost <= limit; `window_ms` is the
@@ -31,11 +41,12 @@ from typing import Any
 from watchllm import core
 
 RATE, CONC, QUOTA = 0, 1, 2
-CHECK, PEEK, FORCE, RELEASE, ADJUST = 0, 1, 2, 3, 4
+CHECK, PEEK, FORCE, RELEASE, ADJUST, GRANT, REFUND = 0, 1, 2, 3, 4, 5, 6
 NEVER = -1  # retry_ms when waiting cannot help (cost above the whole limit)
 # Exact integer arithmetic in Lua needs every intermediate below 2**53.
 MAX_CAPACITY = 1 << 48  # window_ms * limit
 MAX_DEBT = 16  # FORCE may push a bucket at most this many windows into debt
+HOLD_MS = 5000  # a rate bucket's state outlives its last write by this (Lua: HOLD)
 
 
 # Plain slotted dataclasses: several are built per request, and a frozen dataclass's
@@ -87,13 +98,15 @@ def rate(state: RateState | None, op: Op, now: int) -> tuple[bool, OpResult, Rat
         # plan changes the limit, so "3 of 6 used" becomes "3 of 60 used" (not a time debt).
         d = (ms - now) * l0 + rem
     cap = win * limit
+    if op.mode == REFUND:
+        raise ValueError("REFUND needs the charge count: MemoryLimiter.apply_now")
     if op.mode == FORCE or op.mode == ADJUST:
         dn = min(max(d + n * win, 0), cap * MAX_DEBT)
         return True, OpResult((cap - min(dn, cap)) // win, _ceil_div(dn, limit), 0), (
             now + dn // limit, dn % limit, limit)
     dn = d + n * win
     if dn <= cap:
-        new = (now + dn // limit, dn % limit, limit) if op.mode == CHECK else None
+        new = (now + dn // limit, dn % limit, limit) if op.mode in (CHECK, GRANT) else None
         return True, OpResult((cap - dn) // win, _ceil_div(dn, limit), 0), new
     retry = NEVER if n > limit else _ceil_div(dn - cap, limit)
     return False, OpResult(max(cap - d, 0) // win, _ceil_div(d, limit), retry), None
@@ -114,6 +127,27 @@ def conc(state: ConcState | None, op: Op, now: int) -> tuple[bool, OpResult, Con
         leases[op.member] = now + op.window_ms
         return True, OpResult(remaining, 0, 0), leases
     return False, OpResult(0, 0, NEVER if op.limit <= 0 else 1000), None
+
+
+def refund(state: RateState | None, charged: int, op: Op, now: int
+           ) -> tuple[OpResult, RateState]:
+    """REFUND (see the module's docstring); `charged` is the bucket's charge count C."""
+    limit, win = op.limit, op.window_ms
+    d, l0 = 0, 0
+    if state is not None:
+        l0 = state[2]
+        if state[0] >= now:
+            d = (state[0] - now) * l0 + state[1]
+    g_now, c_g, before = (int(x) for x in op.member.split(":"))
+    r = 0
+    if l0 == limit and now - g_now <= HOLD_MS - 1000 and charged >= c_g:
+        bound = d - (charged - c_g) * win - max(before - (now - g_now) * limit, 0)
+        if bound > 0:
+            r = min(-op.cost, bound // win)
+    dn = d - r * win
+    cap = win * limit
+    return (OpResult((cap - min(dn, cap)) // win, _ceil_div(dn, limit), r),
+            (now + dn // limit, dn % limit, limit))
 
 
 def quota(state: int | None, op: Op, now: int) -> tuple[bool, OpResult, int | None]:
@@ -137,6 +171,9 @@ class MemoryLimiter:
         self._rate: dict[str, RateState] = {}
         self._conc: dict[str, ConcState] = {}
         self._quota: dict[str, tuple[int, int]] = {}  # key -> (value, expires at ms)
+        # key -> (charge count C, expires at ms), kept by `apply_now` only: the in-process
+        # fast path (`check_rates`, `adjust`) never takes prefetches, so it needs none.
+        self._charged: dict[str, tuple[int, int]] = {}
         self._sweep_at = 0
 
     async def apply(self, ops: Sequence[Op], now_ms: int | None = None) -> Outcome:
@@ -164,11 +201,37 @@ class MemoryLimiter:
                 if dn <= cap:
                     results.append(OpResult((cap - dn) // win, -(-dn // limit), 0))
                     writes.append((rates, op.key, (now + dn // limit, dn % limit, limit)))
+                    writes.append((self._charged, op.key, (
+                        self._charge_count(op.key, now) + op.cost,
+                        now - (-dn // limit) + 1 + HOLD_MS)))
                     continue
             new: object
+            if kind == RATE and mode == REFUND:  # written at once, like ADJUST
+                c = self._charge_count(op.key, now)
+                res, rates[op.key] = refund(rates.get(op.key), c, op, now)
+                self._charged[op.key] = (c, now + res.reset_ms + 1 + HOLD_MS)
+                results.append(res)
+                continue
             if kind == RATE:
-                ok, res, new = rate(rates.get(op.key), op, now)
+                c = self._charge_count(op.key, now)
+                state = rates.get(op.key)
+                ok, res, new = rate(state, op, now)
                 store: dict[str, Any] = rates
+                if ok and new is not None:
+                    if mode in (FORCE, ADJUST):  # what was added, after the clamp
+                        d = (state[0] - now) * state[2] + state[1] \
+                            if state is not None and state[0] >= now else 0
+                        dn = (new[0] - now) * new[2] + new[1]
+                        c += _ceil_div(max(dn - d, 0), op.window_ms)
+                    else:
+                        c += op.cost
+                    if mode == GRANT:
+                        res.retry_ms = c
+                    charge = (c, now + res.reset_ms + 1 + HOLD_MS)
+                    if mode == ADJUST:
+                        self._charged[op.key] = charge
+                    else:
+                        writes.append((self._charged, op.key, charge))
             elif kind == CONC:
                 ok, res, new = conc(self._conc.get(op.key), op, now)
                 store = self._conc
@@ -193,6 +256,10 @@ class MemoryLimiter:
         if now >= self._sweep_at:
             self._sweep(now)
         return Outcome(denied < 0, denied, now, tuple(results))
+
+    def _charge_count(self, key: str, now: int) -> int:
+        held = self._charged.get(key)
+        return held[0] if held is not None and held[1] > now else 0
 
     def check_rates(self, plan: core.RatePlan, tokens: int,
                     now_ms: int | None = None) -> list[tuple[bytes, bytes]] | None:
@@ -233,6 +300,7 @@ class MemoryLimiter:
         """Drop state that no longer limits anything (full buckets, past periods)."""
         self._sweep_at = now + 60_000
         self._rate = {k: v for k, v in self._rate.items() if v[0] >= now}
+        self._charged = {k: v for k, v in self._charged.items() if v[1] > now}
         self._conc = {k: v for k, v in self._conc.items() if any(e > now for e in v.values())}
         self._quota = {k: v for k, v in self._quota.items() if v[1] > now}
 

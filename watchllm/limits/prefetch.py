@@ -32,11 +32,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from watchllm import metrics
-from watchllm.limits.ops import ADJUST, CHECK, CONC, PEEK, RATE, RELEASE, Op, Outcome
+from watchllm.limits.ops import CHECK, CONC, GRANT, PEEK, RATE, REFUND, RELEASE, Op, Outcome
 from watchllm.limits.reset import duration_bytes
 
 if TYPE_CHECKING:
@@ -50,7 +50,8 @@ HOLD_GRACE_MS = 2000  # a registration outlives its prefetch by this (a slow ret
 _HUGE = 1 << 40  # the held set's "limit": registering never fails
 _TOKENS = 1  # a template row's cost kind (service._TOKENS)
 
-Apply = Callable[[list[Op]], Awaitable["Outcome | None"]]  # None: backend unavailable
+# (ops, project): one batch, carrying the project's deferred deltas; None: backend down
+Apply = Callable[[list[Op], str], Awaitable["Outcome | None"]]
 
 
 def held_key(bucket: str) -> str:
@@ -74,6 +75,7 @@ class _Grant:
     tokens: int  # tokens granted
     groups: tuple[_Group, ...]
     rows: tuple[tuple[int, str, int, int, int, int, str], ...]
+    refunds: tuple[str, ...]  # per row: the REFUND op's member (ops.py)
     timer: asyncio.TimerHandle | None = None
     returned: bool = False
 
@@ -82,12 +84,12 @@ class _Grant:
 class _Caller:
     """One (project, key) template's prefetch state."""
 
+    project: str
     grant: _Grant | None = None
     size: int = 16
     tok_avg: float = 0.0
     busy: bool = False  # a grant is on its way
     off_until: float = 0.0  # after a refused grant: per-request only until then
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
 class Prefetch:
@@ -101,14 +103,17 @@ class Prefetch:
         self.granted = 0  # grants made (tests, docs)
         self.missed = 0  # requests that found no prefetch: per-request path (tests, docs)
         self.closed = False  # after close(): no new grants
+        self._tasks: set[asyncio.Task[Any]] = set()  # grants and returns on their way
 
     # -- per request ----------------------------------------------------------------------
-    def take(self, template: _Template, tokens: int) -> RawHeaders | None:
+    def take(self, template: _Template, project_id: str, tokens: int) -> RawHeaders | None:
         """Admit one request of `tokens` from this worker's prefetch (headers), or None:
         take the per-request path. Starts a new grant when this one runs low."""
         caller = template.prefetch
         if caller is None:
-            caller = template.prefetch = _Caller(tok_avg=float(tokens))
+            caller = template.prefetch = _Caller(project_id, tok_avg=float(tokens))
+            if any(r[2] < (FLOOR + 1) * MIN_SIZE for r in template.rows):
+                caller.off_until = float("inf")  # too small a limit: never granted
         grant = caller.grant
         now = time.monotonic()
         if grant is None or now >= grant.until or grant.req < 1 or grant.tok < tokens:
@@ -136,10 +141,13 @@ class Prefetch:
     def _refill(self, template: _Template, caller: _Caller, now: float) -> None:
         if caller.busy or now < caller.off_until or self.closed:
             return
+        self._spawn(self._grant(template, caller))
         caller.busy = True
-        task = asyncio.get_running_loop().create_task(self._grant(template, caller))
-        caller.tasks.add(task)
-        task.add_done_callback(caller.tasks.discard)
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _grant(self, template: _Template, caller: _Caller) -> None:
         try:
@@ -156,9 +164,9 @@ class Prefetch:
             for _, key, limit, window, cost_kind, _, _ in template.rows:
                 n = tok if cost_kind == _TOKENS else size
                 ops.append(Op(RATE, key, limit, window, n * (FLOOR + 1), PEEK))
-                ops.append(Op(RATE, key, limit, window, n, CHECK))
+                ops.append(Op(RATE, key, limit, window, n, GRANT))
                 ops.append(Op(CONC, held_key(key), _HUGE, self.hold_ms, 1, CHECK, member))
-            outcome = await self.apply(ops)
+            outcome = await self.apply(ops, caller.project)
             now = time.monotonic()
             if outcome is None or not outcome.allowed:  # near the limit, or backend down
                 metrics.limits_prefetch("refused")
@@ -167,19 +175,25 @@ class Prefetch:
                 return
             self.granted += 1
             metrics.limits_prefetch("granted")
+            refunds = []
+            for i, (_, _, limit, window, cost_kind, _, _) in enumerate(template.rows):
+                res = outcome.results[3 * i + 1]  # GRANT: retry_ms is the charge count
+                n = tok if cost_kind == _TOKENS else size
+                # The grant's block starts at most at D = reset * limit - n * window.
+                refunds.append(f"{outcome.now_ms}:{res.retry_ms}:"
+                               f"{res.reset_ms * limit - n * window}")
+            grant = _Grant(member, size, tok, now + self.ttl_s, now, size, tok,
+                           _groups(template, outcome), template.rows, tuple(refunds))
             if self.closed:  # shut down while it was on its way: give it straight back
                 caller.grant = None
-                await self._return(_Grant(member, size, tok, now, now, size, tok, (),
-                                          template.rows))
+                await self._return(grant, caller.project)
                 return
-            grant = _Grant(member, size, tok, now + self.ttl_s, now, size, tok,
-                           _groups(template, outcome), template.rows)
-            grant.timer = asyncio.get_running_loop().call_at(grant.until, self._expire,
-                                                             grant, caller)
+            grant.timer = asyncio.get_running_loop().call_later(self.ttl_s, self._expire,
+                                                                grant, caller)
             self._live[member] = (grant, caller)
             caller.grant = grant
             if old is not None:
-                await self._return(old)
+                await self._return(old, caller.project)
         except Exception:  # a background task: never let it fail silently
             log.exception("limits: prefetch grant failed")
         finally:
@@ -190,12 +204,17 @@ class Prefetch:
             caller.grant = None
             if grant.req * 2 > caller.size:  # mostly unused: smaller next time
                 caller.size = max(caller.size // 2, MIN_SIZE)
-        task = asyncio.get_running_loop().create_task(self._return(grant))
-        caller.tasks.add(task)
-        task.add_done_callback(caller.tasks.discard)
+        self._spawn(self._return(grant, caller.project))
 
-    async def _return(self, grant: _Grant) -> None:
-        """Refund what was not used and drop the registration, in one batch."""
+    async def _return(self, grant: _Grant, project_id: str) -> None:
+        """Refund what was not used and drop the registration, in one batch. Never raises
+        (it also runs as a task of its own)."""
+        try:
+            await self._give_back(grant, project_id)
+        except Exception:
+            log.exception("limits: prefetch return failed")
+
+    async def _give_back(self, grant: _Grant, project_id: str) -> None:
         if grant.returned:
             return
         grant.returned = True
@@ -205,18 +224,19 @@ class Prefetch:
         grant.req = grant.tok = 0  # nothing more is taken from it
         self._live.pop(grant.member, None)
         ops: list[Op] = []
-        for _, key, limit, window, cost_kind, _, _ in grant.rows:
+        for (_, key, limit, window, cost_kind, _, _), refund in zip(grant.rows, grant.refunds,
+                                                                   strict=True):
             left = left_tok if cost_kind == _TOKENS else left_req
-            if left:
-                ops.append(Op(RATE, key, limit, window, -left, ADJUST))
+            if left:  # only what is provably still in the bucket (ops.py, REFUND)
+                ops.append(Op(RATE, key, limit, window, -left, REFUND, refund))
             ops.append(Op(CONC, held_key(key), _HUGE, self.hold_ms, 0, RELEASE, grant.member))
         metrics.limits_prefetch("returned")
-        if await self.apply(ops) is None:
+        if await self.apply(ops, project_id) is None:
             log.warning("limits: a prefetch could not be returned (backend unavailable); "
                         "it counts until its registration expires")
 
     # -- a denial next to the limit --------------------------------------------------------
-    async def held(self, bucket: str) -> bool:
+    async def held(self, bucket: str, project_id: str) -> bool:
         """After a per-request denial on `bucket`: True when capacity may come back (this
         worker returned its own prefetch of the bucket, or another worker's is registered
         and was waited for), so the caller asks again; False: the denial is final."""
@@ -226,8 +246,9 @@ class Prefetch:
                 own = True
                 if caller.grant is grant:
                     caller.grant = None
-                await self._return(grant)
-        peek = await self.apply([Op(CONC, held_key(bucket), _HUGE, self.hold_ms, 0, PEEK)])
+                await self._return(grant, caller.project)
+        peek = await self.apply([Op(CONC, held_key(bucket), _HUGE, self.hold_ms, 0, PEEK)],
+                                project_id)
         if peek is not None and peek.results[0].remaining < _HUGE:
             metrics.limits_prefetch("waited")
             await asyncio.sleep(self.ttl_s + 0.01)  # others return theirs by then
@@ -237,9 +258,11 @@ class Prefetch:
     async def close(self) -> None:
         """At shutdown: return every prefetch (before the deferred deltas are flushed)."""
         self.closed = True
+        while self._tasks:  # grants on their way give themselves back (closed)
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         for grant, caller in list(self._live.values()):
             caller.grant = None
-            await self._return(grant)
+            await self._return(grant, caller.project)
 
 
 def _groups(template: _Template, outcome: Outcome) -> tuple[_Group, ...]:

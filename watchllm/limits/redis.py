@@ -30,7 +30,9 @@ from watchllm.limits.ops import Op, OpResult, Outcome
 # all-or-nothing on its own, exactly as if it were its own script call: ADJUST ops (mode
 # 4) are written as they are met (the ops after them read the new value) and kept when
 # the batch is denied; every other write waits until the whole batch has passed. The
-# reply is one string: per batch "allowed denied now" and 3 numbers per op. One argument
+# reply is one string: per batch "allowed denied now" and 3 numbers per op. A rate bucket
+# is stored as "tat_ms:remainder:limit:C" (C: units ever charged, for GRANT and REFUND, see
+# ops.py) and kept HOLD ms past the time it is full again. One argument
 # and one string reply instead of 6n+1 arguments and a 3n+3 array: redis-py's pure-Python
 # packing and parsing cost more than the script itself. Numbers stay below 2^53
 # (ops.MAX_CAPACITY), so Lua's doubles do exact integer arithmetic.
@@ -41,17 +43,14 @@ local out = {}
 local clock
 local function fdiv(a, b) return math.floor(a / b) end
 local function cdiv(a, b) return -math.floor(-a / b) end
+local HOLD = 5000 -- ms a bucket outlives its last write: a REFUND still finds its C
 local function write(w, now)
   local k = w[2]
   if w[1] == 0 then
-    local dn, limit = w[3], w[4]
-    if dn <= 0 then
-      redis.call('DEL', k)
-    else
-      local ms = now + fdiv(dn, limit)
-      redis.call('SET', k, string.format('%d:%d:%d', ms, dn % limit, limit),
-                 'PX', cdiv(dn, limit) + 1)
-    end
+    local dn, limit, c = w[3], w[4], w[5]
+    local ms = now + fdiv(dn, limit)
+    redis.call('SET', k, string.format('%d:%d:%d:%d', ms, dn % limit, limit, c),
+               'PX', cdiv(dn, limit) + 1 + HOLD)
   elseif w[1] == 1 then
     redis.call('ZADD', k, w[3], w[4])
     redis.call('PEXPIRE', k, w[5])
@@ -73,24 +72,36 @@ local function batch(now, a, nops)
     a = a + 7
     local ok, rem_out, reset, retry = true, 0, 0, 0
     if kind == 0 then -- RATE (GCRA)
-      local d = 0
+      local d, c, l0 = 0, 0, 0
       local v = redis.call('GET', key)
       if v then
-        local ms, rem, l0 = string.match(v, '^(%-?%d+):(%d+):(%d+)$')
-        ms, rem, l0 = tonumber(ms), tonumber(rem), tonumber(l0)
+        local ms, rem, l, cs = string.match(v, '^(%-?%d+):(%d+):(%d+):?(%d*)$')
+        ms, rem, l0, c = tonumber(ms), tonumber(rem), tonumber(l), tonumber(cs) or 0
         if ms and ms >= now then d = (ms - now) * l0 + rem end
       end
       local cap = win * limit
       local dn = d + n * win
-      if mode == 2 or mode == 4 then -- FORCE, ADJUST (written at once)
+      if mode == 6 then -- REFUND: give back what is provably still in the bucket
+        local g_now, c_g, before = string.match(member, '^(%-?%d+):(%d+):(%-?%d+)$')
+        g_now, c_g, before = tonumber(g_now), tonumber(c_g), tonumber(before)
+        local r = 0
+        if g_now and l0 == limit and now - g_now <= HOLD - 1000 and c >= c_g then
+          local bound = d - (c - c_g) * win - math.max(before - (now - g_now) * limit, 0)
+          if bound > 0 then r = math.min(-n, fdiv(bound, win)) end
+        end
+        dn = d - r * win
+        rem_out, reset, retry = fdiv(cap - math.min(dn, cap), win), cdiv(dn, limit), r
+        write({0, key, dn, limit, c}, now)
+      elseif mode == 2 or mode == 4 then -- FORCE, ADJUST (written at once)
         if dn < 0 then dn = 0 end
         if dn > cap * 16 then dn = cap * 16 end
         rem_out, reset = fdiv(cap - math.min(dn, cap), win), cdiv(dn, limit)
-        local w = {0, key, dn, limit}
+        local w = {0, key, dn, limit, c + cdiv(math.max(dn - d, 0), win)} -- clamped
         if mode == 4 then write(w, now) else writes[#writes + 1] = w end
       elseif dn <= cap then
         rem_out, reset = fdiv(cap - dn, win), cdiv(dn, limit)
-        if mode == 0 then writes[#writes + 1] = {0, key, dn, limit} end
+        if mode == 0 or mode == 5 then writes[#writes + 1] = {0, key, dn, limit, c + n} end
+        if mode == 5 then retry = c + n end -- GRANT: the bucket's charge count after it
       else
         ok = false
         rem_out, reset = fdiv(math.max(cap - d, 0), win), cdiv(d, limit)

@@ -271,7 +271,8 @@ class LimitsService:
         if not outcome.allowed:
             admission.settled = True  # nothing was written, nothing to settle
             if _asks > 1 and self._prefetch is not None and template.simple \
-                    and await self._prefetch.held(ops[outcome.denied].key):
+                    and outcome.results[outcome.denied].retry_ms != NEVER \
+                    and await self._prefetch.held(ops[outcome.denied].key, project_id):
                 # Capacity held ahead (here or by another worker) comes back: ask again.
                 return await self.admit(project_id, key_id, estimated_prompt_tokens, limits,
                                         _asks - 1)
@@ -291,7 +292,7 @@ class LimitsService:
             if self._prefetch is None:
                 return None
             tokens = estimated_prompt_tokens if estimated_prompt_tokens > 0 else 0
-            headers = self._prefetch.take(template, tokens)
+            headers = self._prefetch.take(template, project_id, tokens)
             if headers is None:
                 return None
             return Admission(project_id, key_id, tokens, (), (), None, False, False, template,
@@ -398,10 +399,18 @@ class LimitsService:
                 return self._unavailable(exc, admission)
         return self._unavailable(None, admission)
 
-    async def _apply_plain(self, ops: list[Op]) -> Outcome | None:
-        """`_apply` for the service's own batches (prefetch grants and returns)."""
-        return await self._apply(ops, None if self.clock is None else int(self.clock() * 1000),
-                                 None)
+    async def _apply_plain(self, ops: list[Op], project_id: str) -> Outcome | None:
+        """`_apply` for the prefetch's batches, which carry the project's deferred deltas
+        like an admit's (restored when the backend is down)."""
+        now_ms = None if self.clock is None else int(self.clock() * 1000)
+        carried = self._deferred.take(project_id)
+        if not carried:
+            return await self._apply(ops, now_ms, None)
+        outcome = await self._apply([*carried.values(), *ops], now_ms, None)
+        if outcome is None:
+            self._deferred.restore(project_id, carried)
+            return None
+        return _strip(outcome, len(carried))
 
     def _lease_name(self) -> str:
         return self._lease_prefix + str(next(self._leases))
