@@ -26,7 +26,7 @@ from watchllm.env.cloudflare.kv import MAX_VALUE_BYTES, ValueTooLarge, WorkersKe
 from watchllm.env.cloudflare.limiter import DurableObjectCounters, shard
 from watchllm.env.cloudflare.queues import QueuesEventQueue
 from watchllm.env.cloudflare.vectorize import VectorizeIndex, VectorizeLimitError
-from watchllm.limits.ops import RATE, Op
+from watchllm.limits.ops import GRANT, RATE, REFUND, Op
 
 
 async def test_kv_ttl_is_clamped_to_60s_but_exact_on_read() -> None:
@@ -126,6 +126,23 @@ async def test_durable_object_counters_shard_by_project_and_survive_eviction() -
     ns.objects["id:proj_1"].evict()  # memory lost, storage kept
     assert not (await counters.apply(ops, 1_000)).allowed
     assert list(ns.objects) == ["id:proj_1"]
+
+
+async def test_a_refund_after_eviction_still_sees_what_others_charged() -> None:
+    """The charge count C is stored with the bucket: after an eviction, a prefetch's
+    REFUND gives back only what is still its own (ops.py, REFUND)."""
+    ns = FakeDurableObjectNamespace()
+    counters = DurableObjectCounters(ns)
+    key = "wl:{proj_2}:rpm"
+    grant = await counters.apply([Op(RATE, key, 600, 60_000, 50, GRANT)], 1_000)
+    res = grant.results[0]
+    member = f"1000:{res.retry_ms}:{res.reset_ms * 600 - 50 * 60_000}"
+    ns.objects["id:proj_2"].evict()  # memory lost, storage kept
+    await counters.apply([Op(RATE, key, 600, 60_000, 60)], 1_500)  # another worker: 60
+    back = await counters.apply([Op(RATE, key, 600, 60_000, -50, REFUND, member)], 1_500)
+    # 50 + 60 charged, 5 drained by t=1.5 s: 45 of the grant are still in the bucket
+    assert back.results[0].retry_ms == 45
+    assert back.results[0].remaining == 600 - 60
 
 
 class _FlakyD1(FakeD1):

@@ -130,8 +130,9 @@ def conc(state: ConcState | None, op: Op, now: int) -> tuple[bool, OpResult, Con
 
 
 def refund(state: RateState | None, charged: int, op: Op, now: int
-           ) -> tuple[OpResult, RateState]:
-    """REFUND (see the module's docstring); `charged` is the bucket's charge count C."""
+           ) -> tuple[OpResult, RateState | None]:
+    """REFUND (see the module's docstring); `charged` is the bucket's charge count C. The
+    new state is None when nothing is given back (nothing is written)."""
     limit, win = op.limit, op.window_ms
     d, l0 = 0, 0
     if state is not None:
@@ -143,11 +144,11 @@ def refund(state: RateState | None, charged: int, op: Op, now: int
     if l0 == limit and now - g_now <= HOLD_MS - 1000 and charged >= c_g:
         bound = d - (charged - c_g) * win - max(before - (now - g_now) * limit, 0)
         if bound > 0:
-            r = min(-op.cost, bound // win)
+            r = max(min(-op.cost, bound // win), 0)
     dn = d - r * win
     cap = win * limit
     return (OpResult((cap - min(dn, cap)) // win, _ceil_div(dn, limit), r),
-            (now + dn // limit, dn % limit, limit))
+            (now + dn // limit, dn % limit, limit) if r else None)
 
 
 def quota(state: int | None, op: Op, now: int) -> tuple[bool, OpResult, int | None]:
@@ -208,8 +209,10 @@ class MemoryLimiter:
             new: object
             if kind == RATE and mode == REFUND:  # written at once, like ADJUST
                 c = self._charge_count(op.key, now)
-                res, rates[op.key] = refund(rates.get(op.key), c, op, now)
-                self._charged[op.key] = (c, now + res.reset_ms + 1 + HOLD_MS)
+                res, refunded = refund(rates.get(op.key), c, op, now)
+                if refunded is not None:
+                    rates[op.key] = refunded
+                    self._charged[op.key] = (c, now + res.reset_ms + 1 + HOLD_MS)
                 results.append(res)
                 continue
             if kind == RATE:
@@ -223,6 +226,9 @@ class MemoryLimiter:
                             if state is not None and state[0] >= now else 0
                         dn = (new[0] - now) * new[2] + new[1]
                         c += _ceil_div(max(dn - d, 0), op.window_ms)
+                        if d + op.cost * op.window_ms > op.window_ms * op.limit * MAX_DEBT:
+                            # the debt cap cut it: no grant from before may be refunded
+                            c += MAX_DEBT * op.limit
                     else:
                         c += op.cost
                     if mode == GRANT:

@@ -47,7 +47,7 @@ local HOLD = 5000 -- ms a bucket outlives its last write: a REFUND still finds i
 local function write(w, now)
   local k = w[2]
   if w[1] == 0 then
-    local dn, limit, c = w[3], w[4], w[5]
+    local dn, limit, c = math.max(w[3], 0), w[4], w[5]
     local ms = now + fdiv(dn, limit)
     redis.call('SET', k, string.format('%d:%d:%d:%d', ms, dn % limit, limit, c),
                'PX', cdiv(dn, limit) + 1 + HOLD)
@@ -87,16 +87,20 @@ local function batch(now, a, nops)
         local r = 0
         if g_now and l0 == limit and now - g_now <= HOLD - 1000 and c >= c_g then
           local bound = d - (c - c_g) * win - math.max(before - (now - g_now) * limit, 0)
-          if bound > 0 then r = math.min(-n, fdiv(bound, win)) end
+          if bound > 0 then r = math.max(math.min(-n, fdiv(bound, win)), 0) end
         end
         dn = d - r * win
         rem_out, reset, retry = fdiv(cap - math.min(dn, cap), win), cdiv(dn, limit), r
-        write({0, key, dn, limit, c}, now)
+        if r > 0 then write({0, key, dn, limit, c}, now) end
       elseif mode == 2 or mode == 4 then -- FORCE, ADJUST (written at once)
+        -- C counts what was added; when the debt cap cuts an addition, 16 windows more,
+        -- so no grant from before can be refunded (ops.py, REFUND)
+        local added = 0
+        if dn > cap * 16 then dn, added = cap * 16, 16 * limit end
         if dn < 0 then dn = 0 end
-        if dn > cap * 16 then dn = cap * 16 end
+        added = added + cdiv(math.max(dn - d, 0), win)
         rem_out, reset = fdiv(cap - math.min(dn, cap), win), cdiv(dn, limit)
-        local w = {0, key, dn, limit, c + cdiv(math.max(dn - d, 0), win)} -- clamped
+        local w = {0, key, dn, limit, c + added}
         if mode == 4 then write(w, now) else writes[#writes + 1] = w end
       elseif dn <= cap then
         rem_out, reset = fdiv(cap - dn, win), cdiv(dn, limit)

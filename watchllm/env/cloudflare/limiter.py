@@ -73,7 +73,8 @@ class LimiterState:
     def dump(self) -> str:
         lim = self.limiter
         return json.dumps({"rate": lim._rate, "conc": lim._conc, "quota": lim._quota,
-                           "counters": self.counters}, separators=(",", ":"))
+                           "charged": lim._charged, "counters": self.counters},
+                          separators=(",", ":"))
 
     def load(self, text: str | None) -> None:
         if not text:
@@ -83,6 +84,9 @@ class LimiterState:
         lim._rate = {k: tuple(v) for k, v in data.get("rate", {}).items()}
         lim._conc = dict(data.get("conc", {}))
         lim._quota = {k: tuple(v) for k, v in data.get("quota", {}).items()}
+        # A bucket's charge count must survive with its level, or a REFUND after a restart
+        # could give back what others charged since (ops.py, REFUND).
+        lim._charged = {k: tuple(v) for k, v in data.get("charged", {}).items()}
         self.counters = {k: tuple(v) for k, v in data.get("counters", {}).items()}
 
 
