@@ -26,7 +26,7 @@ from watchllm.env.cloudflare.kv import MAX_VALUE_BYTES, ValueTooLarge, WorkersKe
 from watchllm.env.cloudflare.limiter import DurableObjectCounters, shard
 from watchllm.env.cloudflare.queues import QueuesEventQueue
 from watchllm.env.cloudflare.vectorize import VectorizeIndex, VectorizeLimitError
-from watchllm.limits.ops import GRANT, RATE, REFUND, Op
+from watchllm.limits.ops import GEN, GRANT, RATE, REFUND, Op
 
 
 async def test_kv_ttl_is_clamped_to_60s_but_exact_on_read() -> None:
@@ -134,9 +134,10 @@ async def test_a_refund_after_eviction_still_sees_what_others_charged() -> None:
     ns = FakeDurableObjectNamespace()
     counters = DurableObjectCounters(ns)
     key = "wl:{proj_2}:rpm"
-    grant = await counters.apply([Op(RATE, key, 600, 60_000, 50, GRANT)], 1_000)
-    res = grant.results[0]
-    member = f"1000:{res.retry_ms}:{res.reset_ms * 600 - 50 * 60_000}"
+    grant = await counters.apply([Op(RATE, key, 600, 60_000, 50, GRANT),
+                                  Op(RATE, key, 600, 60_000, 0, GEN)], 1_000)
+    res, gen = grant.results
+    member = f"1000:{res.retry_ms}:{res.reset_ms * 600 - 50 * 60_000}:{gen.retry_ms}"
     ns.objects["id:proj_2"].evict()  # memory lost, storage kept
     await counters.apply([Op(RATE, key, 600, 60_000, 60)], 1_500)  # another worker: 60
     back = await counters.apply([Op(RATE, key, 600, 60_000, -50, REFUND, member)], 1_500)

@@ -22,6 +22,7 @@ from watchllm.limits.ops import (
     CHECK,
     CONC,
     FORCE,
+    GEN,
     GRANT,
     PEEK,
     QUOTA,
@@ -321,30 +322,58 @@ async def test_grant_and_refund_match_python(kind: str) -> None:
     """GRANT reports the charge count; REFUND gives back only what is provably still in
     the bucket, nothing for a stale or foreign grant. Random sequences, Lua == Python."""
     client = client_of(kind)
-    red, mem = RedisLimiter(client), MemoryLimiter()
+    red = RedisLimiter(client)
     rng = random.Random(3)
     for _ in range(40):
+        mem = MemoryLimiter()  # per sequence: its sweep never runs (the Redis keys outlive it)
         key = "wl:{g" + secrets.token_hex(6) + "}:rpm"
         now = NOW0
-        grants: list[tuple[int, int, int]] = []  # (now, C after, D before) of each GRANT
+        grants: list[tuple[int, int, int, int]] = []  # (now, C, D before, gen) per GRANT
         for _ in range(30):
             now += rng.choice([0, 0, 7, 60, 250, 900, 3000])
             limit = rng.choice([60, 600, 600, 600])
-            mode = rng.choice([GRANT, GRANT, CHECK, ADJUST, FORCE, REFUND, REFUND, REFUND])
+            mode = rng.choice([GRANT, GRANT, CHECK, ADJUST, FORCE, REFUND, REFUND, REFUND, GEN])
             member = ""
             if mode == REFUND:
                 if not grants:
                     continue
-                g_now, c_g, before = rng.choice(grants)
-                member = f"{g_now}:{c_g + rng.choice([0, 0, 0, 1])}:{before}"
+                g_now, c_g, before, gen = rng.choice(grants)
+                member = (f"{g_now}:{c_g + rng.choice([0, 0, 0, 1])}:{before}:"
+                          f"{gen + rng.choice([0, 0, 0, 1])}")
                 cost = -rng.randint(1, 20)
             else:
                 cost = rng.choice([rng.randint(-5, 30), 20_000]) if mode in (ADJUST, FORCE) \
                     else rng.randint(0, 20)  # 20,000: past the 16-window debt cap
             op = Op(RATE, key, limit, 60_000, cost, mode, member)
-            got, want = await red.apply([op], now), await mem.apply([op], now)
+            batch = [op, Op(RATE, key, limit, 60_000, 0, GEN)]
+            got, want = await red.apply(batch, now), await mem.apply(batch, now)
             assert got == want, (op, got, want)
             if mode == GRANT and want.allowed:
-                res = want.results[0]
-                grants.append((now, res.retry_ms, res.reset_ms * limit - cost * 60_000))
+                res, gen_res = want.results
+                grants.append((now, res.retry_ms, res.reset_ms * limit - cost * 60_000,
+                               gen_res.retry_ms))
+    await close_client(client)
+
+
+@pytest.mark.parametrize("kind", REDIS_KINDS)
+async def test_no_refund_across_a_restarted_count(kind: str) -> None:
+    """An earlier version's worker rewrites a bucket without its count (a rolling upgrade),
+    or Redis evicts the key: the count restarts in a new generation, and a REFUND of a grant
+    from before gives nothing back. The same sequence without the rewrite refunds."""
+    client = client_of(kind)
+    red = RedisLimiter(client)
+    admin = redis_client()
+    for rewrite in (False, True):
+        key = "wl:{r" + secrets.token_hex(6) + "}:rpm"
+        out = await red.apply([Op(RATE, key, 600, 60_000, 50, GRANT),
+                               Op(RATE, key, 600, 60_000, 0, GEN)], NOW0)
+        res, gen = out.results
+        member = f"{NOW0}:{res.retry_ms}:{res.reset_ms * 600 - 50 * 60_000}:{gen.retry_ms}"
+        if rewrite:
+            raw = await admin.get(key)
+            await admin.set(key, b":".join(raw.split(b":")[:3]), px=10_000)
+        await red.apply([Op(RATE, key, 600, 60_000, 60)], NOW0 + 10)  # another worker
+        back = await red.apply([Op(RATE, key, 600, 60_000, -40, REFUND, member)], NOW0 + 20)
+        assert back.results[0].retry_ms == (0 if rewrite else 40), rewrite
+    await admin.aclose()
     await close_client(client)

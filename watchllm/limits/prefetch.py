@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from watchllm import metrics
-from watchllm.limits.ops import CHECK, CONC, GRANT, PEEK, RATE, REFUND, RELEASE, Op, Outcome
+from watchllm.limits.ops import CHECK, CONC, GEN, GRANT, PEEK, RATE, REFUND, RELEASE, Op, Outcome
 from watchllm.limits.reset import duration_bytes
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ MIN_SIZE, MAX_SIZE = 2, 4096  # requests per prefetch
 HOLD_GRACE_MS = 2000  # a registration outlives its prefetch by this (a slow return)
 _HUGE = 1 << 40  # the held set's "limit": registering never fails
 _TOKENS = 1  # a template row's cost kind (service._TOKENS)
+_OPS = 4  # a grant's ops per row: PEEK (room for FLOOR more), GRANT, the registration, GEN
 
 # (ops, project): one batch, carrying the project's deferred deltas; None: backend down
 Apply = Callable[[list[Op], str], Awaitable["Outcome | None"]]
@@ -166,6 +167,7 @@ class Prefetch:
                 ops.append(Op(RATE, key, limit, window, n * (FLOOR + 1), PEEK))
                 ops.append(Op(RATE, key, limit, window, n, GRANT))
                 ops.append(Op(CONC, held_key(key), _HUGE, self.hold_ms, 1, CHECK, member))
+                ops.append(Op(RATE, key, limit, window, 0, GEN))
             outcome = await self.apply(ops, caller.project)
             now = time.monotonic()
             if outcome is None or not outcome.allowed:  # near the limit, or backend down
@@ -177,11 +179,12 @@ class Prefetch:
             metrics.limits_prefetch("granted")
             refunds = []
             for i, (_, _, limit, window, cost_kind, _, _) in enumerate(template.rows):
-                res = outcome.results[3 * i + 1]  # GRANT: retry_ms is the charge count
+                res = outcome.results[_OPS * i + 1]  # GRANT: retry_ms is the charge count
+                gen = outcome.results[_OPS * i + 3].retry_ms  # GEN: the count's generation
                 n = tok if cost_kind == _TOKENS else size
                 # The grant's block starts at most at D = reset * limit - n * window.
                 refunds.append(f"{outcome.now_ms}:{res.retry_ms}:"
-                               f"{res.reset_ms * limit - n * window}")
+                               f"{res.reset_ms * limit - n * window}:{gen}")
             grant = _Grant(member, size, tok, now + self.ttl_s, now, size, tok,
                            _groups(template, outcome), template.rows, tuple(refunds))
             if self.closed:  # shut down while it was on its way: give it straight back
@@ -271,8 +274,9 @@ def _groups(template: _Template, outcome: Outcome) -> tuple[_Group, ...]:
     out = []
     res, rows = outcome.results, template.rows
     for names, idx in template.header_groups:
-        i = min(idx, key=lambda j: res[3 * j + 1].remaining)  # the CHECK op of row j
+        i = min(idx, key=lambda j: res[_OPS * j + 1].remaining)  # the GRANT op of row j
         limit, window = rows[i][2], rows[i][3]
-        out.append(((names[0], b"%d" % limit), names[1], names[2], res[3 * i + 1].remaining,
-                    res[3 * i + 1].reset_ms, rows[i][4] == _TOKENS, window / limit))
+        out.append(((names[0], b"%d" % limit), names[1], names[2],
+                    res[_OPS * i + 1].remaining, res[_OPS * i + 1].reset_ms,
+                    rows[i][4] == _TOKENS, window / limit))
     return tuple(out)
