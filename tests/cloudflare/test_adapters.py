@@ -137,7 +137,7 @@ async def test_a_refund_after_eviction_still_sees_what_others_charged() -> None:
     grant = await counters.apply([Op(RATE, key, 600, 60_000, 50, GRANT),
                                   Op(RATE, key, 600, 60_000, 0, GEN)], 1_000)
     res, gen = grant.results
-    member = f"1000:{res.retry_ms}:{res.reset_ms * 600 - 50 * 60_000}:{gen.retry_ms}"
+    member = f"1000:{res.retry_ms}:{res.reset_ms * 600 - 50 * 60_000}:{gen.retry_ms}:0"
     ns.objects["id:proj_2"].evict()  # memory lost, storage kept
     await counters.apply([Op(RATE, key, 600, 60_000, 60)], 1_500)  # another worker: 60
     back = await counters.apply([Op(RATE, key, 600, 60_000, -50, REFUND, member)], 1_500)

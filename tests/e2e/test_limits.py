@@ -4,6 +4,7 @@ share PostgreSQL and Redis and must enforce one limit between them."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -11,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.conftest import gateway_env, new_key, postgres_database
+from tests.e2e.conftest import admin, gateway_env, new_key, postgres_database
 from watchllm.testing.servers import Server, start_gateway
 
 REDIS_DB = "redis://127.0.0.1:6379/13"
@@ -75,6 +76,41 @@ async def test_two_replicas_enforce_one_limit_exactly(replicas: list[Server]) ->
     async with httpx.AsyncClient(timeout=30) as client:
         codes = await asyncio.gather(*(one(client, replicas[i % 2].url) for i in range(40)))
     assert codes.count(200) == 10 and codes.count(429) == 30
+
+
+async def test_two_replicas_exact_with_prefetched_capacity(replicas: list[Server]) -> None:
+    """A key of 600 rpm is large enough for prefetch (limits/prefetch.py). Replica B takes
+    prefetches for 30 requests, then replica A sends 800: between them exactly the
+    limit is admitted, plus what refilled while they ran (10 per second) — never more, and
+    never fewer because B held capacity it did not use."""
+    created = admin(replicas[0], "POST", "/v1/admin/projects", json={"name": "prefetch"})
+    record = admin(replicas[0], "POST", "/v1/admin/keys",
+                   json={"project_id": created.json()["id"]}).json()
+    patched = admin(replicas[0], "PATCH", f"/v1/admin/keys/{record['id']}",
+                    json={"limits": {"rpm": 600}})
+    assert patched.status_code == 200, patched.text
+
+    async def wave(client: httpx.AsyncClient, url: str, n: int) -> list[int]:
+        async def one() -> int:
+            r = await client.post(url + "/v1/chat/completions",
+                                  json={"model": "gpt-4o-mini", "messages": _msg()},
+                                  headers={"authorization": f"Bearer {record['key']}"})
+            return r.status_code
+        return list(await asyncio.gather(*(one() for _ in range(n))))
+
+    codes: list[int] = []
+    async with httpx.AsyncClient(timeout=30) as client:
+        started = time.monotonic()
+        for _ in range(3):
+            codes += await wave(client, replicas[1].url, 10)
+        for _ in range(16):
+            codes += await wave(client, replicas[0].url, 50)
+        elapsed = time.monotonic() - started
+        metrics = [(await client.get(s.url + "/metrics")).text for s in replicas]
+    assert set(codes) <= {200, 429}
+    assert 600 <= codes.count(200) <= 600 + int(elapsed * 10) + 1, (codes.count(200), elapsed)
+    for text in metrics:  # both replicas took prefetches
+        assert 'watchllm_limits_prefetch_total{event="granted"}' in text
 
 
 def test_cache_is_shared_across_replicas(replicas: list[Server]) -> None:

@@ -328,7 +328,7 @@ async def test_grant_and_refund_match_python(kind: str) -> None:
         mem = MemoryLimiter()  # per sequence: its sweep never runs (the Redis keys outlive it)
         key = "wl:{g" + secrets.token_hex(6) + "}:rpm"
         now = NOW0
-        grants: list[tuple[int, int, int, int]] = []  # (now, C, D before, gen) per GRANT
+        grants: list[tuple[int, int, int, int, int]] = []  # (now, C, D before, gen, R)
         for _ in range(30):
             now += rng.choice([0, 0, 7, 60, 250, 900, 3000])
             limit = rng.choice([60, 600, 600, 600])
@@ -337,9 +337,9 @@ async def test_grant_and_refund_match_python(kind: str) -> None:
             if mode == REFUND:
                 if not grants:
                     continue
-                g_now, c_g, before, gen = rng.choice(grants)
+                g_now, c_g, before, gen, r_g = rng.choice(grants)
                 member = (f"{g_now}:{c_g + rng.choice([0, 0, 0, 1])}:{before}:"
-                          f"{gen + rng.choice([0, 0, 0, 1])}")
+                          f"{gen + rng.choice([0, 0, 0, 1])}:{r_g}")
                 cost = -rng.randint(1, 20)
             else:
                 cost = rng.choice([rng.randint(-5, 30), 20_000]) if mode in (ADJUST, FORCE) \
@@ -351,7 +351,7 @@ async def test_grant_and_refund_match_python(kind: str) -> None:
             if mode == GRANT and want.allowed:
                 res, gen_res = want.results
                 grants.append((now, res.retry_ms, res.reset_ms * limit - cost * 60_000,
-                               gen_res.retry_ms))
+                               gen_res.retry_ms, gen_res.reset_ms))
     await close_client(client)
 
 
@@ -368,7 +368,8 @@ async def test_no_refund_across_a_restarted_count(kind: str) -> None:
         out = await red.apply([Op(RATE, key, 600, 60_000, 50, GRANT),
                                Op(RATE, key, 600, 60_000, 0, GEN)], NOW0)
         res, gen = out.results
-        member = f"{NOW0}:{res.retry_ms}:{res.reset_ms * 600 - 50 * 60_000}:{gen.retry_ms}"
+        member = (f"{NOW0}:{res.retry_ms}:{res.reset_ms * 600 - 50 * 60_000}:{gen.retry_ms}:"
+                  f"{gen.reset_ms}")
         if rewrite:
             raw = await admin.get(key)
             await admin.set(key, b":".join(raw.split(b":")[:3]), px=10_000)
@@ -377,3 +378,46 @@ async def test_no_refund_across_a_restarted_count(kind: str) -> None:
         assert back.results[0].retry_ms == (0 if rewrite else 40), rewrite
     await admin.aclose()
     await close_client(client)
+
+
+def test_prefetch_refunds_never_leave_the_bucket_looser_than_exact() -> None:
+    """Random traces of grants (each using part of its block), other workers' charges,
+    reconciliation adjustments and refunds in any order, replayed twice: as they happen,
+    and exactly (each grant charged only its used units, nothing refunded). The bucket
+    is never below the exact one: a refund never gives back capacity someone else used."""
+    rng = random.Random(17)
+    key, limit, win = "wl:{x}:rpm", 600, 60_000
+
+    def level(mem: MemoryLimiter, now: int) -> int:
+        state = mem._rate.get(key)
+        return (state[0] - now) * state[2] + state[1] if state and state[0] >= now else 0
+
+    for _ in range(1500):
+        real, exact = MemoryLimiter(), MemoryLimiter()
+        now, out = NOW0, []  # out: (member, unused) of grants not yet returned
+        for _ in range(25):
+            now += rng.choice([0, 1, 20, 100, 400, 1500])
+            event = rng.random()
+            if event < 0.35:
+                k = rng.randint(1, 64)
+                got = real.apply_now([Op(RATE, key, limit, win, k, GRANT),
+                                      Op(RATE, key, limit, win, 0, GEN)], now)
+                if got.allowed:
+                    res, gen = got.results
+                    used = rng.randint(0, k)
+                    exact.apply_now([Op(RATE, key, limit, win, used, FORCE)], now)
+                    out.append((f"{now}:{res.retry_ms}:{res.reset_ms * limit - k * win}:"
+                                f"{gen.retry_ms}:{gen.reset_ms}", k - used))
+            elif event < 0.6:
+                c = rng.randint(0, 40)
+                if real.apply_now([Op(RATE, key, limit, win, c)], now).allowed:
+                    exact.apply_now([Op(RATE, key, limit, win, c, FORCE)], now)
+            elif event < 0.75:
+                a = rng.choice([rng.randint(-20, 20), 20_000])
+                for mem in (real, exact):
+                    mem.apply_now([Op(RATE, key, limit, win, a, ADJUST)], now)
+            elif out:
+                member, unused = out.pop(rng.randrange(len(out)))
+                if unused:
+                    real.apply_now([Op(RATE, key, limit, win, -unused, REFUND, member)], now)
+            assert level(real, now) >= level(exact, now)

@@ -19,16 +19,18 @@ GRANT is CHECK that also reports, in `retry_ms`, the bucket's charge count C aft
     units ever charged to it (CHECK, GRANT, and what FORCE/ADJUST added after the clamp),
     kept while the bucket lives. A prefetch (limits/prefetch.py) is taken with GRANT.
 GEN   reads when the bucket's count C started (its generation: the time of the first write
-    that kept a count), or `now` if it has none yet; in `retry_ms`. Never fails, writes
-    nothing. A count can restart (the key evicted, or rewritten without a count by an
-    earlier version): a REFUND of a grant from another generation gives nothing back.
+    that kept a count), or `now` if it has none yet, in `retry_ms`; and R, the units ever
+    refunded to it, in `reset_ms`. Never fails, writes nothing. A count can restart (the
+    key evicted, or rewritten without a count by an earlier version): a REFUND of a grant
+    from another generation gives nothing back.
 REFUND gives back, at once, at most `-cost` units of a GRANT that were not used, and only
     what is provably still in the bucket: GCRA drains first in, first out, so the grant's
     block is still in the bucket by at least D - (charged after it) - (what was ahead of it
-    and has not drained). `member` is "<grant's now>:<C after it>:<D before it, an upper
-    bound>:<generation>". Refunding more would hand out capacity the drain already freed (over the
-    limit); REFUND never does, and gives nothing once HOLD_MS - 1 s have passed. `retry_ms`
-    reports the units given back.
+    and has not drained, less what was refunded since: refunds come out of other blocks).
+    `member` is "<grant's now>:<C after it>:<D before it, an upper bound>:<generation>:<R
+    at the grant>". Refunding more would hand out capacity the drain already freed (over
+    the limit); REFUND never does, and gives nothing once HOLD_MS - 1 s have passed.
+    `retry_ms` reports the units given back.
 CONC  at most `limit` leases held; a lease expires after `window_ms` (a crashed worker
     cannot leak a slot for longer). RELEASE drops the lease named `member`.
 QUOTA a counter for one period: CHECK admits iff value + cost <= limit; `window_ms` is the
@@ -133,20 +135,23 @@ def conc(state: ConcState | None, op: Op, now: int) -> tuple[bool, OpResult, Con
     return False, OpResult(0, 0, NEVER if op.limit <= 0 else 1000), None
 
 
-def refund(state: RateState | None, charged: int, gen: int | None, op: Op, now: int
+def refund(state: RateState | None, counts: tuple[int, int | None, int], op: Op, now: int
            ) -> tuple[OpResult, RateState | None]:
-    """REFUND (see the module's docstring); `charged` is the bucket's charge count C, `gen`
-    its generation. The new state is None when nothing is given back (nothing written)."""
+    """REFUND (see the module's docstring); `counts` is the bucket's (C, generation, R).
+    The new state is None when nothing is given back (nothing written)."""
+    charged, gen, refunded = counts
     limit, win = op.limit, op.window_ms
     d, l0 = 0, 0
     if state is not None:
         l0 = state[2]
         if state[0] >= now:
             d = (state[0] - now) * l0 + state[1]
-    g_now, c_g, before, gen_g = (int(x) for x in op.member.split(":"))
+    g_now, c_g, before, gen_g, r_g = (int(x) for x in op.member.split(":"))
     r = 0
-    if gen == gen_g and l0 == limit and now - g_now <= HOLD_MS - 1000 and charged >= c_g:
-        bound = d - (charged - c_g) * win - max(before - (now - g_now) * limit, 0)
+    if gen == gen_g and l0 == limit and now - g_now <= HOLD_MS - 1000 and charged >= c_g \
+            and refunded >= r_g:
+        bound = d - (charged - c_g) * win \
+            - max(before - (now - g_now) * limit - (refunded - r_g) * win, 0)
         if bound > 0:
             r = max(min(-op.cost, bound // win), 0)
     dn = d - r * win
@@ -176,10 +181,10 @@ class MemoryLimiter:
         self._rate: dict[str, RateState] = {}
         self._conc: dict[str, ConcState] = {}
         self._quota: dict[str, tuple[int, int]] = {}  # key -> (value, expires at ms)
-        # key -> (charge count C, expires at ms, generation), kept by `apply_now` only: the
-        # in-process fast path (`check_rates`, `adjust`) never takes prefetches. Read even
+        # key -> (charge count C, expires at ms, generation, refunded R), kept by `apply_now`
+        # only: the in-process fast path (`check_rates`, `adjust`) never takes prefetches. Read even
         # past its expiry until `_sweep` drops it (longer than Redis keeps it: stricter).
-        self._charged: dict[str, tuple[int, int, int]] = {}
+        self._charged: dict[str, tuple[int, int, int, int]] = {}
         self._sweep_at = 0
 
     async def apply(self, ops: Sequence[Op], now_ms: int | None = None) -> Outcome:
@@ -207,18 +212,19 @@ class MemoryLimiter:
                 if dn <= cap:
                     results.append(OpResult((cap - dn) // win, -(-dn // limit), 0))
                     writes.append((rates, op.key, (now + dn // limit, dn % limit, limit)))
-                    c, gen = self._count(op.key, now)
+                    c, gen, rf = self._count(op.key, now)
                     writes.append((self._charged, op.key, (
-                        c + op.cost, now - (-dn // limit) + 1 + HOLD_MS, gen)))
+                        c + op.cost, now - (-dn // limit) + 1 + HOLD_MS, gen, rf)))
                     continue
             new: object
             if kind == RATE and mode == REFUND:  # written at once, like ADJUST
                 held = self._charged.get(op.key)
-                c, gen = self._count(op.key, now)
-                res, refunded = refund(rates.get(op.key), c, held and held[2], op, now)
+                c, gen, rf = self._count(op.key, now)
+                res, refunded = refund(rates.get(op.key), (c, held and held[2], rf), op, now)
                 if refunded is not None:
                     rates[op.key] = refunded
-                    self._charged[op.key] = (c, now + res.reset_ms + 1 + HOLD_MS, gen)
+                    self._charged[op.key] = (c, now + res.reset_ms + 1 + HOLD_MS, gen,
+                                             rf + res.retry_ms)
                 results.append(res)
                 continue
             if kind == RATE and mode == GEN:
@@ -226,11 +232,11 @@ class MemoryLimiter:
                 d = (state[0] - now) * state[2] + state[1] \
                     if state is not None and state[0] >= now else 0
                 cap = op.window_ms * op.limit
-                results.append(OpResult((cap - min(d, cap)) // op.window_ms,
-                                        _ceil_div(d, op.limit), self._count(op.key, now)[1]))
+                _, gen, rf = self._count(op.key, now)
+                results.append(OpResult((cap - min(d, cap)) // op.window_ms, rf, gen))
                 continue
             if kind == RATE:
-                c, gen = self._count(op.key, now)
+                c, gen, rf = self._count(op.key, now)
                 state = rates.get(op.key)
                 ok, res, new = rate(state, op, now)
                 store: dict[str, Any] = rates
@@ -247,7 +253,7 @@ class MemoryLimiter:
                         c += op.cost
                     if mode == GRANT:
                         res.retry_ms = c
-                    charge = (c, now + res.reset_ms + 1 + HOLD_MS, gen)
+                    charge = (c, now + res.reset_ms + 1 + HOLD_MS, gen, rf)
                     if mode == ADJUST:
                         self._charged[op.key] = charge
                     else:
@@ -277,10 +283,10 @@ class MemoryLimiter:
             self._sweep(now)
         return Outcome(denied < 0, denied, now, tuple(results))
 
-    def _count(self, key: str, now: int) -> tuple[int, int]:
-        """(C, generation) of a bucket; a bucket without a count starts one now."""
+    def _count(self, key: str, now: int) -> tuple[int, int, int]:
+        """(C, generation, R) of a bucket; a bucket without a count starts one now."""
         held = self._charged.get(key)
-        return (held[0], held[2]) if held is not None else (0, now)
+        return (held[0], held[2], held[3]) if held is not None else (0, now, 0)
 
     def check_rates(self, plan: core.RatePlan, tokens: int,
                     now_ms: int | None = None) -> list[tuple[bytes, bytes]] | None:

@@ -180,11 +180,12 @@ class Prefetch:
             refunds = []
             for i, (_, _, limit, window, cost_kind, _, _) in enumerate(template.rows):
                 res = outcome.results[_OPS * i + 1]  # GRANT: retry_ms is the charge count
-                gen = outcome.results[_OPS * i + 3].retry_ms  # GEN: the count's generation
+                gen = outcome.results[_OPS * i + 3]  # GEN: generation, and R in reset_ms
                 n = tok if cost_kind == _TOKENS else size
                 # The grant's block starts at most at D = reset * limit - n * window.
                 refunds.append(f"{outcome.now_ms}:{res.retry_ms}:"
-                               f"{res.reset_ms * limit - n * window}:{gen}")
+                               f"{res.reset_ms * limit - n * window}:{gen.retry_ms}:"
+                               f"{gen.reset_ms}")
             grant = _Grant(member, size, tok, now + self.ttl_s, now, size, tok,
                            _groups(template, outcome), template.rows, tuple(refunds))
             if self.closed:  # shut down while it was on its way: give it straight back

@@ -31,9 +31,9 @@ from watchllm.limits.ops import Op, OpResult, Outcome
 # 4) are written as they are met (the ops after them read the new value) and kept when
 # the batch is denied; every other write waits until the whole batch has passed. The
 # reply is one string: per batch "allowed denied now" and 3 numbers per op. A rate bucket
-# is stored as "tat_ms:remainder:limit:C:gen" (C: units ever charged; gen: when this count
-# started; for GRANT, GEN and REFUND, see ops.py) and kept HOLD ms past the time it is full
-# again. One argument
+# is stored as "tat_ms:remainder:limit:C:gen:R" (C: units ever charged; gen: when this
+# count started; R: units ever refunded; for GRANT, GEN and REFUND, see ops.py) and kept
+# HOLD ms past the time it is full again. One argument
 # and one string reply instead of 6n+1 arguments and a 3n+3 array: redis-py's pure-Python
 # packing and parsing cost more than the script itself. Numbers stay below 2^53
 # (ops.MAX_CAPACITY), so Lua's doubles do exact integer arithmetic.
@@ -50,7 +50,8 @@ local function write(w, now)
   if w[1] == 0 then
     local dn, limit, c = math.max(w[3], 0), w[4], w[5]
     local ms = now + fdiv(dn, limit)
-    redis.call('SET', k, string.format('%d:%d:%d:%d:%d', ms, dn % limit, limit, c, w[6]),
+    redis.call('SET', k, string.format('%d:%d:%d:%d:%d:%d', ms, dn % limit, limit, c, w[6],
+                                       w[7]),
                'PX', cdiv(dn, limit) + 1 + HOLD)
   elseif w[1] == 1 then
     redis.call('ZADD', k, w[3], w[4])
@@ -73,33 +74,35 @@ local function batch(now, a, nops)
     a = a + 7
     local ok, rem_out, reset, retry = true, 0, 0, 0
     if kind == 0 then -- RATE (GCRA)
-      local d, c, l0, gen = 0, 0, 0, nil
+      local d, c, l0, gen, rf = 0, 0, 0, nil, 0
       local v = redis.call('GET', key)
       if v then
-        local ms, rem, l, cs, gs = string.match(v, '^(%-?%d+):(%d+):(%d+):?(%d*):?(%d*)$')
+        local ms, rem, l, cs, gs, rs = string.match(
+          v, '^(%-?%d+):(%d+):(%d+):?(%d*):?(%d*):?(%d*)$')
         ms, rem, l0, gen = tonumber(ms), tonumber(rem), tonumber(l), tonumber(gs)
         if ms and ms >= now then d = (ms - now) * l0 + rem end
-        if gen then c = tonumber(cs) end -- a count without its generation is not trusted
+        if gen then c, rf = tonumber(cs), tonumber(rs) or 0 end -- no generation: not trusted
       end
       local g = gen or now -- a count that starts now starts a new generation
       local cap = win * limit
       local dn = d + n * win
       if mode == 6 then -- REFUND: give back what is provably still in the bucket
-        local g_now, c_g, before, gen_g = string.match(member,
-                                                       '^(%-?%d+):(%d+):(%-?%d+):(%d+)$')
-        g_now, c_g, before, gen_g = tonumber(g_now), tonumber(c_g), tonumber(before),
-                                    tonumber(gen_g)
+        local g_now, c_g, before, gen_g, r_g = string.match(
+          member, '^(%-?%d+):(%d+):(%-?%d+):(%d+):(%d+)$')
+        g_now, c_g, before = tonumber(g_now), tonumber(c_g), tonumber(before)
+        gen_g, r_g = tonumber(gen_g), tonumber(r_g)
         local r = 0
         if g_now and gen and gen == gen_g and l0 == limit and now - g_now <= HOLD - 1000
-            and c >= c_g then
-          local bound = d - (c - c_g) * win - math.max(before - (now - g_now) * limit, 0)
+            and c >= c_g and rf >= r_g then
+          local bound = d - (c - c_g) * win
+                        - math.max(before - (now - g_now) * limit - (rf - r_g) * win, 0)
           if bound > 0 then r = math.max(math.min(-n, fdiv(bound, win)), 0) end
         end
         dn = d - r * win
         rem_out, reset, retry = fdiv(cap - math.min(dn, cap), win), cdiv(dn, limit), r
-        if r > 0 then write({0, key, dn, limit, c, g}, now) end
+        if r > 0 then write({0, key, dn, limit, c, g, rf + r}, now) end
       elseif mode == 7 then -- GEN: reads the count's generation, never fails, writes nothing
-        rem_out, reset, retry = fdiv(cap - math.min(d, cap), win), cdiv(d, limit), g
+        rem_out, reset, retry = fdiv(cap - math.min(d, cap), win), rf, g
       elseif mode == 2 or mode == 4 then -- FORCE, ADJUST (written at once)
         -- C counts what was added; when the debt cap cuts an addition, 16 windows more,
         -- so no grant from before can be refunded (ops.py, REFUND)
@@ -108,11 +111,13 @@ local function batch(now, a, nops)
         if dn < 0 then dn = 0 end
         added = added + cdiv(math.max(dn - d, 0), win)
         rem_out, reset = fdiv(cap - math.min(dn, cap), win), cdiv(dn, limit)
-        local w = {0, key, dn, limit, c + added, g}
+        local w = {0, key, dn, limit, c + added, g, rf}
         if mode == 4 then write(w, now) else writes[#writes + 1] = w end
       elseif dn <= cap then
         rem_out, reset = fdiv(cap - dn, win), cdiv(dn, limit)
-        if mode == 0 or mode == 5 then writes[#writes + 1] = {0, key, dn, limit, c + n, g} end
+        if mode == 0 or mode == 5 then
+          writes[#writes + 1] = {0, key, dn, limit, c + n, g, rf}
+        end
         if mode == 5 then retry = c + n end -- GRANT: the bucket's charge count after it
       else
         ok = false

@@ -203,6 +203,9 @@ class LimitsService:
                 plan, own = Limits(), Scope()
         limits = Limits(plan.project, own.over(plan.key).over(self.defaults), plan.budget_usd,
                         plan.max_requests, plan.max_tokens, plan.period)
+        # Read again after the awaits: concurrent first requests of a caller must end up
+        # with one Limits object, or each rebuilds the caller's template (and its prefetch).
+        hit = self._cache.get((project_id, key_id)) or hit
         previous = hit[0] if hit is not None else None
         if previous is not None and previous == limits:
             limits = previous  # the same object: its template stays valid
