@@ -6,7 +6,8 @@
 
 from watchllm.limits.plan import Limits, Scope, parse_limits, parse_scope, period_bounds
 from watchllm.limits.reset import duration
-from watchllm.limits.service import Admission, LimitsService, QuotaExceededError
+from watchllm.limits.responses import QuotaExceededError
+from watchllm.limits.service import Admission, LimitsService
 
 __all__ = [
     "Admission",

@@ -38,12 +38,13 @@ from typing import TYPE_CHECKING, Any
 from watchllm import metrics
 from watchllm.limits.ops import CHECK, CONC, GEN, GRANT, PEEK, RATE, REFUND, RELEASE, Op, Outcome
 from watchllm.limits.reset import duration_bytes
+from watchllm.limits.responses import RawHeaders
 
 if TYPE_CHECKING:
     from watchllm.limits.service import _Template
 
 log = logging.getLogger("watchllm.limits")
-RawHeaders = list[tuple[bytes, bytes]]
+
 FLOOR = 8  # grant only while the buckets could take FLOOR more prefetches of this size
 MIN_SIZE, MAX_SIZE = 2, 4096  # requests per prefetch
 HOLD_GRACE_MS = 2000  # a registration outlives its prefetch by this (a slow return)

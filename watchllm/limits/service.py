@@ -29,7 +29,8 @@ from typing import Any, Protocol
 
 from watchllm import core, metrics
 from watchllm.env.base import Counters, CountersUnavailable
-from watchllm.errors import RateLimitError, ServiceUnavailableError
+from watchllm.errors import ServiceUnavailableError
+from watchllm.limits import responses
 from watchllm.limits.deferred import DeferredDeltas, add
 from watchllm.limits.ops import (
     ADJUST,
@@ -54,11 +55,11 @@ from watchllm.limits.plan import (
     period_bounds,
 )
 from watchllm.limits.prefetch import Prefetch
-from watchllm.limits.reset import duration, duration_bytes
+from watchllm.limits.reset import duration
+from watchllm.limits.responses import RawHeaders
 from watchllm.settings import Settings
 
 log = logging.getLogger("watchllm.limits")
-RawHeaders = list[tuple[bytes, bytes]]
 _BREAKER_S = 1.0  # after a backend failure, skip it this long (no connect timeout per request)
 FLUSH_INTERVAL_S = 0.2  # deferred deltas reach the shared counters within this (+ 1 call)
 _MICRO = 1_000_000  # budgets are counted in micro-USD: integers, exact in Lua
@@ -90,13 +91,6 @@ class _Template:
     rate_plan: core.RatePlan | None  # `simple`: the ops for MemoryLimiter.check_rates
     token_ops: tuple[Op, ...] = ()  # the tpm ops with cost 0: what settle_now adjusts
     prefetch: Any = None  # `simple`, shared counters: this caller's prefetch.Caller
-
-
-class QuotaExceededError(RateLimitError):
-    """The plan's budget or request/token quota for the period is used up (OpenAI's shape)."""
-
-    type = "insufficient_quota"
-    default_code = "insufficient_quota"
 
 
 class PlanSource(Protocol):
@@ -279,7 +273,7 @@ class LimitsService:
                 # Capacity held ahead (here or by another worker) comes back: ask again.
                 return await self.admit(project_id, key_id, estimated_prompt_tokens, limits,
                                         _asks - 1)
-            raise self._rejection(admission, outcome, limits)
+            raise responses.rejection(admission, outcome, limits)
         return admission
 
     def admit_now(self, project_id: str, key_id: str, estimated_prompt_tokens: int,
@@ -440,40 +434,6 @@ class LimitsService:
         admission.ops, admission.names = [], ()
         return None
 
-    def _rejection(self, adm: Admission, outcome: Outcome, limits: Limits) -> RateLimitError:
-        i = outcome.denied
-        op, res, name = adm.ops[i], outcome.results[i], adm.names[i]
-        scope, _, what = name.partition(".")
-        metrics.rate_limited(scope if what else "project", what or name)
-        headers = {k.decode(): v.decode() for k, v in self.headers(adm)}
-        retry_ms = res.retry_ms
-        if retry_ms == NEVER or op.kind == QUOTA:
-            headers["x-should-retry"] = "false"  # the openai SDK then does not retry
-        if retry_ms != NEVER:
-            headers["retry-after"] = str(max(1, -(-retry_ms // 1000)))
-            headers["retry-after-ms"] = str(max(retry_ms, 1))
-        who = f"key {adm.key_id}" if scope == "key" else f"project {adm.project_id}"
-        if op.kind == QUOTA:
-            end = duration(res.reset_ms)
-            if name == "budget":
-                msg = (f"Project {adm.project_id} has used its budget of "
-                       f"${limits.budget_usd:.2f} for this {limits.period}; it resets in {end}.")
-            else:
-                msg = (f"Project {adm.project_id} has used its {name} quota for this "
-                       f"{limits.period} (limit {op.limit}); it resets in {end}.")
-            return QuotaExceededError(msg, headers=headers)
-        if what == "concurrent":
-            msg = f"Too many concurrent requests for {who}: limit {op.limit}."
-        elif retry_ms == NEVER:
-            msg = (f"Request too large for {who}: {op.cost} tokens requested, the limit is "
-                   f"{op.limit} tokens per minute.")
-        else:
-            unit = "requests" if what == "rpm" else "tokens"
-            msg = (f"Rate limit reached for {unit} per minute ({what}) on {who}: limit "
-                   f"{op.limit}, remaining {res.remaining}, requested {op.cost}. "
-                   f"Please try again in {duration(retry_ms)}.")
-        return RateLimitError(msg, headers=headers)
-
     # -- settle ---------------------------------------------------------------------------
     async def settle(self, admission: Admission, real_tokens: int, cost_usd: float) -> None:
         """Reconcile TPM and token quota to the real usage, add spend, release the slot.
@@ -606,46 +566,5 @@ class LimitsService:
                          "resets_in": duration(res.reset_ms)}
         return out
 
-    # -- headers --------------------------------------------------------------------------
-    def headers(self, admission: Admission) -> RawHeaders:
-        """OpenAI's x-ratelimit-* for the tightest request and token limits (none if unlimited)."""
-        if admission.rate_headers is not None:  # admitted by check_rates: worked out there
-            return admission.rate_headers
-        outcome = admission.outcome
-        template = admission.plan
-        if outcome is None or template is None:
-            return []
-        results, ops = outcome.results, admission.ops
-        out: RawHeaders = []
-        for names, idx in template.header_groups:
-            if outcome.allowed:
-                i = idx[0]
-                if len(idx) > 1:
-                    for j in idx[1:]:
-                        if results[j].remaining < results[i].remaining:
-                            i = j
-                res = results[i]
-                remaining, limit, reset = res.remaining, ops[i].limit, res.reset_ms
-            else:
-                remaining, limit, reset = self._denied_view(admission, outcome, idx)
-            out += ((names[0], b"%d" % limit), (names[1], b"%d" % remaining),
-                    (names[2], duration_bytes(reset)))
-        return out
-
-    @staticmethod
-    def _denied_view(adm: Admission, outcome: Outcome, idx: tuple[int, ...]
-                     ) -> tuple[int, int, int]:
-        """(remaining, limit, reset_ms) of the tightest op in `idx` of a denied batch."""
-        best: tuple[int, int, int] | None = None
-        for i in idx:
-            op, res = adm.ops[i], outcome.results[i]
-            remaining, reset = res.remaining, res.reset_ms
-            if i != outcome.denied:
-                # A passing op reports the state as if admitted; nothing was written, so
-                # undo this request's cost (exact for remaining, within 1 ms for reset).
-                remaining += op.cost
-                reset = max(0, reset - op.cost * op.window_ms // op.limit)
-            if best is None or remaining < best[0]:
-                best = (remaining, op.limit, reset)
-        assert best is not None
-        return best
+    # OpenAI's x-ratelimit-* for the tightest request and token limits (none if unlimited).
+    headers = staticmethod(responses.headers)
