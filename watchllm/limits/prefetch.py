@@ -36,7 +36,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from watchllm import metrics
-from watchllm.limits.ops import CHECK, CONC, GEN, GRANT, PEEK, RATE, REFUND, RELEASE, Op, Outcome
+from watchllm.limits.ops import (
+    CHECK,
+    CONC,
+    GEN,
+    GRANT,
+    PEEK,
+    RATE,
+    REFUND,
+    RELEASE,
+    Op,
+    OpResult,
+    Outcome,
+)
 from watchllm.limits.reset import duration_bytes
 from watchllm.limits.responses import RawHeaders
 
@@ -241,24 +253,29 @@ class Prefetch:
                         "it counts until its registration expires")
 
     # -- a denial next to the limit --------------------------------------------------------
-    async def held(self, bucket: str, project_id: str) -> bool:
-        """After a per-request denial on `bucket`: True when capacity may come back (this
-        worker returned its own prefetch of the bucket, or another worker's is registered
-        and was waited for), so the caller asks again; False: the denial is final."""
-        own = False
+    def registrations(self, template: _Template) -> list[Op]:
+        """PEEKs, one per row of `template`, that count the prefetches registered on its
+        buckets (never fail, write nothing): carried by a per-request batch, for `held`."""
+        return [Op(CONC, held_key(r[1]), _HUGE, self.hold_ms, 0, PEEK) for r in template.rows]
+
+    async def held(self, bucket: str, registered: OpResult) -> bool:
+        """After a per-request denial on `bucket`, whose batch counted its registered
+        prefetches (`registered`, from `registrations`): True when capacity may come back
+        (this worker returned its own prefetch of the bucket, or another worker's is
+        registered and was waited for), so the caller asks again; False: the denial is
+        final."""
+        own = 0
         for grant, caller in list(self._live.values()):
             if any(r[1] == bucket for r in grant.rows):
-                own = True
+                own += 1
                 if caller.grant is grant:
                     caller.grant = None
                 await self._return(grant, caller.project)
-        peek = await self.apply([Op(CONC, held_key(bucket), _HUGE, self.hold_ms, 0, PEEK)],
-                                project_id)
-        if peek is not None and peek.results[0].remaining < _HUGE:
+        if _HUGE - registered.remaining > own:  # another worker's are out
             metrics.limits_prefetch("waited")
             await asyncio.sleep(self.ttl_s + 0.01)  # others return theirs by then
             return True
-        return own
+        return own > 0
 
     async def close(self) -> None:
         """At shutdown: return every prefetch (before the deferred deltas are flushed)."""

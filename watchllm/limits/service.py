@@ -242,19 +242,23 @@ class LimitsService:
         admission = Admission(project_id, key_id, tokens, ops, template.names, None, False,
                               False, template)
         outcome: Outcome | None
+        # With prefetch, the batch also counts each bucket's registered prefetches (a PEEK
+        # that never fails): a denial then knows at once whether to wait for them.
+        sent = ops if self._prefetch is None or not template.simple \
+            else [*ops, *self._prefetch.registrations(template)]
         if local is not None:
             outcome = local.apply_now(ops, now_ms)
         elif (pending := self._deferred.take(project_id)) is None:
             if time.monotonic() >= self._down_until:  # _apply inlined: the common case
                 try:
-                    outcome = await self.counters.apply(ops, now_ms)
+                    outcome = await self.counters.apply(sent, now_ms)
                 except (CountersUnavailable, TimeoutError, OSError) as exc:
                     outcome = self._unavailable(exc, admission)
             else:
                 outcome = self._unavailable(None, admission)
         else:
             try:
-                outcome = await self._apply([*pending.values(), *ops], now_ms, admission)
+                outcome = await self._apply([*pending.values(), *sent], now_ms, admission)
             except ServiceUnavailableError:  # fail closed: keep the deltas for later
                 self._deferred.restore(project_id, pending)
                 raise
@@ -264,12 +268,17 @@ class LimitsService:
                 outcome = _strip(outcome, len(pending))
         if outcome is None:
             return admission  # fail open
+        registered = outcome.results[len(ops):]
+        if registered:
+            outcome = Outcome(outcome.allowed, outcome.denied, outcome.now_ms,
+                              outcome.results[:len(ops)])
         admission.outcome = outcome
         if not outcome.allowed:
             admission.settled = True  # nothing was written, nothing to settle
-            if _asks > 1 and self._prefetch is not None and template.simple \
+            if _asks > 1 and self._prefetch is not None and registered \
                     and outcome.results[outcome.denied].retry_ms != NEVER \
-                    and await self._prefetch.held(ops[outcome.denied].key, project_id):
+                    and await self._prefetch.held(ops[outcome.denied].key,
+                                                  registered[outcome.denied]):
                 # Capacity held ahead (here or by another worker) comes back: ask again.
                 return await self.admit(project_id, key_id, estimated_prompt_tokens, limits,
                                         _asks - 1)
