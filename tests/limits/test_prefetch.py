@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,11 +14,14 @@ import pytest
 
 from watchllm.errors import RateLimitError
 from watchllm.limits import Admission, Limits, LimitsService, Scope
+from watchllm.limits.ops import FORCE, PEEK, RATE, Op
 from watchllm.settings import Settings
 
 from .conftest import RedisCounters, lean_client, needs_redis
 from .test_deferred import RemoteMemory, _commandstats, _used
-from .test_service import Clock
+from .test_service import NOV_23, Clock
+
+NOV_23_MS = NOV_23 * 1000
 
 
 async def _wave(svc: LimitsService, project: str, n: int, limits: Limits,
@@ -197,3 +201,37 @@ async def test_a_return_refunds_only_what_the_drain_left(shared: Any, project: s
     more = await _wave(svc_a, project, 50, limits, 0)
     assert len(more) == 2, len(more)
     assert await _used(counters_a, f"wl:{{{project}}}:rpm", 600) == 600
+
+
+class _SlowRemote(RemoteMemory):
+    """In-process counters seen as remote, each answer 5 ms after the batch ran."""
+
+    async def apply(self, ops: Any, now_ms: int | None = None) -> Any:
+        out = await super().apply(ops, now_ms)
+        await asyncio.sleep(0.005)
+        return out
+
+
+async def test_a_denial_during_this_workers_own_return_asks_again_without_waiting(
+        project: str) -> None:
+    """The bucket is full; this worker's prefetch is on its way back when a request is
+    denied. The batch counted that registration: it is this worker's own, so the request
+    waits for the return (not a whole prefetch time) and is admitted from the refund."""
+    counters = _SlowRemote()
+    svc = LimitsService(counters, Settings(), clock=Clock())
+    limits = Limits(key=Scope(rpm=6000))
+    await svc.admit(project, "k", 0, limits)
+    await asyncio.sleep(0.02)  # the grant lands
+    assert svc._prefetch is not None
+    (grant, caller), = svc._prefetch._live.values()
+    bucket = grant.rows[0][1]
+    inner = counters.inner
+    left = (await inner.apply([Op(RATE, bucket, 6000, 60_000, 0, PEEK)], NOV_23_MS)
+            ).results[0].remaining
+    await inner.apply([Op(RATE, bucket, 6000, 60_000, left, FORCE)], NOV_23_MS)  # full
+    caller.off_until = time.monotonic() + 60  # no new grant in the way
+    waited = _prefetch_count("waited")
+    svc._prefetch._expire(grant, caller)  # its return starts, and is on its way
+    admission = await svc.admit(project, "k", 0, limits)  # denied, then admitted
+    assert admission.outcome is not None and admission.outcome.allowed
+    assert _prefetch_count("waited") == waited  # not mistaken for another worker's

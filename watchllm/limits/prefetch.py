@@ -91,7 +91,7 @@ class _Grant:
     rows: tuple[tuple[int, str, int, int, int, int, str], ...]
     refunds: tuple[str, ...]  # per row: the REFUND op's member (ops.py)
     timer: asyncio.TimerHandle | None = None
-    returned: bool = False
+    returning: asyncio.Task[None] | None = None  # its return, once started
 
 
 @dataclass(slots=True)
@@ -158,10 +158,11 @@ class Prefetch:
         self._spawn(self._grant(template, caller))
         caller.busy = True
 
-    def _spawn(self, work: Any) -> None:
+    def _spawn(self, work: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _grant(self, template: _Template, caller: _Caller) -> None:
         try:
@@ -203,6 +204,7 @@ class Prefetch:
                            _groups(template, outcome), template.rows, tuple(refunds))
             if self.closed:  # shut down while it was on its way: give it straight back
                 caller.grant = None
+                self._live[member] = (grant, caller)
                 await self._return(grant, caller.project)
                 return
             grant.timer = asyncio.get_running_loop().call_later(self.ttl_s, self._expire,
@@ -221,25 +223,30 @@ class Prefetch:
             caller.grant = None
             if grant.req * 2 > caller.size:  # mostly unused: smaller next time
                 caller.size = max(caller.size // 2, MIN_SIZE)
-        self._spawn(self._return(grant, caller.project))
+        self._return(grant, caller.project)
 
-    async def _return(self, grant: _Grant, project_id: str) -> None:
-        """Refund what was not used and drop the registration, in one batch. Never raises
-        (it also runs as a task of its own)."""
-        try:
-            await self._give_back(grant, project_id)
-        except Exception:
-            log.exception("limits: prefetch return failed")
+    def _return(self, grant: _Grant, project_id: str) -> asyncio.Task[None]:
+        """Refund what was not used and drop the registration, in one batch, as a task of
+        its own (a caller's cancellation cannot drop it halfway); once per grant. The grant
+        stays in `_live` until it is back, so `held` counts it as this worker's own."""
+        if grant.returning is None:
+            if grant.timer is not None:
+                grant.timer.cancel()
+            grant.returning = self._spawn(self._give_back(grant, project_id))
+        return grant.returning
 
     async def _give_back(self, grant: _Grant, project_id: str) -> None:
-        if grant.returned:
-            return
-        grant.returned = True
-        if grant.timer is not None:
-            grant.timer.cancel()
         left_req, left_tok = grant.req, grant.tok
         grant.req = grant.tok = 0  # nothing more is taken from it
-        self._live.pop(grant.member, None)
+        try:
+            await self._send_back(grant, project_id, left_req, left_tok)
+        except Exception:  # a task of its own: never let it fail silently
+            log.exception("limits: prefetch return failed")
+        finally:
+            self._live.pop(grant.member, None)
+
+    async def _send_back(self, grant: _Grant, project_id: str, left_req: int,
+                         left_tok: int) -> None:
         ops: list[Op] = []
         for (_, key, limit, window, cost_kind, _, _), refund in zip(grant.rows, grant.refunds,
                                                                    strict=True):
@@ -255,7 +262,11 @@ class Prefetch:
     # -- a denial next to the limit --------------------------------------------------------
     def registrations(self, template: _Template) -> list[Op]:
         """PEEKs, one per row of `template`, that count the prefetches registered on its
-        buckets (never fail, write nothing): carried by a per-request batch, for `held`."""
+        buckets (never fail, write nothing): carried by a per-request batch, for `held`.
+        Nothing for a caller whose limits are too small ever to be granted one."""
+        caller = template.prefetch
+        if caller is not None and caller.off_until == float("inf"):
+            return []
         return [Op(CONC, held_key(r[1]), _HUGE, self.hold_ms, 0, PEEK) for r in template.rows]
 
     async def held(self, bucket: str, registered: OpResult) -> bool:
@@ -264,27 +275,30 @@ class Prefetch:
         (this worker returned its own prefetch of the bucket, or another worker's is
         registered and was waited for), so the caller asks again; False: the denial is
         final."""
-        own = 0
+        own = []
         for grant, caller in list(self._live.values()):
             if any(r[1] == bucket for r in grant.rows):
-                own += 1
                 if caller.grant is grant:
                     caller.grant = None
-                await self._return(grant, caller.project)
-        if _HUGE - registered.remaining > own:  # another worker's are out
+                own.append(self._return(grant, caller.project))
+        if own:  # shielded: a request that goes away does not stop the returns
+            await asyncio.shield(asyncio.gather(*own))
+        if _HUGE - registered.remaining > len(own):  # another worker's are out
             metrics.limits_prefetch("waited")
             await asyncio.sleep(self.ttl_s + 0.01)  # others return theirs by then
             return True
-        return own > 0
+        return bool(own)
 
     async def close(self) -> None:
         """At shutdown: return every prefetch (before the deferred deltas are flushed)."""
         self.closed = True
         while self._tasks:  # grants on their way give themselves back (closed)
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        returns = []
         for grant, caller in list(self._live.values()):
             caller.grant = None
-            await self._return(grant, caller.project)
+            returns.append(self._return(grant, caller.project))
+        await asyncio.gather(*returns)
 
 
 def _groups(template: _Template, outcome: Outcome) -> tuple[_Group, ...]:

@@ -86,7 +86,9 @@ class LimiterState:
         lim._quota = {k: tuple(v) for k, v in data.get("quota", {}).items()}
         # A bucket's charge count must survive with its level, or a REFUND after a restart
         # could give back what others charged since (ops.py, REFUND).
-        lim._charged = {k: tuple(v) for k, v in data.get("charged", {}).items()}
+        # (C, expiry, generation, R); a shorter entry (saved by an earlier version) is
+        # dropped: its bucket starts a new generation, so no older grant is refunded.
+        lim._charged = {k: tuple(v) for k, v in data.get("charged", {}).items() if len(v) == 4}
         self.counters = {k: tuple(v) for k, v in data.get("counters", {}).items()}
 
 
