@@ -95,14 +95,17 @@ def _ceil_div(a: int, b: int) -> int:
 RateState = tuple[int, int, int]  # (tat_ms, remainder in 1/L0 ms, L0)
 
 
+def _level(state: RateState | None, now: int) -> int:
+    """D, the bucket's level at `now` in units of its stored limit (0 once drained). The
+    hot CHECK path in `apply_now` and `adjust` inline this."""
+    return (state[0] - now) * state[2] + state[1] if state is not None and state[0] >= now else 0
+
+
 def rate(state: RateState | None, op: Op, now: int) -> tuple[bool, OpResult, RateState | None]:
     limit, win, n = op.limit, op.window_ms, op.cost
-    d = 0
-    if state is not None and state[0] >= now:
-        ms, rem, l0 = state
-        # In units of the stored limit L0, d counts consumed cells * W; kept as-is when the
-        # plan changes the limit, so "3 of 6 used" becomes "3 of 60 used" (not a time debt).
-        d = (ms - now) * l0 + rem
+    # In units of the stored limit L0, d counts consumed cells * W; kept as-is when the
+    # plan changes the limit, so "3 of 6 used" becomes "3 of 60 used" (not a time debt).
+    d = _level(state, now)
     cap = win * limit
     if op.mode == REFUND:
         raise ValueError("REFUND needs the charge count: MemoryLimiter.apply_now")
@@ -141,11 +144,7 @@ def refund(state: RateState | None, counts: tuple[int, int | None, int], op: Op,
     The new state is None when nothing is given back (nothing written)."""
     charged, gen, refunded = counts
     limit, win = op.limit, op.window_ms
-    d, l0 = 0, 0
-    if state is not None:
-        l0 = state[2]
-        if state[0] >= now:
-            d = (state[0] - now) * l0 + state[1]
+    d, l0 = _level(state, now), state[2] if state is not None else 0
     g_now, c_g, before, gen_g, r_g = (int(x) for x in op.member.split(":"))
     r = 0
     if gen == gen_g and l0 == limit and now - g_now <= HOLD_MS - 1000 and charged >= c_g \
@@ -228,9 +227,7 @@ class MemoryLimiter:
                 results.append(res)
                 continue
             if kind == RATE and mode == GEN:
-                state = rates.get(op.key)
-                d = (state[0] - now) * state[2] + state[1] \
-                    if state is not None and state[0] >= now else 0
+                d = _level(rates.get(op.key), now)
                 cap = op.window_ms * op.limit
                 _, gen, rf = self._count(op.key, now)
                 results.append(OpResult((cap - min(d, cap)) // op.window_ms, rf, gen))
@@ -242,9 +239,7 @@ class MemoryLimiter:
                 store: dict[str, Any] = rates
                 if ok and new is not None:
                     if mode in (FORCE, ADJUST):  # what was added, after the clamp
-                        d = (state[0] - now) * state[2] + state[1] \
-                            if state is not None and state[0] >= now else 0
-                        dn = (new[0] - now) * new[2] + new[1]
+                        d, dn = _level(state, now), _level(new, now)
                         c += _ceil_div(max(dn - d, 0), op.window_ms)
                         if d + op.cost * op.window_ms > op.window_ms * op.limit * MAX_DEBT:
                             # the debt cap cut it: no grant from before may be refunded

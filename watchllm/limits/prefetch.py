@@ -108,7 +108,7 @@ class _Caller:
 
 class Prefetch:
     def __init__(self, apply: Apply, ttl_ms: int, names: Callable[[], str]) -> None:
-        self.apply = apply  # LimitsService._apply without an admission
+        self.apply = apply  # LimitsService._apply_plain
         self.ttl_s = ttl_ms / 1000
         self.half_s = self.ttl_s / 2
         self.hold_ms = ttl_ms + HOLD_GRACE_MS
@@ -236,28 +236,23 @@ class Prefetch:
         return grant.returning
 
     async def _give_back(self, grant: _Grant, project_id: str) -> None:
-        left_req, left_tok = grant.req, grant.tok
+        ops: list[Op] = []
+        for (_, key, limit, window, cost_kind, _, _), refund in zip(grant.rows, grant.refunds,
+                                                                   strict=True):
+            left = grant.tok if cost_kind == _TOKENS else grant.req
+            if left:  # only what is provably still in the bucket (ops.py, REFUND)
+                ops.append(Op(RATE, key, limit, window, -left, REFUND, refund))
+            ops.append(Op(CONC, held_key(key), _HUGE, self.hold_ms, 0, RELEASE, grant.member))
         grant.req = grant.tok = 0  # nothing more is taken from it
+        metrics.limits_prefetch("returned")
         try:
-            await self._send_back(grant, project_id, left_req, left_tok)
+            if await self.apply(ops, project_id) is None:
+                log.warning("limits: a prefetch could not be returned (backend unavailable);"
+                            " it counts until its registration expires")
         except Exception:  # a task of its own: never let it fail silently
             log.exception("limits: prefetch return failed")
         finally:
             self._live.pop(grant.member, None)
-
-    async def _send_back(self, grant: _Grant, project_id: str, left_req: int,
-                         left_tok: int) -> None:
-        ops: list[Op] = []
-        for (_, key, limit, window, cost_kind, _, _), refund in zip(grant.rows, grant.refunds,
-                                                                   strict=True):
-            left = left_tok if cost_kind == _TOKENS else left_req
-            if left:  # only what is provably still in the bucket (ops.py, REFUND)
-                ops.append(Op(RATE, key, limit, window, -left, REFUND, refund))
-            ops.append(Op(CONC, held_key(key), _HUGE, self.hold_ms, 0, RELEASE, grant.member))
-        metrics.limits_prefetch("returned")
-        if await self.apply(ops, project_id) is None:
-            log.warning("limits: a prefetch could not be returned (backend unavailable); "
-                        "it counts until its registration expires")
 
     # -- a denial next to the limit --------------------------------------------------------
     def registrations(self, template: _Template) -> list[Op]:

@@ -294,17 +294,16 @@ class LimitsService:
         template = self._templates.get((project_id, key_id))
         if template is None or template.limits is not limits or template.rate_plan is None:
             return None
+        # Per request: conditionals, not max()/int() (each a call with argument parsing).
+        tokens = estimated_prompt_tokens if estimated_prompt_tokens > 0 else 0
         if local is None:  # shared counters: from this worker's prefetched capacity
             if self._prefetch is None:
                 return None
-            tokens = estimated_prompt_tokens if estimated_prompt_tokens > 0 else 0
             headers = self._prefetch.take(template, project_id, tokens)
             if headers is None:
                 return None
             return Admission(project_id, key_id, tokens, (), (), None, False, False, template,
                              headers)
-        # Per request: conditionals, not max()/int() (each a call with argument parsing).
-        tokens = estimated_prompt_tokens if estimated_prompt_tokens > 0 else 0
         clock = self.clock
         now_ms = time.time_ns() // 1_000_000 if clock is None else int(clock() * 1000)
         headers = local.check_rates(template.rate_plan, tokens, now_ms)
@@ -378,7 +377,7 @@ class LimitsService:
             if kind == RATE:
                 ops.append(Op(RATE, key, limit, window, cost))
             elif kind == CONC:
-                lease = lease or self._lease_prefix + str(next(self._leases))
+                lease = lease or self._lease_name()
                 ops.append(Op(CONC, key, limit, window, 1, CHECK, lease))
             else:
                 if not pid:
