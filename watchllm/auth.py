@@ -1,7 +1,8 @@
 """Who is calling: project keys (cached briefly in-process) and the admin key.
 
 A revoked key stops working within `WATCHLLM_KEY_CACHE_TTL` seconds (default 5) on every
-worker, because each worker re-reads a key once its cache entry is that old.
+worker, because no worker uses a key record read longer ago than that. A key in use is read
+again in the background before then (metadata/refresh.py), so its requests never wait.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from watchllm.errors import AuthenticationError, PermissionDeniedError
+from watchllm.metadata.refresh import REFRESH_AT, RefreshingCache
 from watchllm.metadata.store import ApiKey, MetadataStore, now_ms, parse_key
 from watchllm.settings import Settings
 
@@ -61,17 +63,25 @@ class Authenticator:
         self.ttl = settings.key_cache_ttl_s
         self.require_auth = settings.require_auth
         self.admin_key = settings.admin_key
-        self._cache: dict[str, tuple[ApiKey | None, float]] = {}
-        # token -> (principal, key id, valid until): a repeat caller skips parsing and
-        # hashing. Same lifetime as the key cache, so revocation timing is unchanged.
-        self._tokens: dict[str, tuple[Principal, str, float]] = {}
+        # Key records by id, read again in the background before they expire (refresh.py):
+        # concurrent requests of a key never queue on the store.
+        self._keys: RefreshingCache[str, ApiKey | None] = RefreshingCache(
+            store.get_key, self.ttl, ttl_of=lambda record: self.ttl if record else _NEGATIVE_TTL_S)
+        # token -> (principal, its record, valid until, reload from): a repeat caller skips
+        # parsing and hashing. It lives no longer than the record it was checked against,
+        # so revocation timing is the key cache's.
+        self._tokens: dict[str, tuple[Principal, ApiKey, float, float]] = {}
 
     async def authenticate(self, token: str | None, scope: str) -> Principal:
         if token:
             hit = self._tokens.get(token)
-            if hit is not None and hit[2] > time.monotonic():
-                hit[0].require(scope)
-                return hit[0]
+            if hit is not None:
+                now = time.monotonic()
+                if hit[2] > now:
+                    if now >= hit[3]:
+                        self._keys.peek(hit[1].id)  # due: the record is read again meanwhile
+                    hit[0].require(scope)
+                    return hit[0]
         principal = await self._authenticate(token)
         principal.require(scope)
         return principal
@@ -79,7 +89,14 @@ class Authenticator:
     def cached(self, token: str) -> Principal | None:
         """The caller behind a token this worker authenticated recently (no I/O), or None."""
         hit = self._tokens.get(token)
-        return hit[0] if hit is not None and hit[2] > time.monotonic() else None
+        if hit is None:
+            return None
+        now = time.monotonic()
+        if hit[2] <= now:
+            return None
+        if now >= hit[3]:
+            self._keys.peek(hit[1].id)
+        return hit[0]
 
     async def _authenticate(self, token: str | None) -> Principal:
         if not token:
@@ -89,34 +106,29 @@ class Authenticator:
         if self.admin_key and hmac.compare_digest(token.encode(), self.admin_key.encode()):
             return ADMIN
         key_id = parse_key(token)
-        record = await self._lookup(key_id) if key_id else None
+        record = await self._keys.get(key_id) if key_id else None
         if record is None or not record.matches(token):
             raise AuthenticationError("Incorrect API key provided.")
         if not record.active(now_ms()):
             what = "revoked" if record.revoked_at is not None else "expired"
             raise AuthenticationError(f"This API key has been {what}.", code=f"key_{what}")
-        principal = Principal(record.project_id, record.id, record.scopes, record.allowed_models)
-        valid_until = time.monotonic() + self.ttl
+        old = self._tokens.get(token)
+        principal = old[0] if old is not None and old[1] is record else \
+            Principal(record.project_id, record.id, record.scopes, record.allowed_models)
+        now = time.monotonic()
+        valid_until = self._keys.expires(record.id)
+        if self.ttl <= 0 or valid_until <= now:  # not cached (a TTL of 0): checked each time
+            return principal
         if record.expires_at is not None:  # never trust the cache past the key's expiry
-            valid_until = min(valid_until, time.monotonic() + (record.expires_at - now_ms()) / 1000)
+            valid_until = min(valid_until, now + (record.expires_at - now_ms()) / 1000)
         if len(self._tokens) >= _MAX_CACHED:
             self._tokens.clear()
-        self._tokens[token] = (principal, record.id, valid_until)
+        self._tokens[token] = (principal, record, valid_until,
+                               valid_until - self.ttl * (1 - REFRESH_AT))
         return principal
-
-    async def _lookup(self, key_id: str) -> ApiKey | None:
-        now = time.monotonic()
-        hit = self._cache.get(key_id)
-        if hit is not None and hit[1] > now:
-            return hit[0]
-        record = await self.store.get_key(key_id)
-        if len(self._cache) >= _MAX_CACHED:
-            self._cache.clear()
-        self._cache[key_id] = (record, now + (self.ttl if record else _NEGATIVE_TTL_S))
-        return record
 
     def forget(self, key_id: str) -> None:
         """Drop a key from this worker's cache (after a revoke made through this worker)."""
-        self._cache.pop(key_id, None)
-        for token in [t for t, v in self._tokens.items() if v[1] == key_id]:
+        self._keys.forget(key_id)
+        for token in [t for t, v in self._tokens.items() if v[1].id == key_id]:
             del self._tokens[token]

@@ -57,6 +57,7 @@ from watchllm.limits.plan import (
 from watchllm.limits.prefetch import Prefetch
 from watchllm.limits.reset import duration
 from watchllm.limits.responses import RawHeaders
+from watchllm.metadata.refresh import RefreshingCache
 from watchllm.settings import Settings
 
 log = logging.getLogger("watchllm.limits")
@@ -149,10 +150,10 @@ class LimitsService:
         self.clock = clock
         self.fail_mode = settings.limits_fail_mode
         self.lease_ms = int(settings.limits_lease_s * 1000)
-        self.cache_ttl_s = settings.key_cache_ttl_s
         self.defaults = Scope(settings.default_rpm, settings.default_tpm,
                               settings.default_max_concurrent)
-        self._cache: dict[tuple[str, str], tuple[Limits, float]] = {}
+        self._limits: RefreshingCache[tuple[str, str], Limits] = RefreshingCache(
+            self._read_limits, settings.key_cache_ttl_s)
         self._periods: dict[str, tuple[str, int, int]] = {}  # period -> (id, valid from, end)
         self._templates: dict[tuple[str, str], _Template] = {}
         self._down_until = 0.0
@@ -171,14 +172,16 @@ class LimitsService:
     def limits_now(self, project_id: str, key_id: str) -> Limits | None:
         """`limits_for` while its cached answer is fresh (None: await `limits_for`), without
         a coroutine: the per-request case."""
-        hit = self._cache.get((project_id, key_id))
-        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
+        return self._limits.peek((project_id, key_id))
 
     async def limits_for(self, project_id: str, key_id: str) -> Limits:
-        """The caller's limits: plan + key override + defaults, cached `key_cache_ttl_s`."""
-        hit = self._cache.get((project_id, key_id))
-        if hit is not None and hit[1] > time.monotonic():
-            return hit[0]
+        """The caller's limits: plan + key override + defaults, cached `key_cache_ttl_s`
+        and read again in the background before then (metadata/refresh.py). One Limits
+        object while they do not change: its template (and prefetch) stays valid."""
+        return await self._limits.get((project_id, key_id))
+
+    async def _read_limits(self, caller: tuple[str, str]) -> Limits:
+        project_id, key_id = caller
         plan_doc = key_doc = None
         if self.plans is not None:
             plan_doc = await self.plans.project_limits(project_id)
@@ -195,25 +198,15 @@ class LimitsService:
                 log.warning("invalid limits stored for %s/%s; using defaults", project_id,
                             key_id)
                 plan, own = Limits(), Scope()
-        limits = Limits(plan.project, own.over(plan.key).over(self.defaults), plan.budget_usd,
-                        plan.max_requests, plan.max_tokens, plan.period)
-        # Read again after the awaits: concurrent first requests of a caller must end up
-        # with one Limits object, or each rebuilds the caller's template (and its prefetch).
-        hit = self._cache.get((project_id, key_id)) or hit
-        previous = hit[0] if hit is not None else None
-        if previous is not None and previous == limits:
-            limits = previous  # the same object: its template stays valid
-        if len(self._cache) > 100_000:
-            self._cache.clear()
-        self._cache[(project_id, key_id)] = (limits, time.monotonic() + self.cache_ttl_s)
-        return limits
+        return Limits(plan.project, own.over(plan.key).over(self.defaults), plan.budget_usd,
+                      plan.max_requests, plan.max_tokens, plan.period)
 
     def forget(self, project_id: str | None = None) -> None:
         """Drop cached limits (all, or one project's) after a plan change on this worker."""
         if project_id is None:
-            self._cache.clear()
+            self._limits.clear()
         else:
-            self._cache = {k: v for k, v in self._cache.items() if k[0] != project_id}
+            self._limits.forget_where(lambda caller: caller[0] == project_id)
         self._templates.clear()
 
     # -- admit ----------------------------------------------------------------------------

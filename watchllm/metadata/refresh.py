@@ -1,0 +1,129 @@
+"""A per-worker cache of metadata every request reads (keys, limits, project settings).
+
+Two things a plain TTL cache gets wrong under load:
+- **A herd at expiry.** When a hot entry expires, every request in flight misses at once
+  and each reads the store (50 concurrent clients: 50 reads of the same row, and a queue
+  on the one SQLite thread or the PostgreSQL pool). Here one load per key is in flight;
+  the others wait for it.
+- **A stall every TTL.** Even one read makes the requests behind it wait. Here a hot entry
+  is read again in the background once `refresh_at` of its TTL has passed, while the
+  cached value keeps being served, so a key in use never waits on the store.
+
+What stays the same: an answer is never served past its TTL (counted from when its read
+started), so a change made elsewhere is seen within the TTL. A reload that finds the same
+value keeps the cached object, so callers that compare by identity (the remembered-hit
+path, proxy/hot.py) stay valid. `forget` drops a key at once, and a read that started
+before it is not stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+log = logging.getLogger("watchllm.metadata")
+REFRESH_AT = 0.8  # of the TTL: a read in the last fifth of it starts a background reload
+# A waiter gives up on another request's read after this long and reads on its own: a
+# runtime that drops the work of a finished request (Cloudflare) cannot leave it waiting.
+SHARED_WAIT_S = 5.0
+
+
+class RefreshingCache(Generic[K, V]):
+    def __init__(self, load: Callable[[K], Awaitable[V]], ttl_s: float,
+                 ttl_of: Callable[[V], float] | None = None, max_size: int = 100_000) -> None:
+        self._load = load
+        self.ttl_s = ttl_s
+        self._ttl_of = ttl_of  # a per-value TTL (e.g. shorter for "no such key")
+        self.max_size = max_size
+        self._entries: dict[K, tuple[V, float, float]] = {}  # value, refresh at, expires at
+        self._loading: dict[K, asyncio.Task[V]] = {}
+        self._epoch = 0  # bumped by forget/clear: a read started before is not stored
+        self.loads = 0  # reads of the store started (tests, metrics)
+
+    def peek(self, key: K, default: V | None = None) -> V | None:
+        """The cached value while it is fresh, without I/O (`default` if none). Starts the
+        background reload when it is due."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return default
+        now = time.monotonic()
+        if now >= entry[1]:
+            if now >= entry[2]:
+                return default
+            if key not in self._loading:
+                self._start(key)
+        return entry[0]
+
+    def expires(self, key: K) -> float:
+        """When the cached value of `key` expires (time.monotonic()); 0.0 if none."""
+        entry = self._entries.get(key)
+        return entry[2] if entry is not None else 0.0
+
+    async def get(self, key: K) -> V:
+        entry = self._entries.get(key)
+        if entry is not None:
+            now = time.monotonic()
+            if now < entry[1]:
+                return entry[0]
+            if now < entry[2]:
+                if key not in self._loading:
+                    self._start(key)
+                return entry[0]
+        task = self._loading.get(key) or self._start(key)
+        try:
+            # Shielded: a waiter that is cancelled (its client left) does not cancel the
+            # read the others wait for.
+            return await asyncio.wait_for(asyncio.shield(task), SHARED_WAIT_S)
+        except TimeoutError:  # given up on: one new read, shared as the first was
+            if self._loading.get(key) is task:
+                del self._loading[key]
+            return await asyncio.shield(self._loading.get(key) or self._start(key))
+
+    def forget(self, key: K) -> None:
+        self._entries.pop(key, None)
+        self._loading.pop(key, None)
+        self._epoch += 1
+
+    def forget_where(self, match: Callable[[K], bool]) -> None:
+        self._entries = {k: v for k, v in self._entries.items() if not match(k)}
+        self._loading = {k: v for k, v in self._loading.items() if not match(k)}
+        self._epoch += 1
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._loading.clear()
+        self._epoch += 1
+
+    def _start(self, key: K) -> asyncio.Task[V]:
+        task = asyncio.get_running_loop().create_task(self._read(key, self._epoch))
+        self._loading[key] = task
+        task.add_done_callback(lambda t: self._done(key, t))
+        return task
+
+    def _done(self, key: K, task: asyncio.Task[V]) -> None:
+        if self._loading.get(key) is task:
+            del self._loading[key]
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # Nobody may be waiting (a background reload): the entry just expires.
+            log.warning("reading %r for the cache failed: %s", key, exc)
+
+    async def _read(self, key: K, epoch: int) -> V:
+        self.loads += 1
+        started = time.monotonic()
+        value = await self._load(key)
+        if epoch != self._epoch:
+            return value  # forgotten meanwhile: answer this caller, store nothing
+        old = self._entries.get(key)
+        if old is not None and old[0] == value:
+            value = old[0]  # the same answer: the same object
+        ttl = self.ttl_s if self._ttl_of is None else min(self._ttl_of(value), self.ttl_s)
+        if len(self._entries) >= self.max_size and key not in self._entries:
+            self._entries.clear()
+        self._entries[key] = (value, started + ttl * REFRESH_AT, started + ttl)
+        return value
