@@ -66,7 +66,8 @@ class Authenticator:
         # Key records by id, read again in the background before they expire (refresh.py):
         # concurrent requests of a key never queue on the store.
         self._keys: RefreshingCache[str, ApiKey | None] = RefreshingCache(
-            store.get_key, self.ttl, ttl_of=lambda record: self.ttl if record else _NEGATIVE_TTL_S)
+            store.get_key, self.ttl, "keys",
+            ttl_of=lambda record: self.ttl if record else _NEGATIVE_TTL_S)
         # token -> (principal, its record, valid until, reload from): a repeat caller skips
         # parsing and hashing. It lives no longer than the record it was checked against,
         # so revocation timing is the key cache's.

@@ -74,6 +74,9 @@ class _Metrics:
             "Rate capacity taken ahead on Redis: grants made, refused (near the limit or "
             "backend down), returned; denials that waited for other workers' grants.",
             ("event",), registry=r)
+        self.metadata_reads = prom.Counter(
+            "watchllm_metadata_reads", "Reads of the metadata store by the per-worker caches "
+            "(keys, limits, project settings, provider keys).", ("cache",), registry=r)
         self.queue_depth = prom.Gauge("watchllm_queue_depth", "Items waiting, summed over "
                                       "live workers.", ("queue",), registry=r,
                                       multiprocess_mode="livesum")
@@ -229,6 +232,11 @@ def limits_unavailable(mode: str) -> None:
 def limits_prefetch(event: str) -> None:
     if _m is not None:
         _child(_m.limits_prefetch, event).inc()
+
+
+def metadata_read(cache: str) -> None:
+    if _m is not None:
+        _child(_m.metadata_reads, cache).inc()
 
 
 def set_queue_depth(queue: str, depth: int) -> None:

@@ -134,6 +134,8 @@ def fixed_rate(url: str, seconds: int, body: Path | None, headers: dict[str, str
             "p50_ms": (lat.get("p50") or float("nan")) * 1000,
             "p90_ms": (lat.get("p90") or float("nan")) * 1000,
             "p99_ms": (lat.get("p99") or float("nan")) * 1000,
+            "p99.9_ms": (lat.get("p99.9") or float("nan")) * 1000,
+            "max_ms": (out["summary"].get("slowest") or float("nan")) * 1000,
             "non200": sum(n for c, n in codes.items() if c != "200")
             # requests still in flight when the run's time is up are not failures
             + sum(int(v) for k, v in out.get("errorDistribution", {}).items()

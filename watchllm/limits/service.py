@@ -153,7 +153,7 @@ class LimitsService:
         self.defaults = Scope(settings.default_rpm, settings.default_tpm,
                               settings.default_max_concurrent)
         self._limits: RefreshingCache[tuple[str, str], Limits] = RefreshingCache(
-            self._read_limits, settings.key_cache_ttl_s)
+            self._read_limits, settings.key_cache_ttl_s, "limits")
         self._periods: dict[str, tuple[str, int, int]] = {}  # period -> (id, valid from, end)
         self._templates: dict[tuple[str, str], _Template] = {}
         self._down_until = 0.0

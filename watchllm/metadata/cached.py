@@ -15,7 +15,7 @@ from watchllm.metadata.store import MetadataStore
 
 class ProjectSettingsCache(RefreshingCache[str, dict[str, Any]]):
     def __init__(self, store: MetadataStore, ttl_s: float) -> None:
-        super().__init__(self._settings, ttl_s)
+        super().__init__(self._settings, ttl_s, "project_settings")
         self.store = store
 
     async def _settings(self, project_id: str) -> dict[str, Any]:
@@ -30,7 +30,7 @@ class ProviderKeyCache(RefreshingCache[str, dict[str, str]]):
     is cached too, so the common case is one dict lookup."""
 
     def __init__(self, plans: Any, ttl_s: float) -> None:
-        super().__init__(self._keys, ttl_s)
+        super().__init__(self._keys, ttl_s, "provider_keys")
         self.plans = plans  # watchllm.metadata.plans.PlanStore
 
     async def _keys(self, project_id: str) -> dict[str, str]:

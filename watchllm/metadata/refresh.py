@@ -24,6 +24,8 @@ import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
+from watchllm import metrics
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
@@ -35,9 +37,10 @@ SHARED_WAIT_S = 5.0
 
 
 class RefreshingCache(Generic[K, V]):
-    def __init__(self, load: Callable[[K], Awaitable[V]], ttl_s: float,
+    def __init__(self, load: Callable[[K], Awaitable[V]], ttl_s: float, name: str = "",
                  ttl_of: Callable[[V], float] | None = None, max_size: int = 100_000) -> None:
         self._load = load
+        self.name = name  # the metric's label: watchllm_metadata_reads_total{cache}
         self.ttl_s = ttl_s
         self._ttl_of = ttl_of  # a per-value TTL (e.g. shorter for "no such key")
         self.max_size = max_size
@@ -115,6 +118,8 @@ class RefreshingCache(Generic[K, V]):
 
     async def _read(self, key: K, epoch: int) -> V:
         self.loads += 1
+        if self.name:
+            metrics.metadata_read(self.name)
         started = time.monotonic()
         value = await self._load(key)
         if epoch != self._epoch:
