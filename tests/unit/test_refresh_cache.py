@@ -129,9 +129,23 @@ async def test_a_lost_shared_read_is_not_waited_on_forever(monkeypatch: pytest.M
     cache: RefreshingCache[str, Any] = RefreshingCache(load, ttl_s=60)
     hung = asyncio.ensure_future(cache.get("k"))
     await asyncio.sleep(0)
-    assert await cache.get("k") == {"v": 1} and calls == 2
-    hung.cancel()
+    assert await cache.get("k") == {"v": 1} and calls == 2  # gave up after SHARED_WAIT_S
+    assert await hung == {"v": 1}  # the first waiter too, on the same new read
+    calls = 0
+    cache.forget("k")
+    cache._start("k")  # lost again, and older than SHARED_WAIT_S: not waited on at all
+    await asyncio.sleep(0.06)
+    t0 = time.monotonic()
+    assert await cache.get("k") == {"v": 1} and time.monotonic() - t0 < 0.04
     never.cancel()
+
+
+def test_peek_without_an_event_loop() -> None:
+    """A synchronous caller gets the value; the reload ahead waits for an async one."""
+    cache: RefreshingCache[str, Any] = RefreshingCache(Source().load, ttl_s=0.2)
+    asyncio.run(cache.get("k"))
+    time.sleep(0.2 * refresh.REFRESH_AT + 0.01)
+    assert cache.peek("k") == {"v": 1}
 
 
 class CountingStore(MetadataStore):

@@ -7,14 +7,17 @@ changing either gives clean misses, never a wrong hit.
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import TYPE_CHECKING, Protocol
 
 import orjson
 
+from watchllm.embeddings import LOCAL_MODEL
 from watchllm.errors import UpstreamError
 from watchllm.proxy.base import UpstreamCall
 
 if TYPE_CHECKING:
+    from watchllm.embeddings.local import LocalEmbedder
     from watchllm.proxy.router import ProviderRouter
 
 LOCAL_PREFIX = "local/"
@@ -27,16 +30,25 @@ class Embedder(Protocol):
 
 
 class LocalEmbedding:
-    """all-MiniLM-L6-v2 in-process (no paid API); CPU work runs off the event loop."""
+    """all-MiniLM-L6-v2 in-process (no paid API); CPU work runs off the event loop.
+    numpy and the model load on the first embedding (in that thread): a gateway whose
+    semantic cache is never used does not carry them (~25 MB and BLAS threads)."""
 
     def __init__(self) -> None:
-        from watchllm.embeddings.local import LocalEmbedder
-
-        self._model = LocalEmbedder()
-        self.name = f"{LOCAL_PREFIX}{self._model.name}"
+        self.name = f"{LOCAL_PREFIX}{LOCAL_MODEL}"
+        self._model: LocalEmbedder | None = None
+        self._lock = threading.Lock()
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
-        return await asyncio.to_thread(self._model.embed, texts)
+        return await asyncio.to_thread(self._embed, texts)
+
+    def _embed(self, texts: list[str]) -> list[list[float]]:
+        with self._lock:
+            if self._model is None:
+                from watchllm.embeddings.local import LocalEmbedder
+
+                self._model = LocalEmbedder()
+        return self._model.embed(texts)
 
 
 class ProviderEmbedding:

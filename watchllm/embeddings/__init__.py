@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from watchllm.embeddings.local import LocalEmbedder, ModelUnavailable
 
 __all__ = ["LocalEmbedder", "ModelUnavailable"]
+LOCAL_MODEL = "all-minilm-l6-v2"  # LocalEmbedder.name, known without importing numpy
 
 
 def __getattr__(name: str) -> Any:

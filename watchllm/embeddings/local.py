@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from watchllm.embeddings import LOCAL_MODEL
+
 __all__ = ["LocalEmbedder", "ModelUnavailable"]
 
 F32 = npt.NDArray[np.float32]
@@ -161,7 +163,7 @@ class _Model:
 class LocalEmbedder:
     """all-MiniLM-L6-v2 on the CPU. `embed` is synchronous and CPU bound."""
 
-    name = "all-minilm-l6-v2"
+    name = LOCAL_MODEL
     dim = _HIDDEN
 
     def __init__(self, zip_path: Path | None = None) -> None:

@@ -19,6 +19,7 @@ before it is not stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
@@ -31,9 +32,10 @@ V = TypeVar("V")
 
 log = logging.getLogger("watchllm.metadata")
 REFRESH_AT = 0.8  # of the TTL: a read in the last fifth of it starts a background reload
-# A waiter gives up on another request's read after this long and reads on its own: a
-# runtime that drops the work of a finished request (Cloudflare) cannot leave it waiting.
-SHARED_WAIT_S = 5.0
+# A read in flight this long is taken for lost and a new one starts (and a waiter gives up
+# on one after this long): a runtime that drops the work of a finished request (Cloudflare)
+# cannot leave later requests waiting on it.
+SHARED_WAIT_S = 2.0
 
 
 class RefreshingCache(Generic[K, V]):
@@ -45,7 +47,7 @@ class RefreshingCache(Generic[K, V]):
         self._ttl_of = ttl_of  # a per-value TTL (e.g. shorter for "no such key")
         self.max_size = max_size
         self._entries: dict[K, tuple[V, float, float]] = {}  # value, refresh at, expires at
-        self._loading: dict[K, asyncio.Task[V]] = {}
+        self._loading: dict[K, tuple[asyncio.Task[V], float]] = {}  # the read, its start
         self._epoch = 0  # bumped by forget/clear: a read started before is not stored
         self.loads = 0  # reads of the store started (tests, metrics)
 
@@ -60,7 +62,9 @@ class RefreshingCache(Generic[K, V]):
             if now >= entry[2]:
                 return default
             if key not in self._loading:
-                self._start(key)
+                # No event loop (a synchronous caller): no reload ahead.
+                with contextlib.suppress(RuntimeError):
+                    self._start(key)
         return entry[0]
 
     def expires(self, key: K) -> float:
@@ -78,15 +82,20 @@ class RefreshingCache(Generic[K, V]):
                 if key not in self._loading:
                     self._start(key)
                 return entry[0]
-        task = self._loading.get(key) or self._start(key)
+        task = self._shared(key)
         try:
             # Shielded: a waiter that is cancelled (its client left) does not cancel the
             # read the others wait for.
             return await asyncio.wait_for(asyncio.shield(task), SHARED_WAIT_S)
         except TimeoutError:  # given up on: one new read, shared as the first was
-            if self._loading.get(key) is task:
-                del self._loading[key]
-            return await asyncio.shield(self._loading.get(key) or self._start(key))
+            return await asyncio.shield(self._shared(key))
+
+    def _shared(self, key: K) -> asyncio.Task[V]:
+        """The read of `key` in flight, unless it is lost; else a new one."""
+        loading = self._loading.get(key)
+        if loading is not None and time.monotonic() - loading[1] < SHARED_WAIT_S:
+            return loading[0]
+        return self._start(key)
 
     def forget(self, key: K) -> None:
         self._entries.pop(key, None)
@@ -105,12 +114,13 @@ class RefreshingCache(Generic[K, V]):
 
     def _start(self, key: K) -> asyncio.Task[V]:
         task = asyncio.get_running_loop().create_task(self._read(key, self._epoch))
-        self._loading[key] = task
+        self._loading[key] = (task, time.monotonic())
         task.add_done_callback(lambda t: self._done(key, t))
         return task
 
     def _done(self, key: K, task: asyncio.Task[V]) -> None:
-        if self._loading.get(key) is task:
+        loading = self._loading.get(key)
+        if loading is not None and loading[0] is task:
             del self._loading[key]
         if not task.cancelled() and (exc := task.exception()) is not None:
             # Nobody may be waiting (a background reload): the entry just expires.
