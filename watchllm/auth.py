@@ -116,10 +116,12 @@ class Authenticator:
         old = self._tokens.get(token)
         principal = old[0] if old is not None and old[1] is record else \
             Principal(record.project_id, record.id, record.scopes, record.allowed_models)
+        if self.ttl <= 0 or self._keys.peek(record.id) is not record:
+            # Not cached (a TTL of 0), or a read that began before a change made here
+            # (a revoke): it answers this request, and is not kept.
+            return principal
         now = time.monotonic()
         valid_until = self._keys.expires(record.id)
-        if self.ttl <= 0 or valid_until <= now:  # not cached (a TTL of 0): checked each time
-            return principal
         if record.expires_at is not None:  # never trust the cache past the key's expiry
             valid_until = min(valid_until, now + (record.expires_at - now_ms()) / 1000)
         if len(self._tokens) >= _MAX_CACHED:

@@ -187,3 +187,67 @@ async def test_authenticator_one_read_per_key_and_revocation_within_ttl(tmp_path
         await asyncio.sleep(0.01)
     assert time.monotonic() - t0 <= 0.5 + 0.05  # within the TTL
     await db.close()
+
+
+async def test_a_replaced_read_never_stores_an_older_answer(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    monkeypatch.setattr(refresh, "SHARED_WAIT_S", 0.05)
+    release = asyncio.Event()
+    answers = iter([{"v": "old"}, {"v": "new"}])
+
+    async def load(key: str) -> Any:
+        answer = next(answers)
+        if answer["v"] == "old":
+            await release.wait()  # slow: given up on, then replaced
+        return answer
+
+    cache: RefreshingCache[str, Any] = RefreshingCache(load, ttl_s=60)
+    first = asyncio.ensure_future(cache.get("k"))
+    await asyncio.sleep(0.07)
+    assert await cache.get("k") == {"v": "new"}  # the replacement read
+    release.set()
+    await asyncio.sleep(0.01)  # the old read ends after the new one was stored
+    assert cache.peek("k") == {"v": "new"}
+    assert await first == {"v": "new"}  # its waiter moved to the replacement too
+
+
+async def test_a_ttl_of_0_reads_every_time() -> None:
+    src = Source()
+    cache: RefreshingCache[str, Any] = RefreshingCache(src.load, ttl_s=0)
+    await asyncio.gather(*(cache.get("k") for _ in range(5)))
+    assert src.reads == 5 and cache.peek("k") is None
+
+
+class SlowFirstRead(MetadataStore):
+    """get_key: the first read sees the store as it was, and returns only when released."""
+
+    release: asyncio.Event
+
+    async def get_key(self, key_id: str) -> Any:
+        if not hasattr(self, "release"):
+            self.release = asyncio.Event()
+            record = await super().get_key(key_id)
+            await self.release.wait()
+            return record
+        return await super().get_key(key_id)
+
+
+async def test_a_revoke_here_is_not_undone_by_a_read_begun_before_it(tmp_path: Path) -> None:
+    db = SqliteDatabase(tmp_path / "k.db")
+    await migrate(db)
+    store = SlowFirstRead(db)
+    project = await store.create_project("app")
+    record, key = await store.create_key(project.id, "ci", ("proxy",))
+    auth = Authenticator(store, load_settings({"WATCHLLM_KEY_CACHE_TTL": "5"}, None))
+    before = asyncio.ensure_future(auth.authenticate(key, "proxy"))  # reads the active key
+    await asyncio.sleep(0.01)
+    await store.revoke_key(record.id)  # through this worker: forgotten at once
+    auth.forget(record.id)
+    with pytest.raises(AuthenticationError, match="revoked"):
+        await auth.authenticate(key, "proxy")
+    store.release.set()
+    await before  # in flight before the revoke: answered with what it read...
+    with pytest.raises(AuthenticationError, match="revoked"):  # ...and not kept
+        await auth.authenticate(key, "proxy")
+    assert auth.cached(key) is None
+    await db.close()

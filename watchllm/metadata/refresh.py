@@ -3,17 +3,18 @@
 Two things a plain TTL cache gets wrong under load:
 - **A herd at expiry.** When a hot entry expires, every request in flight misses at once
   and each reads the store (50 concurrent clients: 50 reads of the same row, and a queue
-  on the one SQLite thread or the PostgreSQL pool). Here one load per key is in flight;
+  on the one SQLite thread or the PostgreSQL pool). Here one read per key is in flight;
   the others wait for it.
 - **A stall every TTL.** Even one read makes the requests behind it wait. Here a hot entry
-  is read again in the background once `refresh_at` of its TTL has passed, while the
+  is read again in the background once `REFRESH_AT` of its TTL has passed, while the
   cached value keeps being served, so a key in use never waits on the store.
 
 What stays the same: an answer is never served past its TTL (counted from when its read
-started), so a change made elsewhere is seen within the TTL. A reload that finds the same
-value keeps the cached object, so callers that compare by identity (the remembered-hit
-path, proxy/hot.py) stay valid. `forget` drops a key at once, and a read that started
-before it is not stored.
+started), so a change made elsewhere is seen within the TTL; a TTL of 0 reads every time.
+A reload that finds the same value keeps the cached object, so callers that compare by
+identity (the remembered-hit path, proxy/hot.py) stay valid. Only the read registered for
+a key stores its answer: `forget` (an admin change on this worker) unregisters the read in
+flight, and a read given up on is replaced, so neither can store an older answer.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from typing import Any, Generic, TypeVar
 
 from watchllm import metrics
 
@@ -32,24 +33,34 @@ V = TypeVar("V")
 
 log = logging.getLogger("watchllm.metadata")
 REFRESH_AT = 0.8  # of the TTL: a read in the last fifth of it starts a background reload
-# A read in flight this long is taken for lost and a new one starts (and a waiter gives up
-# on one after this long): a runtime that drops the work of a finished request (Cloudflare)
-# cannot leave later requests waiting on it.
+# A read in flight this long is taken for lost and replaced (and a waiter gives up on one
+# after this long): a runtime that drops a finished request's work cannot stall later ones.
 SHARED_WAIT_S = 2.0
+RETRY_S = 1.0  # after a failed background reload, the next one waits this long
+
+
+def _create_task(work: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
+    return asyncio.get_running_loop().create_task(work)
+
+
+# How a read runs in the background. The Cloudflare adapter sets its `wait_until`, which
+# keeps the request that started a reload alive until the reload ends.
+spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Future[Any]] = _create_task
 
 
 class RefreshingCache(Generic[K, V]):
     def __init__(self, load: Callable[[K], Awaitable[V]], ttl_s: float, name: str = "",
                  ttl_of: Callable[[V], float] | None = None, max_size: int = 100_000) -> None:
         self._load = load
-        self.name = name  # the metric's label: watchllm_metadata_reads_total{cache}
         self.ttl_s = ttl_s
+        self.name = name  # the metric's label: watchllm_metadata_reads_total{cache}
         self._ttl_of = ttl_of  # a per-value TTL (e.g. shorter for "no such key")
         self.max_size = max_size
         self._entries: dict[K, tuple[V, float, float]] = {}  # value, refresh at, expires at
-        self._loading: dict[K, tuple[asyncio.Task[V], float]] = {}  # the read, its start
-        self._epoch = 0  # bumped by forget/clear: a read started before is not stored
-        self.loads = 0  # reads of the store started (tests, metrics)
+        self._loading: dict[K, tuple[asyncio.Future[V], float]] = {}  # the read, its start
+        self._retry_at: dict[K, float] = {}  # background reloads that failed: not before
+        self._running: set[asyncio.Future[V]] = set()  # strong references to every read
+        self.loads = 0  # reads of the store started (tests)
 
     def peek(self, key: K, default: V | None = None) -> V | None:
         """The cached value while it is fresh, without I/O (`default` if none). Starts the
@@ -61,10 +72,7 @@ class RefreshingCache(Generic[K, V]):
         if now >= entry[1]:
             if now >= entry[2]:
                 return default
-            if key not in self._loading:
-                # No event loop (a synchronous caller): no reload ahead.
-                with contextlib.suppress(RuntimeError):
-                    self._start(key)
+            self._reload_ahead(key, now)
         return entry[0]
 
     def expires(self, key: K) -> float:
@@ -79,9 +87,11 @@ class RefreshingCache(Generic[K, V]):
             if now < entry[1]:
                 return entry[0]
             if now < entry[2]:
-                if key not in self._loading:
-                    self._start(key)
+                self._reload_ahead(key, now)
                 return entry[0]
+        if self.ttl_s <= 0:  # not cached: every caller reads
+            self.loads += 1
+            return await self._load(key)
         task = self._shared(key)
         try:
             # Shielded: a waiter that is cancelled (its client left) does not cancel the
@@ -90,50 +100,66 @@ class RefreshingCache(Generic[K, V]):
         except TimeoutError:  # given up on: one new read, shared as the first was
             return await asyncio.shield(self._shared(key))
 
-    def _shared(self, key: K) -> asyncio.Task[V]:
+    def forget(self, key: K) -> None:
+        self._entries.pop(key, None)
+        self._loading.pop(key, None)
+
+    def forget_where(self, match: Callable[[K], bool]) -> None:
+        self._entries = {k: v for k, v in self._entries.items() if not match(k)}
+        self._loading = {k: v for k, v in self._loading.items() if not match(k)}
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._loading.clear()
+
+    def _reload_ahead(self, key: K, now: float) -> None:
+        loading = self._loading.get(key)
+        if (loading is None or now - loading[1] >= SHARED_WAIT_S) \
+                and now >= self._retry_at.get(key, 0.0):
+            # No event loop (a synchronous caller): no reload ahead.
+            with contextlib.suppress(RuntimeError):
+                self._start(key, background=True)
+
+    def _shared(self, key: K) -> asyncio.Future[V]:
         """The read of `key` in flight, unless it is lost; else a new one."""
         loading = self._loading.get(key)
         if loading is not None and time.monotonic() - loading[1] < SHARED_WAIT_S:
             return loading[0]
         return self._start(key)
 
-    def forget(self, key: K) -> None:
-        self._entries.pop(key, None)
-        self._loading.pop(key, None)
-        self._epoch += 1
-
-    def forget_where(self, match: Callable[[K], bool]) -> None:
-        self._entries = {k: v for k, v in self._entries.items() if not match(k)}
-        self._loading = {k: v for k, v in self._loading.items() if not match(k)}
-        self._epoch += 1
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._loading.clear()
-        self._epoch += 1
-
-    def _start(self, key: K) -> asyncio.Task[V]:
-        task = asyncio.get_running_loop().create_task(self._read(key, self._epoch))
+    def _start(self, key: K, background: bool = False) -> asyncio.Future[V]:
+        asyncio.get_running_loop()  # RuntimeError without one, before the coroutine exists
+        holder: list[asyncio.Future[V]] = []
+        work = self._read(key, holder)
+        task = spawn(work) if background else _create_task(work)
+        holder.append(task)
         self._loading[key] = (task, time.monotonic())
-        task.add_done_callback(lambda t: self._done(key, t))
+        self._running.add(task)
+        task.add_done_callback(lambda t: self._done(key, t, background))
         return task
 
-    def _done(self, key: K, task: asyncio.Task[V]) -> None:
+    def _done(self, key: K, task: asyncio.Future[V], background: bool) -> None:
+        self._running.discard(task)
         loading = self._loading.get(key)
         if loading is not None and loading[0] is task:
             del self._loading[key]
         if not task.cancelled() and (exc := task.exception()) is not None:
             # Nobody may be waiting (a background reload): the entry just expires.
             log.warning("reading %r for the cache failed: %s", key, exc)
+            if background:
+                self._retry_at[key] = time.monotonic() + RETRY_S
+        else:
+            self._retry_at.pop(key, None)
 
-    async def _read(self, key: K, epoch: int) -> V:
+    async def _read(self, key: K, me: list[asyncio.Future[V]]) -> V:
         self.loads += 1
         if self.name:
             metrics.metadata_read(self.name)
         started = time.monotonic()
         value = await self._load(key)
-        if epoch != self._epoch:
-            return value  # forgotten meanwhile: answer this caller, store nothing
+        loading = self._loading.get(key)
+        if loading is None or loading[0] is not me[0]:
+            return value  # forgotten or replaced meanwhile: answer its waiters, store nothing
         old = self._entries.get(key)
         if old is not None and old[0] == value:
             value = old[0]  # the same answer: the same object

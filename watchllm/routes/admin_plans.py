@@ -130,6 +130,9 @@ async def project_item(gw: Gateway, req: Request, send: Send) -> None:
         for key_id in await store.delete_project(project_id):
             gw.auth.forget(key_id)
         _forget_limits(gw, project_id)
+        for cache in (getattr(gw, "projects", None), getattr(gw, "provider_keys", None)):
+            if cache is not None:
+                cache.forget(project_id)
         await send_json(send, 200, {"id": project_id, "object": "project", "deleted": True})
     else:
         raise _unknown(req)
@@ -137,8 +140,17 @@ async def project_item(gw: Gateway, req: Request, send: Send) -> None:
 
 async def _provider_keys(gw: Gateway, req: Request, send: Send, store: PlanStore,
                          project_id: str, rest: list[str]) -> None:
-    if req.method in ("POST", "DELETE") and hasattr(gw, "provider_keys"):
-        gw.provider_keys.forget(project_id)  # this worker applies it now; others within the TTL
+    try:
+        await _provider_keys_call(gw, req, send, store, project_id, rest)
+    finally:
+        if req.method in ("POST", "DELETE") and hasattr(gw, "provider_keys"):
+            # After the write: a read begun before it cannot store the old keys again.
+            # This worker applies the change now; others within the TTL.
+            gw.provider_keys.forget(project_id)
+
+
+async def _provider_keys_call(gw: Gateway, req: Request, send: Send, store: PlanStore,
+                              project_id: str, rest: list[str]) -> None:
     if not rest and req.method == "POST":
         _, data = await req.json_object(_LIMIT)
         record = await store.put_provider_key(project_id, _opt(data, "provider", str, ""),

@@ -49,8 +49,14 @@ def binding(js_env: Any, name: str) -> Any:
 async def build_env(js_env: Any, ctx: Any, settings: Settings) -> Env:
     """`ctx` is the first request's ExecutionContext (unused: each request binds its own
     through `context.current_ctx`); kept in the signature for symmetry with the entry."""
+    from watchllm.env.cloudflare.context import wait_until
     from watchllm.env.cloudflare.d1 import D1Database
     from watchllm.env.cloudflare.http_fetch import FetchHttpClient
+    from watchllm.metadata import refresh
+
+    # A metadata reload ahead of expiry outlives the request that started it: the runtime
+    # keeps that request alive until the reload ends.
+    refresh.spawn = wait_until
 
     db_binding = binding(js_env, "DB")
     if db_binding is None:
