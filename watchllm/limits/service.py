@@ -172,7 +172,11 @@ class LimitsService:
     def limits_now(self, project_id: str, key_id: str) -> Limits | None:
         """`limits_for` while its cached answer is fresh (None: await `limits_for`), without
         a coroutine: the per-request case."""
-        return self._limits.peek((project_id, key_id))
+        key = (project_id, key_id)
+        entry = self._limits.entries.get(key)  # peek() inlined while no reload is due
+        if entry is not None and time.monotonic() < entry[1]:
+            return entry[0]
+        return self._limits.peek(key)
 
     async def limits_for(self, project_id: str, key_id: str) -> Limits:
         """The caller's limits: plan + key override + defaults, cached `key_cache_ttl_s`

@@ -56,7 +56,9 @@ class RefreshingCache(Generic[K, V]):
         self.name = name  # the metric's label: watchllm_metadata_reads_total{cache}
         self._ttl_of = ttl_of  # a per-value TTL (e.g. shorter for "no such key")
         self.max_size = max_size
-        self._entries: dict[K, tuple[V, float, float]] = {}  # value, refresh at, expires at
+        # key -> (value, reload from, expires at): read directly by hot paths that cannot
+        # afford peek's call (LimitsService.limits_now); written only here.
+        self.entries: dict[K, tuple[V, float, float]] = {}
         self._loading: dict[K, tuple[asyncio.Future[V], float]] = {}  # the read, its start
         self._retry_at: dict[K, float] = {}  # background reloads that failed: not before
         self._running: set[asyncio.Future[V]] = set()  # strong references to every read
@@ -65,7 +67,7 @@ class RefreshingCache(Generic[K, V]):
     def peek(self, key: K, default: V | None = None) -> V | None:
         """The cached value while it is fresh, without I/O (`default` if none). Starts the
         background reload when it is due."""
-        entry = self._entries.get(key)
+        entry = self.entries.get(key)
         if entry is None:
             return default
         now = time.monotonic()
@@ -77,11 +79,11 @@ class RefreshingCache(Generic[K, V]):
 
     def expires(self, key: K) -> float:
         """When the cached value of `key` expires (time.monotonic()); 0.0 if none."""
-        entry = self._entries.get(key)
+        entry = self.entries.get(key)
         return entry[2] if entry is not None else 0.0
 
     async def get(self, key: K) -> V:
-        entry = self._entries.get(key)
+        entry = self.entries.get(key)
         if entry is not None:
             now = time.monotonic()
             if now < entry[1]:
@@ -101,15 +103,15 @@ class RefreshingCache(Generic[K, V]):
             return await asyncio.shield(self._shared(key))
 
     def forget(self, key: K) -> None:
-        self._entries.pop(key, None)
+        self.entries.pop(key, None)
         self._loading.pop(key, None)
 
     def forget_where(self, match: Callable[[K], bool]) -> None:
-        self._entries = {k: v for k, v in self._entries.items() if not match(k)}
+        self.entries = {k: v for k, v in self.entries.items() if not match(k)}
         self._loading = {k: v for k, v in self._loading.items() if not match(k)}
 
     def clear(self) -> None:
-        self._entries.clear()
+        self.entries.clear()
         self._loading.clear()
 
     def _reload_ahead(self, key: K, now: float) -> None:
@@ -160,11 +162,11 @@ class RefreshingCache(Generic[K, V]):
         loading = self._loading.get(key)
         if loading is None or loading[0] is not me[0]:
             return value  # forgotten or replaced meanwhile: answer its waiters, store nothing
-        old = self._entries.get(key)
+        old = self.entries.get(key)
         if old is not None and old[0] == value:
             value = old[0]  # the same answer: the same object
         ttl = self.ttl_s if self._ttl_of is None else min(self._ttl_of(value), self.ttl_s)
-        if len(self._entries) >= self.max_size and key not in self._entries:
-            self._entries.clear()
-        self._entries[key] = (value, started + ttl * REFRESH_AT, started + ttl)
+        if len(self.entries) >= self.max_size and key not in self.entries:
+            self.entries.clear()
+        self.entries[key] = (value, started + ttl * REFRESH_AT, started + ttl)
         return value
