@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from watchllm.errors import AuthenticationError, PermissionDeniedError
-from watchllm.metadata.refresh import REFRESH_AT, RefreshingCache
+from watchllm.metadata.refresh import RefreshingCache
 from watchllm.metadata.store import ApiKey, MetadataStore, now_ms, parse_key
 from watchllm.settings import Settings
 
@@ -74,16 +74,7 @@ class Authenticator:
         self._tokens: dict[str, tuple[Principal, ApiKey, float, float]] = {}
 
     async def authenticate(self, token: str | None, scope: str) -> Principal:
-        if token:
-            hit = self._tokens.get(token)
-            if hit is not None:
-                now = time.monotonic()
-                if hit[2] > now:
-                    if now >= hit[3]:
-                        self._keys.peek(hit[1].id)  # due: the record is read again meanwhile
-                    hit[0].require(scope)
-                    return hit[0]
-        principal = await self._authenticate(token)
+        principal = (self.cached(token) if token else None) or await self._authenticate(token)
         principal.require(scope)
         return principal
 
@@ -96,7 +87,7 @@ class Authenticator:
         if hit[2] <= now:
             return None
         if now >= hit[3]:
-            self._keys.peek(hit[1].id)
+            self._keys.peek(hit[1].id)  # due: the record is read again meanwhile
         return hit[0]
 
     async def _authenticate(self, token: str | None) -> Principal:
@@ -116,18 +107,18 @@ class Authenticator:
         old = self._tokens.get(token)
         principal = old[0] if old is not None and old[1] is record else \
             Principal(record.project_id, record.id, record.scopes, record.allowed_models)
-        if self.ttl <= 0 or self._keys.peek(record.id) is not record:
+        entry = self._keys.entries.get(record.id)
+        if entry is None or entry[0] is not record:
             # Not cached (a TTL of 0), or a read that began before a change made here
             # (a revoke): it answers this request, and is not kept.
             return principal
-        now = time.monotonic()
-        valid_until = self._keys.expires(record.id)
+        _, reload_at, valid_until = entry  # the token lives no longer than its record
         if record.expires_at is not None:  # never trust the cache past the key's expiry
-            valid_until = min(valid_until, now + (record.expires_at - now_ms()) / 1000)
+            valid_until = min(valid_until,
+                              time.monotonic() + (record.expires_at - now_ms()) / 1000)
         if len(self._tokens) >= _MAX_CACHED:
             self._tokens.clear()
-        self._tokens[token] = (principal, record, valid_until,
-                               valid_until - self.ttl * (1 - REFRESH_AT))
+        self._tokens[token] = (principal, record, valid_until, reload_at)
         return principal
 
     def forget(self, key_id: str) -> None:

@@ -16,7 +16,7 @@ from watchllm.errors import AuthenticationError
 from watchllm.metadata import refresh
 from watchllm.metadata.migrate import migrate
 from watchllm.metadata.refresh import RefreshingCache
-from watchllm.metadata.store import MetadataStore
+from watchllm.metadata.store import ApiKey, MetadataStore
 from watchllm.settings import load_settings
 
 
@@ -56,7 +56,7 @@ async def test_reload_ahead_serves_at_once_and_keeps_identity() -> None:
     assert all(s is first for s in same) and src.reads == 2  # one reload for all of them
     await asyncio.sleep(src.delay_s * 3)
     assert cache.peek("k") is first  # reloaded, unchanged: the same object
-    assert cache.expires("k") > time.monotonic() + 0.3  # and good for a new TTL
+    assert cache.entries["k"][2] > time.monotonic() + 0.3  # and good for a new TTL
     src.value = {"v": 2}
     await asyncio.sleep(0.5 * refresh.REFRESH_AT)
     assert cache.peek("k") is first  # due: starts the reload, still serves the old value
@@ -157,14 +157,21 @@ class CountingStore(MetadataStore):
         return await super().get_key(key_id)
 
 
-async def test_authenticator_one_read_per_key_and_revocation_within_ttl(tmp_path: Path
-                                                                        ) -> None:
+async def keyed(tmp_path: Path, store_type: type[MetadataStore], ttl: str
+                ) -> tuple[SqliteDatabase, Any, ApiKey, str, Authenticator]:
+    """A real SQLite store of `store_type` holding one key, and an Authenticator on it."""
     db = SqliteDatabase(tmp_path / "k.db")
     await migrate(db)
-    store = CountingStore(db)
+    store = store_type(db)
     project = await store.create_project("app")
     record, key = await store.create_key(project.id, "ci", ("proxy",))
-    auth = Authenticator(store, load_settings({"WATCHLLM_KEY_CACHE_TTL": "0.5"}, None))
+    auth = Authenticator(store, load_settings({"WATCHLLM_KEY_CACHE_TTL": ttl}, None))
+    return db, store, record, key, auth
+
+
+async def test_authenticator_one_read_per_key_and_revocation_within_ttl(tmp_path: Path
+                                                                        ) -> None:
+    db, store, record, key, auth = await keyed(tmp_path, CountingStore, "0.5")
     got = await asyncio.gather(*(auth.authenticate(key, "proxy") for _ in range(50)))
     assert store.reads == 1 and all(p is got[0] for p in got)
     # In the last fifth of the TTL the record is read again in the background: no waiting,
@@ -233,12 +240,7 @@ class SlowFirstRead(MetadataStore):
 
 
 async def test_a_revoke_here_is_not_undone_by_a_read_begun_before_it(tmp_path: Path) -> None:
-    db = SqliteDatabase(tmp_path / "k.db")
-    await migrate(db)
-    store = SlowFirstRead(db)
-    project = await store.create_project("app")
-    record, key = await store.create_key(project.id, "ci", ("proxy",))
-    auth = Authenticator(store, load_settings({"WATCHLLM_KEY_CACHE_TTL": "5"}, None))
+    db, store, record, key, auth = await keyed(tmp_path, SlowFirstRead, "5")
     before = asyncio.ensure_future(auth.authenticate(key, "proxy"))  # reads the active key
     await asyncio.sleep(0.01)
     await store.revoke_key(record.id)  # through this worker: forgotten at once

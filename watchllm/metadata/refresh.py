@@ -62,25 +62,19 @@ class RefreshingCache(Generic[K, V]):
         self._loading: dict[K, tuple[asyncio.Future[V], float]] = {}  # the read, its start
         self._retry_at: dict[K, float] = {}  # background reloads that failed: not before
         self._running: set[asyncio.Future[V]] = set()  # strong references to every read
-        self.loads = 0  # reads of the store started (tests)
 
-    def peek(self, key: K, default: V | None = None) -> V | None:
-        """The cached value while it is fresh, without I/O (`default` if none). Starts the
+    def peek(self, key: K) -> V | None:
+        """The cached value while it is fresh, without I/O (None if none). Starts the
         background reload when it is due."""
         entry = self.entries.get(key)
         if entry is None:
-            return default
+            return None
         now = time.monotonic()
         if now >= entry[1]:
             if now >= entry[2]:
-                return default
+                return None
             self._reload_ahead(key, now)
         return entry[0]
-
-    def expires(self, key: K) -> float:
-        """When the cached value of `key` expires (time.monotonic()); 0.0 if none."""
-        entry = self.entries.get(key)
-        return entry[2] if entry is not None else 0.0
 
     async def get(self, key: K) -> V:
         entry = self.entries.get(key)
@@ -92,8 +86,7 @@ class RefreshingCache(Generic[K, V]):
                 self._reload_ahead(key, now)
                 return entry[0]
         if self.ttl_s <= 0:  # not cached: every caller reads
-            self.loads += 1
-            return await self._load(key)
+            return await self._fetch(key)
         task = self._shared(key)
         try:
             # Shielded: a waiter that is cancelled (its client left) does not cancel the
@@ -153,12 +146,15 @@ class RefreshingCache(Generic[K, V]):
         else:
             self._retry_at.pop(key, None)
 
-    async def _read(self, key: K, me: list[asyncio.Future[V]]) -> V:
-        self.loads += 1
+    def _fetch(self, key: K) -> Awaitable[V]:
+        """One read of the store, counted."""
         if self.name:
             metrics.metadata_read(self.name)
+        return self._load(key)
+
+    async def _read(self, key: K, me: list[asyncio.Future[V]]) -> V:
         started = time.monotonic()
-        value = await self._load(key)
+        value = await self._fetch(key)
         loading = self._loading.get(key)
         if loading is None or loading[0] is not me[0]:
             return value  # forgotten or replaced meanwhile: answer its waiters, store nothing

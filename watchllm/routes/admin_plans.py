@@ -44,6 +44,16 @@ def _forget_limits(gw: Gateway, project_id: str | None = None) -> None:
         limits.forget(project_id)
 
 
+def _forget_cached(gw: Gateway, project_id: str, *caches: str) -> None:
+    """Drop a project from this worker's caches named (`projects`, `provider_keys`), after
+    the write: a read begun before it cannot store the old answer again. Other workers see
+    the change within the TTL."""
+    for name in caches:
+        cache = getattr(gw, name, None)
+        if cache is not None:
+            cache.forget(project_id)
+
+
 def _parts(req: Request, prefix: str) -> list[str]:
     parts = req.path.removeprefix(prefix).strip("/").split("/")
     if not parts[0]:
@@ -123,16 +133,13 @@ async def project_item(gw: Gateway, req: Request, send: Send) -> None:
             raise InvalidRequestError(f"unknown fields {unknown}", param=unknown[0])
         await store.update_project(project_id, data)
         _forget_limits(gw, project_id)
-        if getattr(gw, "projects", None) is not None:  # settings apply now on this worker
-            gw.projects.forget(project_id)
+        _forget_cached(gw, project_id, "projects")  # settings apply now on this worker
         await send_json(send, 200, await _project_view(gw, project_id))
     elif req.method == "DELETE":
         for key_id in await store.delete_project(project_id):
             gw.auth.forget(key_id)
         _forget_limits(gw, project_id)
-        for cache in (getattr(gw, "projects", None), getattr(gw, "provider_keys", None)):
-            if cache is not None:
-                cache.forget(project_id)
+        _forget_cached(gw, project_id, "projects", "provider_keys")
         await send_json(send, 200, {"id": project_id, "object": "project", "deleted": True})
     else:
         raise _unknown(req)
@@ -143,10 +150,8 @@ async def _provider_keys(gw: Gateway, req: Request, send: Send, store: PlanStore
     try:
         await _provider_keys_call(gw, req, send, store, project_id, rest)
     finally:
-        if req.method in ("POST", "DELETE") and hasattr(gw, "provider_keys"):
-            # After the write: a read begun before it cannot store the old keys again.
-            # This worker applies the change now; others within the TTL.
-            gw.provider_keys.forget(project_id)
+        if req.method in ("POST", "DELETE"):
+            _forget_cached(gw, project_id, "provider_keys")
 
 
 async def _provider_keys_call(gw: Gateway, req: Request, send: Send, store: PlanStore,
