@@ -30,11 +30,11 @@ BACKEND: Literal["rust", "python"] = "rust" if _impl.__name__ == "watchllm._core
 if TYPE_CHECKING:
     from ._core import (
         CoreError,
+        RateGrant,
         RatePlan,
+        RateTable,
         RowBinaryError,
         VectorIndex,
-        adjust_rates,
-        admit_rates,
         cache_key,
         context_key,
         count_chat_tokens,
@@ -46,9 +46,9 @@ if TYPE_CHECKING:
     )
 else:
     CoreError = _impl.CoreError
+    RateGrant = _impl.RateGrant
     RatePlan = _impl.RatePlan
-    adjust_rates = _impl.adjust_rates
-    admit_rates = _impl.admit_rates
+    RateTable = _impl.RateTable
     RowBinaryError = _impl.RowBinaryError
     VectorIndex = _impl.VectorIndex
     cache_key = _impl.cache_key
@@ -63,11 +63,11 @@ else:
 __all__ = [
     "BACKEND",
     "CoreError",
+    "RateGrant",
     "RatePlan",
+    "RateTable",
     "RowBinaryError",
     "VectorIndex",
-    "adjust_rates",
-    "admit_rates",
     "cache_key",
     "context_key",
     "count_chat_tokens",

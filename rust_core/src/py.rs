@@ -220,8 +220,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("RowBinaryError", py.get_type::<RowBinaryError>())?;
     m.add_class::<VectorIndex>()?;
     m.add_class::<rates::RatePlan>()?;
-    m.add_function(wrap_pyfunction!(rates::admit_rates, m)?)?;
-    m.add_function(wrap_pyfunction!(rates::adjust_rates, m)?)?;
+    m.add_class::<rates::RateTable>()?;
+    m.add_class::<rates::RateGrant>()?;
     m.add_function(wrap_pyfunction!(cache_key, m)?)?;
     m.add_function(wrap_pyfunction!(context_key, m)?)?;
     m.add_function(wrap_pyfunction!(embed_text, m)?)?;

@@ -13,11 +13,11 @@ from watchllm import _twins, core
 
 API = {
     "CoreError",
+    "RateGrant",
     "RatePlan",
+    "RateTable",
     "RowBinaryError",
     "VectorIndex",
-    "adjust_rates",
-    "admit_rates",
     "cache_key",
     "context_key",
     "count_chat_tokens",

@@ -1,9 +1,11 @@
-"""`admit_rates` / `adjust_rates`: the Rust extension and its twin decide, write and
-format alike (random plans, states, clocks and deltas; stale and re-planned buckets;
-resets from milliseconds to hours), and bad plans or states are refused alike."""
+"""`RateTable` (`admit`, `settle`, `adjust`, the mapping methods, `sweep`): the Rust
+extension and its twin decide, write and format alike (random plans, states, clocks,
+usages and deltas; stale and re-planned buckets; resets from milliseconds to hours), and
+bad plans or states are refused alike."""
 
 from __future__ import annotations
 
+import time
 from types import ModuleType
 from typing import Any
 
@@ -34,30 +36,77 @@ def plan(mod: ModuleType, rs: list[tuple[str, int, int, bool]]) -> Any:
 def test_twin_equals_rust(rust: ModuleType, twin: ModuleType, rs: Any, trace: Any,
                           tokens_first: int) -> None:
     plans = {m: plan(m, rs) for m in (rust, twin)}
-    states: dict[ModuleType, dict[str, tuple[int, int, int]]] = {rust: {}, twin: {}}
+    tables = {m: m.RateTable() for m in (rust, twin)}
     now = NOW0
-    for dt, tokens, delta in [(0, tokens_first, 0), *trace]:
+    for step, (dt, tokens, delta) in enumerate([(0, tokens_first, 0), *trace]):
         now += dt
-        answers = [m.admit_rates(states[m], plans[m], tokens, now) for m in (rust, twin)]
-        assert answers[0] == answers[1]
-        assert states[rust] == states[twin]
-        if answers[0] is not None:
-            for m in (rust, twin):
-                m.adjust_rates(states[m], plans[m], delta, now)
-            assert states[rust] == states[twin]
+        grants = [tables[m].admit(plans[m], tokens, now) for m in (rust, twin)]
+        assert (grants[0] is None) == (grants[1] is None)
+        assert tables[rust].to_dict() == tables[twin].to_dict()
+        assert len(tables[rust]) == len(tables[twin])
+        if grants[0] is None:
+            continue
+        assert grants[0].rate_headers == grants[1].rate_headers
+        assert grants[0].estimated_tokens == grants[1].estimated_tokens == tokens
+        for m, grant in zip((rust, twin), grants, strict=True):
+            if step % 2:  # a settle (once only), or an adjustment of the token rows
+                tables[m].settle(grant, tokens + delta, now)
+                tables[m].settle(grant, 0, now)
+                assert grant.settled
+            else:
+                tables[m].adjust(plans[m], delta, now)
+        assert tables[rust].to_dict() == tables[twin].to_dict()
 
 
 def test_a_stale_or_replanned_bucket(rust: ModuleType, twin: ModuleType) -> None:
     for mod in (rust, twin):
         p = plan(mod, [("a", 3, 60_000, False)])
         # used 2 of 3 under an old limit of 6 per minute (L0 = 6): the level is kept
-        rates = {"a": (NOW0 + 20_000, 0, 6)}
-        headers = mod.admit_rates(rates, p, 0, NOW0)
-        assert headers[:3] == [(b"la", b"3"), (b"ra", b"0"), (b"sa", b"1m0s")]
-        assert mod.admit_rates(rates, p, 0, NOW0) is None  # full: nothing written
-        assert rates["a"] == (NOW0 + 60_000, 0, 3)
-        stale = {"a": (NOW0 - 1, 0, 3)}
-        assert mod.admit_rates(stale, p, 0, NOW0)[1] == (b"ra", b"2")
+        rates = mod.RateTable()
+        rates["a"] = (NOW0 + 20_000, 0, 6)
+        grant = rates.admit(p, 0, NOW0)
+        assert grant.rate_headers[:3] == [(b"la", b"3"), (b"ra", b"0"), (b"sa", b"1m0s")]
+        assert rates.admit(p, 0, NOW0) is None  # full: nothing written
+        assert rates.get("a") == (NOW0 + 60_000, 0, 3)
+        stale = mod.RateTable()
+        stale["a"] = (NOW0 - 1, 0, 3)
+        assert stale.admit(p, 0, NOW0).rate_headers[1] == (b"ra", b"2")
+
+
+def test_settle_reconciles_the_token_rows_once(rust: ModuleType, twin: ModuleType) -> None:
+    for mod in (rust, twin):
+        p = plan(mod, [("r", 10, 60_000, False), ("t", 1_000, 60_000, True)])
+        rates = mod.RateTable()
+        grant = rates.admit(p, 100, NOW0)
+        assert (grant.estimated_tokens, grant.settled) == (100, False)
+        assert rates.get("t") == (NOW0 + 6_000, 0, 1_000)  # 100 of 1,000 per minute
+        rates.settle(grant, 250, NOW0)  # used 150 more than estimated
+        assert rates.get("t") == (NOW0 + 15_000, 0, 1_000)
+        assert rates.get("r") == (NOW0 + 6_000, 0, 10)  # requests are not reconciled
+        rates.settle(grant, 0, NOW0)  # settled already: no change
+        assert rates.get("t") == (NOW0 + 15_000, 0, 1_000)
+        refund = rates.admit(p, 700, NOW0)
+        rates.settle(refund, -5, NOW0)  # a negative usage counts as 0: all 700 back
+        assert rates.get("t") == (NOW0 + 15_000, 0, 1_000)
+
+
+def test_the_system_clock_is_used_without_now(rust: ModuleType, twin: ModuleType) -> None:
+    for mod in (rust, twin):
+        p = plan(mod, [("r", 10, 60_000, False)])
+        rates = mod.RateTable()
+        before = time.time_ns() // 1_000_000
+        assert rates.admit(p, 0) is not None
+        tat = rates.get("r")[0]
+        assert before + 6_000 <= tat <= time.time_ns() // 1_000_000 + 6_000
+
+
+def test_sweep_drops_only_full_buckets(rust: ModuleType, twin: ModuleType) -> None:
+    for mod in (rust, twin):
+        rates = mod.RateTable()
+        rates["old"] = (NOW0 - 1, 5, 3)
+        rates["live"] = (NOW0 + 1, 0, 3)
+        rates.sweep(NOW0)
+        assert rates.to_dict() == {"live": (NOW0 + 1, 0, 3)} and len(rates) == 1
 
 
 @pytest.mark.parametrize("bad", [
@@ -71,8 +120,21 @@ def test_bad_plans_are_refused(rust: ModuleType, twin: ModuleType, bad: Any) -> 
             bad(mod)
 
 
-def test_a_corrupt_state_is_refused(rust: ModuleType, twin: ModuleType) -> None:
+@pytest.mark.parametrize("state", [(1, 2), (1, -1, 3), (1, 0, 0), (1, 0, 1 << 63)])
+def test_a_corrupt_state_is_refused(rust: ModuleType, twin: ModuleType, state: Any) -> None:
     for mod in (rust, twin):
-        p = plan(mod, [("a", 3, 60_000, False)])
-        with pytest.raises((TypeError, ValueError)):
-            mod.admit_rates({"a": (1, 2)}, p, 0, NOW0)
+        rates = mod.RateTable()
+        with pytest.raises((TypeError, ValueError, OverflowError)):
+            rates["a"] = state
+        assert len(rates) == 0
+
+
+def test_out_of_range_numbers_are_refused(rust: ModuleType, twin: ModuleType) -> None:
+    for mod in (rust, twin):
+        p = plan(mod, [("a", 3, 60_000, True)])
+        rates = mod.RateTable()
+        with pytest.raises(OverflowError):
+            rates.admit(p, 1 << 63, NOW0)
+        grant = rates.admit(p, 1, NOW0)
+        with pytest.raises(OverflowError):
+            rates.settle(grant, 1 << 63, NOW0)

@@ -240,11 +240,11 @@ def test_adjust_writes_what_apply_writes() -> None:
                                              op.member) for op in checks]
         a.adjust(settle, now)
         b.apply_now(settle, now)
-        assert (a._rate, a._conc, a._quota) == (b._rate, b._conc, b._quota)
+        assert (a.rates.to_dict(), a._conc, a._quota) == (b.rates.to_dict(), b._conc, b._quota)
 
 
-def test_check_rates_decides_and_writes_what_apply_does() -> None:
-    """The in-process fast path (`check_rates` + `adjust_rates`, what LimitsService uses
+def test_rate_table_admit_decides_and_writes_what_apply_does() -> None:
+    """The in-process fast path (`rates.admit` + `rates.settle`, what LimitsService uses
     for rates-only callers) against `apply_now` + `adjust` on the same ops: every decision,
     every header value, every state, through denials, plan changes and refunds."""
     rng = random.Random(11)
@@ -259,7 +259,8 @@ def test_check_rates_decides_and_writes_what_apply_does() -> None:
         plan = core.RatePlan(rows, [(n, [i]) for i, n in enumerate(names)])
         tokens = rng.choice([0, 1, 7, 40, 120, 500])
         ops = [Op(RATE, k, lim, win, tokens if tok else 1) for k, lim, win, tok in rows]
-        got, want = fast.check_rates(plan, tokens, now), ref.apply_now(ops, now)
+        grant, want = fast.rates.admit(plan, tokens, now), ref.apply_now(ops, now)
+        got = None if grant is None else grant.rate_headers
         if want.allowed:
             assert got == [pair for n, op, r in zip(names, ops, want.results, strict=True)
                            for pair in ((n[0], b"%d" % op.limit), (n[1], b"%d" % r.remaining),
@@ -269,13 +270,15 @@ def test_check_rates_decides_and_writes_what_apply_does() -> None:
             # The service then decides again on the general path (and explains the 429).
             assert fast.apply_now(ops, now) == want
             denied += 1
-        assert fast._rate == ref._rate
-        if got is not None:
-            delta = rng.randint(-60, 200)
-            fast.adjust_rates(plan, delta, now)
-            ref.adjust([Op(RATE, k, lim, win, delta, ADJUST) for k, lim, win, tok in rows
+        assert fast.rates.to_dict() == ref.rates.to_dict()
+        if grant is not None:
+            used = rng.randint(0, 260)
+            fast.rates.settle(grant, used, now)
+            fast.rates.settle(grant, used, now)  # once only
+            assert grant.settled
+            ref.adjust([Op(RATE, k, lim, win, used - tokens, ADJUST) for k, lim, win, tok in rows
                         if tok], now)
-            assert fast._rate == ref._rate
+            assert fast.rates.to_dict() == ref.rates.to_dict()
     assert 500 < denied < 4500  # both branches were exercised
 
 
@@ -389,7 +392,7 @@ def test_prefetch_refunds_never_leave_the_bucket_looser_than_exact() -> None:
     key, limit, win = "wl:{x}:rpm", 600, 60_000
 
     def level(mem: MemoryLimiter, now: int) -> int:
-        state = mem._rate.get(key)
+        state = mem.rates.get(key)
         return (state[0] - now) * state[2] + state[1] if state and state[0] >= now else 0
 
     for _ in range(1500):

@@ -235,8 +235,8 @@ def test_redis_limiter_is_what_a_counters_adapter_delegates_to() -> None:
 
 
 async def test_in_process_fast_path_answers_as_the_general_path() -> None:
-    """Rates-only callers in process are admitted by `MemoryLimiter.check_rates` (one
-    `core.admit_rates` call) and settled by `settle_now`. A twin service forced onto the
+    """Rates-only callers in process are admitted by the rate table (one `RateTable.admit`
+    call, its `RateGrant` the admission) and settled by `settle_now`. A twin service forced onto the
     general path (ops, outcome, `_settle_local`) must give the same 429s, headers, state."""
     import random
 
@@ -247,7 +247,7 @@ async def test_in_process_fast_path_answers_as_the_general_path() -> None:
     fast = service(MemoryCounters(), clock, default_rpm=40, default_tpm=2_000)
     general = service(MemoryCounters(), clock, default_rpm=40, default_tpm=2_000)
     assert general._local is not None
-    general._local.check_rates = lambda plan, tokens, now_ms=None: None  # type: ignore[method-assign]
+    general.admit_now = lambda *args: None  # type: ignore[method-assign]
     limits = Limits(project=Scope(tpm=3_000), key=Scope(rpm=40, tpm=2_000))
     outcomes = {"admitted": 0, "denied": 0}
     for _ in range(3000):
@@ -264,7 +264,7 @@ async def test_in_process_fast_path_answers_as_the_general_path() -> None:
             await svc.settle(adm, tokens + random.Random(clock.t).randint(-5, 300), 0.0)
         assert answers[0] == answers[1]
         outcomes["denied" if isinstance(answers[0], tuple) else "admitted"] += 1
-        assert fast._local._rate == general._local._rate  # type: ignore[union-attr]
+        assert fast._local.rates.to_dict() == general._local.rates.to_dict()  # type: ignore[union-attr]
     assert min(outcomes.values()) > 300, outcomes
 
 

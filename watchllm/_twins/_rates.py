@@ -1,18 +1,23 @@
-"""Twin of `rust_core/src/py/rates.rs`: the in-process admission of rates-only callers.
+"""Twin of `rust_core/src/py/rates.rs`: the in-process rate limiter's states.
 
-GCRA CHECK of each of a plan's rate ops on the limiter's dict of states (key ->
-(tat_ms, remainder, L0)), all-or-nothing, and the `x-ratelimit-*` headers of the result;
-`adjust_rates` adds a token delta to the plan's token ops. The same arithmetic as
-`watchllm.limits.ops.rate()` (tests/limits/test_gcra.py, tests/core/test_rates.py).
+`RateTable` holds every GCRA bucket of the process (key -> (tat_ms, remainder, L0));
+`admit` checks each of a plan's rate ops, all-or-nothing, and returns a `RateGrant`
+with the `x-ratelimit-*` headers of the result; `settle` adds the grant's token delta
+to the plan's token ops. The same arithmetic as `watchllm.limits.ops.rate()`
+(tests/limits/test_gcra.py, tests/core/test_rates.py).
 """
 
 from __future__ import annotations
 
+import time
+
 from ._errors import CoreError
 
 _MAX_DEBT = 16
+_SWEEP_MS = 60_000
 _I64 = 1 << 63
 Headers = list[tuple[bytes, bytes]]
+State = tuple[int, int, int]
 
 
 class RatePlan:
@@ -31,21 +36,6 @@ class RatePlan:
         self.groups = [(names, list(idx)) for names, idx in groups]
 
 
-def _level(rates: dict[str, tuple[int, int, int]], key: str, now: int) -> int:
-    state = rates.get(key)
-    if state is None:
-        return 0
-    tat, rem, l0 = state  # a malformed state is an error, as in Rust
-    return (tat - now) * l0 + rem if tat >= now else 0
-
-
-def _store(rates: dict[str, tuple[int, int, int]], key: str, now: int, dn: int,
-           limit: int) -> None:
-    state = (now + dn // limit, dn % limit, limit)
-    if any(not -_I64 <= v < _I64 for v in state):
-        raise CoreError("rate state overflows")
-    rates[key] = state
-
 
 def duration(ms: int) -> str:
     if ms < 1000:
@@ -58,32 +48,109 @@ def duration(ms: int) -> str:
     return f"{minutes}m{seconds}" if minutes else seconds
 
 
-def admit_rates(rates: dict[str, tuple[int, int, int]], plan: RatePlan, tokens: int,
-                now_ms: int) -> Headers | None:
-    new = []
-    for key, limit, win, per_token, _ in plan.rows:
-        dn = _level(rates, key, now_ms) + (tokens if per_token else 1) * win
-        cap = win * limit
-        if dn > cap:
-            return None
-        new.append(((cap - dn) // win, -(-dn // limit), dn))
-    for (key, limit, _, _, _), (_, _, dn) in zip(plan.rows, new, strict=True):
-        _store(rates, key, now_ms, dn, limit)
-    headers: Headers = []
-    for names, idx in plan.groups:
-        i = idx[0]
-        for j in idx[1:]:
-            if new[j][0] < new[i][0]:
-                i = j
-        remaining, reset, _ = new[i]
-        headers += ((names[0], plan.rows[i][4]), (names[1], b"%d" % remaining),
-                    (names[2], duration(reset).encode()))
-    return headers
+
+def _int(value: int) -> int:
+    if not -_I64 <= value < _I64:
+        raise OverflowError("out of range for a 64-bit integer")
+    return value
 
 
-def adjust_rates(rates: dict[str, tuple[int, int, int]], plan: RatePlan, delta: int,
-                 now_ms: int) -> None:
-    for key, limit, win, per_token, _ in plan.rows:
-        if per_token:
-            dn = min(max(_level(rates, key, now_ms) + delta * win, 0), win * limit * _MAX_DEBT)
-            _store(rates, key, now_ms, dn, limit)
+class RateGrant:
+    """A request admitted by `RateTable.admit` (settled once by `RateTable.settle`)."""
+
+    __slots__ = ("_plan", "estimated_tokens", "rate_headers", "settled")
+
+    def __init__(self, rate_headers: Headers, estimated_tokens: int, plan: RatePlan) -> None:
+        self.rate_headers = rate_headers
+        self.estimated_tokens = estimated_tokens
+        self._plan = plan
+        self.settled = False
+
+
+class RateTable:
+    """Every rate bucket of the process (`MemoryLimiter._rate`)."""
+
+    __slots__ = ("_states", "_sweep_at")
+
+    def __init__(self) -> None:
+        self._states: dict[str, State] = {}
+        self._sweep_at = 0
+
+    def _level(self, key: str, now: int) -> int:
+        state = self._states.get(key)
+        if state is None:
+            return 0
+        tat, rem, l0 = state
+        return (tat - now) * l0 + rem if tat >= now else 0
+
+    def _put(self, key: str, now: int, dn: int, limit: int) -> None:
+        state = (now + dn // limit, dn % limit, limit)
+        if any(not -_I64 <= v < _I64 for v in state):
+            raise CoreError("rate state overflows")
+        self._states[key] = state
+
+    def _add_tokens(self, plan: RatePlan, delta: int, now: int) -> None:
+        for key, limit, win, per_token, _ in plan.rows:
+            if per_token:
+                dn = min(max(self._level(key, now) + delta * win, 0), win * limit * _MAX_DEBT)
+                self._put(key, now, dn, limit)
+
+    def admit(self, plan: RatePlan, tokens: int, now_ms: int | None = None) -> RateGrant | None:
+        tokens = _int(tokens)
+        now = time.time_ns() // 1_000_000 if now_ms is None else _int(now_ms)
+        new = []
+        for key, limit, win, per_token, _ in plan.rows:
+            dn = self._level(key, now) + (tokens if per_token else 1) * win
+            cap = win * limit
+            if dn > cap:
+                return None
+            new.append(((cap - dn) // win, -(-dn // limit), dn))
+        for (key, limit, _, _, _), (_, _, dn) in zip(plan.rows, new, strict=True):
+            self._put(key, now, dn, limit)
+        self.sweep_due(now)
+        headers: Headers = []
+        for names, idx in plan.groups:
+            i = idx[0]
+            for j in idx[1:]:
+                if new[j][0] < new[i][0]:
+                    i = j
+            remaining, reset, _ = new[i]
+            headers += ((names[0], plan.rows[i][4]), (names[1], b"%d" % remaining),
+                        (names[2], duration(reset).encode()))
+        return RateGrant(headers, tokens, plan)
+
+    def settle(self, grant: RateGrant, real_tokens: int, now_ms: int | None = None) -> None:
+        real_tokens = _int(real_tokens)
+        if grant.settled:
+            return
+        grant.settled = True
+        delta = max(real_tokens, 0) - grant.estimated_tokens
+        if delta:
+            now = time.time_ns() // 1_000_000 if now_ms is None else _int(now_ms)
+            self._add_tokens(grant._plan, delta, now)
+
+    def adjust(self, plan: RatePlan, delta: int, now_ms: int) -> None:
+        self._add_tokens(plan, _int(delta), _int(now_ms))
+
+    def get(self, key: str) -> State | None:
+        return self._states.get(key)
+
+    def __setitem__(self, key: str, state: State) -> None:
+        tat, rem, l0 = (_int(v) for v in state)
+        if l0 <= 0 or rem < 0:
+            raise CoreError("a rate state is (tat_ms, remainder >= 0, L0 > 0)")
+        self._states[key] = (tat, rem, l0)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def sweep(self, now_ms: int) -> None:
+        self._sweep_at = now_ms + _SWEEP_MS
+        self._states = {k: v for k, v in self._states.items() if v[0] >= now_ms}
+
+    def sweep_due(self, now_ms: int) -> None:
+        if now_ms >= self._sweep_at:
+            self.sweep(now_ms)
+
+    def to_dict(self) -> dict[str, State]:
+        return dict(self._states)

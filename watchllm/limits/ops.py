@@ -4,7 +4,7 @@ A request's checks (per-key and per-project rates, concurrency, quotas) go to th
 `Counters` seam as one batch. If any CHECK/PEEK op fails, nothing is written and the
 index of the first failing op is reported; otherwise every op's write is applied. This
 module is the reference semantics: `MemoryLimiter` below runs it in-process, and the Lua
-script in `watchllm/limits/redis.py` is a line-for-line port of `_rate`, `_conc`, `_quota`.
+script in `watchllm/limits/redis.py` is a line-for-line port of `rate`, `conc`, `_quota`.
 
 RATE (GCRA, the generic cell rate algorithm of ITU-T I.371, token-bucket equivalent)
     `limit` units per `window_ms`, burst capacity `limit`. State: the theoretical arrival
@@ -177,11 +177,13 @@ class MemoryLimiter:
     """The batch semantics on dicts: exact within one process (the embedded runtime)."""
 
     def __init__(self) -> None:
-        self._rate: dict[str, RateState] = {}
+        # Every rate bucket, in Rust (the twin on Pyodide): the in-process fast path
+        # (`rates.admit`, `rates.settle`) works on it without a Python object per bucket.
+        self.rates = core.RateTable()
         self._conc: dict[str, ConcState] = {}
         self._quota: dict[str, tuple[int, int]] = {}  # key -> (value, expires at ms)
         # key -> (charge count C, expires at ms, generation, refunded R), kept by `apply_now`
-        # only: the in-process fast path (`check_rates`, `adjust`) never takes prefetches. Read even
+        # only: the in-process fast path (`rates.admit`, `adjust`) never takes prefetches. Read even
         # past its expiry until `_sweep` drops it (longer than Redis keeps it: stricter).
         self._charged: dict[str, tuple[int, int, int, int]] = {}
         self._sweep_at = 0
@@ -194,8 +196,8 @@ class MemoryLimiter:
         # Synchronous: the batch is atomic with respect to every other coroutine.
         now = int(time.time() * 1000) if now_ms is None else now_ms
         results: list[OpResult] = []
-        writes: list[tuple[dict[str, Any], str, object]] = []
-        rates = self._rate
+        writes: list[tuple[Any, str, object]] = []  # (dict or RateTable, key, state)
+        rates = self.rates
         denied = -1
         for i, op in enumerate(ops):
             kind, mode = op.kind, op.mode
@@ -236,7 +238,7 @@ class MemoryLimiter:
                 c, gen, rf = self._count(op.key, now)
                 state = rates.get(op.key)
                 ok, res, new = rate(state, op, now)
-                store: dict[str, Any] = rates
+                store: Any = rates
                 if ok and new is not None:
                     if mode in (FORCE, ADJUST):  # what was added, after the clamp
                         d, dn = _level(state, now), _level(new, now)
@@ -274,6 +276,7 @@ class MemoryLimiter:
         if denied < 0:
             for store, key, new in writes:
                 store[key] = new
+        self.rates.sweep_due(now)  # on its own schedule: `rates.admit` sweeps it too
         if now >= self._sweep_at:
             self._sweep(now)
         return Outcome(denied < 0, denied, now, tuple(results))
@@ -283,28 +286,11 @@ class MemoryLimiter:
         held = self._charged.get(key)
         return (held[0], held[2], held[3]) if held is not None else (0, now, 0)
 
-    def check_rates(self, plan: core.RatePlan, tokens: int,
-                    now_ms: int | None = None) -> list[tuple[bytes, bytes]] | None:
-        """`apply_now` of a rates-only caller's RATE CHECK ops (each costing 1 or `tokens`),
-        without building ops and results: `core.admit_rates` checks and writes them in one
-        call and returns the response's x-ratelimit-* headers, or None when one is denied
-        (nothing written). The same decisions and writes as `apply_now`
-        (tests/limits/test_gcra.py)."""
-        now = int(time.time() * 1000) if now_ms is None else now_ms
-        headers = core.admit_rates(self._rate, plan, tokens, now)
-        if now >= self._sweep_at:
-            self._sweep(now)
-        return headers
-
-    def adjust_rates(self, plan: core.RatePlan, delta: int, now_ms: int) -> None:
-        """`adjust` of one RATE ADJUST op of `delta` per token op of `plan` (TPM)."""
-        core.adjust_rates(self._rate, plan, delta, now_ms)
-
     def adjust(self, ops: Sequence[Op], now_ms: int | None = None) -> None:
         """Apply ADJUST (and RELEASE) ops whose results nobody reads: the in-process settle.
         The same writes as `apply_now` (tests/limits/test_gcra.py), rate()'s ADJUST inlined."""
         now = int(time.time() * 1000) if now_ms is None else now_ms
-        rates = self._rate
+        rates = self.rates
         rest = []
         for op in ops:
             if op.kind == RATE and op.mode == ADJUST:
@@ -319,12 +305,12 @@ class MemoryLimiter:
             self.apply_now(rest, now)
 
     def _sweep(self, now: int) -> None:
-        """Drop state that no longer limits anything (full buckets, past periods)."""
+        """Drop state that no longer limits anything (charge counts, leases, past periods;
+        the rate table sweeps its own buckets)."""
         self._sweep_at = now + 60_000
-        self._rate = {k: v for k, v in self._rate.items() if v[0] >= now}
         self._charged = {k: v for k, v in self._charged.items() if v[1] > now}
         self._conc = {k: v for k, v in self._conc.items() if any(e > now for e in v.values())}
         self._quota = {k: v for k, v in self._quota.items() if v[1] > now}
 
     def __len__(self) -> int:
-        return len(self._rate) + len(self._conc) + len(self._quota)
+        return len(self.rates) + len(self._conc) + len(self._quota)

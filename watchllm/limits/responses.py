@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from watchllm import metrics
+from watchllm import core, metrics
 from watchllm.errors import RateLimitError
 from watchllm.limits.ops import NEVER, QUOTA, Outcome
 from watchllm.limits.reset import duration, duration_bytes
 
 if TYPE_CHECKING:
     from watchllm.limits.plan import Limits
-    from watchllm.limits.service import Admission
+    from watchllm.limits.service import Admission, Admitted
 
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -24,10 +24,11 @@ class QuotaExceededError(RateLimitError):
     default_code = "insufficient_quota"
 
 
-def headers(admission: Admission) -> RawHeaders:
+def headers(admission: Admitted) -> RawHeaders:
     """OpenAI's x-ratelimit-* for the tightest request and token limits (none if unlimited)."""
-    if admission.rate_headers is not None:  # admitted by check_rates: worked out there
+    if admission.rate_headers is not None:  # a RateGrant or a prefetch: worked out there
         return admission.rate_headers
+    assert not isinstance(admission, core.RateGrant)  # its headers are never None
     outcome = admission.outcome
     template = admission.plan
     if outcome is None or template is None:

@@ -63,6 +63,7 @@ from watchllm.settings import Settings
 log = logging.getLogger("watchllm.limits")
 _BREAKER_S = 1.0  # after a backend failure, skip it this long (no connect timeout per request)
 FLUSH_INTERVAL_S = 0.2  # deferred deltas reach the shared counters within this (+ 1 call)
+_MAX_TOKENS = 1 << 53  # a settled usage count is clamped to this (core's integers)
 _MICRO = 1_000_000  # budgets are counted in micro-USD: integers, exact in Lua
 _ONE, _TOKENS, _AT_LEAST_ONE = 0, 1, 2  # what an op costs per request
 _TOK, _USD = 1, 2  # what settle reconciles on an op
@@ -89,7 +90,7 @@ class _Template:
     header_groups: tuple[tuple[tuple[bytes, ...], tuple[int, ...]], ...]
     simple: bool  # rates only: admit copies `fixed` and fills in the token ops
     token_rows: tuple[tuple[int, str, int, int], ...]  # (index, key, limit, window) of tpm ops
-    rate_plan: core.RatePlan | None  # `simple`: the ops for MemoryLimiter.check_rates
+    rate_plan: core.RatePlan | None  # `simple`: the ops for RateTable.admit
     token_ops: tuple[Op, ...] = ()  # the tpm ops with cost 0: what settle_now adjusts
     prefetch: Any = None  # `simple`, shared counters: this caller's prefetch.Caller
 
@@ -113,9 +114,13 @@ class Admission:
     degraded: bool = False  # admitted without checking: the backend was down (fail open)
     settled: bool = field(default=False)
     plan: _Template | None = None
-    # Admitted in process by MemoryLimiter.check_rates, in place of ops and outcome: the
+    # Admitted from a prefetch (prefetch.py), in place of ops and outcome: the
     # x-ratelimit-* headers it worked out. Settled synchronously by `settle_now`.
     rate_headers: RawHeaders | None = None
+
+
+# What admit returns: in process, rates only, the rate table's grant; else an Admission.
+Admitted = Admission | core.RateGrant
 
 
 def _rates_of_0_as_1(doc: Any) -> Any:
@@ -215,7 +220,7 @@ class LimitsService:
 
     # -- admit ----------------------------------------------------------------------------
     async def admit(self, project_id: str, key_id: str, estimated_prompt_tokens: int = 0,
-                    limits: Limits | None = None, _asks: int = 3) -> Admission:
+                    limits: Limits | None = None, _asks: int = 3) -> Admitted:
         """Check and count one request; raises RateLimitError (429) when over a limit.
 
         The batch also carries the project's deferred settle deltas (applied first)."""
@@ -283,10 +288,12 @@ class LimitsService:
         return admission
 
     def admit_now(self, project_id: str, key_id: str, estimated_prompt_tokens: int,
-                  limits: Limits) -> Admission | None:
+                  limits: Limits) -> Admitted | None:
         """`admit` without a coroutine, when it can answer at once: counters in this process,
         a rates-only caller seen before with these limits, a request within them. None:
-        await `admit` (which also builds the caller's template and raises the 429)."""
+        await `admit` (which also builds the caller's template and raises the 429).
+        In process, the answer is the rate table's own `RateGrant` (no Python object per
+        bucket or per admission field)."""
         local = self._local
         template = self._templates.get((project_id, key_id))
         if template is None or template.limits is not limits or template.rate_plan is None:
@@ -301,13 +308,9 @@ class LimitsService:
                 return None
             return Admission(project_id, key_id, tokens, (), (), None, False, False, template,
                              headers)
-        clock = self.clock
-        now_ms = time.time_ns() // 1_000_000 if clock is None else int(clock() * 1000)
-        headers = local.check_rates(template.rate_plan, tokens, now_ms)
-        if headers is None:
-            return None  # over a limit: nothing was written; admit() explains it
-        return Admission(project_id, key_id, tokens, (), (), None, False, False, template,
-                         headers)
+        clock = self.clock  # None: the table reads the system clock itself
+        return local.rates.admit(template.rate_plan, tokens,
+                                 None if clock is None else int(clock() * 1000))
 
     def _template(self, project_id: str, key_id: str, limits: Limits) -> _Template:
         """Cached per (project, key) while the Limits object is the same: building key
@@ -440,14 +443,14 @@ class LimitsService:
         return None
 
     # -- settle ---------------------------------------------------------------------------
-    async def settle(self, admission: Admission, real_tokens: int, cost_usd: float) -> None:
+    async def settle(self, admission: Admitted, real_tokens: int, cost_usd: float) -> None:
         """Reconcile TPM and token quota to the real usage, add spend, release the slot.
 
         Deltas are deferred (the next admit or the flush timer applies them); a held
         concurrency lease is released at once, in one batch with the project's deltas.
         Never raises: it runs after the response. Idempotent per admission.
         """
-        if admission.rate_headers is not None:
+        if isinstance(admission, core.RateGrant) or admission.rate_headers is not None:
             self.settle_now(admission, int(real_tokens))
             return
         if admission.settled or admission.degraded or not admission.ops:
@@ -484,31 +487,33 @@ class LimitsService:
         if await self._apply([*carried.values(), *releases], now_ms, None) is None and carried:
             self._deferred.restore(project_id, carried)  # the lease expires on its own
 
-    def settle_now(self, admission: Admission, real_tokens: int) -> None:
-        """`settle` of an admission made by `check_rates` (in process, rates only: TPM
-        reconciliation written at once) or from a prefetch (shared counters: deferred like
-        `settle`'s). Synchronous: no coroutine per request.
+    def settle_now(self, admission: Admitted, real_tokens: int) -> None:
+        """`settle` of an admission made by `admit_now`: in process (a `RateGrant`: TPM
+        reconciliation written at once, by the table) or from a prefetch (shared counters:
+        deferred like `settle`'s). Synchronous: no coroutine per request.
         `real_tokens`: an int (usage counts are; `settle` converts for other callers)."""
-        if admission.settled:
+        # Clamped into core's integers; past 2^53 tokens the bucket's own clamp (16 full
+        # windows at most) gives the same state.
+        if real_tokens > _MAX_TOKENS:
+            real_tokens = _MAX_TOKENS
+        local = self._local
+        if local is not None:
+            if isinstance(admission, core.RateGrant):
+                clock = self.clock
+                local.rates.settle(admission, real_tokens,
+                                   None if clock is None else int(clock() * 1000))
+            return
+        if admission.settled or isinstance(admission, core.RateGrant):
             return
         admission.settled = True
-        # Clamped into core's integers; past ±2^53 tokens the bucket's own clamp (16 full
-        # windows at most) gives the same state.
         delta = (real_tokens if real_tokens > 0 else 0) - admission.estimated_tokens
-        if delta > 1 << 53:
-            delta = 1 << 53
         template = admission.plan
-        if delta and self._local is None and template is not None:
+        if delta and template is not None:
             # Prefetched: the reconciliation rides on the next round trip, as in `settle`.
             pending = self._deferred.of(admission.project_id)
             for op in template.token_ops:
                 add(pending, op, delta)
             self._deferred.done(admission.project_id)
-        elif delta and self._local is not None and template is not None \
-                and template.rate_plan is not None:
-            clock = self.clock
-            now_ms = time.time_ns() // 1_000_000 if clock is None else int(clock() * 1000)
-            self._local.adjust_rates(template.rate_plan, delta, now_ms)
 
     def _settle_local(self, ops: Sequence[Op], template: _Template, real_tokens: int,
                       cost_usd: float) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from watchllm.events.usage import Usage
-from watchllm.limits.service import Admission
+from watchllm.limits.service import Admitted
 
 MAX_LOGGED_BODY = 1 << 20  # prompt/response text kept per event; longer is cut and marked
 _HOST = os.uname().nodename if hasattr(os, "uname") else ""
@@ -43,7 +43,7 @@ class ProxyContext:
     prompt: str = ""
     response: str = ""
     user: str = ""
-    admission: Admission | None = None
+    admission: Admitted | None = None
     limit_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     counted: tuple[bytes, int] | None = None  # (body, its count_chat_tokens) from admission
     # A replayed request's event, minus the per-request fields (see proxy/hot.py).

@@ -27,6 +27,7 @@ from watchllm.http.asgi import (
     parse_object,
     send_body,
 )
+from watchllm.limits.service import Admission
 from watchllm.proxy.anthropic_translate import error_message
 from watchllm.proxy.base import FORWARDED_HEADERS, UpstreamCall, UpstreamResult
 from watchllm.proxy.context import ProxyContext
@@ -139,12 +140,14 @@ async def finish(gw: Gateway, ctx: ProxyContext) -> None:
     """After the answer: settle limits, record metrics, emit the request's event."""
     u = ctx.usage
     used = 0 if ctx.cache_status in _HITS else u.prompt + u.completion
-    if ctx.admission is not None and ctx.admission.rate_headers is not None:
-        # Admitted in process on rates only: settled here and now, no coroutine.
-        gw.limits.settle_now(ctx.admission, used)
-    elif ctx.admission is not None:
-        settle = gw.limits.settle(ctx.admission, used, ctx.cost_usd)
-        plan = ctx.admission.plan  # None only for an unlimited caller: no ops at all
+    admission = ctx.admission
+    if admission is not None and admission.rate_headers is not None:
+        # Admitted at once (rates only: in process, or from a prefetch): settled here and
+        # now, no coroutine.
+        gw.limits.settle_now(admission, used)
+    elif isinstance(admission, Admission):
+        settle = gw.limits.settle(admission, used, ctx.cost_usd)
+        plan = admission.plan  # None only for an unlimited caller: no ops at all
         if plan is not None and plan.has_conc:
             # A client that hangs up must not cancel the release of its concurrency slot
             # (the shield's task costs ~10 µs, so only when a slot is held).

@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from watchllm import core
 from watchllm.env.base import CountersUnavailable
 from watchllm.env.cloudflare._js import JsException, error_text, js_value, unwrap
 from watchllm.limits.ops import MemoryLimiter, Op, OpResult, Outcome
@@ -72,7 +73,7 @@ class LimiterState:
 
     def dump(self) -> str:
         lim = self.limiter
-        return json.dumps({"rate": lim._rate, "conc": lim._conc, "quota": lim._quota,
+        return json.dumps({"rate": lim.rates.to_dict(), "conc": lim._conc, "quota": lim._quota,
                            "charged": lim._charged, "counters": self.counters},
                           separators=(",", ":"))
 
@@ -81,7 +82,9 @@ class LimiterState:
             return
         data = json.loads(text)
         lim = self.limiter
-        lim._rate = {k: tuple(v) for k, v in data.get("rate", {}).items()}
+        lim.rates = core.RateTable()
+        for key, state in data.get("rate", {}).items():
+            lim.rates[key] = tuple(state)
         lim._conc = dict(data.get("conc", {}))
         lim._quota = {k: tuple(v) for k, v in data.get("quota", {}).items()}
         # A bucket's charge count must survive with its level, or a REFUND after a restart
