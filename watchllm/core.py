@@ -30,6 +30,7 @@ BACKEND: Literal["rust", "python"] = "rust" if _impl.__name__ == "watchllm._core
 if TYPE_CHECKING:
     from ._core import (
         CoreError,
+        HeldRates,
         RateGrant,
         RatePlan,
         RateTable,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     )
 else:
     CoreError = _impl.CoreError
+    HeldRates = _impl.HeldRates
     RateGrant = _impl.RateGrant
     RatePlan = _impl.RatePlan
     RateTable = _impl.RateTable
@@ -63,6 +65,7 @@ else:
 __all__ = [
     "BACKEND",
     "CoreError",
+    "HeldRates",
     "RateGrant",
     "RatePlan",
     "RateTable",

@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use std::borrow::Cow;
 
+mod held;
 mod rates;
 mod rowbinary;
 
@@ -222,6 +223,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<rates::RatePlan>()?;
     m.add_class::<rates::RateTable>()?;
     m.add_class::<rates::RateGrant>()?;
+    m.add_class::<held::HeldRates>()?;
     m.add_function(wrap_pyfunction!(cache_key, m)?)?;
     m.add_function(wrap_pyfunction!(context_key, m)?)?;
     m.add_function(wrap_pyfunction!(embed_text, m)?)?;

@@ -13,6 +13,7 @@ from watchllm import _twins, core
 
 API = {
     "CoreError",
+    "HeldRates",
     "RateGrant",
     "RatePlan",
     "RateTable",

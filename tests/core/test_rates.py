@@ -138,3 +138,65 @@ def test_out_of_range_numbers_are_refused(rust: ModuleType, twin: ModuleType) ->
         grant = rates.admit(p, 1, NOW0)
         with pytest.raises(OverflowError):
             rates.settle(grant, 1 << 63, NOW0)
+
+
+held_groups = st.lists(st.tuples(st.integers(0, 10**9), st.integers(0, 10**8), st.booleans(),
+                                 st.sampled_from([0.001, 0.06, 1.0, 60.0, 86.4])),
+                       min_size=1, max_size=2)
+takes = st.lists(st.tuples(st.integers(0, 300), st.sampled_from([0.0, 0.0001, 0.3, 2.0])),
+                 max_size=40)
+
+
+def held(mod: ModuleType, size: int, tokens: int, groups: Any, owner: object) -> Any:
+    spec = [((b"l%d" % i, b"%d" % base), b"r%d" % i, b"s%d" % i, base, reset, tok, mpu)
+            for i, (base, reset, tok, mpu) in enumerate(groups)]
+    return mod.HeldRates(size, tokens, 100.0, 5.0, spec, owner)
+
+
+@settings(max_examples=300, deadline=None)
+@given(size=st.integers(0, 50), tokens=st.integers(0, 5_000), groups=held_groups,
+       trace=takes)
+def test_held_rates_twin_equals_rust(rust: ModuleType, twin: ModuleType, size: int,
+                                     tokens: int, groups: Any, trace: Any) -> None:
+    """A prefetched grant admits, counts down and formats its headers alike; it refuses
+    when used up or past its time, and `low` asks for the next grant alike."""
+    owner = object()
+    grants = {m: held(m, size, tokens, groups, owner) for m in (rust, twin)}
+    now = 100.0
+    for cost, dt in trace:
+        now += dt
+        got = [grants[m].take(cost, now) for m in (rust, twin)]
+        assert (got[0] is None) == (got[1] is None)
+        if got[0] is not None:
+            assert got[0].rate_headers == got[1].rate_headers
+            assert got[0].estimated_tokens == got[1].estimated_tokens == cost
+            assert got[0].owner is got[1].owner is owner
+            assert [g.mark_settled() for g in got] == [True, True]
+            assert [g.mark_settled() for g in got] == [False, False]
+        assert [(g.req, g.tok, g.low(now)) for g in grants.values()] \
+            == [(grants[twin].req, grants[twin].tok, grants[twin].low(now))] * 2
+    assert grants[rust].drain() == grants[twin].drain()
+    assert [grants[m].take(0, 100.0) for m in (rust, twin)] == [None, None]  # drained
+
+
+def test_a_held_grant_counts_down_and_expires(rust: ModuleType, twin: ModuleType) -> None:
+    for mod in (rust, twin):
+        # requests: 500 left in the bucket after the grant, reset 1,200 ms, 60 ms a request
+        grant = held(mod, 3, 100, [(500, 1_200, False, 60.0)], None)
+        first = grant.take(10, 100.0)
+        assert first.rate_headers == [(b"l0", b"500"), (b"r0", b"502"), (b"s0", b"1.08s")]
+        assert (grant.req, grant.tok, grant.low(100.0)) == (2, 90, False)
+        assert grant.take(91, 100.0) is None  # more tokens than are left: nothing taken
+        assert grant.take(0, 100.5).rate_headers[2] == (b"s0", b"640ms")  # 500 ms later
+        assert grant.low(100.5)  # 1 of 3 left
+        assert grant.take(0, 105.0) is None  # past its time (5 s)
+        with pytest.raises(TypeError):  # a prefetch's grant is settled in Python
+            mod.RateTable().settle(first, 10, NOW0)
+
+
+def test_a_bad_held_grant_is_refused(rust: ModuleType, twin: ModuleType) -> None:
+    for mod in (rust, twin):
+        with pytest.raises(mod.CoreError):
+            mod.HeldRates(-1, 0, 0.0, 1.0, [], None)
+        with pytest.raises(mod.CoreError):
+            mod.HeldRates(1, 0, 0.0, float("nan"), [], None)

@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 
+from watchllm import core
 from watchllm.errors import RateLimitError
-from watchllm.limits import Admission, Limits, LimitsService, Scope
+from watchllm.limits import Limits, LimitsService, Scope
 from watchllm.limits.ops import FORCE, PEEK, RATE, Op
+from watchllm.limits.service import Admitted
 from watchllm.settings import Settings
 
 from .conftest import RedisCounters, lean_client, needs_redis
@@ -25,10 +27,10 @@ NOV_23_MS = NOV_23 * 1000
 
 
 async def _wave(svc: LimitsService, project: str, n: int, limits: Limits,
-                tokens: int = 10) -> list[Admission]:
+                tokens: int = 10) -> list[Admitted]:
     """n concurrent requests, then a short pause (a grant's round trip can land)."""
 
-    async def one() -> Admission | None:
+    async def one() -> Admitted | None:
         admission = svc.admit_now(project, "k", tokens, limits)
         try:
             return admission or await svc.admit(project, "k", tokens, limits)
@@ -55,10 +57,11 @@ async def test_many_requests_per_round_trip_and_exact_usage(redis_counters: Any,
     for _ in range(10):
         for admission in await _wave(svc, project, 15, plan, 40):
             n += 1
-            prefetched += admission.ops == ()  # admitted from the prefetch
             assert dict(svc.headers(admission))[b"x-ratelimit-limit-requests"] == b"2000"
-            if admission.rate_headers is not None:
+            if isinstance(admission, core.RateGrant):  # admitted from the prefetch
+                prefetched += 1
                 svc.settle_now(admission, 100)
+                svc.settle_now(admission, 100)  # once only
             else:
                 await svc.settle(admission, 100, 0.0)
     after = await _commandstats(redis_counters.admin)
@@ -91,7 +94,7 @@ async def test_two_workers_one_limit_exactly_with_uneven_load(project: str) -> N
     counts = [await worker(svc_b, 3, 10)]
     assert svc_b._prefetch is not None and svc_b._prefetch.granted > 0
     held = svc_b._templates[(project, "k")].prefetch.grant
-    assert held is not None and held.req > 0  # unused capacity B holds
+    assert held is not None and held.held.req > 0  # unused capacity B holds
     counts.append(await worker(svc_a, 40, 25))
     assert sum(counts) == 600, counts
     assert svc_a._prefetch is not None and svc_a._prefetch.granted > 0
@@ -114,7 +117,8 @@ async def test_prefetched_headers_count_down(project: str) -> None:
             h = dict(svc.headers(admission))
             assert h[b"x-ratelimit-limit-tokens"] == b"100000"
             assert h[b"x-ratelimit-reset-requests"].endswith(b"s")
-            seen.append((admission.ops == (), int(h[b"x-ratelimit-remaining-requests"])))
+            seen.append((isinstance(admission, core.RateGrant),
+                         int(h[b"x-ratelimit-remaining-requests"])))
     prefetched = [r for p, r in seen if p]
     assert len(prefetched) > 20
     assert all(x > y for x, y in itertools.pairwise(prefetched)), prefetched
@@ -129,7 +133,7 @@ async def test_off_with_a_prefetch_of_0(project: str) -> None:
     svc = LimitsService(counters, Settings(limits_prefetch_ms=0), clock=Clock())
     limits = Limits(key=Scope(rpm=10_000))
     for _ in range(5):
-        assert all(a.ops for a in await _wave(svc, project, 5, limits))
+        assert all(not isinstance(a, core.RateGrant) for a in await _wave(svc, project, 5, limits))
     assert svc._prefetch is None
     await counters.close()
 

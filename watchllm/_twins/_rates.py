@@ -37,6 +37,10 @@ class RatePlan:
 
 
 
+def _duration_bytes(ms: int) -> bytes:
+    return b"%dms" % ms if ms < 1000 else duration(ms).encode()
+
+
 def duration(ms: int) -> str:
     if ms < 1000:
         return f"{max(ms, 0)}ms"
@@ -56,15 +60,70 @@ def _int(value: int) -> int:
 
 
 class RateGrant:
-    """A request admitted by `RateTable.admit` (settled once by `RateTable.settle`)."""
+    """A request admitted by `RateTable.admit` (owner: its plan) or `HeldRates.take`
+    (owner: what the prefetch was given); settled once."""
 
-    __slots__ = ("_plan", "estimated_tokens", "rate_headers", "settled")
+    __slots__ = ("estimated_tokens", "owner", "rate_headers", "settled")
 
-    def __init__(self, rate_headers: Headers, estimated_tokens: int, plan: RatePlan) -> None:
+    def __init__(self, rate_headers: Headers, estimated_tokens: int, owner: object) -> None:
         self.rate_headers = rate_headers
         self.estimated_tokens = estimated_tokens
-        self._plan = plan
+        self.owner = owner
         self.settled = False
+
+    def mark_settled(self) -> bool:
+        first = not self.settled
+        self.settled = True
+        return first
+
+
+# A header group of a held grant: the limit's header as sent, the names of the two that
+# change, the tightest row's remaining and reset (ms) after the grant, whether it counts
+# tokens, its ms per unit.
+HeldGroup = tuple[tuple[bytes, bytes], bytes, bytes, int, int, bool, float]
+
+
+class HeldRates:
+    """What is left of one prefetched grant (`rust_core/src/py/held.rs`)."""
+
+    __slots__ = ("_groups", "_half_s", "_owner", "at", "req", "size", "tok", "tokens",
+                 "until")
+
+    def __init__(self, size: int, tokens: int, at: float, ttl_s: float,
+                 groups: list[HeldGroup], owner: object) -> None:
+        size, tokens = _int(size), _int(tokens)
+        if size < 0 or tokens < 0 or not ttl_s >= 0:
+            raise CoreError("a grant's size, tokens and ttl are non-negative")
+        self.req = self.size = size
+        self.tok = self.tokens = tokens
+        self.at, self.until, self._half_s = float(at), at + ttl_s, ttl_s / 2
+        self._groups = [(lim, rn, sn, _int(base), float(_int(reset)), bool(tok), float(mpu))
+                        for lim, rn, sn, base, reset, tok, mpu in groups]
+        self._owner = owner
+
+    def take(self, tokens: int, now: float) -> RateGrant | None:
+        tokens = _int(tokens)
+        if now >= self.until or self.req < 1 or self.tok < tokens or tokens < 0:
+            return None
+        req = self.req = self.req - 1
+        tok = self.tok = self.tok - tokens
+        elapsed = (now - self.at) * 1000
+        headers: Headers = []
+        for limit, remaining, reset, base, base_reset, in_tokens, ms_per_unit in self._groups:
+            left = tok if in_tokens else req
+            ms = int(base_reset - left * ms_per_unit - elapsed)
+            headers += (limit, (remaining, b"%d" % (base + left)),
+                        (reset, _duration_bytes(ms if ms > 0 else 0)))
+        return RateGrant(headers, tokens, self._owner)
+
+    def low(self, now: float) -> bool:
+        return self.req * 2 < self.size or self.tok * 2 < self.tokens \
+            or now + self._half_s > self.until
+
+    def drain(self) -> tuple[int, int]:
+        left = (self.req, self.tok)
+        self.req = self.tok = 0
+        return left
 
 
 class RateTable:
@@ -121,13 +180,15 @@ class RateTable:
 
     def settle(self, grant: RateGrant, real_tokens: int, now_ms: int | None = None) -> None:
         real_tokens = _int(real_tokens)
-        if grant.settled:
+        plan = grant.owner
+        if not isinstance(plan, RatePlan):
+            raise TypeError("a grant of a prefetch is not settled by a RateTable")
+        if not grant.mark_settled():
             return
-        grant.settled = True
         delta = max(real_tokens, 0) - grant.estimated_tokens
         if delta:
             now = time.time_ns() // 1_000_000 if now_ms is None else _int(now_ms)
-            self._add_tokens(grant._plan, delta, now)
+            self._add_tokens(plan, delta, now)
 
     def adjust(self, plan: RatePlan, delta: int, now_ms: int) -> None:
         self._add_tokens(plan, _int(delta), _int(now_ms))

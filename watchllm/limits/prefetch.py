@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from watchllm import metrics
+from watchllm import core, metrics
 from watchllm.limits.ops import (
     CHECK,
     CONC,
@@ -49,8 +49,6 @@ from watchllm.limits.ops import (
     OpResult,
     Outcome,
 )
-from watchllm.limits.reset import duration_bytes
-from watchllm.limits.responses import RawHeaders
 
 if TYPE_CHECKING:
     from watchllm.limits.service import _Template
@@ -81,13 +79,9 @@ _Group = tuple[tuple[bytes, bytes], bytes, bytes, int, int, bool, float]
 @dataclass(slots=True)
 class _Grant:
     member: str
-    req: int  # requests left
-    tok: int  # tokens left
-    until: float  # monotonic: used until then, then returned
-    at: float  # monotonic grant time
-    size: int  # requests granted
-    tokens: int  # tokens granted
-    groups: tuple[_Group, ...]
+    # What is left of it (requests, tokens; monotonic time it is usable until) and the
+    # per-request admission from it, in Rust (`core.HeldRates`; its twin on Pyodide).
+    held: core.HeldRates
     rows: tuple[tuple[int, str, int, int, int, int, str], ...]
     refunds: tuple[str, ...]  # per row: the REFUND op's member (ops.py)
     timer: asyncio.TimerHandle | None = None
@@ -120,36 +114,27 @@ class Prefetch:
         self._tasks: set[asyncio.Task[Any]] = set()  # grants and returns on their way
 
     # -- per request ----------------------------------------------------------------------
-    def take(self, template: _Template, project_id: str, tokens: int) -> RawHeaders | None:
-        """Admit one request of `tokens` from this worker's prefetch (headers), or None:
-        take the per-request path. Starts a new grant when this one runs low."""
-        caller = template.prefetch
+    def take(self, template: _Template, project_id: str,
+             tokens: int) -> core.RateGrant | None:
+        """Admit one request of `tokens` from this worker's prefetch (its grant carries the
+        x-ratelimit-* headers, counting the unused prefetch), or None: take the per-request
+        path. Starts a new grant when this one runs low."""
+        caller: _Caller | None = template.prefetch
         if caller is None:
             caller = template.prefetch = _Caller(project_id, tok_avg=float(tokens))
             if any(r[2] < (FLOOR + 1) * MIN_SIZE for r in template.rows):
                 caller.off_until = float("inf")  # too small a limit: never granted
         grant = caller.grant
         now = time.monotonic()
-        if grant is None or now >= grant.until or grant.req < 1 or grant.tok < tokens:
+        if grant is None or (got := grant.held.take(tokens, now)) is None:
             self.missed += 1
             self._refill(template, caller, now)
             return None
-        req = grant.req = grant.req - 1
-        tok = grant.tok = grant.tok - tokens
         # Half used, or half its time gone: the next grant is asked for now, so it lands
         # before this one runs out.
-        if (req * 2 < grant.size or tok * 2 < grant.tokens or now + self.half_s > grant.until) \
-                and not caller.busy:
+        if not caller.busy and grant.held.low(now):
             self._refill(template, caller, now)
-        # x-ratelimit-*: the tightest limit of each group, counting the unused prefetch.
-        out: RawHeaders = []
-        elapsed = (now - grant.at) * 1000
-        for limit, remaining, reset, base, base_reset, in_tokens, ms_per_unit in grant.groups:
-            left = tok if in_tokens else req
-            ms = int(base_reset - left * ms_per_unit - elapsed)
-            out += (limit, (remaining, b"%d" % (base + left)),
-                    (reset, duration_bytes(ms if ms > 0 else 0)))
-        return out
+        return got
 
     # -- grants and returns ---------------------------------------------------------------
     def _refill(self, template: _Template, caller: _Caller, now: float) -> None:
@@ -168,10 +153,11 @@ class Prefetch:
         try:
             old = caller.grant
             if old is not None:
-                if old.req * 2 < old.size:  # used most of it: grow
+                last = old.held
+                if last.req * 2 < last.size:  # used most of it: grow
                     caller.size = min(caller.size * 2, MAX_SIZE)
-                if (used := old.size - old.req) > 0:  # the average estimate sizes the tokens
-                    caller.tok_avg = (old.tokens - old.tok) / used
+                if (used := last.size - last.req) > 0:  # the average estimate sizes the tokens
+                    caller.tok_avg = (last.tokens - last.tok) / used
             size = caller.size
             tok = max(int(size * max(caller.tok_avg, 1.0) * 1.5), 1)
             member = self._names()
@@ -200,8 +186,9 @@ class Prefetch:
                 refunds.append(f"{outcome.now_ms}:{res.retry_ms}:"
                                f"{res.reset_ms * limit - n * window}:{gen.retry_ms}:"
                                f"{gen.reset_ms}")
-            grant = _Grant(member, size, tok, now + self.ttl_s, now, size, tok,
-                           _groups(template, outcome), template.rows, tuple(refunds))
+            held = core.HeldRates(size, tok, now, self.ttl_s, _groups(template, outcome),
+                                  template)  # a request's grant leads back to its template
+            grant = _Grant(member, held, template.rows, tuple(refunds))
             if self.closed:  # shut down while it was on its way: give it straight back
                 caller.grant = None
                 self._live[member] = (grant, caller)
@@ -221,7 +208,7 @@ class Prefetch:
     def _expire(self, grant: _Grant, caller: _Caller) -> None:
         if caller.grant is grant:
             caller.grant = None
-            if grant.req * 2 > caller.size:  # mostly unused: smaller next time
+            if grant.held.req * 2 > caller.size:  # mostly unused: smaller next time
                 caller.size = max(caller.size // 2, MIN_SIZE)
         self._return(grant, caller.project)
 
@@ -237,13 +224,13 @@ class Prefetch:
 
     async def _give_back(self, grant: _Grant, project_id: str) -> None:
         ops: list[Op] = []
+        req, tok = grant.held.drain()  # nothing more is taken from it
         for (_, key, limit, window, cost_kind, _, _), refund in zip(grant.rows, grant.refunds,
                                                                    strict=True):
-            left = grant.tok if cost_kind == _TOKENS else grant.req
+            left = tok if cost_kind == _TOKENS else req
             if left:  # only what is provably still in the bucket (ops.py, REFUND)
                 ops.append(Op(RATE, key, limit, window, -left, REFUND, refund))
             ops.append(Op(CONC, held_key(key), _HUGE, self.hold_ms, 0, RELEASE, grant.member))
-        grant.req = grant.tok = 0  # nothing more is taken from it
         metrics.limits_prefetch("returned")
         try:
             if await self.apply(ops, project_id) is None:

@@ -26,9 +26,8 @@ class QuotaExceededError(RateLimitError):
 
 def headers(admission: Admitted) -> RawHeaders:
     """OpenAI's x-ratelimit-* for the tightest request and token limits (none if unlimited)."""
-    if admission.rate_headers is not None:  # a RateGrant or a prefetch: worked out there
+    if isinstance(admission, core.RateGrant):  # admitted at once: worked out then
         return admission.rate_headers
-    assert not isinstance(admission, core.RateGrant)  # its headers are never None
     outcome = admission.outcome
     template = admission.plan
     if outcome is None or template is None:

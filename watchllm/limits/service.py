@@ -56,7 +56,6 @@ from watchllm.limits.plan import (
 )
 from watchllm.limits.prefetch import Prefetch
 from watchllm.limits.reset import duration
-from watchllm.limits.responses import RawHeaders
 from watchllm.metadata.refresh import RefreshingCache
 from watchllm.settings import Settings
 
@@ -114,9 +113,6 @@ class Admission:
     degraded: bool = False  # admitted without checking: the backend was down (fail open)
     settled: bool = field(default=False)
     plan: _Template | None = None
-    # Admitted from a prefetch (prefetch.py), in place of ops and outcome: the
-    # x-ratelimit-* headers it worked out. Settled synchronously by `settle_now`.
-    rate_headers: RawHeaders | None = None
 
 
 # What admit returns: in process, rates only, the rate table's grant; else an Admission.
@@ -303,11 +299,7 @@ class LimitsService:
         if local is None:  # shared counters: from this worker's prefetched capacity
             if self._prefetch is None:
                 return None
-            headers = self._prefetch.take(template, project_id, tokens)
-            if headers is None:
-                return None
-            return Admission(project_id, key_id, tokens, (), (), None, False, False, template,
-                             headers)
+            return self._prefetch.take(template, project_id, tokens)
         clock = self.clock  # None: the table reads the system clock itself
         return local.rates.admit(template.rate_plan, tokens,
                                  None if clock is None else int(clock() * 1000))
@@ -450,7 +442,7 @@ class LimitsService:
         concurrency lease is released at once, in one batch with the project's deltas.
         Never raises: it runs after the response. Idempotent per admission.
         """
-        if isinstance(admission, core.RateGrant) or admission.rate_headers is not None:
+        if isinstance(admission, core.RateGrant):
             self.settle_now(admission, int(real_tokens))
             return
         if admission.settled or admission.degraded or not admission.ops:
@@ -487,10 +479,10 @@ class LimitsService:
         if await self._apply([*carried.values(), *releases], now_ms, None) is None and carried:
             self._deferred.restore(project_id, carried)  # the lease expires on its own
 
-    def settle_now(self, admission: Admitted, real_tokens: int) -> None:
-        """`settle` of an admission made by `admit_now`: in process (a `RateGrant`: TPM
-        reconciliation written at once, by the table) or from a prefetch (shared counters:
-        deferred like `settle`'s). Synchronous: no coroutine per request.
+    def settle_now(self, admission: core.RateGrant, real_tokens: int) -> None:
+        """`settle` of an admission made by `admit_now`: in process (TPM reconciliation
+        written at once, by the rate table) or from a prefetch (shared counters: deferred
+        like `settle`'s). Synchronous: no coroutine per request. Once per admission.
         `real_tokens`: an int (usage counts are; `settle` converts for other callers)."""
         # Clamped into core's integers; past 2^53 tokens the bucket's own clamp (16 full
         # windows at most) gives the same state.
@@ -498,22 +490,21 @@ class LimitsService:
             real_tokens = _MAX_TOKENS
         local = self._local
         if local is not None:
-            if isinstance(admission, core.RateGrant):
-                clock = self.clock
-                local.rates.settle(admission, real_tokens,
-                                   None if clock is None else int(clock() * 1000))
+            clock = self.clock
+            local.rates.settle(admission, real_tokens,
+                               None if clock is None else int(clock() * 1000))
             return
-        if admission.settled or isinstance(admission, core.RateGrant):
+        if not admission.mark_settled():
             return
-        admission.settled = True
         delta = (real_tokens if real_tokens > 0 else 0) - admission.estimated_tokens
-        template = admission.plan
-        if delta and template is not None:
+        if delta:
             # Prefetched: the reconciliation rides on the next round trip, as in `settle`.
-            pending = self._deferred.of(admission.project_id)
+            template: _Template = admission.owner
+            project_id = template.prefetch.project
+            pending = self._deferred.of(project_id)
             for op in template.token_ops:
                 add(pending, op, delta)
-            self._deferred.done(admission.project_id)
+            self._deferred.done(project_id)
 
     def _settle_local(self, ops: Sequence[Op], template: _Template, real_tokens: int,
                       cost_usd: float) -> None:

@@ -27,7 +27,6 @@ from watchllm.http.asgi import (
     parse_object,
     send_body,
 )
-from watchllm.limits.service import Admission
 from watchllm.proxy.anthropic_translate import error_message
 from watchllm.proxy.base import FORWARDED_HEADERS, UpstreamCall, UpstreamResult
 from watchllm.proxy.context import ProxyContext
@@ -141,11 +140,11 @@ async def finish(gw: Gateway, ctx: ProxyContext) -> None:
     u = ctx.usage
     used = 0 if ctx.cache_status in _HITS else u.prompt + u.completion
     admission = ctx.admission
-    if admission is not None and admission.rate_headers is not None:
+    if isinstance(admission, core.RateGrant):
         # Admitted at once (rates only: in process, or from a prefetch): settled here and
         # now, no coroutine.
         gw.limits.settle_now(admission, used)
-    elif isinstance(admission, Admission):
+    elif admission is not None:
         settle = gw.limits.settle(admission, used, ctx.cost_usd)
         plan = admission.plan  # None only for an unlimited caller: no ops at all
         if plan is not None and plan.has_conc:

@@ -103,12 +103,12 @@ fn div_rem(a: i128, b: i128) -> (i128, i128) {
 }
 
 /// A decimal integer as Python bytes, without a String in between.
-fn int_bytes(py: Python<'_>, value: i128) -> Bound<'_, PyBytes> {
+pub(super) fn int_bytes(py: Python<'_>, value: i128) -> Bound<'_, PyBytes> {
     PyBytes::new(py, itoa::Buffer::new().format(value).as_bytes())
 }
 
 /// `duration` as Python bytes; under a second (nearly every reset) without formatting.
-fn duration_bytes(py: Python<'_>, ms: i128) -> Bound<'_, PyBytes> {
+pub(super) fn duration_bytes(py: Python<'_>, ms: i128) -> Bound<'_, PyBytes> {
     if ms >= 1000 {
         return PyBytes::new(py, duration(ms).as_bytes());
     }
@@ -173,14 +173,18 @@ impl State {
 
 /// A request admitted by `RateTable.admit`: its response headers, its token estimate, and
 /// whether `RateTable.settle` has reconciled it (once only).
+///
+/// Made in process by `RateTable.admit` (`owner`: its `RatePlan`) or from a prefetch by
+/// `HeldRates.take` (`owner`: what the caller gave the prefetch, settled in Python).
 #[pyclass(frozen, module = "watchllm._core")]
 pub struct RateGrant {
     #[pyo3(get)]
-    rate_headers: Py<PyList>,
+    pub(super) rate_headers: Py<PyList>,
     #[pyo3(get)]
-    estimated_tokens: i64,
-    plan: Py<RatePlan>,
-    settled: AtomicBool,
+    pub(super) estimated_tokens: i64,
+    #[pyo3(get)]
+    pub(super) owner: Py<PyAny>,
+    pub(super) settled: AtomicBool,
 }
 
 #[pymethods]
@@ -188,6 +192,11 @@ impl RateGrant {
     #[getter]
     fn settled(&self) -> bool {
         self.settled.load(Ordering::Relaxed)
+    }
+
+    /// Mark it settled: True the first time, False after (a settle runs once).
+    fn mark_settled(&self) -> bool {
+        !self.settled.swap(true, Ordering::Relaxed)
     }
 }
 
@@ -294,7 +303,7 @@ impl RateTable {
         Ok(Some(RateGrant {
             rate_headers: headers.unbind(),
             estimated_tokens: tokens,
-            plan: plan.clone().unbind(),
+            owner: plan.clone().into_any().unbind(),
             settled: AtomicBool::new(false),
         }))
     }
@@ -308,14 +317,16 @@ impl RateTable {
         real_tokens: i64,
         now_ms: Option<i64>,
     ) -> PyResult<()> {
+        let py = grant.py();
         let grant = grant.get();
+        let plan = grant.owner.bind(py).cast::<RatePlan>()?;
         if grant.settled.swap(true, Ordering::Relaxed) {
             return Ok(());
         }
         let delta = i128::from(real_tokens.max(0)) - i128::from(grant.estimated_tokens);
         if delta != 0 {
             let now = now_ms.map_or_else(epoch_ms, i128::from);
-            self.add_tokens(grant.plan.get(), delta, now)?;
+            self.add_tokens(plan.get(), delta, now)?;
         }
         Ok(())
     }
