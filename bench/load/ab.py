@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/load/ab.py '{"a": {"ENV": "1"}, "b": {}}' [--rounds 10]
         [--seconds 2] [--kind hit|passthrough|stream] [--events off|chdb|http] [--rate R]
+        [--replicas N] [--provider-headers]
 
 Each configuration is a gateway (one worker, core 0) in front of the fixed-answer mock
 (core 1); all run at once, and `hey -c 50` (core 1) drives them in turn for a short
@@ -53,12 +54,15 @@ def main() -> None:
                    "closed loop, hey -c 50)")
     p.add_argument("--replicas", type=int, default=1, help="gateway processes per "
                    "configuration, each measured every round")
+    p.add_argument("--provider-headers", action="store_true", help="the mock upstream "
+                   "sends OpenAI's headers with each answer (x-ratelimit-* among them)")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="watchllm-ab-"))
     body = tmp / "body.json"
     body.write_text(json.dumps({**BODY, "stream": True} if args.kind == "stream" else BODY))
     # The fixed-answer mock does not stream; the scripted one does (8 chunks).
-    upstream = start_mock_upstream(tmp, fixed=args.kind != "stream", cpu=1)
+    upstream = start_mock_upstream(tmp, fixed=args.kind != "stream", cpu=1,
+                                   provider_headers=args.provider_headers)
     base = {"OPENAI_BASE_URL": upstream.url + "/v1", "OPENAI_API_KEY": "sk-bench",
             "WATCHLLM_ADMIN_KEY": "bench-admin", "WATCHLLM_LOG_LEVEL": "warning",
             **({"WATCHLLM_CLICKHOUSE_URL": "off"} if args.events == "off" else {})}

@@ -19,7 +19,7 @@ ADMIN = "admin-test-key"
 
 @pytest.fixture(scope="session")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_mock_upstream(tmp_path_factory.mktemp("mock"))
+    server = start_mock_upstream(tmp_path_factory.mktemp("mock"), provider_headers=True)
     yield server
     server.stop()
 

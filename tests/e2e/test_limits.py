@@ -29,9 +29,12 @@ def test_rpm_429_in_openai_shape_with_headers(limited: Server) -> None:
                           headers={"authorization": f"Bearer {key}"}) for _ in range(7)]
     assert [r.status_code for r in results] == [200] * 5 + [429] * 2
     ok, denied = results[0], results[5]
-    assert ok.headers["x-ratelimit-limit-requests"] == "5"
-    assert ok.headers["x-ratelimit-remaining-requests"] == "4"
-    assert ok.headers["x-ratelimit-limit-tokens"] == "100000"
+    # WatchLLM's limits in place of the provider's (the mock sends OpenAI's own set too)
+    assert ok.headers.get_list("x-ratelimit-limit-requests") == ["5"]
+    assert ok.headers.get_list("x-ratelimit-remaining-requests") == ["4"]
+    assert ok.headers.get_list("x-ratelimit-limit-tokens") == ["100000"]
+    assert len(ok.headers.get_list("x-ratelimit-reset-tokens")) == 1
+    assert ok.headers["openai-processing-ms"] == "312"  # the rest of the provider's kept
     assert float(denied.headers["retry-after"]) > 0
     assert denied.headers["x-ratelimit-remaining-requests"] == "0"
     assert denied.json()["error"]["type"] == "rate_limit_error"

@@ -105,6 +105,20 @@ def test_request_id_is_echoed(client: openai.OpenAI) -> None:
     assert raw.headers["x-request-id"] == "my-trace-123"
 
 
+def test_provider_headers_reach_an_unlimited_caller(client: openai.OpenAI) -> None:
+    """Without WatchLLM limits, the provider's own x-ratelimit-* and processing time reach
+    the client as sent (the mock sends OpenAI's set), and its request id is kept apart."""
+    for stream in (False, True):
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": f"provider {stream}"}],
+            stream=stream)
+        assert raw.headers.get_list("x-ratelimit-limit-requests") == ["10000"]
+        assert raw.headers.get_list("x-ratelimit-remaining-tokens") == ["29999980"]
+        assert raw.headers["openai-processing-ms"] == "312"
+        assert raw.headers["x-upstream-request-id"].startswith("req_")
+        assert raw.headers["x-request-id"] != raw.headers["x-upstream-request-id"]
+
+
 def test_client_disconnect_cancels_upstream(gateway: Server, api_key: str,
                                             upstream: Server) -> None:
     assert_disconnect_cancels_upstream(gateway, api_key, upstream)

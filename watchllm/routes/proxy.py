@@ -52,11 +52,14 @@ _REQUIRED: dict[str, tuple[str, tuple[type, ...]]] = {
     "embeddings": ("input", (str, list)),
     "responses": ("input", (str, list)),
 }
-_KEPT_UPSTREAM = frozenset((
-    "retry-after", "retry-after-ms", "openai-processing-ms", "openai-version",
-    "openai-organization", "x-ratelimit-limit-requests", "x-ratelimit-limit-tokens",
-    "x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens",
-    "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"))
+_PROVIDER_RATE_HEADERS = frozenset((
+    "x-ratelimit-limit-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-requests",
+    "x-ratelimit-remaining-tokens", "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"))
+_KEPT_UPSTREAM = frozenset(("retry-after", "retry-after-ms", "openai-processing-ms",
+                            "openai-version", "openai-organization", *_PROVIDER_RATE_HEADERS))
+# A caller under WatchLLM's limits gets WatchLLM's x-ratelimit-* in place of the provider's
+# (both would be the same header names twice: clients read "5, 9999").
+_KEPT_UPSTREAM_LIMITED = _KEPT_UPSTREAM - _PROVIDER_RATE_HEADERS
 
 
 def validate(endpoint: str, data: dict[str, Any]) -> tuple[str, bool]:
@@ -102,10 +105,12 @@ def response_headers(ctx: ProxyContext, upstream: dict[str, str]) -> RawHeaders:
         headers.append((b"x-watchllm-upstream-ms", f"{ctx.upstream_s * 1000:.2f}".encode()))
     if ctx.cache_status != "NONE":
         headers.append((b"x-watchllm-cache", ctx.cache_status.encode()))
+    kept = _KEPT_UPSTREAM
     if ctx.limit_headers:
         headers += ctx.limit_headers
+        kept = _KEPT_UPSTREAM_LIMITED
     for name, value in upstream.items():  # a handful of headers: cheaper than probing 11 names
-        if name in _KEPT_UPSTREAM:
+        if name in kept:
             headers.append((name.encode(), value.encode("latin-1", "replace")))
         elif name == "x-request-id":
             headers.append((b"x-upstream-request-id", value.encode("latin-1", "replace")))

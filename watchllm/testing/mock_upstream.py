@@ -7,6 +7,10 @@ It answers exactly like the in-process `mock` provider, counts what it receives
 follows the `mock` script object in request bodies (status, retry_after, latency_ms,
 chunk_delay_ms, chunks, content, tool_call, fail_first + fail_key). `--fixed` answers every
 chat request with one precomputed body: the cheapest possible upstream, for benchmarks.
+`--provider-headers`: its answers carry the headers OpenAI's API sends with every one (a
+request id, its processing time and its own `x-ratelimit-*` limits; fixed values here), so
+the gateway forwards what it would in front of the real provider. The tests run it so;
+benches choose (their featureless yardsticks forward no headers).
 """
 
 from __future__ import annotations
@@ -25,12 +29,22 @@ from watchllm.http.asgi import Receive, Request, Scope, Send, send_body
 from watchllm.proxy import mock, sse
 
 _JSON = [(b"content-type", b"application/json")]
+# What OpenAI sends with every completion (the values are the provider's, not ours).
+_OPENAI = [(b"x-request-id", b"req_0f3e9c1d2b4a5e6f7a8b9c0d1e2f3a4b"),
+           (b"openai-processing-ms", b"312"), (b"openai-version", b"2020-10-01"),
+           (b"x-ratelimit-limit-requests", b"10000"), (b"x-ratelimit-limit-tokens", b"30000000"),
+           (b"x-ratelimit-remaining-requests", b"9999"),
+           (b"x-ratelimit-remaining-tokens", b"29999980"),
+           (b"x-ratelimit-reset-requests", b"6ms"), (b"x-ratelimit-reset-tokens", b"0s")]
 _SSE = [(b"content-type", b"text/event-stream")]
 
 
 class MockUpstream:
-    def __init__(self, fixed: bool = False) -> None:
+    def __init__(self, fixed: bool = False, provider_headers: bool = False) -> None:
         self.fixed = fixed
+        self.provider_headers = provider_headers
+        self._answer = _JSON + _OPENAI if provider_headers else _JSON
+        self._sse = _SSE + _OPENAI if provider_headers else _SSE
         self.requests: Counter[str] = Counter()
         self.cancelled = 0
         self.completed_streams = 0
@@ -55,13 +69,13 @@ class MockUpstream:
         if self.fixed and req.path == "/v1/chat/completions":
             await req.body(1 << 24)
             self.requests[req.path] += 1
-            await send_body(send, 200, self._fixed_body, _JSON)
+            await send_body(send, 200, self._fixed_body, self._answer)
             return
         if req.path == "/_mock/stats":
             await send_body(send, 200, orjson.dumps(self.stats()), _JSON)
             return
         if req.path == "/_mock/reset":
-            self.__init__(self.fixed)  # type: ignore[misc]
+            self.__init__(self.fixed, self.provider_headers)  # type: ignore[misc]
             await send_body(send, 200, b"{}", _JSON)
             return
         if req.path == "/v1/models":
@@ -90,7 +104,7 @@ class MockUpstream:
             await self._stream(events, float(script.get("chunk_delay_ms", 0)) / 1000, receive,
                                send)
             return
-        await send_body(send, 200, orjson.dumps(mock.BODIES[endpoint](data)), _JSON)
+        await send_body(send, 200, orjson.dumps(mock.BODIES[endpoint](data)), self._answer)
 
     async def _scripted_failure(self, data: dict[str, Any], send: Send) -> bool:
         script = data.get("mock") if isinstance(data.get("mock"), dict) else None
@@ -119,7 +133,7 @@ class MockUpstream:
 
         watcher = asyncio.ensure_future(watch())
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": _SSE})
+            await send({"type": "http.response.start", "status": 200, "headers": self._sse})
             for event in events:
                 await send({"type": "http.response.body", "body": event, "more_body": True})
                 if delay:
@@ -195,7 +209,8 @@ def _forced_tool(data: dict[str, Any]) -> dict[str, Any] | None:
     return {"name": tool["name"], "arguments": orjson.dumps({p: "mock" for p in props}).decode()}
 
 
-app = MockUpstream(fixed=os.environ.get("WATCHLLM_MOCK_FIXED") == "1")
+app = MockUpstream(fixed=os.environ.get("WATCHLLM_MOCK_FIXED") == "1",
+                   provider_headers=os.environ.get("WATCHLLM_MOCK_PROVIDER_HEADERS") == "1")
 
 
 def main() -> None:
@@ -206,9 +221,12 @@ def main() -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9999)
     p.add_argument("--fixed", action="store_true")
+    p.add_argument("--provider-headers", action="store_true")
     args = p.parse_args()
     if args.fixed:
         os.environ["WATCHLLM_MOCK_FIXED"] = "1"
+    if args.provider_headers:
+        os.environ["WATCHLLM_MOCK_PROVIDER_HEADERS"] = "1"
     Granian("watchllm.testing.mock_upstream:app", address=args.host, port=args.port,
             interface=Interfaces.ASGI, loop=Loops.uvloop, runtime_mode=RuntimeModes.st,
             log_access=False, log_level="warning").serve()  # type: ignore[arg-type]

@@ -69,11 +69,13 @@ def start(args: list[str], env: Mapping[str, str], port: int, log: Path,
     return Server(proc, port, log)
 
 
-def start_mock_upstream(log_dir: Path, fixed: bool = False, cpu: int | None = None) -> Server:
+def start_mock_upstream(log_dir: Path, fixed: bool = False, cpu: int | None = None,
+                        provider_headers: bool = False) -> Server:
     port = free_port()
     args = ["-m", "watchllm.testing.mock_upstream", "--port", str(port)]
-    return start(args + (["--fixed"] if fixed else []), {}, port, log_dir / f"mock-{port}.log",
-                 "/_mock/stats", cpu)
+    args += ["--fixed"] if fixed else []
+    args += ["--provider-headers"] if provider_headers else []
+    return start(args, {}, port, log_dir / f"mock-{port}.log", "/_mock/stats", cpu)
 
 
 def start_gateway(data_dir: Path, env: Mapping[str, str], cpu: int | None = None,
