@@ -242,3 +242,31 @@ async def test_gateway_shutdown_loses_no_delta(private_redis: int, tmp_path: Pat
     ms, _rem, limit, *_ = (int(x) for x in text.split(":"))
     used_ms = ms - int(time.time() * 1000)  # time until the bucket is full again
     assert abs(used_ms * limit // 60_000 - usage["total_tokens"]) <= 1
+
+
+async def test_add_each_sums_like_add() -> None:
+    """A prefetched settle's one-call `add_each` leaves what `of` + `add` + `done` would,
+    and an all-zero project leaves no entry behind."""
+    from watchllm.limits.deferred import DeferredDeltas, add
+
+    async def apply(ops: list[Op]) -> bool:
+        return True
+
+    ops = (Op(RATE, "k:tpm", 100, 60_000, 0), Op(RATE, "p:tpm", 500, 60_000, 0))
+    one, each = DeferredDeltas(apply, 60), DeferredDeltas(apply, 60)
+    for delta, limit in ((7, 100), (-3, 100), (40, 200)):
+        now = tuple(Op(op.kind, op.key, limit, op.window_ms, 0) for op in ops)
+        each.add_each("p", now, delta)
+        pending = one.of("p")
+        for op in now:
+            add(pending, op, delta)
+        one.done("p")
+    got = each.take("p")
+    assert got == one.take("p")
+    assert got is not None
+    assert {k: (op.cost, op.limit) for k, op in got.items()} == {"k:tpm": (44, 200),
+                                                                  "p:tpm": (44, 200)}
+    each.add_each("q", (), 5)
+    assert not each and each.count() == 0
+    await one.close()
+    await each.close()

@@ -60,6 +60,24 @@ class DeferredDeltas:
         elif self._timer is None:
             self._schedule()
 
+    def add_each(self, project_id: str, ops: tuple[Op, ...], delta: int) -> None:
+        """`of`, `add(op, delta)` for each op, `done`, in one call: a prefetched request's
+        settle (the same delta on each token op), once per request."""
+        pending = self._pending.get(project_id)
+        if pending is None:
+            pending = self._pending[project_id] = {}
+        for op in ops:
+            have = pending.get(op.key)
+            if have is None:
+                pending[op.key] = Op(op.kind, op.key, op.limit, op.window_ms, delta, ADJUST)
+            else:
+                have.cost += delta
+                have.limit = op.limit
+        if not pending:
+            del self._pending[project_id]
+        elif self._timer is None:
+            self._schedule()
+
     def take(self, project_id: str) -> Pending | None:
         """The project's deltas, removed: the caller's batch carries them (or restores)."""
         return self._pending.pop(project_id, None) if self._pending else None

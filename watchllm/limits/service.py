@@ -500,11 +500,7 @@ class LimitsService:
         if delta:
             # Prefetched: the reconciliation rides on the next round trip, as in `settle`.
             template: _Template = admission.owner
-            project_id = template.prefetch.project
-            pending = self._deferred.of(project_id)
-            for op in template.token_ops:
-                add(pending, op, delta)
-            self._deferred.done(project_id)
+            self._deferred.add_each(template.prefetch.project, template.token_ops, delta)
 
     def _settle_local(self, ops: Sequence[Op], template: _Template, real_tokens: int,
                       cost_usd: float) -> None:
