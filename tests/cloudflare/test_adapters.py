@@ -128,6 +128,26 @@ async def test_durable_object_counters_shard_by_project_and_survive_eviction() -
     assert list(ns.objects) == ["id:proj_1"]
 
 
+def test_limiter_state_round_trips_and_drops_an_unreadable_bucket() -> None:
+    """The object's stored state loads back bucket for bucket; one unreadable bucket (a
+    hand edit, an older format) restarts empty instead of failing the object."""
+    import json
+
+    from watchllm.env.cloudflare.limiter import LimiterState
+
+    state = LimiterState()
+    state.limiter.rates["wl:{p}:rpm"] = (2_000, 5, 60)
+    state.limiter.rates["wl:{p}:tpm"] = (3_000, 0, 1_000)
+    stored = json.loads(state.dump())
+    again = LimiterState()
+    again.load(json.dumps(stored))
+    assert again.limiter.rates.to_dict() == state.limiter.rates.to_dict()
+    stored["rate"]["wl:{p}:tpm"] = [3_000, 0]  # unreadable
+    again = LimiterState()
+    again.load(json.dumps(stored))
+    assert again.limiter.rates.to_dict() == {"wl:{p}:rpm": (2_000, 5, 60)}
+
+
 async def test_a_refund_after_eviction_still_sees_what_others_charged() -> None:
     """The charge count C is stored with the bucket: after an eviction, a prefetch's
     REFUND gives back only what is still its own (ops.py, REFUND)."""

@@ -18,6 +18,7 @@ storage after every change, so limits survive eviction and restarts.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +28,7 @@ from watchllm.env.base import CountersUnavailable
 from watchllm.env.cloudflare._js import JsException, error_text, js_value, unwrap
 from watchllm.limits.ops import MemoryLimiter, Op, OpResult, Outcome
 
+log = logging.getLogger("watchllm.limits")
 _OP_FIELDS = ("kind", "key", "limit", "window_ms", "cost", "mode", "member")
 
 
@@ -84,7 +86,10 @@ class LimiterState:
         lim = self.limiter
         lim.rates = core.RateTable()
         for key, state in data.get("rate", {}).items():
-            lim.rates[key] = tuple(state)
+            try:
+                lim.rates[key] = tuple(state)
+            except (TypeError, ValueError, OverflowError):  # unreadable: the bucket restarts
+                log.warning("limiter state: dropped an unreadable rate bucket %r", key)
         lim._conc = dict(data.get("conc", {}))
         lim._quota = {k: tuple(v) for k, v in data.get("quota", {}).items()}
         # A bucket's charge count must survive with its level, or a REFUND after a restart
