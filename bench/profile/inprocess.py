@@ -1,13 +1,14 @@
 """Drive the ASGI app in-process (no server, no sockets) to profile our own per-request cost.
 
     .venv/bin/python bench/profile/inprocess.py [hit|miss|http|stream] [N] [CONC] \
-        [--uvloop] [--profile] [--limits] [--self-hosted]
+        [--uvloop] [--profile] [--opcodes] [--limits] [--self-hosted]
 
 `miss` uses the in-process mock provider with caching off, `http` a real mock upstream
 over loopback (the lean HTTP client included; the upstream's own CPU is not counted),
 `stream` the same upstream streaming its answer as SSE (cache off), `hit` a cached answer.
 Prints
-microseconds per request of pure application work.
+microseconds per request of pure application work. `--opcodes` instead counts the Python
+bytecodes each function runs per request (sys.settrace; exact, and slow: use N ~ 50).
 """
 
 from __future__ import annotations
@@ -80,6 +81,21 @@ async def main(kind: str, n: int, profile: bool, concurrency: int) -> None:
     for _ in range(200):
         await gw(scope, make_receive(), send)
     assert sent[0]["status"] == 200, sent[:2]
+    counts: dict[str, int] = {}
+    if "--opcodes" in sys.argv:
+        def trace(frame: Any, event: str, arg: Any) -> Any:
+            frame.f_trace_opcodes = True
+            code = frame.f_code
+            name = f"{Path(code.co_filename).name}:{code.co_firstlineno} {code.co_name}"
+
+            def step(frame: Any, event: str, arg: Any) -> Any:
+                if event == "opcode":
+                    counts[name] = counts.get(name, 0) + 1
+                return step
+            return step
+        sys.settrace(trace)
+        threading_settrace = None  # the loop runs in this thread only
+        del threading_settrace
     prof = cProfile.Profile() if profile else None
     if prof:
         prof.enable()
@@ -92,6 +108,13 @@ async def main(kind: str, n: int, profile: bool, concurrency: int) -> None:
 
     await asyncio.gather(*(worker(n // concurrency) for _ in range(concurrency)))
     elapsed = time.process_time() - start
+    if counts:
+        sys.settrace(None)
+        total = sum(counts.values())
+        print(f"{total / n:.0f} bytecodes per request; by function:")
+        for name, c in sorted(counts.items(), key=lambda kv: -kv[1])[:int(os.environ.get(
+                "NSTATS", "40"))]:
+            print(f"{c / n:8.1f}  {name}")
     if prof:
         prof.disable()
         rows = int(os.environ.get("NSTATS", "25"))  # how many functions --profile prints

@@ -19,6 +19,7 @@ docs/limits.md.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -91,6 +92,8 @@ class _Template:
     token_rows: tuple[tuple[int, str, int, int], ...]  # (index, key, limit, window) of tpm ops
     rate_plan: core.RatePlan | None  # `simple`: the ops for RateTable.admit
     token_ops: tuple[Op, ...] = ()  # the tpm ops with cost 0: what settle_now adjusts
+    # `simple`, in process: `rates.admit` with this plan bound (admit_now's one call)
+    admit_rates: Callable[..., core.RateGrant | None] | None = None
     prefetch: Any = None  # `simple`, shared counters: this caller's prefetch.Caller
 
 
@@ -163,6 +166,7 @@ class LimitsService:
         self._deferred = DeferredDeltas(self._apply_deltas, flush_interval_s)
         # In-process counters (embedded): called directly, and settle applies at once.
         self._local: MemoryLimiter | None = getattr(counters, "local_limiter", None)
+        self._settle_rates = None if self._local is None else self._local.rates.settle
         # Shared counters (Redis): rates-only callers are admitted from capacity taken
         # ahead, one round trip per many requests (limits/prefetch.py).
         self._prefetch = Prefetch(self._apply_plain, settings.limits_prefetch_ms,
@@ -290,19 +294,18 @@ class LimitsService:
         await `admit` (which also builds the caller's template and raises the 429).
         In process, the answer is the rate table's own `RateGrant` (no Python object per
         bucket or per admission field)."""
-        local = self._local
         template = self._templates.get((project_id, key_id))
-        if template is None or template.limits is not limits or template.rate_plan is None:
+        if template is None or template.limits is not limits:
             return None
         # Per request: conditionals, not max()/int() (each a call with argument parsing).
         tokens = estimated_prompt_tokens if estimated_prompt_tokens > 0 else 0
-        if local is None:  # shared counters: from this worker's prefetched capacity
-            if self._prefetch is None:
-                return None
-            return self._prefetch.take(template, project_id, tokens)
-        clock = self.clock  # None: the table reads the system clock itself
-        return local.rates.admit(template.rate_plan, tokens,
-                                 None if clock is None else int(clock() * 1000))
+        if (admit := template.admit_rates) is not None:  # in process
+            clock = self.clock  # None: the table reads the system clock itself
+            return admit(tokens) if clock is None else admit(tokens, int(clock() * 1000))
+        if template.rate_plan is None or self._prefetch is None:
+            return None
+        # Shared counters: from this worker's prefetched capacity.
+        return self._prefetch.take(template, project_id, tokens)
 
     def _template(self, project_id: str, key_id: str, limits: Limits) -> _Template:
         """Cached per (project, key) while the Limits object is the same: building key
@@ -345,7 +348,9 @@ class LimitsService:
             if simple and rows else None
         template = _Template(limits, tuple(rows), names, fixed, reconcile,
                              any(r[0] == CONC for r in rows), groups, simple, token_rows,
-                             rate_plan, tuple(Op(RATE, r[1], r[2], r[3], 0) for r in token_rows))
+                             rate_plan, tuple(Op(RATE, r[1], r[2], r[3], 0) for r in token_rows),
+                             None if rate_plan is None or self._local is None
+                             else functools.partial(self._local.rates.admit, rate_plan))
         if len(self._templates) > 100_000:
             self._templates.clear()
         self._templates[(project_id, key_id)] = template
@@ -488,11 +493,12 @@ class LimitsService:
         # windows at most) gives the same state.
         if real_tokens > _MAX_TOKENS:
             real_tokens = _MAX_TOKENS
-        local = self._local
-        if local is not None:
+        if (settle := self._settle_rates) is not None:  # in process: the table's own
             clock = self.clock
-            local.rates.settle(admission, real_tokens,
-                               None if clock is None else int(clock() * 1000))
+            if clock is None:
+                settle(admission, real_tokens)
+            else:
+                settle(admission, real_tokens, int(clock() * 1000))
             return
         if not admission.mark_settled():
             return
