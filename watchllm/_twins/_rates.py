@@ -36,7 +36,6 @@ class RatePlan:
         self.groups = [(names, list(idx)) for names, idx in groups]
 
 
-
 def _duration_bytes(ms: int) -> bytes:
     return b"%dms" % ms if ms < 1000 else duration(ms).encode()
 
@@ -50,7 +49,6 @@ def duration(ms: int) -> str:
     if hours:
         return f"{hours}h{minutes}m{seconds}"
     return f"{minutes}m{seconds}" if minutes else seconds
-
 
 
 def _int(value: int) -> int:
@@ -175,7 +173,7 @@ class RateTable:
                     i = j
             remaining, reset, _ = new[i]
             headers += ((names[0], plan.rows[i][4]), (names[1], b"%d" % remaining),
-                        (names[2], duration(reset).encode()))
+                        (names[2], _duration_bytes(reset)))
         return RateGrant(headers, tokens, plan)
 
     def settle(self, grant: RateGrant, real_tokens: int, now_ms: int | None = None) -> None:

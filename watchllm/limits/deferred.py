@@ -67,12 +67,7 @@ class DeferredDeltas:
         if pending is None:
             pending = self._pending[project_id] = {}
         for op in ops:
-            have = pending.get(op.key)
-            if have is None:
-                pending[op.key] = Op(op.kind, op.key, op.limit, op.window_ms, delta, ADJUST)
-            else:
-                have.cost += delta
-                have.limit = op.limit
+            add(pending, op, delta)
         if not pending:
             del self._pending[project_id]
         elif self._timer is None:

@@ -104,7 +104,6 @@ class Prefetch:
     def __init__(self, apply: Apply, ttl_ms: int, names: Callable[[], str]) -> None:
         self.apply = apply  # LimitsService._apply_plain
         self.ttl_s = ttl_ms / 1000
-        self.half_s = self.ttl_s / 2
         self.hold_ms = ttl_ms + HOLD_GRACE_MS
         self._names = names  # a fresh, process-unique registration id
         self._live: dict[str, tuple[_Grant, _Caller]] = {}  # member -> its grant

@@ -202,11 +202,9 @@ async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
             ctx.counted = (raw, estimate)
         else:
             estimate = _text_prompt_tokens(data, ctx.model)
-        admission = ctx.admission = \
-            gw.limits.admit_now(ctx.project_id, ctx.key_id, estimate, limits) \
+        ctx.admission = gw.limits.admit_now(ctx.project_id, ctx.key_id, estimate, limits) \
             or await gw.limits.admit(ctx.project_id, ctx.key_id, estimate, limits)
-        ctx.limit_headers = admission.rate_headers if isinstance(admission, core.RateGrant) \
-            else gw.limits.headers(admission)
+        ctx.limit_headers = gw.limits.headers(ctx.admission)
     body_controls = data.get("watchllm")
     if body_controls is None and plain:
         controls = cache_controls.DEFAULT  # the common case: nothing to parse
@@ -286,10 +284,9 @@ async def remembered(gw: Gateway, ctx: ProxyContext, principal: Principal,
         return False
     ctx.model, ctx.stream = hot.model, hot.stream  # what the full path knows at admission
     if not limits.unlimited:
-        admission = ctx.admission = gw.limits.admit_now(pid, ctx.key_id, hot.estimate, limits) \
+        ctx.admission = gw.limits.admit_now(pid, ctx.key_id, hot.estimate, limits) \
             or await gw.limits.admit(pid, ctx.key_id, hot.estimate, limits)
-        ctx.limit_headers = admission.rate_headers if isinstance(admission, core.RateGrant) \
-            else gw.limits.headers(admission)
+        ctx.limit_headers = gw.limits.headers(ctx.admission)
     ctx.provider, ctx.prompt, ctx.user = hot.provider, hot.prompt, hot.user
     ctx.status, ctx.cache_status = 200, "HIT"
     ctx.usage, ctx.cost_saved_usd, ctx.template = hot.usage, hot.cost_saved_usd, hot.event

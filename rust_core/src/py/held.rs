@@ -2,11 +2,10 @@
 //! prefetch.py`): `HeldRates` counts what is left of one grant and admits a request from
 //! it in one call, with the response's `x-ratelimit-*` headers, as a `RateGrant`. The
 //! grant's round trips, its return and the settle's deferred deltas stay in Python.
-use super::rates::{duration_bytes, int_bytes, RateGrant};
+use super::rates::{push_group, RateGrant};
 use super::CoreError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
-use std::sync::atomic::AtomicBool;
 
 /// A header group as given: the limit's header as sent, the names of the two that change,
 /// the tightest row's remaining and reset (ms) right after the grant, whether it counts
@@ -106,24 +105,18 @@ impl HeldRates {
             let left = if g.in_tokens { self.tok } else { self.req };
             // Python's int(): toward zero (a float past i64 saturates; never reached).
             let ms = (g.base_reset - left as f64 * g.ms_per_unit - elapsed) as i64;
-            let remaining = [
-                g.remaining_name.bind(py).clone().into_any(),
-                int_bytes(py, i128::from(g.base) + i128::from(left)).into_any(),
-            ];
-            let reset = [
-                g.reset_name.bind(py).clone().into_any(),
-                duration_bytes(py, i128::from(ms.max(0))).into_any(),
-            ];
-            headers.append(g.limit.bind(py))?;
-            headers.append(PyTuple::new(py, remaining)?)?;
-            headers.append(PyTuple::new(py, reset)?)?;
+            push_group(
+                &headers,
+                &g.limit,
+                (&g.remaining_name, i128::from(g.base) + i128::from(left)),
+                (&g.reset_name, i128::from(ms.max(0))),
+            )?;
         }
-        Ok(Some(RateGrant {
-            rate_headers: headers.unbind(),
-            estimated_tokens: tokens,
-            owner: self.owner.clone_ref(py),
-            settled: AtomicBool::new(false),
-        }))
+        Ok(Some(RateGrant::new(
+            headers,
+            tokens,
+            self.owner.clone_ref(py),
+        )))
     }
 
     /// Half used, or half its time gone at `now`: time to ask for the next grant, so it

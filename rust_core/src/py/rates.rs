@@ -103,12 +103,34 @@ fn div_rem(a: i128, b: i128) -> (i128, i128) {
 }
 
 /// A decimal integer as Python bytes, without a String in between.
-pub(super) fn int_bytes(py: Python<'_>, value: i128) -> Bound<'_, PyBytes> {
+fn int_bytes(py: Python<'_>, value: i128) -> Bound<'_, PyBytes> {
     PyBytes::new(py, itoa::Buffer::new().format(value).as_bytes())
 }
 
+/// Append one header group's three `x-ratelimit-*` pairs: its limit's (built once), then
+/// the remaining count and the reset time (ms) under their names.
+pub(super) fn push_group(
+    headers: &Bound<'_, PyList>,
+    limit: &Py<PyTuple>,
+    (remaining_name, remaining): (&Py<PyBytes>, i128),
+    (reset_name, reset_ms): (&Py<PyBytes>, i128),
+) -> PyResult<()> {
+    let py = headers.py();
+    let remaining = [
+        remaining_name.bind(py).clone().into_any(),
+        int_bytes(py, remaining).into_any(),
+    ];
+    let reset = [
+        reset_name.bind(py).clone().into_any(),
+        duration_bytes(py, reset_ms).into_any(),
+    ];
+    headers.append(limit.bind(py))?;
+    headers.append(PyTuple::new(py, remaining)?)?;
+    headers.append(PyTuple::new(py, reset)?)
+}
+
 /// `duration` as Python bytes; under a second (nearly every reset) without formatting.
-pub(super) fn duration_bytes(py: Python<'_>, ms: i128) -> Bound<'_, PyBytes> {
+fn duration_bytes(py: Python<'_>, ms: i128) -> Bound<'_, PyBytes> {
     if ms >= 1000 {
         return PyBytes::new(py, duration(ms).as_bytes());
     }
@@ -179,12 +201,23 @@ impl State {
 #[pyclass(frozen, module = "watchllm._core")]
 pub struct RateGrant {
     #[pyo3(get)]
-    pub(super) rate_headers: Py<PyList>,
+    rate_headers: Py<PyList>,
     #[pyo3(get)]
-    pub(super) estimated_tokens: i64,
+    estimated_tokens: i64,
     #[pyo3(get)]
-    pub(super) owner: Py<PyAny>,
-    pub(super) settled: AtomicBool,
+    owner: Py<PyAny>,
+    settled: AtomicBool,
+}
+
+impl RateGrant {
+    pub(super) fn new(headers: Bound<'_, PyList>, estimated_tokens: i64, owner: Py<PyAny>) -> Self {
+        RateGrant {
+            rate_headers: headers.unbind(),
+            estimated_tokens,
+            owner,
+            settled: AtomicBool::new(false),
+        }
+    }
 }
 
 #[pymethods]
@@ -288,24 +321,18 @@ impl RateTable {
                 }
             }
             let (remaining, reset, _) = new[group.rows[k]];
-            let remaining = [
-                group.remaining_name.bind(py).clone().into_any(),
-                int_bytes(py, remaining).into_any(),
-            ];
-            let reset = [
-                group.reset_name.bind(py).clone().into_any(),
-                duration_bytes(py, reset).into_any(),
-            ];
-            headers.append(group.limits[k].bind(py))?;
-            headers.append(PyTuple::new(py, remaining)?)?;
-            headers.append(PyTuple::new(py, reset)?)?;
+            push_group(
+                &headers,
+                &group.limits[k],
+                (&group.remaining_name, remaining),
+                (&group.reset_name, reset),
+            )?;
         }
-        Ok(Some(RateGrant {
-            rate_headers: headers.unbind(),
-            estimated_tokens: tokens,
-            owner: plan.clone().into_any().unbind(),
-            settled: AtomicBool::new(false),
-        }))
+        Ok(Some(RateGrant::new(
+            headers,
+            tokens,
+            plan.clone().into_any().unbind(),
+        )))
     }
 
     /// TPM reconciliation of `grant` to `real_tokens` (what the request used), once: the
