@@ -1,11 +1,12 @@
 """Stubs for the Rust extension `watchllm._core` (rust_core/src/py.rs)."""
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, final
 
 __all__ = [
     "CoreError",
     "HeldRates",
+    "HeldSlot",
     "RateGrant",
     "RatePlan",
     "RateTable",
@@ -100,6 +101,22 @@ class HeldRates:
     def take(self, tokens: int, now: float) -> RateGrant | None: ...
     def low(self, now: float) -> bool: ...
     def drain(self) -> tuple[int, int]: ...
+
+@final
+class HeldSlot:
+    def __new__(
+        cls,
+        on_miss: Callable[[float], object],
+        on_low: Callable[[float], object],
+        on_pending: Callable[[], object],
+    ) -> HeldSlot: ...
+    held: HeldRates | None
+    busy: bool
+    @property
+    def pending(self) -> int: ...
+    def take(self, tokens: int, now: float) -> RateGrant | None: ...
+    def settle(self, grant: RateGrant, real_tokens: int) -> None: ...
+    def drain_pending(self) -> int: ...
 
 @final
 class RateTable:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ._core import (
         CoreError,
         HeldRates,
+        HeldSlot,
         RateGrant,
         RatePlan,
         RateTable,
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 else:
     CoreError = _impl.CoreError
     HeldRates = _impl.HeldRates
+    HeldSlot = _impl.HeldSlot
     RateGrant = _impl.RateGrant
     RatePlan = _impl.RatePlan
     RateTable = _impl.RateTable
@@ -66,6 +68,7 @@ __all__ = [
     "BACKEND",
     "CoreError",
     "HeldRates",
+    "HeldSlot",
     "RateGrant",
     "RatePlan",
     "RateTable",

@@ -224,6 +224,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<rates::RateTable>()?;
     m.add_class::<rates::RateGrant>()?;
     m.add_class::<held::HeldRates>()?;
+    m.add_class::<held::HeldSlot>()?;
     m.add_function(wrap_pyfunction!(cache_key, m)?)?;
     m.add_function(wrap_pyfunction!(context_key, m)?)?;
     m.add_function(wrap_pyfunction!(embed_text, m)?)?;

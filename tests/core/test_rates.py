@@ -200,3 +200,59 @@ def test_a_bad_held_grant_is_refused(rust: ModuleType, twin: ModuleType) -> None
             mod.HeldRates(-1, 0, 0.0, 1.0, [], None)
         with pytest.raises(mod.CoreError):
             mod.HeldRates(1, 0, 0.0, float("nan"), [], None)
+
+
+slot_steps = st.lists(st.one_of(
+    st.tuples(st.just("take"), st.integers(0, 300), st.sampled_from([0.0, 0.3, 2.0])),
+    st.tuples(st.just("settle"), st.integers(-5, 400), st.integers(0, 3)),
+    st.tuples(st.just("drain"), st.just(0), st.just(0)),
+    st.tuples(st.just("busy"), st.booleans(), st.just(0)),
+), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(size=st.integers(0, 20), tokens=st.integers(0, 2_000), steps=slot_steps,
+       refill=st.booleans())
+def test_held_slot_twin_equals_rust(rust: ModuleType, twin: ModuleType, size: int,
+                                    tokens: int, steps: Any, refill: bool) -> None:
+    """A caller's slot admits from its grant, tells Python of a miss, of a low grant (not
+    while another is on its way) and of the first delta to send, and sums its settles'
+    deltas (once per grant) alike; a callback may replace the grant it takes from."""
+    logs: dict[ModuleType, list[Any]] = {rust: [], twin: []}
+    slots: dict[ModuleType, Any] = {}
+    granted: dict[ModuleType, list[Any]] = {rust: [], twin: []}
+
+    def new_grant(mod: ModuleType, at: float) -> Any:
+        return held(mod, size, tokens, [(1_000, 500, True, 0.06)], slots[mod])
+
+    for mod in (rust, twin):
+        log = logs[mod]
+
+        def on_miss(now: float, mod: ModuleType = mod, log: list[Any] = log) -> None:
+            log.append(("miss", now))
+            if refill:  # as a landing grant does: the slot takes from the new one
+                slots[mod].held = new_grant(mod, now)
+
+        slots[mod] = mod.HeldSlot(on_miss, lambda now, log=log: log.append(("low", now)),
+                                  lambda log=log: log.append(("pending",)))
+        slots[mod].held = new_grant(mod, 100.0)
+    now = 100.0
+    for kind, a, b in steps:
+        for mod in (rust, twin):
+            slot = slots[mod]
+            if kind == "take":
+                got = slot.take(a, now + b)
+                logs[mod].append(None if got is None else
+                                 (got.rate_headers, got.estimated_tokens, got.owner is slot))
+                if got is not None:
+                    granted[mod].append(got)
+            elif kind == "settle" and granted[mod]:
+                slot.settle(granted[mod][b % len(granted[mod])], a)
+            elif kind == "drain":
+                logs[mod].append(slot.drain_pending())
+            elif kind == "busy":
+                slot.busy = a
+            logs[mod].append((slot.pending, slot.busy))
+        if kind == "take":
+            now += b
+    assert logs[rust] == logs[twin]

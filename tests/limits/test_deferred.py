@@ -244,29 +244,46 @@ async def test_gateway_shutdown_loses_no_delta(private_redis: int, tmp_path: Pat
     assert abs(used_ms * limit // 60_000 - usage["total_tokens"]) <= 1
 
 
-async def test_add_each_sums_like_add() -> None:
-    """A prefetched settle's one-call `add_each` leaves what `of` + `add` + `done` would,
-    and an all-zero project leaves no entry behind."""
+@pytest.mark.parametrize("backend", ["rust", "python"])
+async def test_a_slots_settled_deltas_sum_like_add(backend: str) -> None:
+    """A prefetched caller's settles sum in its slot (`core.HeldSlot`); the deferred
+    deltas collect the sum into each of its token ops as `add` would; the slot asks to be
+    watched once per collection; a zero sum leaves nothing."""
+    from watchllm import _twins
     from watchllm.limits.deferred import DeferredDeltas, add
+
+    mod: Any = _twins if backend == "python" else pytest.importorskip("watchllm._core")
 
     async def apply(ops: list[Op]) -> bool:
         return True
 
+    deferred, expected = DeferredDeltas(apply, 60), DeferredDeltas(apply, 60)
+    calls: list[str] = []
     ops = (Op(RATE, "k:tpm", 100, 60_000, 0), Op(RATE, "p:tpm", 500, 60_000, 0))
-    one, each = DeferredDeltas(apply, 60), DeferredDeltas(apply, 60)
-    for delta, limit in ((7, 100), (-3, 100), (40, 200)):
-        now = tuple(Op(op.kind, op.key, limit, op.window_ms, 0) for op in ops)
-        each.add_each("p", now, delta)
-        pending = one.of("p")
-        for op in now:
-            add(pending, op, delta)
-        one.done("p")
-    got = each.take("p")
-    assert got == one.take("p")
-    assert got is not None
-    assert {k: (op.cost, op.limit) for k, op in got.items()} == {"k:tpm": (44, 200),
-                                                                  "p:tpm": (44, 200)}
-    each.add_each("q", (), 5)
-    assert not each and each.count() == 0
-    await one.close()
-    await each.close()
+
+    def on_pending() -> None:
+        calls.append("pending")
+        deferred.watch("p", slot, ops)
+
+    slot = mod.HeldSlot(lambda now: None, lambda now: None, on_pending)
+    held = mod.HeldRates(10, 1000, 0.0, 5.0, [], slot)
+    for real in (17, 7, 50):  # each grant estimates 10 tokens
+        grant = held.take(10, 1.0)
+        slot.settle(grant, real)
+        slot.settle(grant, 99)  # once per grant
+        pending = expected.of("p")
+        for op in ops:
+            add(pending, op, real - 10)
+        expected.done("p")
+    assert calls == ["pending"] and slot.pending == 44 and deferred
+    got = deferred.take("p")
+    assert got is not None and got == expected.take("p")
+    assert {k: (op.cost, op.limit) for k, op in got.items()} == {"k:tpm": (44, 100),
+                                                                  "p:tpm": (44, 500)}
+    assert slot.pending == 0 and not deferred
+    slot.settle(held.take(10, 1.0), 13)  # watched again after the collection
+    slot.settle(held.take(10, 1.0), 7)  # +3 then -3: nothing left to send
+    assert calls == ["pending", "pending"] and deferred
+    assert deferred.count() == 0 and deferred.take("p") is None and not deferred
+    await deferred.close()
+    await expected.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ._cache_key import cache_key, context_key, embed_text
 from ._errors import CoreError, RowBinaryError
-from ._rates import HeldRates, RateGrant, RatePlan, RateTable
+from ._rates import HeldRates, HeldSlot, RateGrant, RatePlan, RateTable
 from ._rowbinary import encode_rowbinary
 from ._stream import stream_usage
 from ._tokens import count_chat_tokens, count_tokens, encoding_for_model
@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CoreError",
     "HeldRates",
+    "HeldSlot",
     "RateGrant",
     "RatePlan",
     "RateTable",

@@ -10,6 +10,7 @@ to the plan's token ops. The same arithmetic as `watchllm.limits.ops.rate()`
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from ._errors import CoreError
 
@@ -122,6 +123,51 @@ class HeldRates:
         left = (self.req, self.tok)
         self.req = self.tok = 0
         return left
+
+
+class HeldSlot:
+    """One caller's prefetch as the request path sees it (`rust_core/src/py/held.rs`)."""
+
+    __slots__ = ("_on_low", "_on_miss", "_on_pending", "_watched", "busy", "held",
+                 "pending")
+
+    def __init__(self, on_miss: Callable[[float], object], on_low: Callable[[float], object],
+                 on_pending: Callable[[], object]) -> None:
+        self.held: HeldRates | None = None
+        self.busy = False
+        self.pending = 0
+        self._watched = False
+        self._on_miss, self._on_low, self._on_pending = on_miss, on_low, on_pending
+
+    def take(self, tokens: int, now: float) -> RateGrant | None:
+        held = self.held
+        got = None if held is None else held.take(tokens, now)
+        if got is None:
+            self._on_miss(now)
+            return None
+        if not self.busy and held is not None and held.low(now):
+            self._on_low(now)
+        return got
+
+    def settle(self, grant: RateGrant, real_tokens: int) -> None:
+        if not grant.mark_settled():
+            return
+        delta = _sat((real_tokens if real_tokens > 0 else 0) - grant.estimated_tokens)
+        if delta:
+            self.pending = _sat(self.pending + delta)
+            if not self._watched:
+                self._watched = True
+                self._on_pending()
+
+    def drain_pending(self) -> int:
+        self._watched = False
+        pending, self.pending = self.pending, 0
+        return pending
+
+
+def _sat(value: int) -> int:
+    """Saturated to a 64-bit integer, as Rust's saturating arithmetic."""
+    return -_I64 if value < -_I64 else _I64 - 1 if value >= _I64 else value
 
 
 class RateTable:

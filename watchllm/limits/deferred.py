@@ -2,7 +2,9 @@
 
 Per project, the summed ADJUST op of each counter key. The next admit of a project takes
 its deltas into its own batch; a timer applies what no admit took within `interval_s`;
-`close()` applies the rest at shutdown. `apply` is the service's one-round-trip call:
+`close()` applies the rest at shutdown. A prefetched caller's settles sum their delta in
+its slot (`core.HeldSlot`, no Python per request); a watched slot's sum joins the
+project's deltas whenever they are read. `apply` is the service's one-round-trip call:
 it answers False when the backend could not take the batch, and the deltas wait again.
 """
 
@@ -11,8 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from watchllm.limits.ops import ADJUST, Op
+
+if TYPE_CHECKING:
+    from watchllm import core
 
 log = logging.getLogger("watchllm.limits")
 Pending = dict[str, Op]  # counter key -> the ADJUST op carrying its summed delta
@@ -40,11 +46,38 @@ class DeferredDeltas:
         self.apply = apply
         self.interval_s = interval_s
         self._pending: dict[str, Pending] = {}  # project -> deferred deltas
+        # project -> slots with a delta (each with the token ops it applies to)
+        self._slots: dict[str, dict[core.HeldSlot, tuple[Op, ...]]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
 
     def __bool__(self) -> bool:
-        return bool(self._pending)
+        return bool(self._pending) or bool(self._slots)
+
+    def watch(self, project_id: str, slot: core.HeldSlot, ops: tuple[Op, ...]) -> None:
+        """`slot` holds a token delta for each of `ops` (its `on_pending`): collected with
+        the project's other deltas, by the next admit or the timer."""
+        self._slots.setdefault(project_id, {})[slot] = ops
+        if self._timer is None:
+            self._schedule()
+
+    def _collect(self, project_id: str) -> None:
+        """Move the project's watched slots' deltas into its pending ops."""
+        slots = self._slots.pop(project_id, None)
+        if not slots:
+            return
+        pending = self.of(project_id)
+        for slot, ops in slots.items():
+            delta = slot.drain_pending()
+            if delta:
+                for op in ops:
+                    add(pending, op, delta)
+        if not pending:
+            del self._pending[project_id]
+
+    def _collect_all(self) -> None:
+        for project_id in list(self._slots):
+            self._collect(project_id)
 
     def of(self, project_id: str) -> Pending:
         """The project's pending deltas, to add to (kept; `done()` after adding)."""
@@ -60,21 +93,10 @@ class DeferredDeltas:
         elif self._timer is None:
             self._schedule()
 
-    def add_each(self, project_id: str, ops: tuple[Op, ...], delta: int) -> None:
-        """`of`, `add(op, delta)` for each op, `done`, in one call: a prefetched request's
-        settle (the same delta on each token op), once per request."""
-        pending = self._pending.get(project_id)
-        if pending is None:
-            pending = self._pending[project_id] = {}
-        for op in ops:
-            add(pending, op, delta)
-        if not pending:
-            del self._pending[project_id]
-        elif self._timer is None:
-            self._schedule()
-
     def take(self, project_id: str) -> Pending | None:
         """The project's deltas, removed: the caller's batch carries them (or restores)."""
+        if self._slots:
+            self._collect(project_id)
         return self._pending.pop(project_id, None) if self._pending else None
 
     def restore(self, project_id: str, deltas: Pending) -> None:
@@ -89,6 +111,7 @@ class DeferredDeltas:
 
     def count(self) -> int:
         """How many counter keys have deltas not yet applied."""
+        self._collect_all()
         return sum(len(p) for p in self._pending.values())
 
     def _schedule(self) -> None:
@@ -107,6 +130,7 @@ class DeferredDeltas:
         """Apply every deferred delta now: one batch per project, concurrently.
 
         Deltas a failed batch could not apply stay pending (retried by the timer)."""
+        self._collect_all()
         work, self._pending = self._pending, {}
         if not work:
             return
@@ -129,7 +153,7 @@ class DeferredDeltas:
             await self._flushing
         await self.flush()
         self._cancel_timer()
-        if self._pending:
+        if self:
             log.warning("limits: %d deferred deltas lost at shutdown (backend unavailable)",
                         self.count())
-            self._pending = {}
+            self._pending, self._slots = {}, {}

@@ -64,6 +64,8 @@ _OPS = 4  # a grant's ops per row: PEEK (room for FLOOR more), GRANT, the regist
 
 # (ops, project): one batch, carrying the project's deferred deltas; None: backend down
 Apply = Callable[[list[Op], str], Awaitable["Outcome | None"]]
+# (project, slot, its token ops): the slot has settled deltas to send (DeferredDeltas.watch)
+Watch = Callable[[str, core.HeldSlot, tuple[Op, ...]], None]
 
 
 def held_key(bucket: str) -> str:
@@ -88,21 +90,44 @@ class _Grant:
     returning: asyncio.Task[None] | None = None  # its return, once started
 
 
-@dataclass(slots=True)
 class _Caller:
-    """One (project, key) template's prefetch state."""
+    """One (project, key) template's prefetch state. Its `slot` (Rust) is what requests
+    take from and settle to; `grant` and `busy` are kept there, where they are read."""
 
-    project: str
-    grant: _Grant | None = None
-    size: int = 16
-    tok_avg: float = 0.0
-    busy: bool = False  # a grant is on its way
-    off_until: float = 0.0  # after a refused grant: per-request only until then
+    __slots__ = ("_grant", "off_until", "project", "size", "slot", "tok_avg")
+
+    def __init__(self, project: str, slot: core.HeldSlot, tok_avg: float) -> None:
+        self.project = project
+        self.slot = slot
+        self._grant: _Grant | None = None
+        self.size = 16
+        self.tok_avg = tok_avg
+        self.off_until = 0.0  # after a refused grant: per-request only until then
+
+    @property
+    def grant(self) -> _Grant | None:
+        return self._grant
+
+    @grant.setter
+    def grant(self, grant: _Grant | None) -> None:
+        self._grant = grant
+        self.slot.held = None if grant is None else grant.held
+
+    @property
+    def busy(self) -> bool:
+        """A grant is on its way."""
+        return self.slot.busy
+
+    @busy.setter
+    def busy(self, busy: bool) -> None:
+        self.slot.busy = busy
 
 
 class Prefetch:
-    def __init__(self, apply: Apply, ttl_ms: int, names: Callable[[], str]) -> None:
+    def __init__(self, apply: Apply, ttl_ms: int, names: Callable[[], str],
+                 watch: Watch) -> None:
         self.apply = apply  # LimitsService._apply_plain
+        self.watch = watch  # DeferredDeltas.watch: a slot's settled deltas wait for a ride
         self.ttl_s = ttl_ms / 1000
         self.hold_ms = ttl_ms + HOLD_GRACE_MS
         self._names = names  # a fresh, process-unique registration id
@@ -112,28 +137,29 @@ class Prefetch:
         self.closed = False  # after close(): no new grants
         self._tasks: set[asyncio.Task[Any]] = set()  # grants and returns on their way
 
-    # -- per request ----------------------------------------------------------------------
-    def take(self, template: _Template, project_id: str,
-             tokens: int) -> core.RateGrant | None:
-        """Admit one request of `tokens` from this worker's prefetch (its grant carries the
-        x-ratelimit-* headers, counting the unused prefetch), or None: take the per-request
-        path. Starts a new grant when this one runs low."""
-        caller: _Caller | None = template.prefetch
-        if caller is None:
-            caller = template.prefetch = _Caller(project_id, tok_avg=float(tokens))
-            if any(r[2] < (FLOOR + 1) * MIN_SIZE for r in template.rows):
-                caller.off_until = float("inf")  # too small a limit: never granted
-        grant = caller.grant
-        now = time.monotonic()
-        if grant is None or (got := grant.held.take(tokens, now)) is None:
+    # -- per request: the slot (Rust) admits and settles; these run when it calls ---------
+    def attach(self, template: _Template, project_id: str, tokens: int) -> None:
+        """Give a rates-only caller's template, seen for the first time, its prefetch: the
+        slot its requests are admitted from (`template.take_held`) and settled to (each
+        grant's owner), and ask for the first grant. This request takes the per-request
+        path, as every request does that finds no grant (`missed`)."""
+
+        def on_miss(now: float) -> None:
             self.missed += 1
             self._refill(template, caller, now)
-            return None
-        # Half used, or half its time gone: the next grant is asked for now, so it lands
-        # before this one runs out.
-        if not caller.busy and grant.held.low(now):
-            self._refill(template, caller, now)
-        return got
+
+        def on_low(now: float) -> None:  # half used, or half its time gone: the next
+            self._refill(template, caller, now)  # grant lands before this one runs out
+
+        def on_pending() -> None:
+            self.watch(caller.project, slot, template.token_ops)
+
+        slot = core.HeldSlot(on_miss, on_low, on_pending)
+        caller = template.prefetch = _Caller(project_id, slot, float(tokens))
+        if any(r[2] < (FLOOR + 1) * MIN_SIZE for r in template.rows):
+            caller.off_until = float("inf")  # too small a limit: never granted
+        template.take_held = slot.take
+        on_miss(time.monotonic())
 
     # -- grants and returns ---------------------------------------------------------------
     def _refill(self, template: _Template, caller: _Caller, now: float) -> None:
@@ -186,7 +212,7 @@ class Prefetch:
                                f"{res.reset_ms * limit - n * window}:{gen.retry_ms}:"
                                f"{gen.reset_ms}")
             held = core.HeldRates(size, tok, now, self.ttl_s, _groups(template, outcome),
-                                  template)  # a request's grant leads back to its template
+                                  caller.slot)  # a request's grant is settled to its slot
             grant = _Grant(member, held, template.rows, tuple(refunds))
             if self.closed:  # shut down while it was on its way: give it straight back
                 caller.grant = None

@@ -94,7 +94,9 @@ class _Template:
     token_ops: tuple[Op, ...] = ()  # the tpm ops with cost 0: what settle_now adjusts
     # `simple`, in process: `rates.admit` with this plan bound (admit_now's one call)
     admit_rates: Callable[..., core.RateGrant | None] | None = None
-    prefetch: Any = None  # `simple`, shared counters: this caller's prefetch.Caller
+    # `simple`, shared counters: this caller's prefetch state, and its slot's `take`
+    prefetch: Any = None
+    take_held: Callable[[int, float], core.RateGrant | None] | None = None
 
 
 class PlanSource(Protocol):
@@ -170,7 +172,7 @@ class LimitsService:
         # Shared counters (Redis): rates-only callers are admitted from capacity taken
         # ahead, one round trip per many requests (limits/prefetch.py).
         self._prefetch = Prefetch(self._apply_plain, settings.limits_prefetch_ms,
-                                  self._lease_name) \
+                                  self._lease_name, self._deferred.watch) \
             if self._local is None and settings.limits_prefetch_ms > 0 else None
 
     # -- limits of a caller ---------------------------------------------------------------
@@ -302,10 +304,12 @@ class LimitsService:
         if (admit := template.admit_rates) is not None:  # in process
             clock = self.clock  # None: the table reads the system clock itself
             return admit(tokens) if clock is None else admit(tokens, int(clock() * 1000))
-        if template.rate_plan is None or self._prefetch is None:
-            return None
-        # Shared counters: from this worker's prefetched capacity.
-        return self._prefetch.take(template, project_id, tokens)
+        if (take := template.take_held) is not None:
+            # Shared counters: from this worker's prefetched capacity, in one call.
+            return take(tokens, time.monotonic())
+        if template.rate_plan is not None and self._prefetch is not None:
+            self._prefetch.attach(template, project_id, tokens)  # first seen: set it up
+        return None
 
     def _template(self, project_id: str, key_id: str, limits: Limits) -> _Template:
         """Cached per (project, key) while the Limits object is the same: building key
@@ -500,13 +504,9 @@ class LimitsService:
             else:
                 settle(admission, real_tokens, int(clock() * 1000))
             return
-        if not admission.mark_settled():
-            return
-        delta = (real_tokens if real_tokens > 0 else 0) - admission.estimated_tokens
-        if delta:
-            # Prefetched: the reconciliation rides on the next round trip, as in `settle`.
-            template: _Template = admission.owner
-            self._deferred.add_each(template.prefetch.project, template.token_ops, delta)
+        # Prefetched: the slot adds the reconciliation to what rides on the next round
+        # trip, as in `settle`.
+        admission.owner.settle(admission, real_tokens)
 
     def _settle_local(self, ops: Sequence[Op], template: _Template, real_tokens: int,
                       cost_usd: float) -> None:

@@ -1,11 +1,15 @@
 //! Rate capacity a worker took ahead from the shared counters (`watchllm/limits/
 //! prefetch.py`): `HeldRates` counts what is left of one grant and admits a request from
-//! it in one call, with the response's `x-ratelimit-*` headers, as a `RateGrant`. The
-//! grant's round trips, its return and the settle's deferred deltas stay in Python.
+//! it in one call, with the response's `x-ratelimit-*` headers, as a `RateGrant`.
+//! `HeldSlot` is one caller's place for its current grant: the per-request admission and
+//! settle in one call each, so a prefetched request runs no Python frame of the limits
+//! package. The grant's round trips, its return and the deltas' ride stay in Python,
+//! reached through the slot's callbacks (rarely: once per grant or per flush).
 use super::rates::{push_group, RateGrant};
 use super::CoreError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
 
 /// A header group as given: the limit's header as sent, the names of the two that change,
 /// the tightest row's remaining and reset (ms) right after the grant, whether it counts
@@ -131,5 +135,135 @@ impl HeldRates {
         self.req = 0;
         self.tok = 0;
         left
+    }
+
+    // `owner` usually leads back here (owner -> its grant -> this): visible to the GC.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.owner)
+    }
+}
+
+/// One caller's prefetch, as the request path sees it: the grant it takes from now
+/// (`held`, set by Python whenever it changes), whether the next one is on its way
+/// (`busy`), and the token deltas its settled requests have not yet sent (`pending`).
+///
+/// Callbacks, each called with no borrow held (they may set `held` and `busy`):
+/// `on_miss(now)` when a request finds no usable grant (it then takes the per-request
+/// path), `on_low(now)` when a take leaves the grant low and no other is on its way,
+/// `on_pending()` when `pending` becomes non-zero after a `drain_pending`.
+#[pyclass(module = "watchllm._core")]
+pub struct HeldSlot {
+    #[pyo3(get, set)]
+    held: Option<Py<HeldRates>>,
+    #[pyo3(get, set)]
+    busy: bool,
+    pending: i64,
+    watched: bool,
+    on_miss: Option<Py<PyAny>>,
+    on_low: Option<Py<PyAny>>,
+    on_pending: Option<Py<PyAny>>,
+}
+
+/// Call a callback if it is still there (`__clear__` drops them).
+fn call<'py>(
+    py: Python<'py>,
+    f: Option<Py<PyAny>>,
+    args: impl pyo3::call::PyCallArgs<'py>,
+) -> PyResult<()> {
+    if let Some(f) = f {
+        f.bind(py).call1(args)?;
+    }
+    Ok(())
+}
+
+#[pymethods]
+impl HeldSlot {
+    #[new]
+    fn new(on_miss: Py<PyAny>, on_low: Py<PyAny>, on_pending: Py<PyAny>) -> Self {
+        HeldSlot {
+            held: None,
+            busy: false,
+            pending: 0,
+            watched: false,
+            on_miss: Some(on_miss),
+            on_low: Some(on_low),
+            on_pending: Some(on_pending),
+        }
+    }
+
+    /// Admit one request of `tokens` at `now` (the grants' clock) from the held grant: its
+    /// `RateGrant` (owned by this slot), or None (`on_miss` was told).
+    fn take(slf: &Bound<'_, Self>, tokens: i64, now: f64) -> PyResult<Option<RateGrant>> {
+        let py = slf.py();
+        let held = slf.borrow().held.as_ref().map(|h| h.clone_ref(py));
+        let got = match &held {
+            Some(h) => h.bind(py).borrow_mut().take(py, tokens, now)?,
+            None => None,
+        };
+        let Some(got) = got else {
+            let f = slf.borrow().on_miss.as_ref().map(|f| f.clone_ref(py));
+            call(py, f, (now,))?;
+            return Ok(None);
+        };
+        let this = slf.borrow();
+        if !this.busy && held.is_some_and(|h| h.bind(py).borrow().low(now)) {
+            let f = this.on_low.as_ref().map(|f| f.clone_ref(py));
+            drop(this);
+            call(py, f, (now,))?;
+        }
+        Ok(Some(got))
+    }
+
+    /// Settle a grant taken from this slot with the request's real token count (once per
+    /// grant; later calls do nothing): its difference from the estimate is added to
+    /// `pending`, for the next ride to the shared counters.
+    fn settle(
+        slf: &Bound<'_, Self>,
+        grant: &Bound<'_, RateGrant>,
+        real_tokens: i64,
+    ) -> PyResult<()> {
+        let grant = grant.borrow();
+        if !grant.mark_settled() {
+            return Ok(());
+        }
+        let delta = real_tokens.max(0).saturating_sub(grant.estimated_tokens());
+        if delta == 0 {
+            return Ok(());
+        }
+        let mut this = slf.borrow_mut();
+        this.pending = this.pending.saturating_add(delta);
+        if this.watched {
+            return Ok(());
+        }
+        this.watched = true;
+        let f = this.on_pending.as_ref().map(|f| f.clone_ref(slf.py()));
+        drop(this);
+        call(slf.py(), f, ())
+    }
+
+    /// The token delta not yet sent, now taken (the next settle with a delta calls
+    /// `on_pending` again).
+    fn drain_pending(&mut self) -> i64 {
+        self.watched = false;
+        std::mem::take(&mut self.pending)
+    }
+
+    #[getter]
+    fn pending(&self) -> i64 {
+        self.pending
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.held)?;
+        visit.call(&self.on_miss)?;
+        visit.call(&self.on_low)?;
+        visit.call(&self.on_pending)
+    }
+
+    fn __clear__(&mut self) {
+        self.held = None;
+        self.on_miss = None;
+        self.on_low = None;
+        self.on_pending = None;
     }
 }

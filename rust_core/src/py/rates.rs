@@ -218,6 +218,10 @@ impl RateGrant {
             settled: AtomicBool::new(false),
         }
     }
+
+    pub(super) fn estimated_tokens(&self) -> i64 {
+        self.estimated_tokens
+    }
 }
 
 #[pymethods]
@@ -228,7 +232,7 @@ impl RateGrant {
     }
 
     /// Mark it settled: True the first time, False after (a settle runs once).
-    fn mark_settled(&self) -> bool {
+    pub(super) fn mark_settled(&self) -> bool {
         !self.settled.swap(true, Ordering::Relaxed)
     }
 }
