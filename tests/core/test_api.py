@@ -14,6 +14,7 @@ from watchllm import _twins, core
 API = {
     "CoreError",
     "HeldRates",
+    "HeldSlot",
     "RateGrant",
     "RatePlan",
     "RateTable",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,8 @@ class ResponseCache:
                  embedder: Embedder | None) -> None:
         self.settings = settings
         self.kv = kv
+        # An in-process KV also answers without a coroutine (`get_now`; the hot path's).
+        self._kv_get_now: Callable[[str], bytes | None] | None = getattr(kv, "get_now", None)
         self.vectors = vectors
         self.embedder = embedder
         self._flights: dict[str, asyncio.Future[CacheEntry | None]] = {}
@@ -89,6 +92,12 @@ class ResponseCache:
             self._decoded[key] = (data, entry)
             self._decoded_bytes += len(data)
         return entry
+
+    def stored_now(self, key: str, stored: bytes) -> bool | None:
+        """`still_stored` without a coroutine, where the KV can answer at once (in process);
+        None: await `still_stored`."""
+        get_now = self._kv_get_now
+        return None if get_now is None else get_now(key) == stored
 
     async def still_stored(self, key: str, stored: bytes) -> bool:
         """Whether the KV still holds exactly this value (not purged, expired or rewritten)."""

@@ -41,7 +41,8 @@ class SqlDatabase(Protocol):
 
 @runtime_checkable
 class KeyValue(Protocol):
-    """Bytes values with a TTL (the response cache)."""
+    """Bytes values with a TTL (the response cache). An in-process store may also offer
+    `get_now(key)`, `get` without a coroutine (ResponseCache uses it when present)."""
 
     async def get(self, key: str) -> bytes | None: ...
 

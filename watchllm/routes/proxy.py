@@ -274,13 +274,22 @@ async def remembered(gw: Gateway, ctx: ProxyContext, principal: Principal,
     is filled as the full path would have (and the request admitted by its limits; with
     `admit=False` a limited caller gets False instead, for callers that cannot answer 429)."""
     pid = ctx.project_id
-    if (hot.principal is not principal
-            or await gw.projects.get(pid) is not hot.project_settings
-            or await gw.provider_keys.get(pid) is not hot.own_keys
+    if hot.principal is not principal:
+        return False
+    # Each read without a coroutine while its cached answer is fresh (the common case).
+    projects, provider_keys = gw.projects, gw.provider_keys
+    if (settings := projects.peek(pid)) is None:
+        settings = await projects.get(pid)
+    if (own_keys := provider_keys.peek(pid)) is None:
+        own_keys = await provider_keys.get(pid)
+    if (settings is not hot.project_settings or own_keys is not hot.own_keys
             or (limits := gw.limits.limits_now(pid, ctx.key_id)
                 or await gw.limits.limits_for(pid, ctx.key_id)) is not hot.limits
-            or (not admit and not limits.unlimited)
-            or not await gw.cache.still_stored(hot.kv_key, hot.stored)):
+            or (not admit and not limits.unlimited)):
+        return False
+    stored = gw.cache.stored_now(hot.kv_key, hot.stored)
+    if not (stored if stored is not None
+            else await gw.cache.still_stored(hot.kv_key, hot.stored)):
         return False
     ctx.model, ctx.stream = hot.model, hot.stream  # what the full path knows at admission
     if not limits.unlimited:

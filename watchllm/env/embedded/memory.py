@@ -34,11 +34,15 @@ class LruKeyValue:
         self.bytes -= len(item[0]) + len(key)
         return True
 
-    async def get(self, key: str) -> bytes | None:
+    def get_now(self, key: str) -> bytes | None:
+        """`get` without a coroutine (an in-process store can answer at once)."""
         value = self._live(key)
         if value is not None:
             self._data.move_to_end(key)
         return value
+
+    async def get(self, key: str) -> bytes | None:
+        return self.get_now(key)
 
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
         size = len(value) + len(key)
