@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/load/ab.py '{"a": {"ENV": "1"}, "b": {}}' [--rounds 10]
         [--seconds 2] [--kind hit|passthrough|stream] [--events off|chdb|http] [--rate R]
-        [--replicas N] [--provider-headers]
+        [--replicas N] [--provider-headers] [--ceiling]
 
 Each configuration is a gateway (one worker, core 0) in front of the fixed-answer mock
 (core 1); all run at once, and `hey -c 50` (core 1) drives them in turn for a short
@@ -16,6 +16,12 @@ round: two processes of the same configuration can differ by ~10% here for the w
 a run (memory layout, which lines share a cache set), so a difference between two single
 processes is not yet a difference between configurations. Each replica's median is
 printed too.
+
+`--ceiling` also runs issue 4's ceiling, the minimal granian app returning a fixed answer
+(`ceiling.py`, under SCHED_BATCH as the gateway runs), one per replica on core 0, measured
+in every round next to the gateways, and prints each configuration's requests/s as a
+share of the ceiling's in the same round and replica (median and every round): a slow
+minute of the VM then moves both sides of the ratio alike.
 """
 
 from __future__ import annotations
@@ -56,6 +62,8 @@ def main() -> None:
                    "configuration, each measured every round")
     p.add_argument("--provider-headers", action="store_true", help="the mock upstream "
                    "sends OpenAI's headers with each answer (x-ratelimit-* among them)")
+    p.add_argument("--ceiling", action="store_true", help="measure the ceiling app in "
+                   "each round too, and print each configuration's share of it")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="watchllm-ab-"))
     body = tmp / "body.json"
@@ -80,9 +88,18 @@ def main() -> None:
     gateways = {name: [start_gateway(Path(tempfile.mkdtemp(dir=tmp)), {**base, **env}, cpu=0)
                        for _ in range(args.replicas)]
                 for name, env in variants.items()}
+    ceilings = []
+    for _ in range(args.replicas if args.ceiling else 0):
+        port = free_port()
+        ceilings.append(start([str(ROOT / "bench" / "load" / "ceiling.py"), str(port),
+                               "--sched-batch"], {}, port, tmp / f"ceiling-{port}.log", "/",
+                              cpu=0))
+    servers += ceilings
     # Per configuration, per replica: each round's CPU µs/request, req/s, p99.
     cpu: dict[str, list[list[float]]] = {name: [[] for _ in gws] for name, gws in gateways.items()}
     rps: dict[str, list[float]] = {name: [] for name in gateways}
+    # Per configuration: each round's req/s over the ceiling's (same round, same replica).
+    share: dict[str, list[float]] = {name: [] for name in gateways}
     p99: dict[str, list[float]] = {name: [] for name in gateways}
     try:
         headers: dict[int, dict[str, str]] = {}
@@ -95,6 +112,11 @@ def main() -> None:
         with services_on(1):  # Redis and PostgreSQL off the gateway's core
             for _ in range(args.rounds):
                 for i in range(args.replicas):
+                    ceiling_rps = 0.0
+                    if ceilings:
+                        c = ceilings[i]
+                        ceiling_rps = measured(c, lambda u=c.url: hey(
+                            u, args.seconds, None, {}))["rps"]
                     for name, gws in gateways.items():
                         gw = gws[i]
                         url, h = gw.url + "/v1/chat/completions", headers[gw.port]
@@ -107,6 +129,8 @@ def main() -> None:
                                 u, args.seconds, body, hh))
                         cpu[name][i].append(result["cpu_ms_per_req"] * 1000)
                         rps[name].append(result["rps"])
+                        if ceiling_rps:
+                            share[name].append(result["rps"] / ceiling_rps)
     finally:
         for gws in gateways.values():
             for gw in gws:
@@ -122,6 +146,10 @@ def main() -> None:
         if args.replicas > 1:
             print(f"{'':{len(name)}}  per replica: "
                   + ", ".join(f"{statistics.median(r):.1f}" for r in per_replica))
+        if share[name]:
+            print(f"{'':{len(name)}}  share of the ceiling app's req/s: median "
+                  f"{statistics.median(share[name]):.0%}; rounds: "
+                  + ", ".join(f"{v:.0%}" for v in share[name]))
         if p99[name]:
             print(f"{'':{len(name)}}  p99 median {statistics.median(p99[name]):.2f} ms; rounds: "
                   + ", ".join(f"{v:.1f}" for v in p99[name]))
