@@ -197,7 +197,8 @@ class Gateway:
     def begin(self) -> None:
         """A request starts (shutdown waits for every begun request to end)."""
         self.inflight += 1
-        self._idle.clear()
+        if self.inflight == 1:  # else it is clear already: set only when none are left
+            self._idle.clear()
 
     def end(self) -> None:
         self.inflight -= 1

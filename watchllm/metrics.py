@@ -122,26 +122,19 @@ class _Pending:
     """
 
     def __init__(self) -> None:
-        # (route, model as sent, status) -> [requests, prompt tokens, completion tokens, USD];
-        # the model label is bounded at flush, so the per-request work is one dict lookup.
+        # (route, model as sent, status) -> [requests, prompt tokens, completion tokens, USD,
+        # latency buckets + [sum], time-to-first-token buckets + [sum]]; the model label is
+        # bounded and the histograms summed per route at flush, so the per-request work is
+        # one dict lookup.
         self.requests: dict[tuple[str, str, int], list[Any]] = {}
         self.cache: dict[str, int] = {}  # outcome
-        self.hist: dict[tuple[int, str], list[float]] = {}  # (which, route) -> buckets + [sum]
         self.scheduled = False
 
 
 FLUSH_S = 1.0
-_BOUNDS = ((*LATENCY_BUCKETS, float("inf")), (*TTFT_BUCKETS, float("inf")))
+_LATENCY = (*LATENCY_BUCKETS, float("inf"))
+_TTFT = (*TTFT_BUCKETS, float("inf"))
 _pending = _Pending()
-
-
-def _observe(which: int, route: str, value: float) -> None:
-    bounds = _BOUNDS[which]
-    h = _pending.hist.get((which, route))
-    if h is None:
-        h = _pending.hist[(which, route)] = [0.0] * (len(bounds) + 1)
-    h[bisect_left(bounds, value)] += 1  # first bucket with bound >= value: Prometheus's "le"
-    h[-1] += value
 
 
 def flush() -> None:
@@ -150,11 +143,12 @@ def flush() -> None:
     p.scheduled = False
     if m is None:
         return
-    requests, hist, cache = p.requests, p.hist, p.cache
-    p.requests, p.hist, p.cache = {}, {}, {}
+    requests, cache = p.requests, p.cache
+    p.requests, p.cache = {}, {}
     for outcome, n in cache.items():
         _child(m.cache, outcome).inc(n)
-    for (route, model, status), (n, prompt, completion, usd) in requests.items():
+    hist: dict[tuple[int, str], list[float]] = {}  # (which, route) -> buckets + [sum]
+    for (route, model, status), (n, prompt, completion, usd, *both) in requests.items():
         label = _model(model) if model else "none"
         _child(m.requests, route, label, str(status)).inc(n)
         if prompt:
@@ -163,6 +157,13 @@ def flush() -> None:
             _child(m.tokens, label, "completion").inc(completion)
         if usd:
             _child(m.cost, label).inc(usd)
+        for which, h in enumerate(both):
+            into = hist.get((which, route))
+            if into is None:
+                hist[(which, route)] = list(h)
+            else:
+                for i, v in enumerate(h):
+                    into[i] += v
     for (which, route), h in hist.items():
         child = _child(m.latency if which == 0 else m.ttft, route)
         for i, hits in enumerate(h[:-1]):
@@ -189,14 +190,19 @@ def record_request(route: str, model: str, status: int, duration_s: float,
     key = (route, model, status)
     agg = p.requests.get(key)
     if agg is None:
-        agg = p.requests[key] = [0, 0, 0, 0.0]
+        agg = p.requests[key] = [0, 0, 0, 0.0, [0.0] * (len(_LATENCY) + 1),
+                                 [0.0] * (len(_TTFT) + 1)]
     agg[0] += 1
     agg[1] += prompt_tokens
     agg[2] += completion_tokens
     agg[3] += cost_usd
-    _observe(0, route, duration_s)
+    h = agg[4]
+    h[bisect_left(_LATENCY, duration_s)] += 1  # first bucket with bound >= value ("le")
+    h[-1] += duration_s
     if ttft_s is not None:
-        _observe(1, route, ttft_s)
+        h = agg[5]
+        h[bisect_left(_TTFT, ttft_s)] += 1
+        h[-1] += ttft_s
     if not p.scheduled:
         _schedule()
 

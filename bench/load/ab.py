@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/load/ab.py '{"a": {"ENV": "1"}, "b": {}}' [--rounds 10]
         [--seconds 2] [--kind hit|passthrough|stream] [--events off|chdb|http] [--rate R]
-        [--replicas N] [--provider-headers] [--ceiling]
+        [--replicas N] [--provider-headers] [--ceiling [--floor]]
 
 Each configuration is a gateway (one worker, core 0) in front of the fixed-answer mock
 (core 1); all run at once, and `hey -c 50` (core 1) drives them in turn for a short
@@ -21,7 +21,9 @@ printed too.
 (`ceiling.py`, under SCHED_BATCH as the gateway runs), one per replica on core 0, measured
 in every round next to the gateways, and prints each configuration's requests/s as a
 share of the ceiling's in the same round and replica (median and every round): a slow
-minute of the VM then moves both sides of the ratio alike.
+minute of the VM then moves both sides of the ratio alike. `--floor` adds, as a
+configuration of its own, the RSGI app that reads the body and answers (`ceiling.py
+--rsgi-read`): what any hit path on this stack costs before our code runs.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ def main() -> None:
                    "sends OpenAI's headers with each answer (x-ratelimit-* among them)")
     p.add_argument("--ceiling", action="store_true", help="measure the ceiling app in "
                    "each round too, and print each configuration's share of it")
+    p.add_argument("--floor", action="store_true", help="with --ceiling: also the RSGI "
+                   "app that reads the body and answers (ceiling.py --rsgi-read)")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="watchllm-ab-"))
     body = tmp / "body.json"
@@ -88,6 +92,14 @@ def main() -> None:
     gateways = {name: [start_gateway(Path(tempfile.mkdtemp(dir=tmp)), {**base, **env}, cpu=0)
                        for _ in range(args.replicas)]
                 for name, env in variants.items()}
+    floor = "RSGI app reading the body (floor)"
+    if args.ceiling and args.floor:
+        gateways[floor] = []
+        for _ in range(args.replicas):
+            port = free_port()
+            gateways[floor].append(start([str(ROOT / "bench" / "load" / "ceiling.py"),
+                                          str(port), "--sched-batch", "--rsgi-read"], {},
+                                         port, tmp / f"floor-{port}.log", "/", cpu=0))
     ceilings = []
     for _ in range(args.replicas if args.ceiling else 0):
         port = free_port()
@@ -103,8 +115,11 @@ def main() -> None:
     p99: dict[str, list[float]] = {name: [] for name in gateways}
     try:
         headers: dict[int, dict[str, str]] = {}
-        for gws in gateways.values():
+        for name, gws in gateways.items():
             for gw in gws:
+                if name == floor:
+                    headers[gw.port] = {}
+                    continue
                 h = headers[gw.port] = {"authorization": f"Bearer {make_key(gw, 'bench-admin')}"}
                 if args.kind != "hit":
                     h["x-watchllm-cache-mode"] = "off"
@@ -120,6 +135,8 @@ def main() -> None:
                     for name, gws in gateways.items():
                         gw = gws[i]
                         url, h = gw.url + "/v1/chat/completions", headers[gw.port]
+                        if name == floor:
+                            url = gw.url
                         if args.rate:
                             result = measured(gw, lambda u=url, hh=h: fixed_rate(
                                 u, args.seconds, body, hh, args.rate))

@@ -1,12 +1,13 @@
 """Drive the RSGI entry point in-process on remembered cache hits (the fast lane), to see
 what our own code costs per hit without granian's I/O around it.
 
-    .venv/bin/python bench/profile/rsgi_hit.py [N] [CONC] [--profile] [--events]
+    .venv/bin/python bench/profile/rsgi_hit.py [N] [CONC] [--profile] [--events] [--opcodes]
 
 The scope and protocol objects are minimal stand-ins for granian's (headers as a dict,
 the body returned by awaiting the protocol). `--events` keeps the embedded event pipeline
 (chDB) on; by default events go nowhere (`WATCHLLM_CLICKHOUSE_URL=off`).
-Prints microseconds of CPU per request.
+Prints microseconds of CPU per request; `--opcodes` instead counts the Python bytecodes
+each function runs per hit (sys.settrace; N ~ 200).
 """
 
 from __future__ import annotations
@@ -78,6 +79,19 @@ async def main(n: int, concurrency: int, profile: bool) -> None:
         await app.__rsgi__(scope, proto)
     assert proto.status == 200
     assert len(gw.hot) == 1, "the repeat was not remembered"
+    counts: dict[str, int] = {}
+    if "--opcodes" in sys.argv:
+        def trace(frame: Any, event: str, arg: Any) -> Any:
+            frame.f_trace_opcodes = True
+            code = frame.f_code
+            name = f"{Path(code.co_filename).name}:{code.co_firstlineno} {code.co_name}"
+
+            def step(frame: Any, event: str, arg: Any) -> Any:
+                if event == "opcode":
+                    counts[name] = counts.get(name, 0) + 1
+                return step
+            return step
+        sys.settrace(trace)
     prof = cProfile.Profile() if profile else None
     if prof:
         prof.enable()
@@ -89,6 +103,11 @@ async def main(n: int, concurrency: int, profile: bool) -> None:
 
     await asyncio.gather(*(worker(n // concurrency) for _ in range(concurrency)))
     elapsed = time.process_time() - start
+    if counts:
+        sys.settrace(None)
+        print(f"{sum(counts.values()) / n:.0f} bytecodes per hit; by function:")
+        for name, c in sorted(counts.items(), key=lambda kv: -kv[1])[:40]:
+            print(f"{c / n:8.1f}  {name}")
     if prof:
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(30)

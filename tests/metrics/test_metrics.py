@@ -79,9 +79,11 @@ async def test_deferred_histograms_equal_direct_observation() -> None:
     values = [0.0, 0.005, 0.0051, 0.1, 0.25, 7.0, 119.9, 500.0]  # edges, inside, above
     direct = prom.Histogram("x_seconds", "x", ("route",), registry=prom.CollectorRegistry(),
                             buckets=metrics.LATENCY_BUCKETS)
-    for v in values:
+    for i, v in enumerate(values):
         direct.labels("r-eq").observe(v)
-        metrics.record_request("r-eq", "gpt-4o", 200, v)  # inside a loop: flushed later
+        # Several (model, status) keys of one route: their histograms sum per route.
+        metrics.record_request("r-eq", "gpt-4o" if i % 2 else "gpt-4o-mini",
+                               200 if i % 3 else 502, v, ttft_s=v)  # in a loop: flushed later
     assert metrics._pending.scheduled
     text = metrics.render().decode()  # a scrape flushes first
     assert metrics._m is not None
@@ -92,3 +94,4 @@ async def test_deferred_histograms_equal_direct_observation() -> None:
                 {"route": "r-eq", "le": sample.labels["le"]})
             assert got == sample.value, sample.labels["le"]
     assert 'watchllm_request_duration_seconds_count{route="r-eq"} 8.0' in text
+    assert 'watchllm_time_to_first_token_seconds_count{route="r-eq"} 8.0' in text

@@ -142,10 +142,15 @@ class RSGIGateway:
         """(True, _) when a remembered repeat was answered; else (False, the body if it was
         read) for the full path."""
         gw = self.gateway
-        if not one_read or any(h in headers for h in _CONTROLS):
+        if not one_read:
             return False, None  # the full path reads (and bounds) the body
-        token = bearer_token(headers.get("authorization"), headers.get("x-api-key"),
-                             headers.get("api-key"))
+        for name in _CONTROLS:  # a loop, not any(): no generator per request
+            if name in headers:
+                return False, None
+        authorization = headers.get("authorization")
+        token = bearer_token(authorization, None, None) if authorization else None
+        if token is None:
+            token = bearer_token(None, headers.get("x-api-key"), headers.get("api-key"))
         principal = gw.auth.cached(token) if token else None
         if principal is None or not principal.allows("proxy"):
             return False, None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from watchllm.events.usage import Usage
@@ -20,34 +19,37 @@ def _cut(text: str) -> str:
     return text[:MAX_LOGGED_BODY] + f"...[truncated {len(text) - MAX_LOGGED_BODY} chars]"
 
 
-@dataclass(slots=True)
 class ProxyContext:
-    request_id: str
-    endpoint: str
-    started: float = field(default_factory=time.perf_counter)
-    wall_ms: int = field(default_factory=lambda: int(time.time() * 1000))
-    project_id: str = ""
-    key_id: str = ""
-    model: str = ""
-    provider: str = ""
-    stream: bool = False
-    status: int = 0
-    ttft_s: float | None = None
-    upstream_s: float | None = None  # waiting for the provider's status line and headers
-    usage: Usage = field(default_factory=Usage)
-    cache_status: str = "NONE"
-    cost_usd: float = 0.0
-    cost_saved_usd: float = 0.0
-    error_type: str = ""
-    error_message: str = ""
-    prompt: str = ""
-    response: str = ""
-    user: str = ""
-    admission: Admitted | None = None
-    limit_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    counted: tuple[bytes, int] | None = None  # (body, its count_chat_tokens) from admission
-    # A replayed request's event, minus the per-request fields (see proxy/hot.py).
-    template: dict[str, Any] | None = None
+    """One per request: made with its id and endpoint, every other field at its start
+    value (a hand-written __init__: a dataclass's, with its default factories, ran twice
+    the bytecodes on every request)."""
+
+    __slots__ = ("admission", "cache_status", "cost_saved_usd", "cost_usd", "counted",
+                 "endpoint", "error_message", "error_type", "key_id", "limit_headers",
+                 "model", "project_id", "prompt", "provider", "request_id", "response",
+                 "started", "status", "stream", "template", "ttft_s", "upstream_s", "usage",
+                 "user", "wall_ms")
+
+    def __init__(self, request_id: str, endpoint: str) -> None:
+        self.request_id = request_id
+        self.endpoint = endpoint
+        self.started = time.perf_counter()
+        self.wall_ms = int(time.time() * 1000)
+        self.project_id = self.key_id = self.model = self.provider = ""
+        self.stream = False
+        self.status = 0
+        self.ttft_s: float | None = None
+        self.upstream_s: float | None = None  # waiting for the provider's status and headers
+        self.usage = Usage()
+        self.cache_status = "NONE"
+        self.cost_usd = self.cost_saved_usd = 0.0
+        self.error_type = self.error_message = self.prompt = self.response = self.user = ""
+        self.admission: Admitted | None = None
+        self.limit_headers: list[tuple[bytes, bytes]] = []
+        # (body, its count_chat_tokens) from admission
+        self.counted: tuple[bytes, int] | None = None
+        # A replayed request's event, minus the per-request fields (see proxy/hot.py).
+        self.template: dict[str, Any] | None = None
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
