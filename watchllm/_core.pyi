@@ -17,6 +17,7 @@ __all__ = [
     "context_key",
     "count_chat_tokens",
     "count_tokens",
+    "crc32",
     "embed_text",
     "encode_rowbinary",
     "encoding_for_model",
@@ -132,3 +133,5 @@ class RateTable:
     def sweep(self, now_ms: int) -> None: ...
     def sweep_due(self, now_ms: int) -> None: ...
     def to_dict(self) -> dict[str, tuple[int, int, int]]: ...
+
+def crc32(data: bytes, value: int = 0) -> int: ...

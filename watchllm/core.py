@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         context_key,
         count_chat_tokens,
         count_tokens,
+        crc32,
         embed_text,
         encode_rowbinary,
         encoding_for_model,
@@ -59,6 +60,7 @@ else:
     context_key = _impl.context_key
     count_chat_tokens = _impl.count_chat_tokens
     count_tokens = _impl.count_tokens
+    crc32 = _impl.crc32
     embed_text = _impl.embed_text
     encode_rowbinary = _impl.encode_rowbinary
     encoding_for_model = _impl.encoding_for_model
@@ -78,6 +80,7 @@ __all__ = [
     "context_key",
     "count_chat_tokens",
     "count_tokens",
+    "crc32",
     "embed_text",
     "encode_rowbinary",
     "encoding_for_model",

@@ -142,6 +142,18 @@ fn stream_usage(py: Python<'_>, raw: &[u8]) -> (Option<stream::Usage>, String) {
     detach_if(py, raw.len(), || stream::summarize(raw))
 }
 
+/// zlib's CRC-32 (`zlib.crc32(data, value)`: the same checksum), with the CPU's carry-less
+/// multiply where there is one: the event spool checksums every record and every insert.
+#[pyfunction]
+#[pyo3(signature = (data, value=0))]
+fn crc32(py: Python<'_>, data: &[u8], value: u32) -> u32 {
+    detach_if(py, data.len(), || {
+        let mut hasher = crc32fast::Hasher::new_with_initial(value);
+        hasher.update(data);
+        hasher.finalize()
+    })
+}
+
 /// Cosine top-k index (see `similarity.rs`).
 #[pyclass(frozen, module = "watchllm._core")]
 struct VectorIndex {
@@ -232,6 +244,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encoding_for_model, m)?)?;
     m.add_function(wrap_pyfunction!(count_chat_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(stream_usage, m)?)?;
+    m.add_function(wrap_pyfunction!(crc32, m)?)?;
     m.add_function(wrap_pyfunction!(rowbinary::encode_rowbinary, m)?)?;
     Ok(())
 }

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zlib
 from types import ModuleType
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from watchllm import _twins, core
 
@@ -24,6 +27,7 @@ API = {
     "context_key",
     "count_chat_tokens",
     "count_tokens",
+    "crc32",
     "embed_text",
     "encode_rowbinary",
     "encoding_for_model",
@@ -67,3 +71,16 @@ def test_rowbinary_error_attributes(rust: ModuleType) -> None:
         assert info.value.row == 1
         assert info.value.column == "a"
         assert str(info.value) == "row 1, column 'a': -1 is out of range for UInt8"
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=5_000), value=st.integers(0, 2**32 - 1),
+       cut=st.integers(0, 5_000))
+def test_crc32_twin_equals_rust(rust: ModuleType, data: bytes, value: int, cut: int) -> None:
+    """zlib's CRC-32, from any starting value, and chained over two pieces (the spool
+    checksums its header, then the payload, so); the large buffer releases the GIL."""
+    assert rust.crc32(data, value) == _twins.crc32(data, value) == zlib.crc32(data, value)
+    head, tail = data[:cut], data[cut:]
+    assert rust.crc32(tail, rust.crc32(head)) == zlib.crc32(data)
+    big = data * (20_000 // max(len(data), 1) + 1)
+    assert rust.crc32(big) == zlib.crc32(big)

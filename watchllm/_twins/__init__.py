@@ -4,10 +4,12 @@ Used when the Rust extension is not available (Cloudflare Python Workers/Pyodide
 or when `WATCHLLM_CORE=python`. Each module mirrors one Rust module:
 `_cache_key` ↔ `cache_key.rs`, `_tokens` ↔ `tokens.rs`, `_vector` ↔
 `similarity.rs`, `_rowbinary` ↔ `rowbinary.rs`, `_stream` ↔ `stream.rs`, `_rates` ↔
-`py/rates.rs`.
+`py/rates.rs`; `crc32` is zlib's own (the Rust one computes the same checksum faster).
 """
 
 from __future__ import annotations
+
+from zlib import crc32
 
 from ._cache_key import cache_key, context_key, embed_text
 from ._errors import CoreError, RowBinaryError
@@ -33,6 +35,7 @@ __all__ = [
     "context_key",
     "count_chat_tokens",
     "count_tokens",
+    "crc32",
     "embed_text",
     "encode_rowbinary",
     "encoding_for_model",

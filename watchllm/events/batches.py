@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import threading
-import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,7 +59,7 @@ def dumps(event: Any) -> bytes:
 def dedup_token(base: str, data: bytes) -> str:
     """`base` names the rows' place (slot, spool position, table, bisection path); the
     checksum makes sure that equal tokens mean equal data."""
-    return f"{base}:{len(data)}:{zlib.crc32(data):08x}"
+    return f"{base}:{len(data)}:{core.crc32(data):08x}"
 
 
 @dataclass(slots=True)

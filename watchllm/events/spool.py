@@ -45,10 +45,11 @@ import secrets
 import struct
 import threading
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from watchllm import core
 
 MAGIC = b"WLS1"
 HEADER = struct.Struct("<4sIII")  # magic, payload length, event count, crc32
@@ -74,7 +75,7 @@ class Record:
 
 
 def _crc(length: int, count: int, payload: bytes) -> int:
-    return zlib.crc32(payload, zlib.crc32(struct.pack("<II", length, count)))
+    return core.crc32(payload, core.crc32(struct.pack("<II", length, count)))
 
 
 def encode_record(lines: list[bytes]) -> bytes:
@@ -114,7 +115,7 @@ def _read_position(path: Path) -> Position | None:
         seg, off, crc = ACK.unpack(raw)
     except (OSError, struct.error):
         return None
-    return (seg, off) if zlib.crc32(raw[:16]) == crc else None
+    return (seg, off) if core.crc32(raw[:16]) == crc else None
 
 
 def _has_pending(slot: Path) -> bool:
@@ -230,7 +231,7 @@ class Spool:
             seg, off, events, crc = INFLIGHT.unpack(raw)
         except (OSError, struct.error):
             return None
-        return ((seg, off), events) if zlib.crc32(raw[:24]) == crc else None
+        return ((seg, off), events) if core.crc32(raw[:24]) == crc else None
 
     def _read_ack(self) -> Position | None:
         return _read_position(self.dir / "ack")
@@ -379,7 +380,7 @@ class Spool:
         if self._inflight == (start, events):
             return
         raw = struct.pack("<QQQ", *start, events)
-        self._replace(self.dir / "inflight", raw + struct.pack("<I", zlib.crc32(raw)))
+        self._replace(self.dir / "inflight", raw + struct.pack("<I", core.crc32(raw)))
         self._inflight = (start, events)
 
     @property
@@ -392,7 +393,7 @@ class Spool:
     def ack(self, pos: Position, events: int) -> None:
         """Everything before `pos` is in ClickHouse: persist that, drop finished segments."""
         raw = struct.pack("<QQ", *pos)
-        self._replace(self.dir / "ack", raw + struct.pack("<I", zlib.crc32(raw)))
+        self._replace(self.dir / "ack", raw + struct.pack("<I", core.crc32(raw)))
         with self._lock:
             self._ack = pos
             self.pending_events = max(0, self.pending_events - events)

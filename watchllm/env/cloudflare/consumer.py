@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import random
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +44,7 @@ def dedup_token(message_ids: list[str], table: str, data: bytes) -> str:
     (an ack lost after the insert) are stored once, in the tables and the views fed from
     them. The data's checksum is part of it, so different rows never share a token."""
     ids = hashlib.sha256("\n".join(sorted(message_ids)).encode()).hexdigest()[:32]
-    return f"wlq1:{ids}:{table}:{len(data)}:{zlib.crc32(data):08x}"
+    return f"wlq1:{ids}:{table}:{len(data)}:{core.crc32(data):08x}"
 
 
 def backoff_s(attempts: int) -> int:
