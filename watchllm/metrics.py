@@ -158,6 +158,8 @@ def flush() -> None:
         if usd:
             _child(m.cost, label).inc(usd)
         for which, h in enumerate(both):
+            if not any(h[:-1]):  # no sample (TTFT of requests that had none): no series
+                continue
             into = hist.get((which, route))
             if into is None:
                 hist[(which, route)] = list(h)

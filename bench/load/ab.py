@@ -69,6 +69,7 @@ def main() -> None:
     p.add_argument("--floor", action="store_true", help="with --ceiling: also the RSGI "
                    "app that reads the body and answers (ceiling.py --rsgi-read)")
     args = p.parse_args()
+    args.ceiling = args.ceiling or args.floor  # the floor is a share of the ceiling
     tmp = Path(tempfile.mkdtemp(prefix="watchllm-ab-"))
     body = tmp / "body.json"
     body.write_text(json.dumps({**BODY, "stream": True} if args.kind == "stream" else BODY))

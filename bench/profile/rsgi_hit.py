@@ -6,8 +6,8 @@ what our own code costs per hit without granian's I/O around it.
 The scope and protocol objects are minimal stand-ins for granian's (headers as a dict,
 the body returned by awaiting the protocol). `--events` keeps the embedded event pipeline
 (chDB) on; by default events go nowhere (`WATCHLLM_CLICKHOUSE_URL=off`).
-Prints microseconds of CPU per request; `--opcodes` instead counts the Python bytecodes
-each function runs per hit (sys.settrace; N ~ 200).
+Prints microseconds of CPU per request; `--opcodes` also counts the Python bytecodes
+each function runs per hit (sys.settrace; N ~ 500; the CPU printed then is the tracer's).
 """
 
 from __future__ import annotations

@@ -144,6 +144,7 @@ fn stream_usage(py: Python<'_>, raw: &[u8]) -> (Option<stream::Usage>, String) {
 
 /// zlib's CRC-32 (`zlib.crc32(data, value)`: the same checksum), with the CPU's carry-less
 /// multiply where there is one: the event spool checksums every record and every insert.
+/// Narrower than zlib's: `data` is bytes, `value` a CRC (0 to 2^32 - 1).
 #[pyfunction]
 #[pyo3(signature = (data, value=0))]
 fn crc32(py: Python<'_>, data: &[u8], value: u32) -> u32 {

@@ -222,8 +222,9 @@ def test_held_slot_twin_equals_rust(rust: ModuleType, twin: ModuleType, size: in
     slots: dict[ModuleType, Any] = {}
     granted: dict[ModuleType, list[Any]] = {rust: [], twin: []}
 
-    def new_grant(mod: ModuleType, at: float) -> Any:
-        return held(mod, size, tokens, [(1_000, 500, True, 0.06)], slots[mod])
+    def new_grant(mod: ModuleType, at: float) -> Any:  # made at `at`: usable for 5 s
+        spec = [((b"l", b"1000"), b"r", b"s", 1_000, 500, True, 0.06)]
+        return mod.HeldRates(size, tokens, at, 5.0, spec, slots[mod])
 
     for mod in (rust, twin):
         log = logs[mod]

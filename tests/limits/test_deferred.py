@@ -287,3 +287,37 @@ async def test_a_slots_settled_deltas_sum_like_add(backend: str) -> None:
     assert deferred.count() == 0 and deferred.take("p") is None and not deferred
     await deferred.close()
     await expected.close()
+
+
+async def test_a_slot_watched_during_a_slow_flush_is_still_flushed() -> None:
+    """A slot asks for the timer once; a tick that lands while an earlier flush still
+    waits on the backend ticks again, so the slot's sum is applied without more settles."""
+    from watchllm import _twins
+    from watchllm.limits.deferred import DeferredDeltas, add
+
+    release = asyncio.Event()
+    applied: list[list[Op]] = []
+
+    async def apply(ops: list[Op]) -> bool:
+        if not applied:
+            applied.append([])
+            await release.wait()  # the first flush hangs on a slow backend
+        applied.append(ops)
+        return True
+
+    deferred = DeferredDeltas(apply, 0.01)
+    ops = (Op(RATE, "k:tpm", 100, 60_000, 0),)
+    add(deferred.of("q"), ops[0], 1)
+    deferred.done("q")  # arms the timer: its flush hangs
+    await asyncio.sleep(0.03)
+    slot = _twins.HeldSlot(lambda now: None, lambda now: None,
+                           lambda: deferred.watch("p", slot, ops))
+    slot.settle(_twins.HeldRates(5, 100, 0.0, 5.0, [], slot).take(10, 1.0), 17)
+    await asyncio.sleep(0.03)  # the slot's tick lands during the hung flush
+    release.set()
+    for _ in range(100):
+        if any(op.key == "k:tpm" and op.cost == 7 for batch in applied for op in batch):
+            break
+        await asyncio.sleep(0.01)
+    assert any(op.cost == 7 for batch in applied for op in batch), applied
+    await deferred.close()

@@ -95,3 +95,8 @@ async def test_deferred_histograms_equal_direct_observation() -> None:
             assert got == sample.value, sample.labels["le"]
     assert 'watchllm_request_duration_seconds_count{route="r-eq"} 8.0' in text
     assert 'watchllm_time_to_first_token_seconds_count{route="r-eq"} 8.0' in text
+    metrics.record_request("r-no-ttft", "gpt-4o", 200, 0.1)  # no TTFT: no TTFT series
+    text = metrics.render().decode()
+    assert 'watchllm_request_duration_seconds_count{route="r-no-ttft"} 1.0' in text
+    assert not [line for line in text.splitlines()
+                if line.startswith("watchllm_time_to_first_token") and "r-no-ttft" in line]

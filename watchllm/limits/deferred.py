@@ -125,6 +125,8 @@ class DeferredDeltas:
         self._timer = None
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.get_running_loop().create_task(self.flush())
+        else:  # a flush is still running (a slow backend): tick again, or a watched slot,
+            self._schedule()  # which asks for the timer only once, could wait for good
 
     async def flush(self) -> None:
         """Apply every deferred delta now: one batch per project, concurrently.

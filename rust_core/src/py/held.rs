@@ -4,7 +4,8 @@
 //! `HeldSlot` is one caller's place for its current grant: the per-request admission and
 //! settle in one call each, so a prefetched request runs no Python frame of the limits
 //! package. The grant's round trips, its return and the deltas' ride stay in Python,
-//! reached through the slot's callbacks (rarely: once per grant or per flush).
+//! reached through the slot's callbacks: once per grant or per flush while grants are
+//! made; on every request that finds none (then a round trip follows anyway).
 use super::rates::{push_group, RateGrant};
 use super::CoreError;
 use pyo3::prelude::*;

@@ -197,7 +197,7 @@ impl State {
 /// whether `RateTable.settle` has reconciled it (once only).
 ///
 /// Made in process by `RateTable.admit` (`owner`: its `RatePlan`) or from a prefetch by
-/// `HeldRates.take` (`owner`: what the caller gave the prefetch, settled in Python).
+/// `HeldRates.take` (`owner`: the caller's `HeldSlot`, whose `settle` reconciles it).
 #[pyclass(frozen, module = "watchllm._core")]
 pub struct RateGrant {
     #[pyo3(get)]
