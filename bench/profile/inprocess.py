@@ -26,6 +26,9 @@ from typing import Any
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import opcodes  # bench/profile/opcodes.py
 
 from watchllm.app import Gateway
 from watchllm.entrypoints.factory import build_env
@@ -81,21 +84,7 @@ async def main(kind: str, n: int, profile: bool, concurrency: int) -> None:
     for _ in range(200):
         await gw(scope, make_receive(), send)
     assert sent[0]["status"] == 200, sent[:2]
-    counts: dict[str, int] = {}
-    if "--opcodes" in sys.argv:
-        def trace(frame: Any, event: str, arg: Any) -> Any:
-            frame.f_trace_opcodes = True
-            code = frame.f_code
-            name = f"{Path(code.co_filename).name}:{code.co_firstlineno} {code.co_name}"
-
-            def step(frame: Any, event: str, arg: Any) -> Any:
-                if event == "opcode":
-                    counts[name] = counts.get(name, 0) + 1
-                return step
-            return step
-        sys.settrace(trace)
-        threading_settrace = None  # the loop runs in this thread only
-        del threading_settrace
+    counts = opcodes.start() if "--opcodes" in sys.argv else None
     prof = cProfile.Profile() if profile else None
     if prof:
         prof.enable()
@@ -108,13 +97,8 @@ async def main(kind: str, n: int, profile: bool, concurrency: int) -> None:
 
     await asyncio.gather(*(worker(n // concurrency) for _ in range(concurrency)))
     elapsed = time.process_time() - start
-    if counts:
-        sys.settrace(None)
-        total = sum(counts.values())
-        print(f"{total / n:.0f} bytecodes per request; by function:")
-        for name, c in sorted(counts.items(), key=lambda kv: -kv[1])[:int(os.environ.get(
-                "NSTATS", "40"))]:
-            print(f"{c / n:8.1f}  {name}")
+    if counts is not None:
+        opcodes.report(counts, n, "request")
     if prof:
         prof.disable()
         rows = int(os.environ.get("NSTATS", "25"))  # how many functions --profile prints

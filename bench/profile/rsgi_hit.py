@@ -25,6 +25,9 @@ from typing import Any
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import opcodes  # bench/profile/opcodes.py
 
 BODY = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]})
 
@@ -79,19 +82,7 @@ async def main(n: int, concurrency: int, profile: bool) -> None:
         await app.__rsgi__(scope, proto)
     assert proto.status == 200
     assert len(gw.hot) == 1, "the repeat was not remembered"
-    counts: dict[str, int] = {}
-    if "--opcodes" in sys.argv:
-        def trace(frame: Any, event: str, arg: Any) -> Any:
-            frame.f_trace_opcodes = True
-            code = frame.f_code
-            name = f"{Path(code.co_filename).name}:{code.co_firstlineno} {code.co_name}"
-
-            def step(frame: Any, event: str, arg: Any) -> Any:
-                if event == "opcode":
-                    counts[name] = counts.get(name, 0) + 1
-                return step
-            return step
-        sys.settrace(trace)
+    counts = opcodes.start() if "--opcodes" in sys.argv else None
     prof = cProfile.Profile() if profile else None
     if prof:
         prof.enable()
@@ -103,11 +94,8 @@ async def main(n: int, concurrency: int, profile: bool) -> None:
 
     await asyncio.gather(*(worker(n // concurrency) for _ in range(concurrency)))
     elapsed = time.process_time() - start
-    if counts:
-        sys.settrace(None)
-        print(f"{sum(counts.values()) / n:.0f} bytecodes per hit; by function:")
-        for name, c in sorted(counts.items(), key=lambda kv: -kv[1])[:40]:
-            print(f"{c / n:8.1f}  {name}")
+    if counts is not None:
+        opcodes.report(counts, n, "hit")
     if prof:
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(30)

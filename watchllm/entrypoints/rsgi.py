@@ -153,10 +153,9 @@ class RSGIGateway:
         for name in _CONTROLS:  # a loop, not any(): no generator per request
             if name in headers:
                 return False, None
-        authorization = headers.get("authorization")
-        token = bearer_token(authorization, None, None) if authorization else None
-        if token is None:
-            token = bearer_token(None, headers.get("x-api-key"), headers.get("api-key"))
+        # The fallback headers are read only without a bearer token (each read is a call).
+        token = bearer_token(headers.get("authorization"), None, None) \
+            or headers.get("x-api-key") or headers.get("api-key")
         principal = gw.auth.cached(token) if token else None
         if principal is None or not principal.allows("proxy"):
             return False, None
