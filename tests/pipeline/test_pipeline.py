@@ -13,7 +13,8 @@ import pytest
 
 from tests.conftest import eventually
 from tests.pipeline.helpers import FlakySink, make_event, stored
-from watchllm.events.pipeline import EventPipeline
+from watchllm.events.pipeline import EventPipeline, dumps
+from watchllm.events.spool import Spool
 
 
 async def started(sink: Any, spool: Path, **kw: Any) -> EventPipeline:
@@ -186,6 +187,26 @@ async def test_close_while_down_keeps_events_for_the_next_process(
     assert p2.depth() == 1500
     await p2.flush()
     assert await stored(clickhouse) == (1500, 1500)
+    await p2.close()
+
+
+async def test_records_of_json_lines_left_by_an_earlier_version_are_delivered(
+    clickhouse: Any, tmp_path: Path
+) -> None:
+    """The writer now spools each record as one JSON array (b"WLS2"); a spool left with
+    JSON-lines records (b"WLS1") by an earlier version is still delivered, whole and once,
+    before and alongside the new records."""
+    p = await started(clickhouse, tmp_path)
+    slot = p.spool.dir
+    await p.close()
+    old = Spool(tmp_path, slot=int(slot.name.split("-")[1]))
+    old.append([dumps(make_event(i)) for i in range(300)])
+    old.close()
+    p2 = await started(clickhouse, tmp_path)
+    assert p2.depth() == 300
+    await put_all(p2, [make_event(i) for i in range(300, 500)])
+    await p2.flush()
+    assert await stored(clickhouse) == (500, 500)
     await p2.close()
 
 

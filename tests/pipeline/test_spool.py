@@ -8,7 +8,13 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from watchllm.events.spool import HEADER, Spool, encode_record, parse_records
+from watchllm.events.spool import (
+    HEADER,
+    Spool,
+    encode_array_record,
+    encode_record,
+    parse_records,
+)
 
 
 def lines(start: int, n: int) -> list[bytes]:
@@ -133,6 +139,34 @@ def test_parse_records_resyncs_after_garbage() -> None:
     buf = b"garbage" + encode_record(lines(0, 2)) + b"\x00" * 3 + encode_record(lines(2, 1))
     found, end = parse_records(buf)
     assert [r.count for _, r in found] == [2, 1] and end == len(buf)
+
+
+def array(start: int, n: int) -> bytes:
+    return b"[" + b",".join(lines(start, n)) + b"]"
+
+
+def test_array_and_line_records_are_read_alike(tmp_path: Path) -> None:
+    s = Spool(tmp_path)
+    s.append(lines(0, 2))
+    s.append_array(array(2, 3), 3)
+    assert s.pending_events == 5
+    records, end = s.read(s.acked, 100)
+    assert [(r.count, r.array) for r in records] == [(2, False), (3, True)]
+    assert records[1].payload == array(2, 3)
+    s.ack(end, 5)
+    s.close()
+    again = Spool(tmp_path)  # nothing is re-read after the ack
+    assert again.pending_events == 0 and again.read(again.acked, 100)[0] == []
+    again.close()
+
+
+def test_parse_records_resyncs_on_either_magic() -> None:
+    torn = encode_array_record(array(0, 4), 4)[:-3]  # a torn array record, then both kinds
+    buf = (b"junk" + torn + encode_array_record(array(4, 2), 2) + b"\x01"
+           + encode_record(lines(6, 1)) + encode_array_record(array(7, 3), 3))
+    found, end = parse_records(buf)
+    assert [(r.count, r.array) for _, r in found] == [(2, True), (1, False), (3, True)]
+    assert end == len(buf)
 
 
 @settings(max_examples=40, deadline=None)

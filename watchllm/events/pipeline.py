@@ -233,26 +233,25 @@ class EventPipeline:
                 continue
             take = min(len(self._buf), RECORD_EVENTS, self.batch_size)
             items = [self._buf.popleft() for _ in range(take)]
-            lines: list[bytes] = []
-            good: list[Row] = []
-            for item in items:
-                try:
-                    lines.append(dumps(item))
-                except (TypeError, ValueError) as e:
-                    self._dead_letter([(None, repr(item), f"not JSON-serialisable: {e}")])
-                else:
-                    good.append(item)
             prev = self.spool.committed()
             try:
-                end = self.spool.append(lines)
-            except OSError as e:  # disk full or gone: nothing durable to promise
-                log.error("event spool write failed, %d events dropped: %s", len(lines), e)
-                end = None
-            if end is None:
-                self.metrics.dropped += len(lines)
+                # One encoder call for the whole record: ~0.7 µs an event, against ~5 µs
+                # for a call per event (bench/micro/spool_encode.py).
+                payload = dumps(items)
+            except (TypeError, ValueError):
+                good, end, size = self._append_lines(items)  # find the bad ones
             else:
-                self.metrics.spooled += len(lines)
-                self._hot.keep(prev, end, good, sum(map(len, lines)))
+                good, size = items, len(payload)
+                try:
+                    end = self.spool.append_array(payload, take)
+                except OSError as e:  # disk full or gone: nothing durable to promise
+                    log.error("event spool write failed, %d events dropped: %s", take, e)
+                    end = None
+            if end is None:
+                self.metrics.dropped += len(good)
+            else:
+                self.metrics.spooled += len(good)
+                self._hot.keep(prev, end, good, size)
             self._written += take
             # Waking the event loop costs more than writing a small record: only when a
             # caller waits (flush, wait_spooled) or a full batch is ready. Otherwise the
@@ -265,6 +264,26 @@ class EventPipeline:
                 # of a wake-up per put() (a wake-up costs ~25 µs of CPU on this VM, more
                 # than writing the record). Idle, the first put() wakes the writer at once.
                 time.sleep(self.linger_s)
+
+    def _append_lines(self, items: list[Row]) -> tuple[list[Row], Position | None, int]:
+        """A record of JSON lines, one per event that encodes; the rest dead-lettered.
+        Returns the events written, the position after the record (None: not written)
+        and its payload size."""
+        lines: list[bytes] = []
+        good: list[Row] = []
+        for item in items:
+            try:
+                lines.append(dumps(item))
+            except (TypeError, ValueError) as e:
+                self._dead_letter([(None, repr(item), f"not JSON-serialisable: {e}")])
+            else:
+                good.append(item)
+        try:
+            end = self.spool.append(lines)
+        except OSError as e:
+            log.error("event spool write failed, %d events dropped: %s", len(lines), e)
+            end = None
+        return good, end, sum(map(len, lines))
 
     def _notify(self) -> None:
         loop, progress = self._loop, self._progress

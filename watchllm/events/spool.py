@@ -9,8 +9,11 @@ share one spool directory. A slot holds numbered segment files and one ``ack`` f
 
 A record is one group commit of the writer (many events)::
 
-    b"WLS1" | payload length u32 | event count u32 | crc32 u32 | payload
-    payload = event JSON documents joined by b"\\n" (JSON never contains a raw newline)
+    magic | payload length u32 | event count u32 | crc32 u32 | payload
+    b"WLS2": payload = one JSON array of the events (the writer's one encoder call)
+    b"WLS1": payload = event JSON documents joined by b"\\n" (JSON never contains a raw
+             newline): the writer's fallback when one event cannot be encoded, so that
+             only that one is set aside; and every record before array records existed
 
 The crc covers length, count and payload, so a torn tail write or a flipped bit is
 detected; the reader then skips forward to the next valid record (or segment) and counts
@@ -51,7 +54,9 @@ from typing import Literal
 
 from watchllm import core
 
-MAGIC = b"WLS1"
+MAGIC = b"WLS1"  # JSON lines
+MAGIC_ARRAY = b"WLS2"  # one JSON array
+_MAGICS = (MAGIC, MAGIC_ARRAY)
 HEADER = struct.Struct("<4sIII")  # magic, payload length, event count, crc32
 ACK = struct.Struct("<QQI")  # segment, offset, crc32 of the first 16 bytes
 INFLIGHT = struct.Struct("<QQQI")  # segment, offset, events, crc32 of the first 24 bytes
@@ -72,17 +77,25 @@ class SpoolBusy(SpoolError):
 class Record:
     payload: bytes
     count: int
+    array: bool = False  # a JSON array (b"WLS2"), else JSON lines
 
 
 def _crc(length: int, count: int, payload: bytes) -> int:
     return core.crc32(payload, core.crc32(struct.pack("<II", length, count)))
 
 
+def _header(magic: bytes, payload: bytes, count: int) -> bytes:
+    return HEADER.pack(magic, len(payload), count, _crc(len(payload), count, payload))
+
+
 def encode_record(lines: list[bytes]) -> bytes:
     payload = b"\n".join(lines)
-    return HEADER.pack(MAGIC, len(payload), len(lines), _crc(len(payload), len(lines), payload)) + (
-        payload
-    )
+    return _header(MAGIC, payload, len(lines)) + payload
+
+
+def encode_array_record(payload: bytes, count: int) -> bytes:
+    """A record of `count` events encoded as one JSON array."""
+    return _header(MAGIC_ARRAY, payload, count) + payload
 
 
 def parse_records(buf: bytes) -> tuple[list[tuple[int, Record]], int]:
@@ -94,15 +107,20 @@ def parse_records(buf: bytes) -> tuple[list[tuple[int, Record]], int]:
     while pos + HEADER.size <= n:
         magic, length, count, crc = HEADER.unpack_from(buf, pos)
         end = pos + HEADER.size + length
-        if magic == MAGIC and end <= n:
+        if magic in _MAGICS and end <= n:
             payload = buf[pos + HEADER.size : end]
             if _crc(length, count, payload) == crc:
-                out.append((pos, Record(payload, count)))
+                out.append((pos, Record(payload, count, magic == MAGIC_ARRAY)))
                 pos = end
                 continue
-        nxt = buf.find(MAGIC, pos + 1)
-        pos = n if nxt < 0 else nxt
+        pos = _next_magic(buf, pos + 1)
     return out, pos
+
+
+def _next_magic(buf: bytes, start: int) -> int:
+    """Where the next record header may start (either magic), or len(buf)."""
+    found = [i for i in (buf.find(m, start) for m in _MAGICS) if i >= 0]
+    return min(found) if found else len(buf)
 
 
 def _seg_name(seg: int) -> str:
@@ -291,28 +309,40 @@ class Spool:
             return self._committed
 
     def append(self, lines: list[bytes]) -> Position | None:
-        """Write one record; return the position after it, or None when the spool is full."""
+        """Write one record of JSON lines; return the position after it, or None when the
+        spool is full."""
         if not lines:
             return self.committed()
-        data = encode_record(lines)
-        if self.pending_bytes + len(data) > self.max_bytes:
+        payload = b"\n".join(lines)
+        return self._append(_header(MAGIC, payload, len(lines)), payload, len(lines))
+
+    def append_array(self, payload: bytes, count: int) -> Position | None:
+        """Write one record whose payload is a JSON array of `count` events."""
+        if not count:
+            return self.committed()
+        return self._append(_header(MAGIC_ARRAY, payload, count), payload, count)
+
+    def _append(self, header: bytes, payload: bytes, count: int) -> Position | None:
+        size_of = len(header) + len(payload)
+        if self.pending_bytes + size_of > self.max_bytes:
             return None
         seg, size = self.committed()
-        if size and size + len(data) > self.segment_bytes:
+        if size and size + size_of > self.segment_bytes:
             self._open_segment(seg + 1)
             seg, size = seg + 1, 0
-        written = os.write(self._fd, data)
-        if written != len(data):  # a short write: disk full; never publish a partial record
-            raise SpoolError(f"short write to spool ({written} of {len(data)} bytes)")
+        # One writev: the header and the payload are not copied into one buffer first.
+        written = os.writev(self._fd, (header, payload))
+        if written != size_of:  # a short write: disk full; never publish a partial record
+            raise SpoolError(f"short write to spool ({written} of {size_of} bytes)")
         self._dirty = True
         if self.fsync == "always":
             self._sync()
         else:
             self.sync_if_due()
         with self._lock:
-            self._sizes[seg] = size + len(data)
-            self._committed = (seg, size + len(data))
-            self.pending_events += len(lines)
+            self._sizes[seg] = size + size_of
+            self._committed = (seg, size + size_of)
+            self.pending_events += count
             return self._committed
 
     def _sync(self) -> None:
