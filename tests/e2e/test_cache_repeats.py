@@ -4,6 +4,7 @@ and event, purges, revocations, project settings and limits all seen at once."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Any
@@ -44,12 +45,27 @@ def _project_id(gateway: Server, name: str) -> str:
     return str(next(p["id"] for p in listing if p["name"] == name))
 
 
+def _hit_metrics(gateway: Server) -> tuple[float, float, float]:
+    """HIT outcomes, chat requests answered 200 and chat time-to-first-token samples."""
+    text = httpx.get(gateway.url + "/metrics", timeout=10).text
+
+    def value(pattern: str) -> float:
+        return sum(float(v) for v in re.findall(rf"^{pattern} ([\d.e+]+)$", text, re.M))
+
+    return (value(r'watchllm_cache_lookups_total\{outcome="HIT"\}'),
+            value(r'watchllm_requests_total\{model="gpt-4o-mini",route="chat/completions",'
+                  r'status="200"\}'),
+            value(r'watchllm_time_to_first_token_seconds_count\{route="chat/completions"\}'))
+
+
 def test_repeats_are_hits_with_their_own_ids_and_events(gateway: Server,
                                                         upstream: Server) -> None:
     key = new_key(gateway, "repeats", scopes=["proxy", "analytics"])
     body = _body()
     first = _post(gateway, key, body)
     before = _calls(upstream)
+    time.sleep(1.2)  # the metrics of earlier requests are flushed (every second)
+    counted = _hit_metrics(gateway)
     ids = [f"client-{uuid.uuid4().hex}" for _ in range(REPEATS)]
     replies = [_post(gateway, key, body, **{"x-request-id": rid}) for rid in ids]
     assert _calls(upstream) == before
@@ -58,6 +74,12 @@ def test_repeats_are_hits_with_their_own_ids_and_events(gateway: Server,
     assert all(r.content == first.content for r in replies)
     assert all(int(r.headers["age"]) >= 0 and float(r.headers["x-watchllm-latency-ms"]) >= 0
                for r in replies)
+    # Each repeat counted in the metrics, like any hit: outcome, request, first token.
+    deadline = time.monotonic() + 5
+    while (grown := [b - a for a, b in zip(counted, _hit_metrics(gateway), strict=True)]) \
+            != [REPEATS] * 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert grown == [REPEATS] * 3
     # One event per request, each with its own id, HIT outcome and saved cost.
     deadline = time.monotonic() + 20
     found: dict[str, Any] = {}
@@ -74,6 +96,7 @@ def test_repeats_are_hits_with_their_own_ids_and_events(gateway: Server,
         event = event.get("event", event)
         assert event["request_id"] == rid and event["cache_status"] == "HIT"
         assert event["http_status"] == 200 and event["model"] == "gpt-4o-mini"
+        assert 0 <= event["time_to_first_token_ms"] <= event["latency_ms"] < 10_000
     assert len({e.get("event", e)["timestamp"] for e in found.values()}) >= 1
 
 

@@ -7,25 +7,28 @@ message crossing granian's Rust/Python boundary. This module translates at that 
 an ASGI scope, a `receive` and a `send` per request.
 
 One shortcut: a repeated request that the gateway remembers answering from the cache
-(`watchllm/proxy/hot.py`) is answered here, without building the ASGI exchange, through
-the same checks (`routes.proxy.remembered`) and the same bookkeeping (`routes.proxy.finish`:
-metrics, the event). Anything else — and any doubt — takes the full path with the body
-already read.
+(`watchllm/proxy/hot.py`) is answered here, without building the ASGI exchange or a
+ProxyContext, through the same checks (`routes.proxy.still_current`) and the bookkeeping
+`routes.proxy.finish` does for a hit (metrics, the event from the memo's template). A
+limited caller, anything else, and any doubt take the full path with the body already
+read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
+from watchllm import metrics
 from watchllm.app import Gateway, new_request_id
 from watchllm.cache.controls import HEADER_NAMES
 from watchllm.cache.entry import age_s
 from watchllm.entrypoints.factory import build_env
 from watchllm.http.asgi import bearer_token
-from watchllm.proxy.context import ProxyContext
-from watchllm.routes.proxy import ENDPOINTS, finish, remembered
+from watchllm.proxy.context import replayed_event
+from watchllm.routes.proxy import ENDPOINTS, still_current
 from watchllm.settings import load_settings
 
 _DISCONNECT = {"type": "http.disconnect"}
@@ -163,20 +166,30 @@ class RSGIGateway:
         hot = gw.hot.get((principal.key_id, endpoint, body))
         if hot is None:
             return False, body
-        ctx = ProxyContext(headers.get("x-request-id") or new_request_id(), endpoint)
-        ctx.project_id, ctx.key_id = principal.project_id, principal.key_id
-        try:
-            if not await remembered(gw, ctx, principal, hot, admit=False):
+        started = time.perf_counter()  # where the full path's clock starts: after the read
+        try:  # a limited caller takes the full path: only it can answer 429
+            if (not await still_current(gw, principal.project_id, principal.key_id,
+                                        principal, hot) or not hot.limits.unlimited):
                 return False, body
         except Exception:  # the full path meets the problem again, and reports it
             return False, body
+        wall_ms = int(time.time() * 1000)
+        request_id = headers.get("x-request-id") or new_request_id()
+        latency_ms = (time.perf_counter() - started) * 1000
         proto.response_bytes(200, [
-            ("x-request-id", ctx.request_id),
-            ("x-watchllm-latency-ms", f"{ctx.elapsed_ms():.2f}"),
+            ("x-request-id", request_id),
+            ("x-watchllm-latency-ms", f"{latency_ms:.2f}"),
             ("age", str(age_s(hot.created))),
             *hot.text_headers], hot.body)
-        ctx.ttft_s = ctx.elapsed_ms() / 1000
-        await finish(gw, ctx)
+        # What routes.proxy.finish records for a hit (no limits to settle), without a
+        # ProxyContext: the answer left whole, so its first token is its last byte.
+        latency_ms = (time.perf_counter() - started) * 1000
+        usage = hot.usage
+        metrics.record_request(endpoint, hot.model, 200, latency_ms / 1000, latency_ms / 1000,
+                               usage.prompt, usage.completion, 0.0)
+        metrics.cache_outcome("HIT")
+        gw.env.events.put(replayed_event(hot.event, request_id, wall_ms, latency_ms,
+                                         latency_ms))
         return True, None
 
 

@@ -19,6 +19,25 @@ def _cut(text: str) -> str:
     return text[:MAX_LOGGED_BODY] + f"...[truncated {len(text) - MAX_LOGGED_BODY} chars]"
 
 
+def ms3(ms: float) -> float:
+    """A non-negative duration in ms, rounded half up to the microsecond: round(ms, 3)
+    but where ms * 1000 lands within a rounding error of a half, at less than half the
+    cost (round() formats and parses a decimal)."""
+    return int(ms * 1000 + 0.5) / 1000
+
+
+def replayed_event(template: dict[str, Any], request_id: str, wall_ms: int,
+                   latency_ms: float, ttft_ms: float | None) -> dict[str, Any]:
+    """The event of a request answered by replaying a remembered hit: its template
+    (proxy/hot.py) with this request's own fields."""
+    event = template.copy()
+    event["event_id"] = event["request_id"] = request_id
+    event["timestamp"] = wall_ms
+    event["latency_ms"] = ms3(latency_ms)
+    event["time_to_first_token_ms"] = None if ttft_ms is None else ms3(ttft_ms)
+    return event
+
+
 class ProxyContext:
     """One per request: made with its id and endpoint, every other field at its start
     value (a hand-written __init__: a dataclass's, with its default factories, ran twice
@@ -61,13 +80,9 @@ class ProxyContext:
         part of each collection: 20k of them, pauses of 6-20 ms, in the p99 of hits).
         `tags` and `metadata` are left out; the encoder writes them empty."""
         if self.template is not None and self.status == 200:
-            event = self.template.copy()
-            event["event_id"] = event["request_id"] = self.request_id
-            event["timestamp"] = self.wall_ms
-            event["latency_ms"] = round(self.elapsed_ms(), 3)
-            event["time_to_first_token_ms"] = (None if self.ttft_s is None
-                                               else round(self.ttft_s * 1000, 3))
-            return event
+            return replayed_event(self.template, self.request_id, self.wall_ms,
+                                  self.elapsed_ms(), None if self.ttft_s is None
+                                  else self.ttft_s * 1000)
         ok = 200 <= self.status < 400
         return {
             "event_id": self.request_id,
@@ -88,8 +103,8 @@ class ProxyContext:
             "tokens_cached": self.usage.cached,
             "cost_estimate_usd": self.cost_usd,
             "cost_saved_usd": self.cost_saved_usd,
-            "latency_ms": round(self.elapsed_ms(), 3),
-            "time_to_first_token_ms": None if self.ttft_s is None else round(self.ttft_s * 1000, 3),
+            "latency_ms": ms3(self.elapsed_ms()),
+            "time_to_first_token_ms": None if self.ttft_s is None else ms3(self.ttft_s * 1000),
             "status": "success" if ok else ("cancelled" if self.status == 499 else "error"),
             "http_status": self.status,
             "cache_status": self.cache_status,

@@ -267,30 +267,34 @@ async def _serve_hot(gw: Gateway, send: Send, ctx: ProxyContext, principal: Prin
     return True
 
 
-async def remembered(gw: Gateway, ctx: ProxyContext, principal: Principal,
-                     hot: HotRequest, admit: bool = True) -> bool:
-    """Whether `hot` still answers this request: every cached input the full path read is
-    the same object, and the KV still holds the bytes the answer came from. If so, `ctx`
-    is filled as the full path would have (and the request admitted by its limits; with
-    `admit=False` a limited caller gets False instead, for callers that cannot answer 429)."""
-    pid = ctx.project_id
+async def still_current(gw: Gateway, project_id: str, key_id: str, principal: Principal,
+                        hot: HotRequest) -> bool:
+    """Whether `hot` still answers a request of this caller: every cached input the full
+    path read is the same object, and the KV still holds the bytes the answer came from."""
     if hot.principal is not principal:
         return False
     # Each read without a coroutine while its cached answer is fresh (the common case).
     projects, provider_keys = gw.projects, gw.provider_keys
-    if (settings := projects.peek(pid)) is None:
-        settings = await projects.get(pid)
-    if (own_keys := provider_keys.peek(pid)) is None:
-        own_keys = await provider_keys.get(pid)
+    if (settings := projects.peek(project_id)) is None:
+        settings = await projects.get(project_id)
+    if (own_keys := provider_keys.peek(project_id)) is None:
+        own_keys = await provider_keys.get(project_id)
     if (settings is not hot.project_settings or own_keys is not hot.own_keys
-            or (limits := gw.limits.limits_now(pid, ctx.key_id)
-                or await gw.limits.limits_for(pid, ctx.key_id)) is not hot.limits
-            or (not admit and not limits.unlimited)):
+            or (gw.limits.limits_now(project_id, key_id)
+                or await gw.limits.limits_for(project_id, key_id)) is not hot.limits):
         return False
     stored = gw.cache.stored_now(hot.kv_key, hot.stored)
-    if not (stored if stored is not None
-            else await gw.cache.still_stored(hot.kv_key, hot.stored)):
+    return stored if stored is not None else await gw.cache.still_stored(hot.kv_key, hot.stored)
+
+
+async def remembered(gw: Gateway, ctx: ProxyContext, principal: Principal,
+                     hot: HotRequest) -> bool:
+    """Whether `hot` still answers this request (`still_current`). If so, `ctx` is filled
+    as the full path would have, and the request admitted by its limits."""
+    pid = ctx.project_id
+    if not await still_current(gw, pid, ctx.key_id, principal, hot):
         return False
+    limits = hot.limits
     ctx.model, ctx.stream = hot.model, hot.stream  # what the full path knows at admission
     if not limits.unlimited:
         ctx.admission = gw.limits.admit_now(pid, ctx.key_id, hot.estimate, limits) \
