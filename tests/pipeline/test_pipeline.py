@@ -156,6 +156,21 @@ async def test_put_never_raises_and_unserialisable_is_dead_lettered(
     await p.close()
 
 
+async def test_a_non_object_in_an_encodable_record_is_dead_lettered(
+    clickhouse: Any, tmp_path: Path
+) -> None:
+    """JSON can encode a string, so the record is one array: the string must still be set
+    aside, and the events around it stored."""
+    p = await started(clickhouse, tmp_path)
+    p.put(make_event(1))
+    p.put("not a dict")  # type: ignore[arg-type]
+    p.put(make_event(2))
+    await p.flush()
+    assert await stored(clickhouse) == (2, 2)
+    assert len(dead_letters(p)) == 1
+    await p.close()
+
+
 async def test_memory_and_disk_stay_bounded_while_sink_is_down(
     clickhouse: Any, tmp_path: Path
 ) -> None:

@@ -17,6 +17,7 @@ import datetime as dt
 import os
 import threading
 from collections import deque
+from itertools import repeat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,7 @@ import orjson
 
 from watchllm import core
 from watchllm.events.deadletter import Item
-from watchllm.events.rows import EventRows
+from watchllm.events.rows import EventRows, route
 from watchllm.events.spool import Position, Record
 
 Row = dict[str, Any]
@@ -125,12 +126,21 @@ class BatchBuilder:
     def build(self, slot: str, start: Position, end: Position, count: int,
               events: list[Row]) -> Batch:
         batch = Batch(start, end, count, len(events), slot)
-        for i, ev in enumerate(events):
-            if i % ENCODE_CHUNK == 0:
-                _step_aside()
-            self.rows.complete(ev)
-            for table in self.route(ev):
-                batch.tables.setdefault(table, []).append(ev)
+        if self._all_requests(events):
+            # The common batch: the gateway's own events, each a request's prompt_call,
+            # which complete() leaves as they are and route() sends to `events` alone;
+            # ~1 µs an event less than the loop below.
+            batch.tables["events"] = list(events)
+        else:
+            for i, ev in enumerate(events):
+                if i % ENCODE_CHUNK == 0:
+                    _step_aside()
+                if not isinstance(ev, dict):
+                    self.dead_letter([(None, ev, "an event must be a JSON object")])
+                    continue
+                self.rows.complete(ev)
+                for table in self.route(ev):
+                    batch.tables.setdefault(table, []).append(ev)
         for table, rows in batch.tables.items():
             if table not in self.columns:
                 self.dead_letter([(table, r, f"no table {table!r} in the schema") for r in rows])
@@ -141,6 +151,17 @@ class BatchBuilder:
             batch.encoded[table] = data
             batch.tokens[table] = dedup_token(batch.base(table), data)
         return batch
+
+    def _all_requests(self, events: list[Row]) -> bool:
+        """Whether every event is a prompt_call dict and routing is the default's (one
+        C-level pass over the batch)."""
+        if self.route is not route:
+            return False
+        try:
+            kinds = list(map(dict.get, events, repeat("event_type")))
+        except TypeError:  # not a dict
+            return False
+        return kinds.count("prompt_call") == len(kinds)
 
     def decode(self, records: list[Record]) -> list[Row]:
         events: list[Row] = []
