@@ -17,9 +17,9 @@ import datetime as dt
 import os
 import threading
 from collections import deque
-from itertools import repeat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import orjson
