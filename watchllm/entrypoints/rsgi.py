@@ -23,12 +23,14 @@ from typing import Any
 
 from watchllm import metrics
 from watchllm.app import Gateway, new_request_id
+from watchllm.auth import Principal
 from watchllm.cache.controls import HEADER_NAMES
 from watchllm.cache.entry import age_s
 from watchllm.entrypoints.factory import build_env
 from watchllm.http.asgi import bearer_token
 from watchllm.proxy.context import replayed_event
-from watchllm.routes.proxy import ENDPOINTS, still_current
+from watchllm.proxy.hot import HotRequest
+from watchllm.routes.proxy import ENDPOINTS, still_current, still_current_now
 from watchllm.settings import load_settings
 
 _DISCONNECT = {"type": "http.disconnect"}
@@ -127,9 +129,24 @@ class RSGIGateway:
             return
         gw.begin()  # from the first byte read: a drain waits for this request
         try:
-            answered, body = await self._remembered(headers, proto, endpoint, one_read)
-            if not answered:
-                await self._full(scope, proto, body, one_read)
+            body = None
+            if one_read and (principal := self._caller(headers)) is not None:
+                body = await proto()
+                hot = gw.hot.get((principal.key_id, endpoint, body))
+                if hot is not None:
+                    started = time.perf_counter()  # the full path's clock starts here too
+                    try:
+                        current = still_current_now(gw, principal, hot)
+                        if current is None:
+                            current = await still_current(gw, principal.project_id,
+                                                          principal.key_id, principal, hot)
+                    except Exception:  # the full path meets the problem again, and reports it
+                        current = False
+                    # A limited caller takes the full path: only it can answer 429.
+                    if current and hot.limits.unlimited:
+                        self._replay(headers, proto, endpoint, hot, started)
+                        return
+            await self._full(scope, proto, body, one_read)
         finally:
             gw.end()
 
@@ -146,33 +163,24 @@ class RSGIGateway:
         }
         await self.gateway(asgi_scope, exchange.receive, exchange.send)
 
-    async def _remembered(self, headers: Any, proto: Any, endpoint: str,
-                          one_read: bool) -> tuple[bool, bytes | None]:
-        """(True, _) when a remembered repeat was answered; else (False, the body if it was
-        read) for the full path."""
-        gw = self.gateway
-        if not one_read:
-            return False, None  # the full path reads (and bounds) the body
+    def _caller(self, headers: Any) -> Principal | None:
+        """The caller of a request that may be a remembered repeat: its key is in the
+        in-process cache and no cache-control header asks for anything special."""
         for name in _CONTROLS:  # a loop, not any(): no generator per request
             if name in headers:
-                return False, None
+                return None
         # The fallback headers are read only without a bearer token (each read is a call).
         token = bearer_token(headers.get("authorization"), None, None) \
             or headers.get("x-api-key") or headers.get("api-key")
-        principal = gw.auth.cached(token) if token else None
-        if principal is None or not principal.allows("proxy"):
-            return False, None
-        body: bytes = await proto()
-        hot = gw.hot.get((principal.key_id, endpoint, body))
-        if hot is None:
-            return False, body
-        started = time.perf_counter()  # where the full path's clock starts: after the read
-        try:  # a limited caller takes the full path: only it can answer 429
-            if (not await still_current(gw, principal.project_id, principal.key_id,
-                                        principal, hot) or not hot.limits.unlimited):
-                return False, body
-        except Exception:  # the full path meets the problem again, and reports it
-            return False, body
+        principal = self.gateway.auth.cached(token) if token else None
+        return principal if principal is not None and principal.allows("proxy") else None
+
+    def _replay(self, headers: Any, proto: Any, endpoint: str, hot: HotRequest,
+                started: float) -> None:
+        """Answer with the remembered hit, and record what `routes.proxy.finish` records
+        for a hit (no limits to settle) without a ProxyContext: the metrics, and the event
+        from the memo's template. The answer leaves whole: its first token is its last
+        byte."""
         wall_ms = int(time.time() * 1000)
         request_id = headers.get("x-request-id") or new_request_id()
         latency_ms = (time.perf_counter() - started) * 1000
@@ -181,16 +189,13 @@ class RSGIGateway:
             ("x-watchllm-latency-ms", f"{latency_ms:.2f}"),
             ("age", str(age_s(hot.created))),
             *hot.text_headers], hot.body)
-        # What routes.proxy.finish records for a hit (no limits to settle), without a
-        # ProxyContext: the answer left whole, so its first token is its last byte.
         latency_ms = (time.perf_counter() - started) * 1000
         usage = hot.usage
         metrics.record_request(endpoint, hot.model, 200, latency_ms / 1000, latency_ms / 1000,
                                usage.prompt, usage.completion, 0.0)
         metrics.cache_outcome("HIT")
-        gw.env.events.put(replayed_event(hot.event, request_id, wall_ms, latency_ms,
-                                         latency_ms))
-        return True, None
+        self.gateway.env.events.put(replayed_event(hot.event, request_id, wall_ms,
+                                                   latency_ms, latency_ms))
 
 
 app = RSGIGateway(Gateway(load_settings(), build_env))

@@ -287,6 +287,22 @@ async def still_current(gw: Gateway, project_id: str, key_id: str, principal: Pr
     return stored if stored is not None else await gw.cache.still_stored(hot.kv_key, hot.stored)
 
 
+def still_current_now(gw: Gateway, principal: Principal, hot: HotRequest) -> bool | None:
+    """`still_current` without a coroutine, when every input can be read at once (fresh
+    in-process caches, an in-process KV: the common case); None: await `still_current`."""
+    if hot.principal is not principal:
+        return False
+    pid = principal.project_id
+    settings, own_keys = gw.projects.peek(pid), gw.provider_keys.peek(pid)
+    limits = gw.limits.limits_now(pid, principal.key_id)
+    if settings is None or own_keys is None or limits is None:
+        return None
+    if settings is not hot.project_settings or own_keys is not hot.own_keys \
+            or limits is not hot.limits:
+        return False
+    return gw.cache.stored_now(hot.kv_key, hot.stored)
+
+
 async def remembered(gw: Gateway, ctx: ProxyContext, principal: Principal,
                      hot: HotRequest) -> bool:
     """Whether `hot` still answers this request (`still_current`). If so, `ctx` is filled
