@@ -135,3 +135,24 @@ class RateTable:
     def to_dict(self) -> dict[str, tuple[int, int, int]]: ...
 
 def crc32(data: bytes, value: int = 0) -> int: ...
+
+@final
+class RequestTally:
+    """Per-request metrics summed in process; `drain` hands them over and starts again."""
+
+    def __new__(cls, latency_bounds: list[float], ttft_bounds: list[float]) -> RequestTally: ...
+    def record(
+        self,
+        route: str,
+        model: str,
+        status: int,
+        duration_s: float,
+        ttft_s: float | None = None,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        cost_usd: float = 0.0,
+        outcome: str | None = None,
+    ) -> None: ...
+    def outcome(self, outcome: str) -> None: ...
+    def drain(self) -> tuple[dict[tuple[str, str, int], list[Any]], dict[str, int]]: ...
+    def __len__(self) -> int: ...

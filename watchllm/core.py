@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         RateGrant,
         RatePlan,
         RateTable,
+        RequestTally,
         RowBinaryError,
         VectorIndex,
         cache_key,
@@ -54,6 +55,7 @@ else:
     RateGrant = _impl.RateGrant
     RatePlan = _impl.RatePlan
     RateTable = _impl.RateTable
+    RequestTally = _impl.RequestTally
     RowBinaryError = _impl.RowBinaryError
     VectorIndex = _impl.VectorIndex
     cache_key = _impl.cache_key
@@ -74,6 +76,7 @@ __all__ = [
     "RateGrant",
     "RatePlan",
     "RateTable",
+    "RequestTally",
     "RowBinaryError",
     "VectorIndex",
     "cache_key",

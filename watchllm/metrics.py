@@ -5,11 +5,11 @@ prometheus_client (`watchllm.entrypoints.serve` does it in the serving process; 
 inherit it). Each worker then writes its samples to mmap'd files there and a scrape,
 answered by any worker, sums them. Live gauges of dead workers are dropped at scrape.
 
-`record_request` (once per request) adds to plain dicts; they reach prometheus-client once
-a second and before every scrape (`_Pending`; cost in `bench/limits/run.py`, recorded in
-docs/limits.md). Rare events (429s, upstream errors) go straight in. Label values are
-bounded: models beyond the first `MAX_MODELS` seen are recorded as "other", so clients
-cannot explode the series count.
+`record_request` (once per request) adds to an in-process tally (`core.RequestTally`, one
+call); the sums reach prometheus-client once a second and before every scrape (`_Pending`;
+cost in `bench/limits/run.py`, recorded in docs/limits.md). Rare events (429s, upstream
+errors) go straight in. Label values are bounded: models beyond the first `MAX_MODELS`
+seen are recorded as "other", so clients cannot explode the series count.
 Without prometheus-client installed every helper is a no-op and /metrics answers 503.
 """
 
@@ -19,8 +19,9 @@ import asyncio
 import contextlib
 import os
 import re
-from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
+
+from watchllm import core
 
 if TYPE_CHECKING:
     from watchllm.app import Gateway
@@ -113,27 +114,28 @@ def _model(model: str) -> str:
     return model
 
 
+_LATENCY = (*LATENCY_BUCKETS, float("inf"))
+_TTFT = (*TTFT_BUCKETS, float("inf"))
+
+
 class _Pending:
-    """Per-request samples summed in plain dicts, handed to prometheus-client once a second.
+    """Per-request samples summed in process (`core.RequestTally`: one call per request),
+    handed to prometheus-client once a second.
 
     A prometheus-client increment takes a lock (and, multiprocess, writes an mmap'd file):
-    ~1-3 µs each, several per request. A dict update is a tenth of that. The cost: a
+    ~1-3 µs each, several per request. The tally's call is a tenth of that. The cost: a
     scrape may miss up to FLUSH_S of other workers' samples (this worker flushes first).
     """
 
     def __init__(self) -> None:
         # (route, model as sent, status) -> [requests, prompt tokens, completion tokens, USD,
-        # latency buckets + [sum], time-to-first-token buckets + [sum]]; the model label is
-        # bounded and the histograms summed per route at flush, so the per-request work is
-        # one dict lookup.
-        self.requests: dict[tuple[str, str, int], list[Any]] = {}
-        self.cache: dict[str, int] = {}  # outcome
+        # latency buckets + [sum], time-to-first-token buckets + [sum]], and cache outcome
+        # -> count; the model label is bounded and the histograms summed per route at flush.
+        self.tally = core.RequestTally(list(_LATENCY), list(_TTFT))
         self.scheduled = False
 
 
 FLUSH_S = 1.0
-_LATENCY = (*LATENCY_BUCKETS, float("inf"))
-_TTFT = (*TTFT_BUCKETS, float("inf"))
 _pending = _Pending()
 
 
@@ -143,8 +145,7 @@ def flush() -> None:
     p.scheduled = False
     if m is None:
         return
-    requests, cache = p.requests, p.cache
-    p.requests, p.cache = {}, {}
+    requests, cache = p.tally.drain()
     for outcome, n in cache.items():
         _child(m.cache, outcome).inc(n)
     hist: dict[tuple[int, str], list[float]] = {}  # (which, route) -> buckets + [sum]
@@ -184,28 +185,15 @@ def _schedule() -> None:
 
 def record_request(route: str, model: str, status: int, duration_s: float,
                    ttft_s: float | None = None, prompt_tokens: int = 0,
-                   completion_tokens: int = 0, cost_usd: float = 0.0) -> None:
-    """One proxied request, at its end (after the last byte or the error)."""
+                   completion_tokens: int = 0, cost_usd: float = 0.0,
+                   outcome: str | None = None) -> None:
+    """One proxied request, at its end (after the last byte or the error); `outcome`: its
+    x-watchllm-cache value (HIT, MISS, SEMANTIC_HIT, BYPASS...), if it had one."""
     if _m is None:
         return
-    p = _pending
-    key = (route, model, status)
-    agg = p.requests.get(key)
-    if agg is None:
-        agg = p.requests[key] = [0, 0, 0, 0.0, [0.0] * (len(_LATENCY) + 1),
-                                 [0.0] * (len(_TTFT) + 1)]
-    agg[0] += 1
-    agg[1] += prompt_tokens
-    agg[2] += completion_tokens
-    agg[3] += cost_usd
-    h = agg[4]
-    h[bisect_left(_LATENCY, duration_s)] += 1  # first bucket with bound >= value ("le")
-    h[-1] += duration_s
-    if ttft_s is not None:
-        h = agg[5]
-        h[bisect_left(_TTFT, ttft_s)] += 1
-        h[-1] += ttft_s
-    if not p.scheduled:
+    _pending.tally.record(route, model, status, duration_s, ttft_s, prompt_tokens,
+                          completion_tokens, cost_usd, outcome)
+    if not _pending.scheduled:
         _schedule()
 
 
@@ -217,13 +205,11 @@ def upstream_error(provider: str, kind: str) -> None:
 
 
 def cache_outcome(outcome: str) -> None:
-    """outcome: the x-watchllm-cache value (HIT, MISS, SEMANTIC_HIT, BYPASS...); per request,
-    so summed like `record_request`."""
+    """A cache outcome of a request recorded without one; summed like `record_request`."""
     if _m is None:
         return
-    p = _pending
-    p.cache[outcome] = p.cache.get(outcome, 0) + 1
-    if not p.scheduled:
+    _pending.tally.outcome(outcome)
+    if not _pending.scheduled:
         _schedule()
 
 

@@ -13,6 +13,7 @@ use std::borrow::Cow;
 mod held;
 mod rates;
 mod rowbinary;
+mod tally;
 
 pyo3::create_exception!(
     _core,
@@ -238,6 +239,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<rates::RateGrant>()?;
     m.add_class::<held::HeldRates>()?;
     m.add_class::<held::HeldSlot>()?;
+    m.add_class::<tally::RequestTally>()?;
     m.add_function(wrap_pyfunction!(cache_key, m)?)?;
     m.add_function(wrap_pyfunction!(context_key, m)?)?;
     m.add_function(wrap_pyfunction!(embed_text, m)?)?;

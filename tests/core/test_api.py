@@ -21,6 +21,7 @@ API = {
     "RateGrant",
     "RatePlan",
     "RateTable",
+    "RequestTally",
     "RowBinaryError",
     "VectorIndex",
     "cache_key",

@@ -192,8 +192,7 @@ class RSGIGateway:
         latency_ms = (time.perf_counter() - started) * 1000
         usage = hot.usage
         metrics.record_request(endpoint, hot.model, 200, latency_ms / 1000, latency_ms / 1000,
-                               usage.prompt, usage.completion, 0.0)
-        metrics.cache_outcome("HIT")
+                               usage.prompt, usage.completion, 0.0, "HIT")
         self.gateway.env.events.put(replayed_event(hot.event, request_id, wall_ms,
                                                    latency_ms, latency_ms))
 

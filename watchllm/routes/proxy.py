@@ -159,9 +159,8 @@ async def finish(gw: Gateway, ctx: ProxyContext) -> None:
         else:
             await settle
     metrics.record_request(ctx.endpoint, ctx.model, ctx.status, ctx.elapsed_ms() / 1000,
-                           ctx.ttft_s, u.prompt, u.completion, ctx.cost_usd)
-    if ctx.cache_status != "NONE":
-        metrics.cache_outcome(ctx.cache_status)
+                           ctx.ttft_s, u.prompt, u.completion, ctx.cost_usd,
+                           None if ctx.cache_status == "NONE" else ctx.cache_status)
     if ctx.project_id:  # unauthenticated noise is not the project's event
         gw.env.events.put(ctx.event())
 
