@@ -2,7 +2,7 @@
 (the cpu-clock software event; this VM has no hardware counters) of the server's
 processes while `hey -c 50` drives it, printed as CPU µs per request.
 
-    .venv/bin/python bench/profile/perf_server.py [hit|passthrough|ceiling|floor]
+    .venv/bin/python bench/profile/perf_server.py [hit|passthrough|stream|ceiling|floor]
         [--seconds 8] [--events off|chdb] [--top 40]
 
 The gateway runs as in bench/load/ab.py (one worker on core 0, the mock upstream and hey
@@ -55,15 +55,16 @@ def _tree(root: int) -> list[int]:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("kind", nargs="?", default="hit",
-                   choices=["hit", "passthrough", "ceiling", "floor"])
+                   choices=["hit", "passthrough", "stream", "ceiling", "floor"])
     p.add_argument("--seconds", type=int, default=8)
     p.add_argument("--events", choices=["off", "chdb"], default="chdb")
     p.add_argument("--top", type=int, default=40)
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="watchllm-perf-"))
     body = tmp / "body.json"
-    body.write_text(json.dumps(BODY))
-    upstream = start_mock_upstream(tmp, fixed=True, cpu=1)
+    body.write_text(json.dumps({**BODY, "stream": True} if args.kind == "stream" else BODY))
+    # The fixed-answer mock does not stream; the scripted one does (8 chunks).
+    upstream = start_mock_upstream(tmp, fixed=args.kind != "stream", cpu=1)
     headers: dict[str, str] = {}
     if args.kind in ("ceiling", "floor"):
         port = free_port()
@@ -77,7 +78,7 @@ def main() -> None:
                **({"WATCHLLM_CLICKHOUSE_URL": "off"} if args.events == "off" else {})}
         server = start_gateway(tmp / "gw", env, cpu=0)
         headers = {"authorization": f"Bearer {make_key(server, 'bench-admin')}"}
-        if args.kind == "passthrough":
+        if args.kind in ("passthrough", "stream"):
             headers["x-watchllm-cache-mode"] = "off"
         url = server.url + "/v1/chat/completions"
     try:
