@@ -148,11 +148,10 @@ class RequestTally:
         status: int,
         duration_s: float,
         ttft_s: float | None = None,
-        prompt_tokens: int = 0,
-        completion_tokens: int = 0,
+        prompt_tokens: float = 0.0,
+        completion_tokens: float = 0.0,
         cost_usd: float = 0.0,
         outcome: str | None = None,
     ) -> None: ...
-    def outcome(self, outcome: str) -> None: ...
     def drain(self) -> tuple[dict[tuple[str, str, int], list[Any]], dict[str, int]]: ...
     def __len__(self) -> int: ...

@@ -204,15 +204,6 @@ def upstream_error(provider: str, kind: str) -> None:
         _child(_m.upstream_errors, provider, kind).inc()
 
 
-def cache_outcome(outcome: str) -> None:
-    """A cache outcome of a request recorded without one; summed like `record_request`."""
-    if _m is None:
-        return
-    _pending.tally.outcome(outcome)
-    if not _pending.scheduled:
-        _schedule()
-
-
 def rate_limited(scope: str, limit: str) -> None:
     if _m is not None:
         _child(_m.rate_limited, scope, limit).inc()

@@ -50,7 +50,7 @@ def test_single_process_render_and_bounded_model_labels() -> None:
     metrics.record_request("embeddings", "text-embedding-3-small", 200, 0.01)
     for i in range(metrics.MAX_MODELS + 5):
         metrics.record_request("chat/completions", f"m-{i}", 200, 0.01)
-    metrics.cache_outcome("HIT")
+    metrics.record_request("chat/completions", "m-0", 200, 0.01, outcome="HIT")
     metrics.upstream_error("openai", "timeout")
     metrics.set_backend_up("redis", False)
     text = metrics.render().decode()

@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import eventually
 from tests.pipeline.helpers import FlakySink, make_event, stored
+from watchllm.events import pipeline as pipeline_mod
 from watchllm.events.pipeline import EventPipeline, dumps
 from watchllm.events.spool import Spool
 
@@ -156,18 +157,42 @@ async def test_put_never_raises_and_unserialisable_is_dead_lettered(
     await p.close()
 
 
+@pytest.mark.parametrize("hot_bytes", [64 << 20, 0])
 async def test_a_non_object_in_an_encodable_record_is_dead_lettered(
-    clickhouse: Any, tmp_path: Path
+    clickhouse: Any, tmp_path: Path, hot_bytes: int
 ) -> None:
     """JSON can encode a string, so the record is one array: the string must still be set
-    aside, and the events around it stored."""
-    p = await started(clickhouse, tmp_path)
+    aside, and the events around it stored, whether the batch is built from the records
+    kept in memory or read back from disk (`hot_bytes=0`)."""
+    p = await started(clickhouse, tmp_path, hot_bytes=hot_bytes)
     p.put(make_event(1))
     p.put("not a dict")  # type: ignore[arg-type]
     p.put(make_event(2))
     await p.flush()
     assert await stored(clickhouse) == (2, 2)
     assert len(dead_letters(p)) == 1
+    await p.close()
+
+
+async def test_large_groups_are_split_into_records_of_bounded_size(
+    clickhouse: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group over RECORD_BYTES is halved until each record fits (a single event larger
+    than that is a record of its own); every event is stored once, an unencodable one
+    dead-lettered alone."""
+    monkeypatch.setattr(pipeline_mod, "RECORD_BYTES", 4000)
+    p = await started(clickhouse, tmp_path, hot_bytes=0)  # read back from disk
+    events = [make_event(i) for i in range(60)]
+    events[7] = {**events[7], "prompt": "x" * 10_000}  # larger than any record may be
+    events[30] = {**events[30], "metadata": {"k": object()}}
+    for ev in events:
+        p.put(ev)
+    await p.flush()
+    assert await stored(clickhouse) == (59, 59)
+    assert len(dead_letters(p)) == 1
+    records, _ = p.spool.read((0, 0), 1000)
+    assert len(records) > 10 and all(r.array for r in records)
+    assert all(len(r.payload) <= 4000 or r.count == 1 for r in records)
     await p.close()
 
 

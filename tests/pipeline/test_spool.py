@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
+import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from watchllm.events.spool import (
     HEADER,
+    Record,
     Spool,
+    SpoolError,
     encode_array_record,
     encode_record,
     parse_records,
@@ -21,9 +26,17 @@ def lines(start: int, n: int) -> list[bytes]:
     return [f'{{"i":{i}}}'.encode() for i in range(start, start + n)]
 
 
+def events_of(record: Record) -> list[bytes]:
+    """A record's events as JSON lines, whichever kind it is (an array record's elements
+    re-encoded: these are the compact documents `lines` makes)."""
+    if record.array:
+        return [orjson.dumps(ev) for ev in orjson.loads(record.payload)]
+    return record.payload.split(b"\n")
+
+
 def drain(spool: Spool, max_events: int = 1 << 30) -> tuple[list[bytes], tuple[int, int]]:
     records, end = spool.read(spool.acked, max_events)
-    return [line for r in records for line in r.payload.split(b"\n")], end
+    return [line for r in records for line in events_of(r)], end
 
 
 def segments(spool: Spool) -> list[Path]:
@@ -187,14 +200,19 @@ def test_random_crashes_never_lose_or_duplicate_acked_data(
     for count, crash, cut in steps:
         batch = lines(n, count)
         n += count
-        s.append(batch)
+        as_array = n % 2 == 0  # both kinds of record, interleaved
+        if as_array:
+            s.append_array(array(n - count, count), count)
+        else:
+            s.append(batch)
         written += batch
         if crash:
             seg = segments(s)[-1]
             s.close()
             if cut:
                 size = seg.stat().st_size
-                rec = len(encode_record(batch))
+                rec = len(encode_array_record(array(n - count, count), count) if as_array
+                          else encode_record(batch))
                 os.truncate(seg, size - min(cut, rec))
                 torn.update(batch)
             s = Spool(root, segment_bytes=300)
@@ -207,3 +225,26 @@ def test_random_crashes_never_lose_or_duplicate_acked_data(
     s.close()
     assert len(delivered) == len(set(delivered))
     assert set(delivered) == set(written) - torn
+
+
+def test_a_short_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: Any) -> None:
+    """Disk full mid-record: the append fails, its partial bytes are cut off, and the next
+    record starts where the spool says (a reader of the live segment reads up to there)."""
+    s = Spool(tmp_path)
+    s.append_array(array(0, 2), 2)
+    real = os.writev
+
+    def short(fd: int, buffers: Any) -> int:
+        data = b"".join(buffers)
+        return os.write(fd, data[: len(data) // 2])
+
+    monkeypatch.setattr(os, "writev", short)
+    with pytest.raises(SpoolError):
+        s.append_array(array(2, 3), 3)
+    monkeypatch.setattr(os, "writev", real)
+    s.append(lines(5, 1))
+    assert s.pending_events == 3
+    got, end = drain(s)
+    assert got == lines(0, 2) + lines(5, 1) and s.corrupt_bytes == 0
+    s.ack(end, 3)
+    s.close()

@@ -14,20 +14,23 @@ class RequestTally:
         self._outcomes: dict[str, int] = {}
 
     def record(self, route: str, model: str, status: int, duration_s: float,
-               ttft_s: float | None = None, prompt_tokens: int = 0,
-               completion_tokens: int = 0, cost_usd: float = 0.0,
+               ttft_s: float | None = None, prompt_tokens: float = 0.0,
+               completion_tokens: float = 0.0, cost_usd: float = 0.0,
                outcome: str | None = None) -> None:
-        if not isinstance(route, str) or not isinstance(model, str):
-            raise TypeError("route and model must be str")
+        if not isinstance(route, str) or not isinstance(model, str) \
+                or not isinstance(status, int):
+            raise TypeError("route and model must be str, status an int")
         key = (route, model, status)
         agg = self._aggregates.get(key)
         if agg is None:
-            agg = self._aggregates[key] = [0, 0, 0, 0.0, [0.0] * (len(self._latency) + 1),
+            # token sums as floats, as prometheus keeps them (and the Rust tally)
+            agg = self._aggregates[key] = [0, 0.0, 0.0, 0.0,
+                                           [0.0] * (len(self._latency) + 1),
                                            [0.0] * (len(self._ttft) + 1)]
         agg[0] += 1
-        agg[1] += prompt_tokens
-        agg[2] += completion_tokens
-        agg[3] += cost_usd
+        agg[1] += float(prompt_tokens)
+        agg[2] += float(completion_tokens)
+        agg[3] += float(cost_usd)
         h = agg[4]
         h[bisect_left(self._latency, duration_s)] += 1
         h[-1] += duration_s
@@ -37,9 +40,6 @@ class RequestTally:
             h[-1] += ttft_s
         if outcome is not None:
             self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
-
-    def outcome(self, outcome: str) -> None:
-        self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
 
     def drain(self) -> tuple[dict[tuple[str, str, int], list[Any]], dict[str, int]]:
         out = self._aggregates, self._outcomes

@@ -133,7 +133,9 @@ class RSGIGateway:
             if one_read and (principal := self._caller(headers)) is not None:
                 body = await proto()
                 hot = gw.hot.get((principal.key_id, endpoint, body))
-                if hot is not None:
+                # A limited caller takes the full path (only it can answer 429); its memo
+                # is checked there. (Its limits are the memo's, or the checks fail anyway.)
+                if hot is not None and hot.limits.unlimited:
                     started = time.perf_counter()  # the full path's clock starts here too
                     try:
                         current = still_current_now(gw, principal, hot)
@@ -142,8 +144,7 @@ class RSGIGateway:
                                                           principal.key_id, principal, hot)
                     except Exception:  # the full path meets the problem again, and reports it
                         current = False
-                    # A limited caller takes the full path: only it can answer 429.
-                    if current and hot.limits.unlimited:
+                    if current:
                         self._replay(headers, proto, endpoint, hot, started)
                         return
             await self._full(scope, proto, body, one_read)

@@ -137,6 +137,7 @@ class BatchBuilder:
                     _step_aside()
                 if not isinstance(ev, dict):
                     self.dead_letter([(None, ev, "an event must be a JSON object")])
+                    batch.events -= 1  # as decode() leaves it out of a batch read from disk
                     continue
                 self.rows.complete(ev)
                 for table in self.route(ev):

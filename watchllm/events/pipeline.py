@@ -3,8 +3,8 @@
 ::
 
     put(event)            append to a bounded deque; never blocks, never raises
-      │  writer thread    JSON-encode a batch, append it to the spool as one record
-      ▼                   (one write, fsync by policy): from here a crash loses nothing
+      │  writer thread    JSON-encode a batch (one array), append it to the spool as one
+      ▼                   record (one writev, fsync by policy): from here a crash loses nothing
     spool (spool.py)
       │  shipper task     read N events or what arrived in T ms; encode RowBinary
       ▼                   (watchllm.core) on a helper thread; insert; then ack the spool
@@ -54,12 +54,20 @@ from watchllm.events.batches import Batch, BatchBuilder, Columns, HotRecords, de
 from watchllm.events.deadletter import DeadLetterFile, Item
 from watchllm.events.rows import route as default_route
 from watchllm.events.schema import TABLES
-from watchllm.events.spool import FsyncPolicy, Position, Spool, SpoolBusy, orphan_slots
+from watchllm.events.spool import (
+    MAX_PAYLOAD,
+    FsyncPolicy,
+    Position,
+    Spool,
+    SpoolBusy,
+    orphan_slots,
+)
 from watchllm.scheduling import background_priority
 
 __all__ = ["EventPipeline", "Metrics", "default_route", "dumps"]
 log = logging.getLogger("watchllm.events")
 RECORD_EVENTS = 2000  # most events the writer puts in one spool record
+RECORD_BYTES = 8 << 20  # a larger record is split (unless it is one event)
 
 
 @dataclass(slots=True)
@@ -233,25 +241,7 @@ class EventPipeline:
                 continue
             take = min(len(self._buf), RECORD_EVENTS, self.batch_size)
             items = [self._buf.popleft() for _ in range(take)]
-            prev = self.spool.committed()
-            try:
-                # One encoder call for the whole record: ~0.7 µs an event, against ~5 µs
-                # for a call per event (bench/micro/spool_encode.py).
-                payload = dumps(items)
-            except (TypeError, ValueError):
-                good, end, size = self._append_lines(items)  # find the bad ones
-            else:
-                good, size = items, len(payload)
-                try:
-                    end = self.spool.append_array(payload, take)
-                except OSError as e:  # disk full or gone: nothing durable to promise
-                    log.error("event spool write failed, %d events dropped: %s", take, e)
-                    end = None
-            if end is None:
-                self.metrics.dropped += len(good)
-            else:
-                self.metrics.spooled += len(good)
-                self._hot.keep(prev, end, good, size)
+            self._spool_items(items)
             self._written += take
             # Waking the event loop costs more than writing a small record: only when a
             # caller waits (flush, wait_spooled) or a full batch is ready. Otherwise the
@@ -265,25 +255,39 @@ class EventPipeline:
                 # than writing the record). Idle, the first put() wakes the writer at once.
                 time.sleep(self.linger_s)
 
-    def _append_lines(self, items: list[Row]) -> tuple[list[Row], Position | None, int]:
-        """A record of JSON lines, one per event that encodes; the rest dead-lettered.
-        Returns the events written, the position after the record (None: not written)
-        and its payload size."""
-        lines: list[bytes] = []
-        good: list[Row] = []
-        for item in items:
-            try:
-                lines.append(dumps(item))
-            except (TypeError, ValueError) as e:
-                self._dead_letter([(None, repr(item), f"not JSON-serialisable: {e}")])
-            else:
-                good.append(item)
+    def _spool_items(self, items: list[Row]) -> None:
+        """Append `items` as one record: one JSON array from one encoder call (~0.7 µs an
+        event, against ~5 µs for a call per event; bench/micro/spool_encode.py). A group
+        that does not encode, or encodes to more than RECORD_BYTES, is halved until each
+        part does: an event orjson cannot encode, or one too large for any record, is
+        dead-lettered alone."""
         try:
-            end = self.spool.append(lines)
-        except OSError as e:
-            log.error("event spool write failed, %d events dropped: %s", len(lines), e)
+            payload = dumps(items)
+        except (TypeError, ValueError) as e:
+            if len(items) == 1:
+                self._dead_letter([(None, repr(items[0]), f"not JSON-serialisable: {e}")])
+                return
+            payload = None
+        if payload is None or (len(payload) > RECORD_BYTES and len(items) > 1):
+            half = len(items) // 2
+            self._spool_items(items[:half])
+            self._spool_items(items[half:])
+            return
+        if len(payload) > MAX_PAYLOAD:
+            self._dead_letter([(None, repr(items[0])[:2000],
+                                f"event too large for the spool ({len(payload)} bytes)")])
+            return
+        prev = self.spool.committed()
+        try:
+            end = self.spool.append_array(payload, len(items))
+        except OSError as e:  # disk full or gone: nothing durable to promise
+            log.error("event spool write failed, %d events dropped: %s", len(items), e)
             end = None
-        return good, end, sum(map(len, lines))
+        if end is None:
+            self.metrics.dropped += len(items)
+        else:
+            self.metrics.spooled += len(items)
+            self._hot.keep(prev, end, items, len(payload))
 
     def _notify(self) -> None:
         loop, progress = self._loop, self._progress

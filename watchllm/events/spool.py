@@ -20,7 +20,7 @@ detected; the reader then skips forward to the next valid record (or segment) an
 the bytes it lost in ``corrupt_bytes``. After a restart the writer always starts a new
 segment, so it never appends behind a torn tail.
 
-Durability: every append is written with one ``write()`` before it is published, so a
+Durability: every append is written with one ``writev()`` before it is published, so a
 crashed or killed process loses nothing the spool returned a position for. ``fsync``
 (against power loss) follows the policy: ``always`` (every group commit), ``interval``
 (at most ``fsync_interval_s`` of data at risk) or ``never``.
@@ -42,6 +42,7 @@ it, drain it with the slot's own id and replay record, and close it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import secrets
@@ -57,6 +58,7 @@ from watchllm import core
 MAGIC = b"WLS1"  # JSON lines
 MAGIC_ARRAY = b"WLS2"  # one JSON array
 _MAGICS = (MAGIC, MAGIC_ARRAY)
+_MAGIC_PREFIX = b"WLS"
 HEADER = struct.Struct("<4sIII")  # magic, payload length, event count, crc32
 ACK = struct.Struct("<QQI")  # segment, offset, crc32 of the first 16 bytes
 INFLIGHT = struct.Struct("<QQQI")  # segment, offset, events, crc32 of the first 24 bytes
@@ -119,8 +121,11 @@ def parse_records(buf: bytes) -> tuple[list[tuple[int, Record]], int]:
 
 def _next_magic(buf: bytes, start: int) -> int:
     """Where the next record header may start (either magic), or len(buf)."""
-    found = [i for i in (buf.find(m, start) for m in _MAGICS) if i >= 0]
-    return min(found) if found else len(buf)
+    while (i := buf.find(_MAGIC_PREFIX, start)) >= 0:
+        if buf[i:i + 4] in _MAGICS:
+            return i
+        start = i + 1
+    return len(buf)
 
 
 def _seg_name(seg: int) -> str:
@@ -333,6 +338,10 @@ class Spool:
         # One writev: the header and the payload are not copied into one buffer first.
         written = os.writev(self._fd, (header, payload))
         if written != size_of:  # a short write: disk full; never publish a partial record
+            # ... nor leave its bytes behind: the next record must start where the spool
+            # says it does (a reader of the live segment reads up to `committed` only).
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, size)
             raise SpoolError(f"short write to spool ({written} of {size_of} bytes)")
         self._dirty = True
         if self.fsync == "always":

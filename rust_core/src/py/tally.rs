@@ -12,8 +12,8 @@ struct Aggregate {
     model: Py<PyString>,
     status: i64,
     requests: i64,
-    prompt: i64,
-    completion: i64,
+    prompt: f64, // token sums as floats, as prometheus keeps them: no overflow
+    completion: f64,
     usd: f64,
     latency: Vec<f64>, // a count per bucket, then the sum
     ttft: Vec<f64>,
@@ -30,7 +30,10 @@ pub struct RequestTally {
     ttft_bounds: Vec<f64>,
     aggregates: HashMap<String, Aggregate>,
     outcomes: HashMap<String, i64>,
-    key: String, // reused: the lookup of a known aggregate allocates nothing
+    // reused: the lookup of a known aggregate allocates nothing. Route length-prefixed,
+    // then model, NUL, status (digits): one key per (route, model, status), whatever NULs
+    // the strings hold.
+    key: String,
 }
 
 #[pymethods]
@@ -49,8 +52,8 @@ impl RequestTally {
     }
 
     /// One request, at its end. `outcome`: its cache outcome, if it had one.
-    #[pyo3(signature = (route, model, status, duration_s, ttft_s=None, prompt_tokens=0,
-                        completion_tokens=0, cost_usd=0.0, outcome=None))]
+    #[pyo3(signature = (route, model, status, duration_s, ttft_s=None, prompt_tokens=0.0,
+                        completion_tokens=0.0, cost_usd=0.0, outcome=None))]
     #[allow(clippy::too_many_arguments)]
     fn record(
         &mut self,
@@ -59,18 +62,15 @@ impl RequestTally {
         status: i64,
         duration_s: f64,
         ttft_s: Option<f64>,
-        prompt_tokens: i64,
-        completion_tokens: i64,
+        prompt_tokens: f64,
+        completion_tokens: f64,
         cost_usd: f64,
         outcome: Option<&str>,
     ) -> PyResult<()> {
         let (r, m) = (route.to_cow()?, model.to_cow()?);
         self.key.clear();
-        self.key.push_str(&r);
-        self.key.push('\0');
-        self.key.push_str(&m);
-        self.key.push('\0');
-        let _ = write!(self.key, "{status}"); // a String's write! cannot fail
+        // A String's write! cannot fail.
+        let _ = write!(self.key, "{}:{r}{m}\0{status}", r.len());
         let (nl, nt) = (self.latency_bounds.len(), self.ttft_bounds.len());
         let agg = match self.aggregates.get_mut(self.key.as_str()) {
             Some(agg) => agg,
@@ -82,8 +82,8 @@ impl RequestTally {
                     model: model.clone().unbind(),
                     status,
                     requests: 0,
-                    prompt: 0,
-                    completion: 0,
+                    prompt: 0.0,
+                    completion: 0.0,
                     usd: 0.0,
                     latency: vec![0.0; nl + 1],
                     ttft: vec![0.0; nt + 1],
@@ -110,28 +110,24 @@ impl RequestTally {
         Ok(())
     }
 
-    /// Count a cache outcome of a request recorded without one.
-    fn outcome(&mut self, outcome: &str) {
-        *self.outcomes.entry(outcome.to_owned()).or_insert(0) += 1;
-    }
-
     /// The sums since the last drain, and start again: ({(route, model, status):
     /// [requests, prompt tokens, completion tokens, USD, latency buckets + [sum],
-    /// time-to-first-token buckets + [sum]]}, {outcome: count}).
-    fn drain<'py>(
-        &mut self,
-        py: Python<'py>,
-    ) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyDict>)> {
+    /// time-to-first-token buckets + [sum]]}, {outcome: count}). The sums are taken out
+    /// before any Python object is made, so a `record` from a finalizer that the
+    /// allocation runs finds the tally free.
+    fn drain<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyDict>)> {
+        let py = slf.py();
+        let (aggregates, outcomes) = {
+            let mut me = slf.borrow_mut();
+            (
+                std::mem::take(&mut me.aggregates),
+                std::mem::take(&mut me.outcomes),
+            )
+        };
         let requests = PyDict::new(py);
-        for (_, a) in self.aggregates.drain() {
-            let key = PyTuple::new(
-                py,
-                [
-                    a.route.into_any(),
-                    a.model.into_any(),
-                    a.status.into_pyobject(py)?.into_any().unbind(),
-                ],
-            )?;
+        for (_, a) in aggregates {
+            let status = a.status.into_pyobject(py)?.into_any().unbind();
+            let key = PyTuple::new(py, [a.route.into_any(), a.model.into_any(), status])?;
             let value = PyList::new(
                 py,
                 [
@@ -145,11 +141,11 @@ impl RequestTally {
             )?;
             requests.set_item(key, value)?;
         }
-        let outcomes = PyDict::new(py);
-        for (o, n) in self.outcomes.drain() {
-            outcomes.set_item(o, n)?;
+        let counts = PyDict::new(py);
+        for (o, n) in outcomes {
+            counts.set_item(o, n)?;
         }
-        Ok((requests, outcomes))
+        Ok((requests, counts))
     }
 
     fn __len__(&self) -> usize {
