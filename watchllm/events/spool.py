@@ -12,8 +12,7 @@ A record is one group commit of the writer (many events)::
     magic | payload length u32 | event count u32 | crc32 u32 | payload
     b"WLS2": payload = one JSON array of the events (the writer's one encoder call)
     b"WLS1": payload = event JSON documents joined by b"\\n" (JSON never contains a raw
-             newline): the writer's fallback when one event cannot be encoded, so that
-             only that one is set aside; and every record before array records existed
+             newline): every record written before array records existed; still read
 
 The crc covers length, count and payload, so a torn tail write or a flipped bit is
 detected; the reader then skips forward to the next valid record (or segment) and counts
