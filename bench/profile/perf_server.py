@@ -3,7 +3,7 @@
 processes while `hey -c 50` drives it, printed as CPU µs per request.
 
     .venv/bin/python bench/profile/perf_server.py [hit|passthrough|stream|ceiling|floor]
-        [--seconds 8] [--events off|chdb] [--top 40]
+        [--seconds 8] [--events off|chdb] [--top 40] [--env JSON]
 
 The gateway runs as in bench/load/ab.py (one worker on core 0, the mock upstream and hey
 on core 1). Python frames show as libpython's interpreter symbols: this splits the
@@ -59,6 +59,8 @@ def main() -> None:
     p.add_argument("--seconds", type=int, default=8)
     p.add_argument("--events", choices=["off", "chdb"], default="chdb")
     p.add_argument("--top", type=int, default=40)
+    p.add_argument("--env", default="{}", help="JSON: more environment for the gateway "
+                   "(e.g. self-hosted mode, limits)")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="watchllm-perf-"))
     body = tmp / "body.json"
@@ -75,7 +77,8 @@ def main() -> None:
     else:
         env = {"OPENAI_BASE_URL": upstream.url + "/v1", "OPENAI_API_KEY": "sk-bench",
                "WATCHLLM_ADMIN_KEY": "bench-admin", "WATCHLLM_LOG_LEVEL": "warning",
-               **({"WATCHLLM_CLICKHOUSE_URL": "off"} if args.events == "off" else {})}
+               **({"WATCHLLM_CLICKHOUSE_URL": "off"} if args.events == "off" else {}),
+               **json.loads(args.env)}
         server = start_gateway(tmp / "gw", env, cpu=0)
         headers = {"authorization": f"Bearer {make_key(server, 'bench-admin')}"}
         if args.kind in ("passthrough", "stream"):
