@@ -140,8 +140,7 @@ class RSGIGateway:
                     try:
                         current = still_current_now(gw, principal, hot)
                         if current is None:
-                            current = await still_current(gw, principal.project_id,
-                                                          principal.key_id, principal, hot)
+                            current = await still_current(gw, principal, hot)
                     except Exception:  # the full path meets the problem again, and reports it
                         current = False
                     if current:

@@ -313,8 +313,9 @@ class Spool:
             return self._committed
 
     def append(self, lines: list[bytes]) -> Position | None:
-        """Write one record of JSON lines; return the position after it, or None when the
-        spool is full."""
+        """Write one record of JSON lines (the format before array records: the writer
+        now appends arrays; tests make old spools with this); return the position after
+        it, or None when the spool is full."""
         if not lines:
             return self.committed()
         payload = b"\n".join(lines)

@@ -266,24 +266,11 @@ async def _serve_hot(gw: Gateway, send: Send, ctx: ProxyContext, principal: Prin
     return True
 
 
-async def still_current(gw: Gateway, project_id: str, key_id: str, principal: Principal,
-                        hot: HotRequest) -> bool:
-    """Whether `hot` still answers a request of this caller: every cached input the full
-    path read is the same object, and the KV still holds the bytes the answer came from."""
-    if hot.principal is not principal:
-        return False
-    # Each read without a coroutine while its cached answer is fresh (the common case).
-    projects, provider_keys = gw.projects, gw.provider_keys
-    if (settings := projects.peek(project_id)) is None:
-        settings = await projects.get(project_id)
-    if (own_keys := provider_keys.peek(project_id)) is None:
-        own_keys = await provider_keys.get(project_id)
-    if (settings is not hot.project_settings or own_keys is not hot.own_keys
-            or (gw.limits.limits_now(project_id, key_id)
-                or await gw.limits.limits_for(project_id, key_id)) is not hot.limits):
-        return False
-    stored = gw.cache.stored_now(hot.kv_key, hot.stored)
-    return stored if stored is not None else await gw.cache.still_stored(hot.kv_key, hot.stored)
+def _same_inputs(hot: HotRequest, settings: Any, own_keys: Any, limits: Any) -> bool:
+    """Whether the cached inputs just read are the very objects `hot` was worked out from
+    (each per-worker cache hands out the same object until it changes)."""
+    return (settings is hot.project_settings and own_keys is hot.own_keys
+            and limits is hot.limits)
 
 
 def still_current_now(gw: Gateway, principal: Principal, hot: HotRequest) -> bool | None:
@@ -296,19 +283,31 @@ def still_current_now(gw: Gateway, principal: Principal, hot: HotRequest) -> boo
     limits = gw.limits.limits_now(pid, principal.key_id)
     if settings is None or own_keys is None or limits is None:
         return None
-    if settings is not hot.project_settings or own_keys is not hot.own_keys \
-            or limits is not hot.limits:
+    if not _same_inputs(hot, settings, own_keys, limits):
         return False
     return gw.cache.stored_now(hot.kv_key, hot.stored)
+
+
+async def still_current(gw: Gateway, principal: Principal, hot: HotRequest) -> bool:
+    """Whether `hot` still answers a request of this caller: every cached input the full
+    path read is the same object, and the KV still holds the bytes the answer came from."""
+    current = still_current_now(gw, principal, hot)
+    if current is not None:
+        return current
+    pid, kid = principal.project_id, principal.key_id
+    if not _same_inputs(hot, await gw.projects.get(pid), await gw.provider_keys.get(pid),
+                        gw.limits.limits_now(pid, kid) or await gw.limits.limits_for(pid, kid)):
+        return False
+    return await gw.cache.still_stored(hot.kv_key, hot.stored)
 
 
 async def remembered(gw: Gateway, ctx: ProxyContext, principal: Principal,
                      hot: HotRequest) -> bool:
     """Whether `hot` still answers this request (`still_current`). If so, `ctx` is filled
     as the full path would have, and the request admitted by its limits."""
-    pid = ctx.project_id
-    if not await still_current(gw, pid, ctx.key_id, principal, hot):
+    if not await still_current(gw, principal, hot):
         return False
+    pid = ctx.project_id
     limits = hot.limits
     ctx.model, ctx.stream = hot.model, hot.stream  # what the full path knows at admission
     if not limits.unlimited:
