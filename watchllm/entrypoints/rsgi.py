@@ -34,6 +34,7 @@ from watchllm.routes.proxy import ENDPOINTS, still_current, still_current_now
 from watchllm.settings import load_settings
 
 _DISCONNECT = {"type": "http.disconnect"}
+_ENDED = object()  # a stream that was sent and freed
 _CONTROLS = tuple(h.decode() for h in HEADER_NAMES)
 
 
@@ -100,7 +101,11 @@ class _Exchange:
             if body:
                 await self.stream.send_bytes(body)
             if not more:
+                # granian ends the body when its transport is freed: let go of it now, so
+                # the end goes out with (or right after) the last chunk, not after the
+                # request's bookkeeping.
                 self.done = True
+                self.stream = _ENDED
 
 
 class RSGIGateway:
