@@ -257,3 +257,20 @@ def test_held_slot_twin_equals_rust(rust: ModuleType, twin: ModuleType, size: in
         if kind == "take":
             now += b
     assert logs[rust] == logs[twin]
+
+
+@pytest.mark.parametrize("which", ["rust", "twin"])
+def test_held_slot_take_reads_pythons_monotonic_clock(which: str, rust: ModuleType,
+                                                      twin: ModuleType) -> None:
+    """`take(tokens)` without `now` is `take(tokens, time.monotonic())`: a grant made now
+    admits, one whose time ran out before now does not (and tells of the miss then)."""
+    mod = rust if which == "rust" else twin
+    misses: list[float] = []
+    slot = mod.HeldSlot(misses.append, lambda now: None, lambda: None)
+    spec = [((b"l", b"10"), b"r", b"s", 10, 500, False, 6.0)]
+    slot.held = mod.HeldRates(4, 100, time.monotonic(), 60.0, spec, slot)
+    assert slot.take(1) is not None and misses == []
+    slot.held = mod.HeldRates(4, 100, time.monotonic() - 2.0, 1.0, spec, slot)
+    before = time.monotonic()
+    assert slot.take(1) is None
+    assert len(misses) == 1 and before <= misses[0] <= time.monotonic()

@@ -239,3 +239,49 @@ async def test_a_denial_during_this_workers_own_return_asks_again_without_waitin
     admission = await svc.admit(project, "k", 0, limits)  # denied, then admitted
     assert admission.outcome is not None and admission.outcome.allowed
     assert _prefetch_count("waited") == waited  # not mistaken for another worker's
+
+
+@needs_redis
+async def test_admit_at_once_takes_from_the_prefetch_exactly(project: str) -> None:
+    """On the system clock, a caller's requests are admitted from the prefetch in one call
+    (`Limits.admit_at_once`, the slot's `take` reading the clock itself) and settled with
+    `settle_at_once`; after close() Redis holds exactly the requests and the real tokens,
+    and each request that found no grant counted one miss."""
+    counters = RedisCounters(lean_client())
+    svc = LimitsService(counters, Settings(default_rpm=5_000, default_tpm=500_000))
+    limits = await svc.limits_for(project, "k")
+    first = svc.admit_now(project, "k", 40, limits) or await svc.admit(project, "k", 40, limits)
+    await svc.settle(first, 100, 0.0) if not isinstance(first, core.RateGrant) \
+        else svc.settle_now(first, 100)
+    admit, settle = limits.admit_at_once, limits.settle_at_once
+    assert admit is not None and settle is not None
+    for _ in range(200):  # the first grant lands
+        if (grant := admit(40)) is not None:
+            break
+        await asyncio.sleep(0.005)
+    assert grant is not None and svc._prefetch is not None
+    n, nones, missed = 1, 0, svc._prefetch.missed
+    settle(grant, 100)
+    while n < 60:
+        grant = admit(40)
+        if grant is None:  # a refill on its way: what the route does, admit() answers
+            nones += 1
+            grant = await svc.admit(project, "k", 40, limits, asked=True)
+            await svc.settle(grant, 100, 0.0) if not isinstance(grant, core.RateGrant) \
+                else svc.settle_now(grant, 100)
+        else:
+            settle(grant, 100)
+        n += 1
+    missed = svc._prefetch.missed - missed
+    await svc.close()
+    now_ms = int(time.time() * 1000)
+    for key, limit in ((f"wl:{{{project}}}:k:k:rpm", 5_000),
+                       (f"wl:{{{project}}}:k:k:tpm", 500_000)):
+        out = await counters.apply([Op(RATE, key, limit, 60_000, 0, PEEK)], now_ms)
+        used = limit - int(out.results[0].remaining)
+        # what 61 requests used (rpm: 1 each, tpm: 100 each), give or take the bucket's
+        # drain since the first of them (< 1 s: at most limit/60 per second)
+        expected = 61 if key.endswith("rpm") else 6_100
+        assert expected - limit // 60 <= used <= expected, (key, used)
+    assert missed == nones < 10, (missed, nones)  # each miss counted once
+    await counters.close()

@@ -293,3 +293,39 @@ async def test_a_huge_reported_usage_settles(counters: Any, project: str) -> Non
     await svc.settle(adm, 2 * (2**63 - 1), 0.0)
     with pytest.raises(RateLimitError):
         await svc.admit(project, "k", 10)  # the bucket is in (clamped) debt
+
+
+async def test_admit_at_once_is_the_callers_own_and_answers_as_admit() -> None:
+    """The request path's one-call admission (`Limits.admit_at_once`, then
+    `settle_at_once`) is set only on the Limits object the service caches for that caller
+    and only on the system clock; its grants count in the same table, and when it says
+    None, `admit` raises the 429."""
+    from watchllm.env.embedded.memory import MemoryCounters
+
+    svc = LimitsService(MemoryCounters(), Settings(default_rpm=3, default_tpm=1_000))
+    limits = await svc.limits_for("p", "k")
+    assert limits.admit_at_once is None  # nothing built yet
+    first = svc.admit_now("p", "k", 10, limits) or await svc.admit("p", "k", 10, limits)
+    admit, settle = limits.admit_at_once, limits.settle_at_once
+    assert admit is not None and settle is not None
+    grants = [admit(10), admit(10)]
+    assert all(g is not None for g in grants)
+    assert dict(grants[1].rate_headers)[b"x-ratelimit-remaining-requests"] == b"0"
+    assert admit(10) is None  # the 4th of 3 per minute
+    with pytest.raises(RateLimitError) as exc:
+        await svc.admit("p", "k", 10, limits)
+    assert exc.value.status == 429 and "retry-after" in dict(exc.value.headers)
+    settle(grants[0], 1 << 53)  # the route's clamp: settles, the bucket in debt
+    svc.settle_now(first, 10)
+
+    # Someone else's Limits object (could be shared by callers), or an injected clock: no
+    # one-call admission; `admit_now` still answers.
+    other = Limits(key=Scope(rpm=5))
+    assert svc.admit_now("p", "k2", 1, other) or await svc.admit("p", "k2", 1, other)
+    assert svc.admit_now("p", "k2", 1, other) is not None
+    assert other.admit_at_once is None
+    clocked = service(MemoryCounters(), default_rpm=3)
+    mine = await clocked.limits_for("p", "k")
+    await clocked.admit("p", "k", 1, mine)
+    assert clocked.admit_now("p", "k", 1, mine) is not None
+    assert mine.admit_at_once is None

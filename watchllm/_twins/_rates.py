@@ -139,7 +139,9 @@ class HeldSlot:
         self._watched = False
         self._on_miss, self._on_low, self._on_pending = on_miss, on_low, on_pending
 
-    def take(self, tokens: int, now: float) -> RateGrant | None:
+    def take(self, tokens: int, now: float | None = None) -> RateGrant | None:
+        if now is None:
+            now = time.monotonic()
         held = self.held
         got = None if held is None else held.take(tokens, now)
         if got is None:

@@ -55,6 +55,13 @@ class Limits:
     period: str = "month"
     # Worked out once: read on every request.
     unlimited: bool = field(init=False, compare=False, repr=False, default=True)
+    # Set by LimitsService on the Limits object it caches for one caller, once that caller's
+    # rates-only requests can be admitted in one call: `admit_at_once(tokens)` gives the
+    # RateGrant, or None (then `LimitsService.admit` answers; it raises the 429), and
+    # `settle_at_once(grant, real_tokens)` settles it (real_tokens at most 2^53). No Python
+    # frame per request.
+    admit_at_once: Any = field(init=False, compare=False, repr=False, default=None)
+    settle_at_once: Any = field(init=False, compare=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "unlimited", (

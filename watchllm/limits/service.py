@@ -222,10 +222,13 @@ class LimitsService:
 
     # -- admit ----------------------------------------------------------------------------
     async def admit(self, project_id: str, key_id: str, estimated_prompt_tokens: int = 0,
-                    limits: Limits | None = None, _asks: int = 3) -> Admitted:
+                    limits: Limits | None = None, _asks: int = 3, *,
+                    asked: bool = False) -> Admitted:
         """Check and count one request; raises RateLimitError (429) when over a limit.
 
-        The batch also carries the project's deferred settle deltas (applied first)."""
+        The batch also carries the project's deferred settle deltas (applied first).
+        `asked`: the caller has just asked `admit_now` or `limits.admit_at_once`, which
+        said None; they are not asked again (a prefetch would count a second miss)."""
         if limits is None:
             if project_id == "*":  # the admin key is not limited
                 return Admission(project_id, key_id)
@@ -237,7 +240,8 @@ class LimitsService:
         template = self._templates.get((project_id, key_id))
         if template is None or template.limits is not limits:
             template = self._template(project_id, key_id, limits)
-        if (fast := self.admit_now(project_id, key_id, tokens, limits)) is not None:
+            asked = False  # without a template, admit_now answered nothing (nor set up)
+        if not asked and (fast := self.admit_now(project_id, key_id, tokens, limits)) is not None:
             return fast
         # Not in process, not rates only, or denied (nothing written): the general path
         # decides (again: the same answer) and explains a 429.
@@ -309,7 +313,20 @@ class LimitsService:
             return take(tokens, time.monotonic())
         if template.rate_plan is not None and self._prefetch is not None:
             self._prefetch.attach(template, project_id, tokens)  # first seen: set it up
+            self._at_once(project_id, key_id, limits, template.take_held,
+                          template.prefetch.slot.settle)
         return None
+
+    def _at_once(self, project_id: str, key_id: str, limits: Limits, admit: Any,
+                 settle: Any) -> None:
+        """Give `limits` its `admit_at_once` and `settle_at_once` when it is the object
+        this service caches for this caller (so no other caller shares it) and time is the
+        system's."""
+        entry = self._limits.entries.get((project_id, key_id))
+        if admit is not None and self.clock is None and entry is not None \
+                and entry[0] is limits:
+            object.__setattr__(limits, "settle_at_once", settle)
+            object.__setattr__(limits, "admit_at_once", admit)
 
     def _template(self, project_id: str, key_id: str, limits: Limits) -> _Template:
         """Cached per (project, key) while the Limits object is the same: building key
@@ -358,6 +375,7 @@ class LimitsService:
         if len(self._templates) > 100_000:
             self._templates.clear()
         self._templates[(project_id, key_id)] = template
+        self._at_once(project_id, key_id, limits, template.admit_rates, self._settle_rates)
         return template
 
     def _admit_ops(self, template: _Template, tokens: int, now_ms: int | None) -> list[Op]:

@@ -46,8 +46,8 @@ class ProxyContext:
     __slots__ = ("admission", "cache_status", "cost_saved_usd", "cost_usd", "counted",
                  "endpoint", "error_message", "error_type", "key_id", "limit_headers",
                  "model", "project_id", "prompt", "provider", "request_id", "response",
-                 "started", "status", "stream", "template", "ttft_s", "upstream_s", "usage",
-                 "user", "wall_ms")
+                 "settle", "started", "status", "stream", "template", "ttft_s", "upstream_s",
+                 "usage", "user", "wall_ms")
 
     def __init__(self, request_id: str, endpoint: str) -> None:
         self.request_id = request_id
@@ -65,6 +65,7 @@ class ProxyContext:
         self.error_type = self.error_message = self.prompt = self.response = self.user = ""
         self.admission: Admitted | None = None
         self.limit_headers: list[tuple[bytes, bytes]] = []
+        self.settle: Any = None  # `Limits.settle_at_once` when admitted by `admit_at_once`
         # (body, its count_chat_tokens) from admission
         self.counted: tuple[bytes, int] | None = None
         # A replayed request's event, minus the per-request fields (see proxy/hot.py).

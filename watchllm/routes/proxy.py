@@ -36,8 +36,10 @@ from watchllm.proxy.streaming import forward_stream
 if TYPE_CHECKING:
     from watchllm.app import Gateway
     from watchllm.auth import Principal
+    from watchllm.limits.plan import Limits
 
 _HITS = ("HIT", "SEMANTIC_HIT")
+_MAX_TOKENS = 1 << 53  # a settled usage count is clamped to this (core's integers)
 _MODE = b"x-watchllm-cache-mode"
 ENDPOINTS = {
     "/v1/chat/completions": "chat/completions",
@@ -145,7 +147,9 @@ async def finish(gw: Gateway, ctx: ProxyContext) -> None:
     u = ctx.usage
     used = 0 if ctx.cache_status in _HITS else u.prompt + u.completion
     admission = ctx.admission
-    if isinstance(admission, core.RateGrant):
+    if (settle := ctx.settle) is not None:  # admitted by `Limits.admit_at_once`
+        settle(admission, used if used < _MAX_TOKENS else _MAX_TOKENS)
+    elif isinstance(admission, core.RateGrant):
         # Admitted at once (rates only: in process, or from a prefetch): settled here and
         # now, no coroutine.
         gw.limits.settle_now(admission, used)
@@ -163,6 +167,17 @@ async def finish(gw: Gateway, ctx: ProxyContext) -> None:
                            None if ctx.cache_status == "NONE" else ctx.cache_status)
     if ctx.project_id:  # unauthenticated noise is not the project's event
         gw.env.events.put(ctx.event())
+
+
+async def _admit(gw: Gateway, ctx: ProxyContext, estimate: int, limits: Limits,
+                 now_first: bool) -> None:
+    """Admit the request (or raise the 429) when `Limits.admit_at_once` did not:
+    `admit_now` first unless `admit_at_once` already asked, then `admit` without asking
+    them again (a prefetch would count a second miss)."""
+    pid, kid = ctx.project_id, ctx.key_id
+    admission = gw.limits.admit_now(pid, kid, estimate, limits) if now_first else None
+    ctx.admission = admission or await gw.limits.admit(pid, kid, estimate, limits, asked=True)
+    ctx.limit_headers = gw.limits.headers(ctx.admission)
 
 
 def _text_prompt_tokens(data: dict[str, Any], model: str) -> int:
@@ -201,9 +216,14 @@ async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
             ctx.counted = (raw, estimate)
         else:
             estimate = _text_prompt_tokens(data, ctx.model)
-        ctx.admission = gw.limits.admit_now(ctx.project_id, ctx.key_id, estimate, limits) \
-            or await gw.limits.admit(ctx.project_id, ctx.key_id, estimate, limits)
-        ctx.limit_headers = gw.limits.headers(ctx.admission)
+        # In one call when it can (`Limits.admit_at_once`); else admit_now, else admit.
+        if (at_once := limits.admit_at_once) is not None \
+                and (grant := at_once(estimate)) is not None:
+            ctx.admission = grant
+            ctx.settle = limits.settle_at_once
+            ctx.limit_headers = grant.rate_headers
+        else:
+            await _admit(gw, ctx, estimate, limits, at_once is None)
     body_controls = data.get("watchllm")
     if body_controls is None and plain:
         controls = cache_controls.DEFAULT  # the common case: nothing to parse
@@ -307,13 +327,16 @@ async def remembered(gw: Gateway, ctx: ProxyContext, principal: Principal,
     as the full path would have, and the request admitted by its limits."""
     if not await still_current(gw, principal, hot):
         return False
-    pid = ctx.project_id
     limits = hot.limits
     ctx.model, ctx.stream = hot.model, hot.stream  # what the full path knows at admission
     if not limits.unlimited:
-        ctx.admission = gw.limits.admit_now(pid, ctx.key_id, hot.estimate, limits) \
-            or await gw.limits.admit(pid, ctx.key_id, hot.estimate, limits)
-        ctx.limit_headers = gw.limits.headers(ctx.admission)
+        if (at_once := limits.admit_at_once) is not None \
+                and (grant := at_once(hot.estimate)) is not None:
+            ctx.admission = grant
+            ctx.settle = limits.settle_at_once
+            ctx.limit_headers = grant.rate_headers
+        else:
+            await _admit(gw, ctx, hot.estimate, limits, at_once is None)
     ctx.provider, ctx.prompt, ctx.user = hot.provider, hot.prompt, hot.user
     ctx.status, ctx.cache_status = 200, "HIT"
     ctx.usage, ctx.cost_saved_usd, ctx.template = hot.usage, hot.cost_saved_usd, hot.event

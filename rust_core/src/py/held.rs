@@ -9,6 +9,7 @@
 use super::rates::{push_group, RateGrant};
 use super::CoreError;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
@@ -165,6 +166,16 @@ pub struct HeldSlot {
     on_pending: Option<Py<PyAny>>,
 }
 
+/// Python's `time.monotonic()`: the clock the grants' times are on (the same call as
+/// Python's, whatever clock that is on this platform).
+fn monotonic(py: Python<'_>) -> PyResult<f64> {
+    static MONOTONIC: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    MONOTONIC
+        .import(py, "time", "monotonic")?
+        .call0()?
+        .extract()
+}
+
 /// Call a callback if it is still there (`__clear__` drops them).
 fn call<'py>(
     py: Python<'py>,
@@ -192,10 +203,16 @@ impl HeldSlot {
         }
     }
 
-    /// Admit one request of `tokens` at `now` (the grants' clock) from the held grant: its
-    /// `RateGrant` (owned by this slot), or None (`on_miss` was told).
-    fn take(slf: &Bound<'_, Self>, tokens: i64, now: f64) -> PyResult<Option<RateGrant>> {
+    /// Admit one request of `tokens` at `now` (the grants' clock; None: Python's
+    /// `time.monotonic()`, read here) from the held grant: its `RateGrant` (owned by this
+    /// slot), or None (`on_miss` was told).
+    #[pyo3(signature = (tokens, now=None))]
+    fn take(slf: &Bound<'_, Self>, tokens: i64, now: Option<f64>) -> PyResult<Option<RateGrant>> {
         let py = slf.py();
+        let now = match now {
+            Some(now) => now,
+            None => monotonic(py)?,
+        };
         let held = slf.borrow().held.as_ref().map(|h| h.clone_ref(py));
         let got = match &held {
             Some(h) => h.bind(py).borrow_mut().take(py, tokens, now)?,
