@@ -17,7 +17,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from urllib.parse import urlsplit
 
 import httptools
@@ -106,7 +106,7 @@ class _Response:
                     else:
                         chunk = b"".join(self.chunks)
                         self.chunks.clear()
-                    self.buffered -= len(chunk)
+                    self.buffered = 0  # everything that had arrived
                     self._conn.resume()
                     yield chunk
                 elif self.done:
@@ -132,12 +132,13 @@ class _Response:
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("_header", "_reused", "closed", "idle_since", "loop", "parser", "pool",
-                 "read_timeout", "response", "transport")
+    __slots__ = ("_header", "_reused", "closed", "idle_since", "loop", "on_body", "parser",
+                 "pool", "read_timeout", "response", "transport")
 
     def __init__(self, pool: _Pool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
+        self.on_body: Callable[[bytes], None] | None = None  # set per response, in send()
         self.parser = httptools.HttpResponseParser(self)
         self.response: _Response | None = None
         self.closed = False
@@ -157,6 +158,9 @@ class _Connection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
+        if self.response is None:  # nothing asked: an upstream that talks out of turn
+            self.abort()
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -170,8 +174,10 @@ class _Connection(asyncio.Protocol):
         # holds many HTTP chunks (SSE events).
         r = self.response
         if r is not None:
-            if r.streaming and r.buffered > _HIGH_WATER and self.transport is not None:
-                self.transport.pause_reading()
+            if r.streaming:  # back-pressure, counted per read (framing included)
+                r.buffered += len(data)
+                if r.buffered > _HIGH_WATER and self.transport is not None:
+                    self.transport.pause_reading()
             r._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -197,12 +203,6 @@ class _Connection(asyncio.Protocol):
                 r.headers.clear()
                 return
             r.status = status
-
-    def on_body(self, body: bytes) -> None:
-        r = self.response
-        if r is not None and not r.done:
-            r.chunks.append(body)
-            r.buffered += len(body)
 
     def on_message_complete(self) -> None:
         r = self.response
@@ -246,8 +246,11 @@ class _Connection(asyncio.Protocol):
     async def send(self, head: bytes, body: bytes | None, read_timeout: float) -> _Response:
         assert self.transport is not None
         self.read_timeout = read_timeout
-        self.parser = httptools.HttpResponseParser(self)
         r = self.response = _Response(self)
+        # httptools calls `on_body` for each HTTP chunk of the body: the response's own
+        # deque.append, no Python frame per chunk (a stream's SSE events are chunks).
+        self.on_body = r.chunks.append
+        self.parser = httptools.HttpResponseParser(self)
         self.transport.write(head + body if body else head)
         while r.status == 0 and r.error is None:
             await r._wait(read_timeout)
