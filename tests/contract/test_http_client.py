@@ -234,6 +234,38 @@ async def test_slow_consumer_of_a_large_stream_gets_every_byte(client: HttpClien
         assert total == 80 * len(piece)
 
 
+async def test_a_stream_nobody_reads_pauses_the_socket_and_resumes() -> None:
+    """The lean client stops reading a stream whose consumer falls over 1 MiB behind
+    (the upstream then waits on TCP), and reads on once the consumer catches up."""
+    piece = b"z" * 65536
+    sent: list[int] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(160):  # 10 MiB
+            writer.write(b"%x\r\n" % len(piece) + piece + b"\r\n")
+            await writer.drain()
+            sent.append(1)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    client = LeanHttpClient(pool_size=1)
+    try:
+        async with serve(handler) as url:
+            resp = await client.request("POST", url, {}, b"{}", connect_timeout=2,
+                                        read_timeout=5)
+            chunks = resp.iter_chunks()
+            first = await chunks.__anext__()
+            await asyncio.sleep(0.5)  # nobody reads: the client stops reading
+            assert not resp._conn.transport.is_reading()  # type: ignore[attr-defined]
+            assert len(sent) < 160  # the upstream is held back
+            total = len(first) + sum([len(c) async for c in chunks])
+            assert total == 160 * len(piece) and len(sent) == 160
+    finally:
+        await client.close()
+
+
 @pytest.mark.parametrize("tail", [
     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}XX",
     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}not http",

@@ -106,8 +106,9 @@ class _Response:
                     else:
                         chunk = b"".join(self.chunks)
                         self.chunks.clear()
+                    if self.buffered > _HIGH_WATER:  # reading was paused: resume it
+                        self._conn.resume()
                     self.buffered = 0  # everything that had arrived
-                    self._conn.resume()
                     yield chunk
                 elif self.done:
                     break
@@ -219,8 +220,7 @@ class _Connection(asyncio.Protocol):
             r._wake()
 
     def resume(self) -> None:
-        if self.transport is not None and self.response is not None \
-                and self.response.buffered <= _HIGH_WATER:
+        if self.transport is not None and self.response is not None:
             self.transport.resume_reading()
 
     def abort(self) -> None:
