@@ -1,7 +1,7 @@
 """Drive the ASGI app in-process (no server, no sockets) to profile our own per-request cost.
 
     .venv/bin/python bench/profile/inprocess.py [hit|miss|http|stream] [N] [CONC] \
-        [--uvloop] [--profile] [--opcodes] [--limits] [--self-hosted]
+        [--uvloop] [--profile] [--opcodes] [--limits] [--self-hosted] [--paced=MS]
 
 `miss` uses the in-process mock provider with caching off, `http` a real mock upstream
 over loopback (the lean HTTP client included; the upstream's own CPU is not counted),
@@ -9,6 +9,8 @@ over loopback (the lean HTTP client included; the upstream's own CPU is not coun
 Prints
 microseconds per request of pure application work. `--opcodes` instead counts the Python
 bytecodes each function runs per request (sys.settrace; exact, and slow: use N ~ 50).
+`--paced=MS`: the upstream waits MS between a stream's events (each arrives in a read of
+its own, as a model's tokens do).
 """
 
 from __future__ import annotations
@@ -61,11 +63,15 @@ async def main(kind: str, n: int, profile: bool, concurrency: int) -> None:
                (b"content-type", b"application/json")]
     if kind in ("miss", "http", "stream"):
         headers.append((b"x-watchllm-cache-mode", b"off"))
-    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
-             "query_string": b"", "headers": headers}
     sent: list[Any] = []
+    scope: dict[str, Any] = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
+                             "query_string": b"", "headers": headers}
 
     body = orjson.dumps({**orjson.loads(BODY), "stream": True}) if kind == "stream" else BODY
+    paced = [a for a in sys.argv if a.startswith("--paced=")]
+    if paced:  # the upstream waits this many ms between events: a read per event
+        ms = float(paced[0].split("=", 1)[1])
+        body = orjson.dumps({**orjson.loads(body), "mock": {"chunk_delay_ms": ms}})
 
     def make_receive() -> Any:
         calls = 0
