@@ -243,7 +243,7 @@ async def test_a_stream_nobody_reads_pauses_the_socket_and_resumes() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-        for _ in range(160):  # 10 MiB
+        for _ in range(640):  # 40 MiB: more than loopback's socket buffers hold
             writer.write(b"%x\r\n" % len(piece) + piece + b"\r\n")
             await writer.drain()
             sent.append(1)
@@ -259,9 +259,9 @@ async def test_a_stream_nobody_reads_pauses_the_socket_and_resumes() -> None:
             first = await chunks.__anext__()
             await asyncio.sleep(0.5)  # nobody reads: the client stops reading
             assert not resp._conn.transport.is_reading()  # type: ignore[attr-defined]
-            assert len(sent) < 160  # the upstream is held back
+            assert len(sent) < 640  # the upstream is held back
             total = len(first) + sum([len(c) async for c in chunks])
-            assert total == 160 * len(piece) and len(sent) == 160
+            assert total == 640 * len(piece) and len(sent) == 640
     finally:
         await client.close()
 
@@ -285,6 +285,41 @@ async def test_stray_bytes_after_a_complete_response_do_not_stall_it(client: Htt
         with contextlib.suppress(aiohttp.ClientError):
             got = await asyncio.wait_for(call(client, url, read_timeout=4), 2)
         assert got == b"{}" or not isinstance(client, LeanHttpClient)
+
+
+@pytest.mark.parametrize("later", [False, True])
+async def test_an_unasked_response_after_a_complete_one_is_not_its_body(later: bool) -> None:
+    """Bytes after a complete response (an unasked second response, in the same read or a
+    later one before the body was taken) are not appended to its body, and the connection
+    is not reused: the next request gets its own answer over a new connection."""
+    stray = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc"
+    seen: list[int] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(1)
+        while True:
+            await read_request(reader)
+            first = respond(b"{}")
+            writer.write(first if later else first + stray)
+            await writer.drain()
+            if later:
+                await asyncio.sleep(0.05)
+                writer.write(stray)
+                await writer.drain()
+
+    client = LeanHttpClient(pool_size=1)
+    try:
+        async with serve(handler) as url:
+            resp = await client.request("POST", url, {}, b"{}", connect_timeout=2,
+                                        read_timeout=5)
+            await asyncio.sleep(0.2)  # the stray bytes have arrived
+            assert await resp.read() == b"{}"
+            resp = await client.request("POST", url, {}, b"{}", connect_timeout=2,
+                                        read_timeout=5)
+            assert await resp.read() == b"{}"
+            assert len(seen) == 2  # a second connection
+    finally:
+        await client.close()
 
 
 async def test_an_interim_103_response_is_skipped(client: HttpClient) -> None:

@@ -316,7 +316,12 @@ async def test_admit_at_once_is_the_callers_own_and_answers_as_admit() -> None:
         await svc.admit("p", "k", 10, limits)
     assert exc.value.status == 429 and "retry-after" in dict(exc.value.headers)
     settle(grants[0], 1 << 53)  # the route's clamp: settles, the bucket in debt
+    assert grants[0].settled and not grants[1].settled
     svc.settle_now(first, 10)
+    # forget() (a plan change) takes the one-call admission away with the templates: a
+    # request then builds them again, from the new limits.
+    svc.forget("p")
+    assert limits.admit_at_once is None and limits.settle_at_once is None
 
     # Someone else's Limits object (could be shared by callers), or an injected clock: no
     # one-call admission; `admit_now` still answers.

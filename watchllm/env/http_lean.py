@@ -25,7 +25,9 @@ import httptools
 from watchllm.env.base import ConnectError
 from watchllm.env.http_aiohttp import AiohttpClient
 
-_HIGH_WATER = 1 << 20  # buffered body bytes before we stop reading from the socket
+# Bytes read for a streamed body (chunk framing included) and not yet taken by its
+# consumer, before we stop reading from the socket.
+_HIGH_WATER = 1 << 20
 _IDLE_TTL_S = 30.0
 
 
@@ -133,8 +135,8 @@ class _Response:
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("_header", "_reused", "closed", "idle_since", "loop", "on_body", "parser",
-                 "pool", "read_timeout", "response", "transport")
+    __slots__ = ("_header", "_reused", "_spill", "closed", "idle_since", "loop", "on_body",
+                 "parser", "pool", "read_timeout", "response", "transport")
 
     def __init__(self, pool: _Pool) -> None:
         self.pool = pool
@@ -148,6 +150,7 @@ class _Connection(asyncio.Protocol):
         self.loop: asyncio.AbstractEventLoop
         self._header: bytes = b""
         self._reused = False
+        self._spill: deque[bytes] | None = None  # see on_message_complete
 
     # -- asyncio.Protocol ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -159,8 +162,12 @@ class _Connection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
-        if self.response is None:  # nothing asked: an upstream that talks out of turn
+        r = self.response
+        if r is None:  # nothing asked: an upstream that talks out of turn
             self.abort()
+            return
+        if r.done:  # more after the whole response: the connection cannot be reused
+            self.closed = True
             return
         try:
             self.parser.feed_data(data)
@@ -198,7 +205,7 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         r = self.response
-        if r is not None:
+        if r is not None and not r.done:  # (done: an unasked response; on_message_complete)
             status = self.parser.get_status_code()
             if 100 <= status < 200:  # an interim response (100, 103): the real one follows
                 r.headers.clear()
@@ -207,8 +214,17 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         r = self.response
-        if r is not None and r.status:  # not the end of an interim (1xx) response
+        if r is not None and r.done:  # an unasked response after it, in the same read
+            self.closed = True
+        elif r is not None and r.status:  # not the end of an interim (1xx) response
             r.done = True
+            # The parser goes on with the rest of this read, and would append the body of
+            # an unasked response after this one to the deque it was given (on_body): the
+            # body moves to a new deque, and anything in the old one closes the connection.
+            given = r.chunks
+            r.chunks = deque(given)
+            given.clear()
+            self._spill = given
         if not self.parser.should_keep_alive():
             self.closed = True
 
@@ -236,7 +252,8 @@ class _Connection(asyncio.Protocol):
         """The response was read to its end: the connection may serve the next request."""
         if self.response is None:
             return
-        if self.closed or self.transport is None or self.transport.is_closing():
+        if self.closed or self._spill or self.transport is None \
+                or self.transport.is_closing():
             self.abort()
             return
         self.response = None

@@ -96,7 +96,7 @@ class _Template:
     admit_rates: Callable[..., core.RateGrant | None] | None = None
     # `simple`, shared counters: this caller's prefetch state, and its slot's `take`
     prefetch: Any = None
-    take_held: Callable[[int, float], core.RateGrant | None] | None = None
+    take_held: Callable[..., core.RateGrant | None] | None = None  # (tokens[, now])
 
 
 class PlanSource(Protocol):
@@ -218,6 +218,14 @@ class LimitsService:
             self._limits.clear()
         else:
             self._limits.forget_where(lambda caller: caller[0] == project_id)
+        self._drop_templates()
+
+    def _drop_templates(self) -> None:
+        """Forget every template, and the one-call admission of the Limits objects they
+        gave one (it would go on taking from a prefetch slot no template owns any more)."""
+        for template in self._templates.values():
+            object.__setattr__(template.limits, "admit_at_once", None)
+            object.__setattr__(template.limits, "settle_at_once", None)
         self._templates.clear()
 
     # -- admit ----------------------------------------------------------------------------
@@ -373,7 +381,7 @@ class LimitsService:
                              None if rate_plan is None or self._local is None
                              else functools.partial(self._local.rates.admit, rate_plan))
         if len(self._templates) > 100_000:
-            self._templates.clear()
+            self._drop_templates()
         self._templates[(project_id, key_id)] = template
         self._at_once(project_id, key_id, limits, template.admit_rates, self._settle_rates)
         return template
