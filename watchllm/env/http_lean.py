@@ -135,8 +135,8 @@ class _Response:
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("_header", "_reused", "_spill", "closed", "idle_since", "loop", "on_body",
-                 "parser", "pool", "read_timeout", "response", "transport")
+    __slots__ = ("_header", "_reused", "closed", "idle_since", "loop", "on_body", "parser",
+                 "pool", "read_timeout", "response", "transport")
 
     def __init__(self, pool: _Pool) -> None:
         self.pool = pool
@@ -150,7 +150,6 @@ class _Connection(asyncio.Protocol):
         self.loop: asyncio.AbstractEventLoop
         self._header: bytes = b""
         self._reused = False
-        self._spill: deque[bytes] | None = None  # see on_message_complete
 
     # -- asyncio.Protocol ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -203,6 +202,14 @@ class _Connection(asyncio.Protocol):
         if self.response is not None:
             self.response.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
+    def on_message_begin(self) -> None:
+        r = self.response
+        if r is not None and r.done:  # an unasked response after it, in the same read
+            self.closed = True
+            # The parser appends the body to the deque it was given (on_body): this one's
+            # moves to a new deque, so that one's gets none of it.
+            r.chunks = deque(r.chunks)
+
     def on_headers_complete(self) -> None:
         r = self.response
         if r is not None and not r.done:  # (done: an unasked response; on_message_complete)
@@ -214,17 +221,8 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         r = self.response
-        if r is not None and r.done:  # an unasked response after it, in the same read
-            self.closed = True
-        elif r is not None and r.status:  # not the end of an interim (1xx) response
+        if r is not None and r.status:  # not the end of an interim (1xx) response
             r.done = True
-            # The parser goes on with the rest of this read, and would append the body of
-            # an unasked response after this one to the deque it was given (on_body): the
-            # body moves to a new deque, and anything in the old one closes the connection.
-            given = r.chunks
-            r.chunks = deque(given)
-            given.clear()
-            self._spill = given
         if not self.parser.should_keep_alive():
             self.closed = True
 
@@ -252,8 +250,7 @@ class _Connection(asyncio.Protocol):
         """The response was read to its end: the connection may serve the next request."""
         if self.response is None:
             return
-        if self.closed or self._spill or self.transport is None \
-                or self.transport.is_closing():
+        if self.closed or self.transport is None or self.transport.is_closing():
             self.abort()
             return
         self.response = None
