@@ -51,6 +51,17 @@ async def serve(handler: Handler) -> AsyncIterator[str]:
         server.close()
 
 
+@contextlib.asynccontextmanager
+async def lean_serving(handler: Handler) -> AsyncIterator[tuple[LeanHttpClient, str]]:
+    """`serve(handler)` and a lean client of one connection to it."""
+    client = LeanHttpClient(pool_size=1)
+    try:
+        async with serve(handler) as url:
+            yield client, url
+    finally:
+        await client.close()
+
+
 async def read_request(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], bytes]:
     head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
     headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:] if h)}
@@ -250,20 +261,15 @@ async def test_a_stream_nobody_reads_pauses_the_socket_and_resumes() -> None:
         writer.write(b"0\r\n\r\n")
         await writer.drain()
 
-    client = LeanHttpClient(pool_size=1)
-    try:
-        async with serve(handler) as url:
-            resp = await client.request("POST", url, {}, b"{}", connect_timeout=2,
-                                        read_timeout=5)
-            chunks = resp.iter_chunks()
-            first = await chunks.__anext__()
-            await asyncio.sleep(0.5)  # nobody reads: the client stops reading
-            assert not resp._conn.transport.is_reading()  # type: ignore[attr-defined]
-            assert len(sent) < 640  # the upstream is held back
-            total = len(first) + sum([len(c) async for c in chunks])
-            assert total == 640 * len(piece) and len(sent) == 640
-    finally:
-        await client.close()
+    async with lean_serving(handler) as (client, url):
+        resp = await client.request("POST", url, {}, b"{}", connect_timeout=2, read_timeout=5)
+        chunks = resp.iter_chunks()
+        first = await chunks.__anext__()
+        await asyncio.sleep(0.5)  # nobody reads: the client stops reading
+        assert not resp._conn.transport.is_reading()  # type: ignore[attr-defined]
+        assert len(sent) < 640  # the upstream is held back
+        total = len(first) + sum([len(c) async for c in chunks])
+        assert total == 640 * len(piece) and len(sent) == 640
 
 
 @pytest.mark.parametrize("tail", [
@@ -307,19 +313,13 @@ async def test_an_unasked_response_after_a_complete_one_is_not_its_body(later: b
                 writer.write(stray)
                 await writer.drain()
 
-    client = LeanHttpClient(pool_size=1)
-    try:
-        async with serve(handler) as url:
-            resp = await client.request("POST", url, {}, b"{}", connect_timeout=2,
-                                        read_timeout=5)
-            await asyncio.sleep(0.2)  # the stray bytes have arrived
-            assert await resp.read() == b"{}"
-            resp = await client.request("POST", url, {}, b"{}", connect_timeout=2,
-                                        read_timeout=5)
-            assert await resp.read() == b"{}"
-            assert len(seen) == 2  # a second connection
-    finally:
-        await client.close()
+    async with lean_serving(handler) as (client, url):
+        resp = await client.request("POST", url, {}, b"{}", connect_timeout=2, read_timeout=5)
+        await asyncio.sleep(0.2)  # the stray bytes have arrived
+        assert await resp.read() == b"{}"
+        resp = await client.request("POST", url, {}, b"{}", connect_timeout=2, read_timeout=5)
+        assert await resp.read() == b"{}"
+        assert len(seen) == 2  # a second connection
 
 
 async def test_an_interim_103_response_is_skipped(client: HttpClient) -> None:

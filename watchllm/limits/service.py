@@ -63,7 +63,7 @@ from watchllm.settings import Settings
 log = logging.getLogger("watchllm.limits")
 _BREAKER_S = 1.0  # after a backend failure, skip it this long (no connect timeout per request)
 FLUSH_INTERVAL_S = 0.2  # deferred deltas reach the shared counters within this (+ 1 call)
-_MAX_TOKENS = 1 << 53  # a settled usage count is clamped to this (core's integers)
+MAX_SETTLED_TOKENS = 1 << 53  # a settled usage count is clamped to this (core's integers)
 _MICRO = 1_000_000  # budgets are counted in micro-USD: integers, exact in Lua
 _ONE, _TOKENS, _AT_LEAST_ONE = 0, 1, 2  # what an op costs per request
 _TOK, _USD = 1, 2  # what settle reconciles on an op
@@ -521,8 +521,8 @@ class LimitsService:
         `real_tokens`: an int (usage counts are; `settle` converts for other callers)."""
         # Clamped into core's integers; past 2^53 tokens the bucket's own clamp (16 full
         # windows at most) gives the same state.
-        if real_tokens > _MAX_TOKENS:
-            real_tokens = _MAX_TOKENS
+        if real_tokens > MAX_SETTLED_TOKENS:
+            real_tokens = MAX_SETTLED_TOKENS
         if (settle := self._settle_rates) is not None:  # in process: the table's own
             clock = self.clock
             if clock is None:

@@ -27,6 +27,7 @@ from watchllm.http.asgi import (
     parse_object,
     send_body,
 )
+from watchllm.limits.service import MAX_SETTLED_TOKENS
 from watchllm.proxy.anthropic_translate import error_message
 from watchllm.proxy.base import FORWARDED_HEADERS, UpstreamCall, UpstreamResult
 from watchllm.proxy.context import ProxyContext
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     from watchllm.limits.plan import Limits
 
 _HITS = ("HIT", "SEMANTIC_HIT")
-_MAX_TOKENS = 1 << 53  # a settled usage count is clamped to this (core's integers)
 _MODE = b"x-watchllm-cache-mode"
 ENDPOINTS = {
     "/v1/chat/completions": "chat/completions",
@@ -148,7 +148,7 @@ async def finish(gw: Gateway, ctx: ProxyContext) -> None:
     used = 0 if ctx.cache_status in _HITS else u.prompt + u.completion
     admission = ctx.admission
     if (settle := ctx.settle) is not None:  # admitted by `Limits.admit_at_once`
-        settle(admission, used if used < _MAX_TOKENS else _MAX_TOKENS)
+        settle(admission, used if used < MAX_SETTLED_TOKENS else MAX_SETTLED_TOKENS)
     elif isinstance(admission, core.RateGrant):
         # Admitted at once (rates only: in process, or from a prefetch): settled here and
         # now, no coroutine.
@@ -169,13 +169,24 @@ async def finish(gw: Gateway, ctx: ProxyContext) -> None:
         gw.env.events.put(ctx.event())
 
 
-async def _admit(gw: Gateway, ctx: ProxyContext, estimate: int, limits: Limits,
-                 now_first: bool) -> None:
-    """Admit the request (or raise the 429) when `Limits.admit_at_once` did not:
-    `admit_now` first unless `admit_at_once` already asked, then `admit` without asking
-    them again (a prefetch would count a second miss)."""
+def _admitted_at_once(ctx: ProxyContext, limits: Limits, estimate: int) -> bool:
+    """Admit the request in one call when the caller's limits can (`Limits.admit_at_once`:
+    a rates-only caller seen before); False: `_admit` decides."""
+    if (at_once := limits.admit_at_once) is None or (grant := at_once(estimate)) is None:
+        return False
+    ctx.admission = grant
+    ctx.settle = limits.settle_at_once
+    ctx.limit_headers = grant.rate_headers
+    return True
+
+
+async def _admit(gw: Gateway, ctx: ProxyContext, estimate: int, limits: Limits) -> None:
+    """Admit the request (or raise the 429) when `_admitted_at_once` did not: `admit_now`
+    first unless `admit_at_once` was already asked, then `admit` without asking them
+    again (a prefetch would count a second miss)."""
     pid, kid = ctx.project_id, ctx.key_id
-    admission = gw.limits.admit_now(pid, kid, estimate, limits) if now_first else None
+    admission = gw.limits.admit_now(pid, kid, estimate, limits) \
+        if limits.admit_at_once is None else None
     ctx.admission = admission or await gw.limits.admit(pid, kid, estimate, limits, asked=True)
     ctx.limit_headers = gw.limits.headers(ctx.admission)
 
@@ -216,14 +227,8 @@ async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
             ctx.counted = (raw, estimate)
         else:
             estimate = _text_prompt_tokens(data, ctx.model)
-        # In one call when it can (`Limits.admit_at_once`); else admit_now, else admit.
-        if (at_once := limits.admit_at_once) is not None \
-                and (grant := at_once(estimate)) is not None:
-            ctx.admission = grant
-            ctx.settle = limits.settle_at_once
-            ctx.limit_headers = grant.rate_headers
-        else:
-            await _admit(gw, ctx, estimate, limits, at_once is None)
+        if not _admitted_at_once(ctx, limits, estimate):
+            await _admit(gw, ctx, estimate, limits)
     body_controls = data.get("watchllm")
     if body_controls is None and plain:
         controls = cache_controls.DEFAULT  # the common case: nothing to parse
@@ -329,14 +334,8 @@ async def remembered(gw: Gateway, ctx: ProxyContext, principal: Principal,
         return False
     limits = hot.limits
     ctx.model, ctx.stream = hot.model, hot.stream  # what the full path knows at admission
-    if not limits.unlimited:
-        if (at_once := limits.admit_at_once) is not None \
-                and (grant := at_once(hot.estimate)) is not None:
-            ctx.admission = grant
-            ctx.settle = limits.settle_at_once
-            ctx.limit_headers = grant.rate_headers
-        else:
-            await _admit(gw, ctx, hot.estimate, limits, at_once is None)
+    if not limits.unlimited and not _admitted_at_once(ctx, limits, hot.estimate):
+        await _admit(gw, ctx, hot.estimate, limits)
     ctx.provider, ctx.prompt, ctx.user = hot.provider, hot.prompt, hot.user
     ctx.status, ctx.cache_status = 200, "HIT"
     ctx.usage, ctx.cost_saved_usd, ctx.template = hot.usage, hot.cost_saved_usd, hot.event
