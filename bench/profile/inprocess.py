@@ -10,7 +10,8 @@ Prints
 microseconds per request of pure application work. `--opcodes` instead counts the Python
 bytecodes each function runs per request (sys.settrace; exact, and slow: use N ~ 50).
 `--paced=MS`: the upstream waits MS between a stream's events (each arrives in a read of
-its own, as a model's tokens do).
+its own, as a model's tokens do). `--profile` prints NSTATS functions (25) sorted by
+NSORT (tottime; cumtime shows what a subsystem costs with its callees).
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ async def main(kind: str, n: int, profile: bool, concurrency: int) -> None:
     if prof:
         prof.disable()
         rows = int(os.environ.get("NSTATS", "25"))  # how many functions --profile prints
-        pstats.Stats(prof).sort_stats("tottime").print_stats(rows)
+        pstats.Stats(prof).sort_stats(os.environ.get("NSORT", "tottime")).print_stats(rows)
     print(f"{kind}: {elapsed / n * 1e6:.1f} us CPU per request (n={n})")
     if (pf := getattr(gw.limits, "_prefetch", None)) is not None and "--limits" in sys.argv:
         print(f"prefetch: {pf.granted} grants; {pf.missed} requests took the per-request path")
