@@ -55,18 +55,19 @@ class _Response:
         if w is not None and not w.done():
             w.set_result(None)
 
-    async def _wait(self, limit_s: float) -> None:
-        # One timer per response, not one per wait (a stream waits once per chunk): it
-        # re-arms itself for the current wait's deadline when an earlier one comes due.
+    def _waiting(self, limit_s: float) -> asyncio.Future[None]:
+        """The future the next read (or the read timeout) completes: awaited by the caller
+        itself, not through a coroutine of its own (a stream waits once per read, and
+        each level of coroutine is resumed on every wake-up). A done future left in
+        `_waiter` is inert: `_wake` and `_timeout` skip it."""
+        # One timer per response, not one per wait: it re-arms itself for the current
+        # wait's deadline when an earlier one comes due.
         loop = self._conn.loop  # not get_running_loop(): on 3.11 each call is a getpid()
-        self._waiter = loop.create_future()
+        w = self._waiter = loop.create_future()
         self._deadline = loop.time() + limit_s
         if self._timer is None:
             self._timer = loop.call_at(self._deadline, self._timeout)
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
+        return w
 
     def _timeout(self) -> None:
         self._timer = None
@@ -86,7 +87,7 @@ class _Response:
 
     async def read(self) -> bytes:
         while not self.done and self.error is None:
-            await self._wait(self._conn.read_timeout)
+            await self._waiting(self._conn.read_timeout)
         if self.error is not None and not self.done:
             self.close()
             raise ConnectionError(f"upstream response broke: {self.error}")
@@ -117,7 +118,7 @@ class _Response:
                 elif self.error is not None:
                     raise ConnectionError(f"upstream stream broke: {self.error}")
                 else:
-                    await self._wait(self._conn.read_timeout)
+                    await self._waiting(self._conn.read_timeout)
         finally:
             self._stop_timer()
             if self.done:
@@ -267,7 +268,7 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.transport.write(head + body if body else head)
         while r.status == 0 and r.error is None:
-            await r._wait(read_timeout)
+            await r._waiting(read_timeout)
         r._stop_timer()  # a caller that never reads the body must not leave it armed
         if r.status == 0:
             raise ConnectError(f"connection failed before a response: {r.error}")
