@@ -61,13 +61,13 @@ class RatePlan:
     def __new__(
         cls,
         rows: Sequence[tuple[str, int, int, bool]],
-        groups: Sequence[tuple[tuple[bytes, bytes, bytes], Sequence[int]]],
+        groups: Sequence[tuple[tuple[str, str, str], Sequence[int]]],
     ) -> RatePlan: ...
 
 @final
 class RateGrant:
     @property
-    def rate_headers(self) -> list[tuple[bytes, bytes]]: ...
+    def rate_headers(self) -> list[tuple[str, str]]: ...
     @property
     def estimated_tokens(self) -> int: ...
     @property
@@ -84,7 +84,7 @@ class HeldRates:
         tokens: int,
         at: float,
         ttl_s: float,
-        groups: Sequence[tuple[tuple[bytes, bytes], bytes, bytes, int, int, bool, float]],
+        groups: Sequence[tuple[tuple[str, str], str, str, int, int, bool, float]],
         owner: Any,
     ) -> HeldRates: ...
     @property

@@ -26,7 +26,7 @@ steps = st.lists(st.tuples(st.sampled_from([0, 0, 1, 999, 60_000, 5_000_000]),
 
 
 def plan(mod: ModuleType, rs: list[tuple[str, int, int, bool]]) -> Any:
-    names = [(b"l" + k.encode(), b"r" + k.encode(), b"s" + k.encode()) for k, *_ in rs]
+    names = [("l" + k, "r" + k, "s" + k) for k, *_ in rs]
     groups = [(names[0], list(range(len(rs))))] + [(n, [i]) for i, n in enumerate(names)]
     return mod.RatePlan(rs, groups)
 
@@ -65,12 +65,12 @@ def test_a_stale_or_replanned_bucket(rust: ModuleType, twin: ModuleType) -> None
         rates = mod.RateTable()
         rates["a"] = (NOW0 + 20_000, 0, 6)
         grant = rates.admit(p, 0, NOW0)
-        assert grant.rate_headers[:3] == [(b"la", b"3"), (b"ra", b"0"), (b"sa", b"1m0s")]
+        assert grant.rate_headers[:3] == [("la", "3"), ("ra", "0"), ("sa", "1m0s")]
         assert rates.admit(p, 0, NOW0) is None  # full: nothing written
         assert rates.get("a") == (NOW0 + 60_000, 0, 3)
         stale = mod.RateTable()
         stale["a"] = (NOW0 - 1, 0, 3)
-        assert stale.admit(p, 0, NOW0).rate_headers[1] == (b"ra", b"2")
+        assert stale.admit(p, 0, NOW0).rate_headers[1] == ("ra", "2")
 
 
 def test_settle_reconciles_the_token_rows_once(rust: ModuleType, twin: ModuleType) -> None:
@@ -111,8 +111,8 @@ def test_sweep_drops_only_full_buckets(rust: ModuleType, twin: ModuleType) -> No
 
 @pytest.mark.parametrize("bad", [
     lambda m: m.RatePlan([("a", 0, 60_000, False)], []),
-    lambda m: m.RatePlan([("a", 3, 60_000, False)], [((b"x", b"y", b"z"), [1])]),
-    lambda m: m.RatePlan([("a", 3, 60_000, False)], [((b"x", b"y", b"z"), [])]),
+    lambda m: m.RatePlan([("a", 3, 60_000, False)], [(("x", "y", "z"), [1])]),
+    lambda m: m.RatePlan([("a", 3, 60_000, False)], [(("x", "y", "z"), [])]),
 ])
 def test_bad_plans_are_refused(rust: ModuleType, twin: ModuleType, bad: Any) -> None:
     for mod in (rust, twin):
@@ -148,7 +148,7 @@ takes = st.lists(st.tuples(st.integers(0, 300), st.sampled_from([0.0, 0.0001, 0.
 
 
 def held(mod: ModuleType, size: int, tokens: int, groups: Any, owner: object) -> Any:
-    spec = [((b"l%d" % i, b"%d" % base), b"r%d" % i, b"s%d" % i, base, reset, tok, mpu)
+    spec = [((f"l{i}", str(base)), f"r{i}", f"s{i}", base, reset, tok, mpu)
             for i, (base, reset, tok, mpu) in enumerate(groups)]
     return mod.HeldRates(size, tokens, 100.0, 5.0, spec, owner)
 
@@ -184,10 +184,10 @@ def test_a_held_grant_counts_down_and_expires(rust: ModuleType, twin: ModuleType
         # requests: 500 left in the bucket after the grant, reset 1,200 ms, 60 ms a request
         grant = held(mod, 3, 100, [(500, 1_200, False, 60.0)], None)
         first = grant.take(10, 100.0)
-        assert first.rate_headers == [(b"l0", b"500"), (b"r0", b"502"), (b"s0", b"1.08s")]
+        assert first.rate_headers == [("l0", "500"), ("r0", "502"), ("s0", "1.08s")]
         assert (grant.req, grant.tok, grant.low(100.0)) == (2, 90, False)
         assert grant.take(91, 100.0) is None  # more tokens than are left: nothing taken
-        assert grant.take(0, 100.5).rate_headers[2] == (b"s0", b"640ms")  # 500 ms later
+        assert grant.take(0, 100.5).rate_headers[2] == ("s0", "640ms")  # 500 ms later
         assert grant.low(100.5)  # 1 of 3 left
         assert grant.take(0, 105.0) is None  # past its time (5 s)
         with pytest.raises(TypeError):  # a prefetch's grant is settled in Python
@@ -223,7 +223,7 @@ def test_held_slot_twin_equals_rust(rust: ModuleType, twin: ModuleType, size: in
     granted: dict[ModuleType, list[Any]] = {rust: [], twin: []}
 
     def new_grant(mod: ModuleType, at: float) -> Any:  # made at `at`: usable for 5 s
-        spec = [((b"l", b"1000"), b"r", b"s", 1_000, 500, True, 0.06)]
+        spec = [(("l", "1000"), "r", "s", 1_000, 500, True, 0.06)]
         return mod.HeldRates(size, tokens, at, 5.0, spec, slots[mod])
 
     for mod in (rust, twin):
@@ -267,7 +267,7 @@ def test_held_slot_take_reads_pythons_monotonic_clock(which: str, rust: ModuleTy
     mod = rust if which == "rust" else twin
     misses: list[float] = []
     slot = mod.HeldSlot(misses.append, lambda now: None, lambda: None)
-    spec = [((b"l", b"10"), b"r", b"s", 10, 500, False, 6.0)]
+    spec = [(("l", "10"), "r", "s", 10, 500, False, 6.0)]
     slot.held = mod.HeldRates(4, 100, time.monotonic(), 60.0, spec, slot)
     assert slot.take(1) is not None and misses == []
     slot.held = mod.HeldRates(4, 100, time.monotonic() - 2.0, 1.0, spec, slot)

@@ -255,7 +255,7 @@ def test_rate_table_admit_decides_and_writes_what_apply_does() -> None:
         rows = [("k:rpm", rng.choice([3, 5, 60]), 60_000, False),
                 ("k:tpm", rng.choice([50, 400, 10**9]), 60_000, True),
                 ("p:tpm", 300, rng.choice([1_000, 60_000, 7_200_000]), True)][:rng.randint(1, 3)]
-        names = [(b"l%d" % i, b"r%d" % i, b"s%d" % i) for i in range(len(rows))]
+        names = [(f"l{i}", f"r{i}", f"s{i}") for i in range(len(rows))]
         plan = core.RatePlan(rows, [(n, [i]) for i, n in enumerate(names)])
         tokens = rng.choice([0, 1, 7, 40, 120, 500])
         ops = [Op(RATE, k, lim, win, tokens if tok else 1) for k, lim, win, tok in rows]
@@ -263,8 +263,8 @@ def test_rate_table_admit_decides_and_writes_what_apply_does() -> None:
         got = None if grant is None else grant.rate_headers
         if want.allowed:
             assert got == [pair for n, op, r in zip(names, ops, want.results, strict=True)
-                           for pair in ((n[0], b"%d" % op.limit), (n[1], b"%d" % r.remaining),
-                                        (n[2], duration(r.reset_ms).encode()))]
+                           for pair in ((n[0], str(op.limit)), (n[1], str(r.remaining)),
+                                        (n[2], duration(r.reset_ms)))]
         else:
             assert got is None
             # The service then decides again on the general path (and explains the 429).

@@ -40,7 +40,7 @@ def limited_app(svc: LimitsService, limits: Limits, attempts: list[float]) -> An
             return
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"),
-                                *svc.headers(admission)]})
+                                *[(k.encode(), v.encode()) for k, v in svc.headers(admission)]]})
         await send({"type": "http.response.body", "body": COMPLETION})
 
     return app

@@ -38,3 +38,45 @@ async def test_a_value_that_is_not_utf8_is_read_as_latin1() -> None:
     """Bytes that are not UTF-8 (a legacy latin-1 value) still answer, read as latin-1."""
     sent = await _send([(b"content-type", b"application/json"), (b"x-old", b"caf\xe9")])
     assert sent == [("content-type", "application/json"), ("x-old", "café")]
+
+
+async def test_text_headers_go_to_granian_as_they_are() -> None:
+    """The proxy's responses carry str pairs (http.asgi.TextHeaders): handed over
+    unconverted, the very list."""
+    headers = [("x-request-id", "req_1"), ("x-ratelimit-remaining-requests", "59")]
+    assert await _send(headers) is headers  # type: ignore[arg-type]
+
+
+async def test_the_asgi_entry_point_gives_asgi_servers_bytes() -> None:
+    """ASGI servers take bytes: `entrypoints.asgi` encodes a text response's headers (as
+    UTF-8, which is what granian writes for str) and leaves bytes ones alone."""
+    from watchllm.entrypoints.asgi import ASGIGateway
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = scope["test_headers"]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def served(headers: Any) -> Any:
+        sent: list[Any] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        await ASGIGateway(app)({"type": "http", "test_headers": headers},  # type: ignore[arg-type]
+                               None, send)
+        return sent[0]["headers"]
+
+    assert await served([("x-note", "café ✓"), ("x-n", "1")]) == \
+        [(b"x-note", "café ✓".encode()), (b"x-n", b"1")]
+    assert await served([(b"x-n", b"1")]) == [(b"x-n", b"1")]
+
+
+def test_an_upstream_utf8_value_is_sent_as_its_bytes() -> None:
+    """The lean client reads header values as latin-1; a UTF-8 one becomes the text whose
+    UTF-8 is its bytes, one that is not UTF-8 stays as read."""
+    from watchllm.routes.proxy import _as_sent
+
+    raw = "café ✓".encode()
+    assert _as_sent(raw.decode("latin-1")).encode() == raw
+    assert _as_sent("caf\xe9") == "caf\xe9"

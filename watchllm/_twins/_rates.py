@@ -17,7 +17,7 @@ from ._errors import CoreError
 _MAX_DEBT = 16
 _SWEEP_MS = 60_000
 _I64 = 1 << 63
-Headers = list[tuple[bytes, bytes]]
+Headers = list[tuple[str, str]]
 State = tuple[int, int, int]
 
 
@@ -28,17 +28,17 @@ class RatePlan:
     __slots__ = ("groups", "rows")
 
     def __init__(self, rows: list[tuple[str, int, int, bool]],
-                 groups: list[tuple[tuple[bytes, bytes, bytes], list[int]]]) -> None:
+                 groups: list[tuple[tuple[str, str, str], list[int]]]) -> None:
         if any(limit <= 0 or window <= 0 for _, limit, window, _ in rows):
             raise CoreError("rate limit and window must be positive")
         if any(not idx or any(not 0 <= i < len(rows) for i in idx) for _, idx in groups):
             raise CoreError("header group names no row")
-        self.rows = [(k, lim, win, bool(tok), b"%d" % lim) for k, lim, win, tok in rows]
+        self.rows = [(k, lim, win, bool(tok), str(lim)) for k, lim, win, tok in rows]
         self.groups = [(names, list(idx)) for names, idx in groups]
 
 
-def _duration_bytes(ms: int) -> bytes:
-    return b"%dms" % ms if ms < 1000 else duration(ms).encode()
+def _duration_text(ms: int) -> str:
+    return f"{ms}ms" if ms < 1000 else duration(ms)
 
 
 def duration(ms: int) -> str:
@@ -79,7 +79,7 @@ class RateGrant:
 # A header group of a held grant: the limit's header as sent, the names of the two that
 # change, the tightest row's remaining and reset (ms) after the grant, whether it counts
 # tokens, its ms per unit.
-HeldGroup = tuple[tuple[bytes, bytes], bytes, bytes, int, int, bool, float]
+HeldGroup = tuple[tuple[str, str], str, str, int, int, bool, float]
 
 
 class HeldRates:
@@ -111,8 +111,8 @@ class HeldRates:
         for limit, remaining, reset, base, base_reset, in_tokens, ms_per_unit in self._groups:
             left = tok if in_tokens else req
             ms = int(base_reset - left * ms_per_unit - elapsed)
-            headers += (limit, (remaining, b"%d" % (base + left)),
-                        (reset, _duration_bytes(ms if ms > 0 else 0)))
+            headers += (limit, (remaining, str(base + left)),
+                        (reset, _duration_text(ms if ms > 0 else 0)))
         return RateGrant(headers, tokens, self._owner)
 
     def low(self, now: float) -> bool:
@@ -220,8 +220,8 @@ class RateTable:
                 if new[j][0] < new[i][0]:
                     i = j
             remaining, reset, _ = new[i]
-            headers += ((names[0], plan.rows[i][4]), (names[1], b"%d" % remaining),
-                        (names[2], _duration_bytes(reset)))
+            headers += ((names[0], plan.rows[i][4]), (names[1], str(remaining)),
+                        (names[2], _duration_text(reset)))
         return RateGrant(headers, tokens, plan)
 
     def settle(self, grant: RateGrant, real_tokens: int, now_ms: int | None = None) -> None:

@@ -83,6 +83,9 @@ class _Exchange:
         if kind == "http.response.start":
             self.status = message["status"]
             headers = message.get("headers", ())
+            if headers and type(headers[0][0]) is str:  # the proxy's text headers: as they are
+                self.headers = headers
+                return
             try:  # UTF-8: granian writes a str header out as UTF-8, so its bytes arrive as
                 # they were (and bytes.decode() is ~25% cheaper than decode("latin-1"))
                 self.headers = [(k.decode(), v.decode()) for k, v in headers]
@@ -193,7 +196,7 @@ class RSGIGateway:
             ("x-request-id", request_id),
             ("x-watchllm-latency-ms", f"{latency_ms:.2f}"),
             ("age", str(age_s(hot.created))),
-            *hot.text_headers], hot.body)
+            *hot.headers], hot.body)
         latency_ms = (time.perf_counter() - started) * 1000
         usage = hot.usage
         metrics.record_request(endpoint, hot.model, 200, latency_ms / 1000, latency_ms / 1000,

@@ -18,13 +18,28 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 RawHeaders = list[tuple[bytes, bytes]]
+# The proxy's responses carry their headers as text: granian's RSGI takes str pairs, so
+# the RSGI adapter hands them over as they are (encoding ~6 values here and decoding them
+# there cost ~12k instructions per request). `entrypoints.asgi` encodes them for ASGI
+# servers, which take bytes. One response's headers are all of one kind.
+TextHeaders = list[tuple[str, str]]
+Headers = RawHeaders | TextHeaders
 
 JSON_HEADERS: RawHeaders = [(b"content-type", b"application/json")]
-SSE_HEADERS: RawHeaders = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),  # tell nginx-style proxies not to buffer the stream
+JSON_TEXT_HEADERS: TextHeaders = [("content-type", "application/json")]
+SSE_TEXT_HEADERS: TextHeaders = [
+    ("content-type", "text/event-stream; charset=utf-8"),
+    ("cache-control", "no-cache"),
+    ("x-accel-buffering", "no"),  # tell nginx-style proxies not to buffer the stream
 ]
+
+
+def raw_headers(headers: Any) -> RawHeaders:
+    """ASGI's bytes pairs for a response's headers, text (UTF-8, as granian writes str)
+    or bytes already."""
+    if headers and isinstance(headers[0][0], str):
+        return [(k.encode(), v.encode()) for k, v in headers]
+    return list(headers)
 
 
 class ClientDisconnected(Exception):
@@ -126,7 +141,7 @@ def parse_object(raw: bytes) -> dict[str, Any]:
     return data
 
 
-async def send_body(send: Send, status: int, body: bytes, headers: RawHeaders) -> None:
+async def send_body(send: Send, status: int, body: bytes, headers: Headers) -> None:
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

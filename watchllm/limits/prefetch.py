@@ -75,7 +75,7 @@ def held_key(bucket: str) -> str:
 # Per header group (requests, tokens) of a grant, worked out once: the limit's header
 # as it is sent, the names of the two that change, the tightest row's remaining and
 # reset_ms right after the grant, whether it counts tokens, and its ms per unit.
-_Group = tuple[tuple[bytes, bytes], bytes, bytes, int, int, bool, float]
+_Group = tuple[tuple[str, str], str, str, int, int, bool, float]
 
 
 @dataclass(slots=True)
@@ -316,7 +316,7 @@ def _groups(template: _Template, outcome: Outcome) -> tuple[_Group, ...]:
     for names, idx in template.header_groups:
         i = min(idx, key=lambda j: res[_OPS * j + 1].remaining)  # the GRANT op of row j
         limit, window = rows[i][2], rows[i][3]
-        out.append(((names[0], b"%d" % limit), names[1], names[2],
+        out.append(((names[0], str(limit)), names[1], names[2],
                     res[_OPS * i + 1].remaining, res[_OPS * i + 1].reset_ms,
                     rows[i][4] == _TOKENS, window / limit))
     return tuple(out)

@@ -13,7 +13,3 @@ def duration(ms: int) -> str:
     if hours:
         return f"{hours}h{minutes}m{seconds}"
     return f"{minutes}m{seconds}" if minutes else seconds
-
-
-def duration_bytes(ms: int) -> bytes:
-    return b"%dms" % ms if 0 <= ms < 1000 else duration(ms).encode()

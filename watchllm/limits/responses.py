@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 from watchllm import core, metrics
 from watchllm.errors import RateLimitError
 from watchllm.limits.ops import NEVER, QUOTA, Outcome
-from watchllm.limits.reset import duration, duration_bytes
+from watchllm.limits.reset import duration
 
 if TYPE_CHECKING:
     from watchllm.limits.plan import Limits
     from watchllm.limits.service import Admission, Admitted
 
-RawHeaders = list[tuple[bytes, bytes]]
+TextHeaders = list[tuple[str, str]]
 
 
 class QuotaExceededError(RateLimitError):
@@ -24,7 +24,7 @@ class QuotaExceededError(RateLimitError):
     default_code = "insufficient_quota"
 
 
-def headers(admission: Admitted) -> RawHeaders:
+def headers(admission: Admitted) -> TextHeaders:
     """OpenAI's x-ratelimit-* for the tightest request and token limits (none if unlimited)."""
     if isinstance(admission, core.RateGrant):  # admitted at once: worked out then
         return admission.rate_headers
@@ -33,7 +33,7 @@ def headers(admission: Admitted) -> RawHeaders:
     if outcome is None or template is None:
         return []
     results, ops = outcome.results, admission.ops
-    out: RawHeaders = []
+    out: TextHeaders = []
     for names, idx in template.header_groups:
         if outcome.allowed:
             i = idx[0]
@@ -45,8 +45,8 @@ def headers(admission: Admitted) -> RawHeaders:
             remaining, limit, reset = res.remaining, ops[i].limit, res.reset_ms
         else:
             remaining, limit, reset = _denied_view(admission, outcome, idx)
-        out += ((names[0], b"%d" % limit), (names[1], b"%d" % remaining),
-                (names[2], duration_bytes(reset)))
+        out += ((names[0], str(limit)), (names[1], str(remaining)),
+                (names[2], duration(reset)))
     return out
 
 def _denied_view(adm: Admission, outcome: Outcome, idx: tuple[int, ...]
@@ -74,7 +74,7 @@ def rejection(adm: Admission, outcome: Outcome, limits: Limits) -> RateLimitErro
     op, res, name = adm.ops[i], outcome.results[i], adm.names[i]
     scope, _, what = name.partition(".")
     metrics.rate_limited(scope if what else "project", what or name)
-    out = {k.decode(): v.decode() for k, v in headers(adm)}
+    out = dict(headers(adm))
     retry_ms = res.retry_ms
     if retry_ms == NEVER or op.kind == QUOTA:
         out["x-should-retry"] = "false"  # the openai SDK then does not retry

@@ -69,10 +69,10 @@ _ONE, _TOKENS, _AT_LEAST_ONE = 0, 1, 2  # what an op costs per request
 _TOK, _USD = 1, 2  # what settle reconciles on an op
 # (kind, key, limit, window_ms, cost kind, mode, name)
 _Row = tuple[int, str, int, int, int, int, str]
-_HEADER_NAMES: dict[str, tuple[bytes, bytes, bytes]] = {
-    suffix: (b"x-ratelimit-limit-" + unit, b"x-ratelimit-remaining-" + unit,
-             b"x-ratelimit-reset-" + unit)
-    for suffix, unit in (("rpm", b"requests"), ("tpm", b"tokens"))}
+_HEADER_NAMES: dict[str, tuple[str, str, str]] = {
+    suffix: ("x-ratelimit-limit-" + unit, "x-ratelimit-remaining-" + unit,
+             "x-ratelimit-reset-" + unit)
+    for suffix, unit in (("rpm", "requests"), ("tpm", "tokens"))}
 
 
 @dataclass(slots=True)
@@ -87,7 +87,7 @@ class _Template:
     reconcile: tuple[tuple[int, int], ...]  # (op index, _TOK | _USD) for settle
     has_conc: bool
     # (header names, op indices) for the request limits and the token limits present
-    header_groups: tuple[tuple[tuple[bytes, ...], tuple[int, ...]], ...]
+    header_groups: tuple[tuple[tuple[str, ...], tuple[int, ...]], ...]
     simple: bool  # rates only: admit copies `fixed` and fills in the token ops
     token_rows: tuple[tuple[int, str, int, int], ...]  # (index, key, limit, window) of tpm ops
     rate_plan: core.RatePlan | None  # `simple`: the ops for RateTable.admit

@@ -64,7 +64,7 @@ class ProxyContext:
         self.cost_usd = self.cost_saved_usd = 0.0
         self.error_type = self.error_message = self.prompt = self.response = self.user = ""
         self.admission: Admitted | None = None
-        self.limit_headers: list[tuple[bytes, bytes]] = []
+        self.limit_headers: list[tuple[str, str]] = []
         self.settle: Any = None  # `Limits.settle_at_once` when admitted by `admit_at_once`
         # (body, its count_chat_tokens) from admission
         self.counted: tuple[bytes, int] | None = None

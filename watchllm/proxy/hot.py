@@ -16,12 +16,12 @@ controls never use the memo; limits still admit every request.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from watchllm.auth import Principal
 from watchllm.events.usage import Usage
-from watchllm.http.asgi import RawHeaders
+from watchllm.http.asgi import TextHeaders
 
 MAX_ENTRIES = 4096
 MAX_BYTES = 32 << 20  # request + response bytes remembered per worker
@@ -48,15 +48,11 @@ class HotRequest:
     estimate: int  # prompt tokens, for token limits
     # the answer
     body: bytes
-    headers: RawHeaders  # the per-request-independent response headers
+    headers: TextHeaders  # the per-request-independent response headers
     created: float  # the entry's creation time (Age)
     usage: Usage
     cost_saved_usd: float
     event: dict[str, Any]  # the event, minus per-request fields
-    text_headers: list[tuple[str, str]] = field(default_factory=list)  # `headers`, as str
-
-    def __post_init__(self) -> None:
-        self.text_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.headers]
 
     @property
     def size(self) -> int:

@@ -46,7 +46,7 @@ async def _watch_disconnect(receive: Receive, result: UpstreamResult, outcome: S
 
 
 async def forward_stream(send: Send, receive: Receive, result: UpstreamResult,
-                         headers: list[tuple[bytes, bytes]], started: float) -> StreamOutcome:
+                         headers: list[tuple[str, str]], started: float) -> StreamOutcome:
     outcome = StreamOutcome()
     loop = asyncio.get_running_loop()
     task = asyncio.current_task(loop)  # with the loop given: no second lookup

@@ -19,11 +19,11 @@ from watchllm.cache.service import CacheHit
 from watchllm.errors import InvalidRequestError, UpstreamError, WatchLLMError
 from watchllm.events import usage as usage_mod
 from watchllm.http.asgi import (
-    JSON_HEADERS,
-    SSE_HEADERS,
-    RawHeaders,
+    JSON_TEXT_HEADERS,
+    SSE_TEXT_HEADERS,
     Request,
     Send,
+    TextHeaders,
     parse_object,
     send_body,
 )
@@ -97,26 +97,36 @@ def _include_usage(data: dict[str, Any]) -> bool:
     return isinstance(options, dict) and bool(options.get("include_usage"))
 
 
-def response_headers(ctx: ProxyContext, upstream: dict[str, str]) -> RawHeaders:
-    headers: RawHeaders = [
-        (b"x-request-id", ctx.request_id.encode()),
-        (b"x-watchllm-latency-ms", f"{ctx.elapsed_ms():.2f}".encode()),
-        (b"x-watchllm-provider", ctx.provider.encode()),
+def response_headers(ctx: ProxyContext, upstream: dict[str, str]) -> TextHeaders:
+    headers: TextHeaders = [
+        ("x-request-id", ctx.request_id),
+        ("x-watchllm-latency-ms", f"{ctx.elapsed_ms():.2f}"),
+        ("x-watchllm-provider", ctx.provider),
     ]
-    if ctx.upstream_s is not None:  # latency minus this is the gateway's own share
-        headers.append((b"x-watchllm-upstream-ms", f"{ctx.upstream_s * 1000:.2f}".encode()))
+    if ctx.upstream_s is not None:
+        headers.append(("x-watchllm-upstream-ms", f"{ctx.upstream_s * 1000:.2f}"))
     if ctx.cache_status != "NONE":
-        headers.append((b"x-watchllm-cache", ctx.cache_status.encode()))
+        headers.append(("x-watchllm-cache", ctx.cache_status))
     kept = _KEPT_UPSTREAM
     if ctx.limit_headers:
         headers += ctx.limit_headers
         kept = _KEPT_UPSTREAM_LIMITED
     for name, value in upstream.items():  # a handful of headers: cheaper than probing 11 names
         if name in kept:
-            headers.append((name.encode(), value.encode("latin-1", "replace")))
+            headers.append((name, value if value.isascii() else _as_sent(value)))
         elif name == "x-request-id":
-            headers.append((b"x-upstream-request-id", value.encode("latin-1", "replace")))
+            headers.append(("x-upstream-request-id",
+                            value if value.isascii() else _as_sent(value)))
     return headers
+
+
+def _as_sent(value: str) -> str:
+    """An upstream header value with non-ASCII bytes (the client decodes them as latin-1):
+    as UTF-8 text when they are UTF-8, so that it goes out as the same bytes."""
+    try:
+        return value.encode("latin-1").decode()
+    except UnicodeError:
+        return value
 
 
 def _upstream_failure(ctx: ProxyContext, result: UpstreamResult) -> UpstreamError:
@@ -135,8 +145,8 @@ async def handle(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
         ctx.error_type = exc.type
         ctx.error_message = exc.message
         headers = response_headers(ctx, {})
-        headers.append((b"content-type", b"application/json"))
-        headers += [(k.encode(), v.encode()) for k, v in exc.headers.items()]
+        headers.append(("content-type", "application/json"))
+        headers += exc.headers.items()
         await send_body(send, exc.status, exc.body(), headers)
     finally:
         await finish(gw, ctx)
@@ -282,9 +292,9 @@ async def _serve_hot(gw: Gateway, send: Send, ctx: ProxyContext, principal: Prin
     """Replay a remembered HIT if everything it was worked out from still holds."""
     if not await remembered(gw, ctx, principal, hot):
         return False
-    headers = [(b"x-request-id", ctx.request_id.encode()),
-               (b"x-watchllm-latency-ms", f"{ctx.elapsed_ms():.2f}".encode()),
-               (b"age", str(age_s(hot.created)).encode()),
+    headers = [("x-request-id", ctx.request_id),
+               ("x-watchllm-latency-ms", f"{ctx.elapsed_ms():.2f}"),
+               ("age", str(age_s(hot.created))),
                *ctx.limit_headers, *hot.headers]
     await send_body(send, 200, hot.body, headers)
     ctx.ttft_s = ctx.elapsed_ms() / 1000
@@ -342,10 +352,10 @@ async def remembered(gw: Gateway, ctx: ProxyContext, principal: Principal,
     return True
 
 
-def _hot_headers(ctx: ProxyContext) -> RawHeaders:
+def _hot_headers(ctx: ProxyContext) -> TextHeaders:
     """The response headers of a replay that do not change from one request to the next."""
-    return [(b"x-watchllm-provider", ctx.provider.encode()), (b"x-watchllm-cache", b"HIT"),
-            *(SSE_HEADERS if ctx.stream else JSON_HEADERS)]
+    return [("x-watchllm-provider", ctx.provider), ("x-watchllm-cache", "HIT"),
+            *(SSE_TEXT_HEADERS if ctx.stream else JSON_TEXT_HEADERS)]
 
 
 async def _forward(gw: Gateway, req: Request, send: Send, ctx: ProxyContext,
@@ -358,7 +368,7 @@ async def _forward(gw: Gateway, req: Request, send: Send, ctx: ProxyContext,
     ctx.status = result.status
 
     if result.chunks is not None:
-        out_headers = response_headers(ctx, result.headers) + SSE_HEADERS
+        out_headers = response_headers(ctx, result.headers) + SSE_TEXT_HEADERS
         outcome = await forward_stream(send, req.receive, result, out_headers, ctx.started)
         ctx.ttft_s = outcome.ttft_s
         raw_stream = outcome.raw()
@@ -396,8 +406,7 @@ async def _forward(gw: Gateway, req: Request, send: Send, ctx: ProxyContext,
         ctx.error_type, ctx.error_message = "upstream_error", error_message(body)
     ctx.ttft_s = ctx.elapsed_ms() / 1000
     out = response_headers(ctx, result.headers)
-    out.append((b"content-type", result.headers.get("content-type",
-                                                    "application/json").encode("latin-1")))
+    out.append(("content-type", result.headers.get("content-type", "application/json")))
     await send_body(send, result.status, body, out)
     return entry
 
@@ -414,15 +423,15 @@ async def _replay(send: Send, ctx: ProxyContext, hit: CacheHit, data: dict[str, 
     ctx.usage = usage_mod.from_usage_doc(entry.usage)
     ctx.cost_saved_usd = entry.cost_usd
     headers = response_headers(ctx, {})
-    headers.append((b"age", str(hit.age_s).encode()))
+    headers.append(("age", str(hit.age_s)))
     if hit.similarity is not None:
-        headers.append((b"x-watchllm-cache-similarity", f"{hit.similarity:.4f}".encode()))
+        headers.append(("x-watchllm-cache-similarity", f"{hit.similarity:.4f}"))
     if ctx.stream:
         body = sse_body(entry, _include_usage(data))
-        await send_body(send, 200, body, headers + SSE_HEADERS)
+        await send_body(send, 200, body, headers + SSE_TEXT_HEADERS)
     else:
         body = as_json(entry)
-        await send_body(send, 200, body, headers + JSON_HEADERS)
+        await send_body(send, 200, body, headers + JSON_TEXT_HEADERS)
     ctx.ttft_s = ctx.elapsed_ms() / 1000
     return body
 
@@ -440,4 +449,4 @@ async def list_models(gw: Gateway, req: Request, send: Send) -> None:
     models += [{"id": m, "object": "model", "created": 0, "owned_by": "watchllm-mock"}
                for m in ("mock-1", "mock-embedding-1")]
     await send_body(send, 200, orjson.dumps({"object": "list", "data": models}),
-                    [(b"content-type", b"application/json")])
+                    JSON_TEXT_HEADERS)

@@ -10,18 +10,18 @@ use super::rates::{push_group, RateGrant};
 use super::CoreError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyList, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 /// A header group as given: the limit's header as sent, the names of the two that change,
 /// the tightest row's remaining and reset (ms) right after the grant, whether it counts
 /// tokens, and its ms per unit.
-type GroupArg = (Py<PyTuple>, Py<PyBytes>, Py<PyBytes>, i64, i64, bool, f64);
+type GroupArg = (Py<PyTuple>, Py<PyString>, Py<PyString>, i64, i64, bool, f64);
 
 struct Group {
     limit: Py<PyTuple>,
-    remaining_name: Py<PyBytes>,
-    reset_name: Py<PyBytes>,
+    remaining_name: Py<PyString>,
+    reset_name: Py<PyString>,
     base: i64,
     base_reset: f64,
     in_tokens: bool,

@@ -9,7 +9,7 @@
 //! non-negative, so Rust's division is Python's floor division).
 use super::CoreError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -25,14 +25,14 @@ struct Row {
 }
 
 /// A header group as given: (limit, remaining, reset) names, the rows it reports on.
-type GroupArg = ((Py<PyBytes>, Py<PyBytes>, Py<PyBytes>), Vec<usize>);
+type GroupArg = ((Py<PyString>, Py<PyString>, Py<PyString>), Vec<usize>);
 
 struct Group {
     rows: Vec<usize>,
     /// The `(limit name, limit)` header of each of `rows`: the same every request.
     limits: Vec<Py<PyTuple>>,
-    remaining_name: Py<PyBytes>,
-    reset_name: Py<PyBytes>,
+    remaining_name: Py<PyString>,
+    reset_name: Py<PyString>,
 }
 
 /// A caller's rate ops, built once per (project, key, limits): `rows` are
@@ -74,7 +74,7 @@ impl RatePlan {
                 .map(|&i| {
                     let pair = [
                         a.bind(py).clone().into_any(),
-                        int_bytes(py, out[i].limit).into_any(),
+                        int_text(py, out[i].limit).into_any(),
                     ];
                     PyTuple::new(py, pair).map(Bound::unbind)
                 })
@@ -102,9 +102,9 @@ fn div_rem(a: i128, b: i128) -> (i128, i128) {
     }
 }
 
-/// A decimal integer as Python bytes, without a String in between.
-fn int_bytes(py: Python<'_>, value: i128) -> Bound<'_, PyBytes> {
-    PyBytes::new(py, itoa::Buffer::new().format(value).as_bytes())
+/// A decimal integer as a Python str (header values are text: see http/asgi.py).
+fn int_text(py: Python<'_>, value: i128) -> Bound<'_, PyString> {
+    PyString::new(py, itoa::Buffer::new().format(value))
 }
 
 /// Append one header group's three `x-ratelimit-*` pairs: its limit's (built once), then
@@ -112,34 +112,37 @@ fn int_bytes(py: Python<'_>, value: i128) -> Bound<'_, PyBytes> {
 pub(super) fn push_group(
     headers: &Bound<'_, PyList>,
     limit: &Py<PyTuple>,
-    (remaining_name, remaining): (&Py<PyBytes>, i128),
-    (reset_name, reset_ms): (&Py<PyBytes>, i128),
+    (remaining_name, remaining): (&Py<PyString>, i128),
+    (reset_name, reset_ms): (&Py<PyString>, i128),
 ) -> PyResult<()> {
     let py = headers.py();
     let remaining = [
         remaining_name.bind(py).clone().into_any(),
-        int_bytes(py, remaining).into_any(),
+        int_text(py, remaining).into_any(),
     ];
     let reset = [
         reset_name.bind(py).clone().into_any(),
-        duration_bytes(py, reset_ms).into_any(),
+        duration_text(py, reset_ms).into_any(),
     ];
     headers.append(limit.bind(py))?;
     headers.append(PyTuple::new(py, remaining)?)?;
     headers.append(PyTuple::new(py, reset)?)
 }
 
-/// `duration` as Python bytes; under a second (nearly every reset) without formatting.
-fn duration_bytes(py: Python<'_>, ms: i128) -> Bound<'_, PyBytes> {
+/// `duration` as a Python str; under a second (nearly every reset) without formatting.
+fn duration_text(py: Python<'_>, ms: i128) -> Bound<'_, PyString> {
     if ms >= 1000 {
-        return PyBytes::new(py, duration(ms).as_bytes());
+        return PyString::new(py, &duration(ms));
     }
     let mut digits = itoa::Buffer::new();
     let digits = digits.format(ms.max(0)).as_bytes();
     let mut out = [0u8; 5]; // "999ms"
     out[..digits.len()].copy_from_slice(digits);
     out[digits.len()..digits.len() + 2].copy_from_slice(b"ms");
-    PyBytes::new(py, &out[..digits.len() + 2])
+    PyString::new(
+        py,
+        std::str::from_utf8(&out[..digits.len() + 2]).expect("ASCII digits and ms"),
+    )
 }
 
 /// OpenAI's reset format (limits/service.py `duration`): "20ms", "1s", "8.64s", "6m0s".

@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 from watchllm.env.cloudflare._js import JsException, as_bytes, is_null, js, js_value
 from watchllm.env.cloudflare.context import current_ctx, wait_until
-from watchllm.http.asgi import ASGIApp, ClientDisconnected, Message, Scope
+from watchllm.http.asgi import ASGIApp, ClientDisconnected, Message, Scope, raw_headers
 
 _NULL_BODY = {101, 204, 205, 304}
 
@@ -78,7 +78,7 @@ class _Exchange:
         assert self._start is not None
         status = int(self._start["status"])
         headers = js.Headers.new()
-        for name, value in self._start.get("headers", []):
+        for name, value in raw_headers(self._start.get("headers", [])):  # text or bytes
             headers.append(bytes(name).decode("latin-1"), bytes(value).decode("latin-1"))
         init = js_value({"status": status})
         init.headers = headers
