@@ -1,4 +1,7 @@
-"""The one ASGI application. Entry points build an Env and hand it here.
+"""The one ASGI application. Entry points build an Env and hand it here. One liberty:
+the proxy's responses carry text headers (`http.asgi.TextHeaders`), which the RSGI entry
+hands to granian as they are; `entrypoints.asgi:app` and the Cloudflare bridge encode
+them for servers that take bytes (docs/design.md).
 
     app = Gateway(settings, env_factory)   # env_factory: async () -> Env, run at lifespan start
 

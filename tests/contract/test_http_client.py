@@ -365,3 +365,22 @@ async def test_ended_is_true_only_after_the_last_chunk(client: HttpClient, split
     assert b"".join(c for c, _ in seen) == b"data: 1data: 2"
     assert not any(ended for _, ended in seen[:-1])
     assert seen[-1][1] is (not split)  # with the terminator still to come, it cannot know
+
+
+async def test_header_values_are_their_bytes_as_latin1_text(client: HttpClient) -> None:
+    """Both clients read a header value's bytes as latin-1 text, UTF-8 or not: the proxy
+    turns that back into the bytes it sends on (routes.proxy._as_sent)."""
+    utf8, legacy = "café ✓".encode(), b"caf\xe9"
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Utf8: " + utf8
+                     + b"\r\nX-Legacy: " + legacy + b"\r\n\r\n{}")
+        await writer.drain()
+
+    async with serve(handler) as url:
+        resp = await client.request("POST", url + "/h", {}, b"{}", connect_timeout=2,
+                                    read_timeout=5)
+        assert await resp.read() == b"{}"
+        assert resp.headers["x-utf8"].encode("latin-1") == utf8
+        assert resp.headers["x-legacy"].encode("latin-1") == legacy

@@ -80,3 +80,5 @@ def test_an_upstream_utf8_value_is_sent_as_its_bytes() -> None:
     raw = "café ✓".encode()
     assert _as_sent(raw.decode("latin-1")).encode() == raw
     assert _as_sent("caf\xe9") == "caf\xe9"
+    # A value no client here should produce (a lone surrogate) still leaves, replaced.
+    assert _as_sent("caf\udce9").encode() == b"caf?"

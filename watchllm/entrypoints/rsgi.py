@@ -97,8 +97,8 @@ class _Exchange:
             more = message.get("more_body", False)
             if self.stream is None:
                 if not more:  # the whole response at once
-                    self.done = True
                     self.proto.response_bytes(self.status, self.headers, body)
+                    self.done = True  # (after: if granian refuses it, the app's 500 can go)
                     return
                 self.stream = self.proto.response_stream(self.status, self.headers)
             if body:

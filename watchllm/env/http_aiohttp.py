@@ -17,7 +17,10 @@ class AiohttpResponse:
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         self._resp = resp
         self.status = resp.status
-        self.headers = {k.lower(): v for k, v in resp.headers.items()}
+        # As the lean client reads them: each value's bytes as latin-1 text (aiohttp's own
+        # str decode UTF-8 with surrogate escapes, which cannot be written out again).
+        self.headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                        for k, v in resp.raw_headers}
 
     async def read(self) -> bytes:
         try:

@@ -121,12 +121,13 @@ def response_headers(ctx: ProxyContext, upstream: dict[str, str]) -> TextHeaders
 
 
 def _as_sent(value: str) -> str:
-    """An upstream header value with non-ASCII bytes (the client decodes them as latin-1):
-    as UTF-8 text when they are UTF-8, so that it goes out as the same bytes."""
+    """An upstream header value with non-ASCII bytes (HTTP clients here read each value's
+    bytes as latin-1 text) as the text granian writes out as those bytes: UTF-8 text when
+    they are UTF-8; else left as read (it then leaves as that text's UTF-8, as before)."""
     try:
         return value.encode("latin-1").decode()
-    except UnicodeError:
-        return value
+    except UnicodeError:  # not UTF-8 (or not latin-1 text): never fail the response for it
+        return value.encode("utf-8", "replace").decode()
 
 
 def _upstream_failure(ctx: ProxyContext, result: UpstreamResult) -> UpstreamError:
@@ -406,7 +407,9 @@ async def _forward(gw: Gateway, req: Request, send: Send, ctx: ProxyContext,
         ctx.error_type, ctx.error_message = "upstream_error", error_message(body)
     ctx.ttft_s = ctx.elapsed_ms() / 1000
     out = response_headers(ctx, result.headers)
-    out.append(("content-type", result.headers.get("content-type", "application/json")))
+    content_type = result.headers.get("content-type", "application/json")
+    out.append(("content-type",
+                content_type if content_type.isascii() else _as_sent(content_type)))
     await send_body(send, result.status, body, out)
     return entry
 
