@@ -7,15 +7,13 @@ from typing import TYPE_CHECKING
 
 from watchllm import core, metrics
 from watchllm.errors import RateLimitError
+from watchllm.http.asgi import TextHeaders
 from watchllm.limits.ops import NEVER, QUOTA, Outcome
 from watchllm.limits.reset import duration
 
 if TYPE_CHECKING:
     from watchllm.limits.plan import Limits
     from watchllm.limits.service import Admission, Admitted
-
-TextHeaders = list[tuple[str, str]]
-
 
 class QuotaExceededError(RateLimitError):
     """The plan's budget or request/token quota for the period is used up (OpenAI's shape)."""

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from watchllm.events.usage import Usage
+from watchllm.http.asgi import TextHeaders
 from watchllm.limits.service import Admitted
 
 MAX_LOGGED_BODY = 1 << 20  # prompt/response text kept per event; longer is cut and marked
@@ -64,7 +65,7 @@ class ProxyContext:
         self.cost_usd = self.cost_saved_usd = 0.0
         self.error_type = self.error_message = self.prompt = self.response = self.user = ""
         self.admission: Admitted | None = None
-        self.limit_headers: list[tuple[str, str]] = []
+        self.limit_headers: TextHeaders = []
         self.settle: Any = None  # `Limits.settle_at_once` when admitted by `admit_at_once`
         # (body, its count_chat_tokens) from admission
         self.counted: tuple[bytes, int] | None = None

@@ -14,7 +14,7 @@ import asyncio
 import time
 from typing import Any
 
-from watchllm.http.asgi import Receive, Send
+from watchllm.http.asgi import Receive, Send, TextHeaders
 from watchllm.proxy.base import UpstreamResult
 
 WATCH_AFTER_S = 0.05
@@ -46,7 +46,7 @@ async def _watch_disconnect(receive: Receive, result: UpstreamResult, outcome: S
 
 
 async def forward_stream(send: Send, receive: Receive, result: UpstreamResult,
-                         headers: list[tuple[str, str]], started: float) -> StreamOutcome:
+                         headers: TextHeaders, started: float) -> StreamOutcome:
     outcome = StreamOutcome()
     loop = asyncio.get_running_loop()
     task = asyncio.current_task(loop)  # with the loop given: no second lookup

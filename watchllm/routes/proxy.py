@@ -103,7 +103,7 @@ def response_headers(ctx: ProxyContext, upstream: dict[str, str]) -> TextHeaders
         ("x-watchllm-latency-ms", f"{ctx.elapsed_ms():.2f}"),
         ("x-watchllm-provider", ctx.provider),
     ]
-    if ctx.upstream_s is not None:
+    if ctx.upstream_s is not None:  # latency minus this is the gateway's own share
         headers.append(("x-watchllm-upstream-ms", f"{ctx.upstream_s * 1000:.2f}"))
     if ctx.cache_status != "NONE":
         headers.append(("x-watchllm-cache", ctx.cache_status))
