@@ -27,7 +27,7 @@ from watchllm.auth import Principal
 from watchllm.cache.controls import HEADER_NAMES
 from watchllm.cache.entry import age_s
 from watchllm.entrypoints.factory import build_env
-from watchllm.http.asgi import bearer_token
+from watchllm.http.asgi import BODY_PUSH, bearer_token
 from watchllm.proxy.context import replayed_event
 from watchllm.proxy.hot import HotRequest
 from watchllm.routes.proxy import ENDPOINTS, still_current, still_current_now
@@ -36,6 +36,20 @@ from watchllm.settings import load_settings
 _DISCONNECT = {"type": "http.disconnect"}
 _ENDED = object()  # a stream that was sent and freed
 _CONTROLS = tuple(h.decode() for h in HEADER_NAMES)
+_sent_type: type | None = None  # what granian's stream send returns for "queued"
+
+
+def _settle(awaitable: Any) -> None:
+    """Drive a stream send's awaitable, which granian hands back done: it raises granian's
+    RSGIProtocolClosed (a RuntimeError) when the client is gone. The first that completes
+    at once gives the type later ones are checked against, without driving them."""
+    global _sent_type
+    try:
+        awaitable.__await__().__next__()
+    except StopIteration:
+        _sent_type = type(awaitable)
+        return
+    raise RuntimeError("granian's stream send did not complete at once")
 
 
 class _Exchange:
@@ -110,6 +124,25 @@ class _Exchange:
                 self.done = True
                 self.stream = _ENDED
 
+    def push(self, body: bytes, more: bool) -> None:
+        """`send` of a body message, synchronously (the `BODY_PUSH` extension): granian's
+        stream send is, it queues the bytes on an unbounded channel and hands back an
+        awaitable that is already done. Raises RuntimeError when the client is gone."""
+        stream = self.stream
+        if stream is None:
+            if self.done:
+                raise RuntimeError("the response has already been sent")
+            stream = self.stream = self.proto.response_stream(self.status, self.headers)
+        elif stream is _ENDED:
+            raise RuntimeError("the response has already been sent")
+        if body:
+            sent = stream.send_bytes(body)
+            if type(sent) is not _sent_type:
+                _settle(sent)
+        if not more:
+            self.done = True
+            self.stream = _ENDED
+
 
 class RSGIGateway:
     def __init__(self, gateway: Gateway) -> None:
@@ -168,6 +201,7 @@ class RSGIGateway:
             # bytes, ~25% cheaper
             "headers": [(k.encode(), v.encode()) for k, v in scope.headers.items()],
             "client": None, "scheme": scope.scheme, "http_version": scope.http_version,
+            "extensions": {BODY_PUSH: exchange.push},
         }
         await self.gateway(asgi_scope, exchange.receive, exchange.send)
 

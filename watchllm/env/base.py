@@ -158,6 +158,9 @@ class HttpResponse(Protocol):
         """Abort the exchange (cancels the upstream request if still running)."""
         ...
 
+    # Optional, not part of the Protocol: `pipe(sink) -> Future[None]`, the body pushed
+    # to `sink(chunk, last)` as it is read instead of pulled (see `env.http_lean`).
+
 
 @runtime_checkable
 class HttpClient(Protocol):

@@ -34,8 +34,8 @@ _IDLE_TTL_S = 30.0
 class _Response:
     """One response; filled by the connection's parser callbacks, read by the caller."""
 
-    __slots__ = ("_conn", "_deadline", "_timer", "_waiter", "buffered", "chunks", "done",
-                 "error", "headers", "status", "streaming")
+    __slots__ = ("_conn", "_deadline", "_sink", "_timer", "_waiter", "buffered", "chunks",
+                 "done", "error", "headers", "status", "streaming")
 
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
@@ -49,8 +49,12 @@ class _Response:
         self._waiter: asyncio.Future[None] | None = None
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._sink: Callable[[bytes, bool], None] | None = None  # set by pipe()
 
     def _wake(self) -> None:
+        if self._sink is not None:
+            self._push()
+            return
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
@@ -129,10 +133,57 @@ class _Response:
     def ended(self) -> bool:
         return self.done and not self.chunks and self.error is None
 
+    def pipe(self, sink: Callable[[bytes, bool], None]) -> asyncio.Future[None]:
+        """Hand the body to `sink(chunk, last)` from now on, in the callback of the read
+        that brought it, instead of waking a reader: a stream's events are forwarded
+        without a task switch (and four levels of Python resumed) per read. `last` is
+        True once, on the last call (its chunk may be empty). The future completes after
+        that call; it fails with ConnectionError when the upstream breaks, TimeoutError
+        when a read takes longer than the read timeout, or what `sink` raised (the
+        upstream is then aborted). Cancelling it aborts the upstream at its next read."""
+        self._sink = sink
+        w = self._waiting(self._conn.read_timeout)
+        self._push()  # what arrived before
+        return w
+
+    def _push(self) -> None:
+        w = self._waiter
+        sink = self._sink
+        if w is None or sink is None or w.done():  # (done: cancelled, or failed already)
+            self.close()
+            return
+        chunks = self.chunks
+        last = self.done and self.error is None
+        if chunks or last:
+            if not chunks:
+                chunk = b""
+            elif len(chunks) == 1:
+                chunk = chunks.popleft()
+            else:
+                chunk = b"".join(chunks)
+                chunks.clear()
+            try:
+                sink(chunk, last)
+            except Exception as exc:  # the awaiting task's to handle
+                self.close()
+                w.set_exception(exc)
+                return
+        if last:
+            self._stop_timer()
+            self._conn.release()
+            w.set_result(None)
+        elif self.error is not None:
+            self.close()
+            w.set_exception(ConnectionError(f"upstream stream broke: {self.error}"))
+        else:  # the read timeout runs from this read (the one timer re-arms itself)
+            self._deadline = self._conn.loop.time() + self._conn.read_timeout
+
     def close(self) -> None:
-        """Abort: drop the connection so the upstream sees the request cancelled."""
+        """Abort: drop the connection so the upstream sees the request cancelled. A no-op
+        once the response has ended (its connection may be serving another request)."""
         self._stop_timer()
-        self._conn.abort()
+        if self._conn.response is self:
+            self._conn.abort()
 
 
 class _Connection(asyncio.Protocol):

@@ -33,6 +33,15 @@ SSE_TEXT_HEADERS: TextHeaders = [
     ("x-accel-buffering", "no"),  # tell nginx-style proxies not to buffer the stream
 ]
 
+# A server-side ASGI extension of ours: `scope["extensions"][BODY_PUSH]`, when a server
+# offers it, is `push(body, more)`, a synchronous `send` of an `http.response.body`
+# message (after `http.response.start` was sent) that raises RuntimeError when the client
+# is gone. With it a stream's chunks can be written from the callback of the upstream
+# read that brought them (`proxy.streaming`); the RSGI adapter offers it, and ASGI
+# servers, which have no such call, do not.
+BODY_PUSH = "watchllm.http.response.push"
+Push = Callable[[bytes, bool], None]
+
 
 def raw_headers(headers: Any) -> RawHeaders:
     """ASGI's bytes pairs for a response's headers, text (UTF-8, as granian writes str)

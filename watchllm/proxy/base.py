@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -47,6 +47,9 @@ class UpstreamResult:
     close: Callable[[], None] = lambda: None
     # After a chunk: whether it was the last (its write can end the response too).
     ended: Callable[[], bool] = lambda: False
+    # The client's push mode, when it has one (`env.http_lean`): `pipe(sink)` hands each
+    # read's chunks to `sink(chunk, last)` in the read's callback; awaited to the end.
+    pipe: Callable[[Callable[[bytes, bool], None]], Awaitable[None]] | None = None
 
     async def read(self) -> bytes:
         if self.body is not None:

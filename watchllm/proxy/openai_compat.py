@@ -34,7 +34,8 @@ class OpenAICompatible:
         is_sse = resp.headers.get("content-type", "").startswith("text/event-stream")
         if call.stream and resp.status == 200 and is_sse:
             return UpstreamResult(resp.status, dict(resp.headers), chunks=resp.iter_chunks(),
-                                  close=resp.close, ended=resp.ended)
+                                  close=resp.close, ended=resp.ended,
+                                  pipe=getattr(resp, "pipe", None))
         return UpstreamResult(resp.status, dict(resp.headers), body=await resp.read())
 
     async def get(self, path: str, connect_timeout: float, read_timeout: float) -> UpstreamResult:

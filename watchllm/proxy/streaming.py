@@ -14,7 +14,7 @@ import asyncio
 import time
 from typing import Any
 
-from watchllm.http.asgi import Receive, Send, TextHeaders
+from watchllm.http.asgi import Push, Receive, Send, TextHeaders
 from watchllm.proxy.base import UpstreamResult
 
 WATCH_AFTER_S = 0.05
@@ -46,7 +46,11 @@ async def _watch_disconnect(receive: Receive, result: UpstreamResult, outcome: S
 
 
 async def forward_stream(send: Send, receive: Receive, result: UpstreamResult,
-                         headers: TextHeaders, started: float) -> StreamOutcome:
+                         headers: TextHeaders, started: float,
+                         push: Push | None = None) -> StreamOutcome:
+    """Relay the stream. With `push` (the server's synchronous body write, `BODY_PUSH`)
+    and a client that pushes (`result.pipe`), each read's chunk is written from the read's
+    own callback; otherwise this task pulls each chunk and sends it."""
     outcome = StreamOutcome()
     loop = asyncio.get_running_loop()
     task = asyncio.current_task(loop)  # with the loop given: no second lookup
@@ -60,14 +64,26 @@ async def forward_stream(send: Send, receive: Receive, result: UpstreamResult,
     last = False
     try:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        async for chunk in result.chunks:
-            if outcome.ttft_s is None:
-                outcome.ttft_s = time.perf_counter() - started
-            outcome.chunks.append(chunk)
-            # The upstream's last chunk ends our response in the same write (one write
-            # fewer per stream; a short stream that came in one read is one write).
-            last = result.ended()
-            await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+        if push is not None and result.pipe is not None:
+            chunks = outcome.chunks
+
+            def sink(chunk: bytes, last: bool) -> None:
+                if outcome.ttft_s is None:
+                    outcome.ttft_s = time.perf_counter() - started
+                chunks.append(chunk)
+                push(chunk, not last)
+
+            await result.pipe(sink)
+            last = True
+        else:
+            async for chunk in result.chunks:
+                if outcome.ttft_s is None:
+                    outcome.ttft_s = time.perf_counter() - started
+                outcome.chunks.append(chunk)
+                # The upstream's last chunk ends our response in the same write (one
+                # write fewer per stream; a short stream that came in one read is one).
+                last = result.ended()
+                await send({"type": "http.response.body", "body": chunk, "more_body": not last})
         if not last:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         outcome.complete = True
@@ -88,4 +104,6 @@ async def forward_stream(send: Send, receive: Receive, result: UpstreamResult,
         timer.cancel()
         for w in watcher:
             w.cancel()
+        if not outcome.complete:
+            result.close()  # cancelled: the upstream must not go on generating
     return outcome
