@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/load/ab.py '{"a": {"ENV": "1"}, "b": {}}' [--rounds 10]
         [--seconds 2] [--kind hit|passthrough|stream] [--events off|chdb|http] [--rate R]
-        [--replicas N] [--provider-headers] [--ceiling [--floor]]
+        [--replicas N] [--provider-headers] [--ceiling [--floor]] [--paced MS]
 
 Each configuration is a gateway (one worker, core 0) in front of the fixed-answer mock
 (core 1); all run at once, and `hey -c 50` (core 1) drives them in turn for a short
@@ -55,6 +55,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--seconds", type=int, default=2)
     p.add_argument("--kind", choices=("hit", "passthrough", "stream"), default="hit")
+    p.add_argument("--paced", type=float, default=0.0, help="a stream's upstream waits MS "
+                   "between events, so each arrives in a read of its own, as a model's "
+                   "tokens do (unpaced, a stream mostly arrives in one or two reads)")
     p.add_argument("--events", choices=("off", "chdb", "http"), default="off",
                    help="events: nowhere, embedded chDB, or RowBinary over HTTP to a "
                    "stand-in ClickHouse endpoint on core 1")
@@ -72,7 +75,8 @@ def main() -> None:
     args.ceiling = args.ceiling or args.floor  # the floor is a share of the ceiling
     tmp = Path(tempfile.mkdtemp(prefix="watchllm-ab-"))
     body = tmp / "body.json"
-    body.write_text(json.dumps({**BODY, "stream": True} if args.kind == "stream" else BODY))
+    stream = {"stream": True, **({"mock": {"chunk_delay_ms": args.paced}} if args.paced else {})}
+    body.write_text(json.dumps({**BODY, **stream} if args.kind == "stream" else BODY))
     # The fixed-answer mock does not stream; the scripted one does (8 chunks).
     upstream = start_mock_upstream(tmp, fixed=args.kind != "stream", cpu=1,
                                    provider_headers=args.provider_headers)

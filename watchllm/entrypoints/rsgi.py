@@ -132,6 +132,10 @@ class _Exchange:
         if stream is None:
             if self.done:
                 raise RuntimeError("the response has already been sent")
+            if not more:  # the whole body at once (a stream that came in one read)
+                self.proto.response_bytes(self.status, self.headers, body)
+                self.done = True
+                return
             stream = self.stream = self.proto.response_stream(self.status, self.headers)
         elif stream is _ENDED:
             raise RuntimeError("the response has already been sent")
