@@ -163,6 +163,27 @@ async def test_read_timeout(client: HttpClient) -> None:
             await call(client, url, read_timeout=0.3)
 
 
+async def test_a_body_read_timeout_gives_the_connection_back() -> None:
+    """A body that stalls past the read timeout: the connection is dropped and its pool
+    slot freed, so the next request (pool of one) gets a connection."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+            await writer.drain()
+            await reader.read(1)  # the rest never comes; the client hangs up
+
+    async with lean_serving(handler) as (client, url):
+        resp = await client.request("POST", url, {}, b"{}", connect_timeout=2,
+                                    read_timeout=0.2)
+        with pytest.raises(TimeoutError):
+            await resp.read()
+        again = await asyncio.wait_for(
+            client.request("POST", url, {}, b"{}", connect_timeout=2, read_timeout=0.2), 2)
+        assert again.status == 200
+        again.close()
+
+
 async def test_read_timeout_counts_from_the_last_chunk(client: HttpClient) -> None:
     """The read timeout bounds each wait for data: chunks 0.2 s apart under a 0.35 s
     timeout stream to the end (1 s in all); then a stall longer than it raises."""

@@ -137,42 +137,81 @@ async def test_an_upstream_that_breaks_mid_stream_fails_the_pipe_after_its_data(
         assert calls == [(b"partial", False)]
 
 
-@pytest.mark.parametrize("how", ["sink raises", "consumer cancelled"])
-async def test_a_consumer_that_fails_or_leaves_aborts_the_upstream(how: str) -> None:
+async def test_a_sink_that_raises_fails_the_pipe_and_aborts_the_upstream() -> None:
     closed = asyncio.Event()
-    more = asyncio.Event()
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(SSE_HEAD + chunk(b"first"))
-        await writer.drain()
-        await more.wait()
-        writer.write(chunk(b"second"))  # the read that finds the pipe cancelled
         await writer.drain()
         if await reader.read(1) == b"":  # EOF: the client dropped the connection
             closed.set()
 
     async with lean_serving(handler) as (client, url):
         resp = await stream(client, url)
-        if how == "sink raises":
-            def sink(data: bytes, last: bool) -> None:
-                raise RuntimeError("the client is gone")
 
-            with pytest.raises(RuntimeError, match="the client is gone"):
-                await resp.pipe(sink)
-            more.set()
+        def sink(data: bytes, last: bool) -> None:
+            raise RuntimeError("the client is gone")
+
+        with pytest.raises(RuntimeError, match="the client is gone"):
+            await resp.pipe(sink)
+        await asyncio.wait_for(closed.wait(), 2)
+        await slot_came_back(client, url)
+
+
+async def slot_came_back(client: LeanHttpClient, url: str) -> None:
+    """The pool (of one connection) gives a new request a connection."""
+    again = await asyncio.wait_for(stream(client, url), 2)
+    assert again.status == 200
+    again.close()
+
+
+@pytest.mark.parametrize("how", ["read timeout", "consumer cancelled"])
+async def test_a_stalled_upstream_is_aborted_when_the_pipe_ends(how: str) -> None:
+    """No read comes after the end: the pipe's own end aborts the upstream."""
+    closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + chunk(b"first"))
+        await writer.drain()
+        if await reader.read(1) == b"":  # stalls until the client drops the connection
+            closed.set()
+
+    async with lean_serving(handler) as (client, url):
+        resp = await stream(client, url, read_timeout=0.3 if how == "read timeout" else 5)
+        piped = resp.pipe(lambda data, last: None)
+        if how == "read timeout":
+            with pytest.raises(TimeoutError):
+                await piped
         else:
-            got: list[bytes] = []
-            piped = resp.pipe(lambda data, last: got.append(data))
             await asyncio.sleep(0.1)
             piped.cancel()
-            more.set()
-            assert got == [b"first"]
         await asyncio.wait_for(closed.wait(), 2)
-        # The pool slot came back: a new request gets a connection.
-        again = await stream(client, url)
-        assert again.status == 200
-        again.close()
+        await slot_came_back(client, url)
+
+
+async def test_a_sink_that_fails_on_the_last_call_aborts_instead_of_reusing() -> None:
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while True:
+            await read_request(reader)
+            writer.write(SSE_HEAD + chunk(b"all") + b"0\r\n\r\n")
+            await writer.drain()
+
+    async with lean_serving(handler) as (client, url):
+        def sink(data: bytes, last: bool) -> None:
+            if last:
+                raise RuntimeError("the client is gone")
+
+        resp = await stream(client, url)
+        with pytest.raises(RuntimeError):
+            await resp.pipe(sink)
+        await slot_came_back(client, url)
+    assert connections == 2  # the failed one was not put back in the pool
 
 
 async def test_closing_an_ended_response_leaves_its_reused_connection_alone() -> None:
@@ -186,5 +225,6 @@ async def test_closing_an_ended_response_leaves_its_reused_connection_alone() ->
         first = await stream(client, url)
         assert await first.read() == b"ok"
         second = await stream(client, url)  # the same connection, now serving this one
+        assert second._conn is first._conn
         first.close()  # late: must not abort the second
-        assert await second.read() == b"ok"
+        assert await asyncio.wait_for(second.read(), 2) == b"ok"

@@ -90,8 +90,12 @@ class _Response:
             self._timer = None
 
     async def read(self) -> bytes:
-        while not self.done and self.error is None:
-            await self._waiting(self._conn.read_timeout)
+        try:
+            while not self.done and self.error is None:
+                await self._waiting(self._conn.read_timeout)
+        except BaseException:  # the read timeout, or the caller cancelled: give it back
+            self.close()
+            raise
         if self.error is not None and not self.done:
             self.close()
             raise ConnectionError(f"upstream response broke: {self.error}")
@@ -140,11 +144,18 @@ class _Response:
         True once, on the last call (its chunk may be empty). The future completes after
         that call; it fails with ConnectionError when the upstream breaks, TimeoutError
         when a read takes longer than the read timeout, or what `sink` raised (the
-        upstream is then aborted). Cancelling it aborts the upstream at its next read."""
+        upstream is then aborted). Cancelling it aborts the upstream too."""
         self._sink = sink
         w = self._waiting(self._conn.read_timeout)
+        w.add_done_callback(self._piped)
         self._push()  # what arrived before
         return w
+
+    def _piped(self, w: asyncio.Future[None]) -> None:
+        """Every end but the body's own (a timeout, a failure, a cancel) aborts the
+        upstream (`close` is a no-op once the response was released)."""
+        if w.cancelled() or w.exception() is not None:
+            self.close()
 
     def _push(self) -> None:
         w = self._waiter

@@ -71,7 +71,11 @@ async def forward_stream(send: Send, receive: Receive, result: UpstreamResult,
                 if outcome.ttft_s is None:
                     outcome.ttft_s = time.perf_counter() - started
                 chunks.append(chunk)
-                push(chunk, not last)
+                try:
+                    push(chunk, not last)
+                except RuntimeError:  # the client is gone (granian: RSGIProtocolClosed)
+                    outcome.disconnected = True
+                    raise
 
             await result.pipe(sink)
             last = True
@@ -83,7 +87,12 @@ async def forward_stream(send: Send, receive: Receive, result: UpstreamResult,
                 # The upstream's last chunk ends our response in the same write (one
                 # write fewer per stream; a short stream that came in one read is one).
                 last = result.ended()
-                await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+                try:
+                    await send({"type": "http.response.body", "body": chunk,
+                                "more_body": not last})
+                except (OSError, RuntimeError):  # the client is gone
+                    outcome.disconnected = True
+                    raise
         if not last:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         outcome.complete = True
