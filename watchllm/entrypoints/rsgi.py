@@ -125,9 +125,9 @@ class _Exchange:
                 self.stream = _ENDED
 
     def push(self, body: bytes, more: bool) -> None:
-        """`send` of a body message, synchronously (the `BODY_PUSH` extension): granian's
-        stream send is, it queues the bytes on an unbounded channel and hands back an
-        awaitable that is already done. Raises RuntimeError when the client is gone."""
+        """`send` of a body message, made synchronously (the `BODY_PUSH` extension). It can
+        be: granian's stream send queues the bytes on an unbounded channel and hands back
+        an awaitable that is already done. Raises RuntimeError when the client is gone."""
         stream = self.stream
         if stream is None:
             if self.done:

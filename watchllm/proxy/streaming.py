@@ -6,6 +6,10 @@ request cancelled) and cancels the forwarding, without a per-chunk cost. The wat
 task) starts only once a stream has run for WATCH_AFTER_S: a client that leaves a stream
 that is still being generated is noticed at once; a short stream costs no task, and a
 client gone before it ends is noticed when the next write fails.
+
+Under granian (the RSGI entry's `BODY_PUSH`) with the lean HTTP client, the chunks are
+pushed: written from the callback of the upstream read that brought them, while this task
+sleeps until the stream ends (docs/design.md). Otherwise this task pulls each chunk.
 """
 
 from __future__ import annotations
