@@ -12,14 +12,11 @@ from typing import Any
 import pytest
 
 from tests.contract.test_http_client import SSE_HEAD, lean_serving, read_request
+from tests.contract.test_lean_pipe import chunk
 from watchllm.proxy.base import UpstreamResult
 from watchllm.proxy.streaming import forward_stream
 
 EVENTS = [b"data: {\"n\":%d}\n\n" % i for i in range(4)]
-
-
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n" % len(data) + data + b"\r\n"
 
 
 async def never() -> dict[str, Any]:

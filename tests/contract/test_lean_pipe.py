@@ -13,7 +13,13 @@ from typing import Any
 
 import pytest
 
-from tests.contract.test_http_client import SSE_HEAD, lean_serving, read_request, respond
+from tests.contract.test_http_client import (
+    SSE_HEAD,
+    Handler,
+    lean_serving,
+    read_request,
+    respond,
+)
 from watchllm.env.http_lean import LeanHttpClient
 
 
@@ -139,15 +145,7 @@ async def test_an_upstream_that_breaks_mid_stream_fails_the_pipe_after_its_data(
 
 async def test_a_sink_that_raises_fails_the_pipe_and_aborts_the_upstream() -> None:
     closed = asyncio.Event()
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(SSE_HEAD + chunk(b"first"))
-        await writer.drain()
-        if await reader.read(1) == b"":  # EOF: the client dropped the connection
-            closed.set()
-
-    async with lean_serving(handler) as (client, url):
+    async with lean_serving(first_then_stall(closed)) as (client, url):
         resp = await stream(client, url)
 
         def sink(data: bytes, last: bool) -> None:
@@ -157,6 +155,19 @@ async def test_a_sink_that_raises_fails_the_pipe_and_aborts_the_upstream() -> No
             await resp.pipe(sink)
         await asyncio.wait_for(closed.wait(), 2)
         await slot_came_back(client, url)
+
+
+def first_then_stall(closed: asyncio.Event) -> Handler:
+    """An upstream that sends a stream's head and first event, then stalls until the
+    client drops the connection (`closed` is set then)."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + chunk(b"first"))
+        await writer.drain()
+        if await reader.read(1) == b"":  # EOF: the client dropped the connection
+            closed.set()
+
+    return handler
 
 
 async def slot_came_back(client: LeanHttpClient, url: str) -> None:
@@ -170,15 +181,7 @@ async def slot_came_back(client: LeanHttpClient, url: str) -> None:
 async def test_a_stalled_upstream_is_aborted_when_the_pipe_ends(how: str) -> None:
     """No read comes after the end: the pipe's own end aborts the upstream."""
     closed = asyncio.Event()
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(SSE_HEAD + chunk(b"first"))
-        await writer.drain()
-        if await reader.read(1) == b"":  # stalls until the client drops the connection
-            closed.set()
-
-    async with lean_serving(handler) as (client, url):
+    async with lean_serving(first_then_stall(closed)) as (client, url):
         resp = await stream(client, url, read_timeout=0.3 if how == "read timeout" else 5)
         piped = resp.pipe(lambda data, last: None)
         if how == "read timeout":

@@ -107,43 +107,30 @@ class _Exchange:
                 self.headers = [(k.decode("latin-1"), v.decode("latin-1"))
                                 for k, v in headers]
         elif kind == "http.response.body":
-            body = message.get("body", b"")
-            more = message.get("more_body", False)
-            if self.stream is None:
-                if not more:  # the whole response at once
-                    self.proto.response_bytes(self.status, self.headers, body)
-                    self.done = True  # (after: if granian refuses it, the app's 500 can go)
-                    return
-                self.stream = self.proto.response_stream(self.status, self.headers)
-            if body:
-                await self.stream.send_bytes(body)
-            if not more:
-                # granian ends the body when its transport is freed: let go of it now, so
-                # the end goes out with (or right after) the last chunk, not after the
-                # request's bookkeeping.
-                self.done = True
-                self.stream = _ENDED
+            self.push(message.get("body", b""), message.get("more_body", False))
 
     def push(self, body: bytes, more: bool) -> None:
-        """`send` of a body message, made synchronously (the `BODY_PUSH` extension). It can
-        be: granian's stream send queues the bytes on an unbounded channel and hands back
-        an awaitable that is already done. Raises RuntimeError when the client is gone."""
+        """A body message, written at once: `send` for the app, and the `BODY_PUSH`
+        extension for a stream's chunks. It can be synchronous: granian's stream send
+        queues the bytes on an unbounded channel and hands back an awaitable that is
+        already done. Raises RuntimeError when the client is gone."""
+        if self.done:
+            raise RuntimeError("the response has already been sent")
         stream = self.stream
         if stream is None:
-            if self.done:
-                raise RuntimeError("the response has already been sent")
-            if not more:  # the whole body at once (a stream that came in one read)
+            if not more:  # the whole response at once (a stream that came in one read)
                 self.proto.response_bytes(self.status, self.headers, body)
-                self.done = True
+                self.done = True  # (after: if granian refuses it, the app's 500 can go)
                 return
             stream = self.stream = self.proto.response_stream(self.status, self.headers)
-        elif stream is _ENDED:
-            raise RuntimeError("the response has already been sent")
         if body:
             sent = stream.send_bytes(body)
             if type(sent) is not _sent_type:
                 _settle(sent)
         if not more:
+            # granian ends the body when its transport is freed: let go of it now, so
+            # the end goes out with (or right after) the last chunk, not after the
+            # request's bookkeeping.
             self.done = True
             self.stream = _ENDED
 

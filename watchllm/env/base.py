@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from watchllm.limits.ops import Op, Outcome
 
 Row = dict[str, Any]
+# Where a pushed body goes: `sink(chunk, last)` (see HttpResponse's optional `pipe`).
+BodySink = Callable[[bytes, bool], None]
 
 
 @runtime_checkable
@@ -158,8 +160,8 @@ class HttpResponse(Protocol):
         """Abort the exchange (cancels the upstream request if still running)."""
         ...
 
-    # Optional, not part of the Protocol: `pipe(sink) -> Future[None]`, the body pushed
-    # to `sink(chunk, last)` as it is read instead of pulled (see `env.http_lean`).
+    # Optional, not part of the Protocol: `pipe(sink: BodySink) -> Future[None]`, the body
+    # pushed to the sink as it is read instead of pulled (see `env.http_lean`).
 
 
 @runtime_checkable

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from watchllm.env.base import ConnectError
+from watchllm.env.base import BodySink, ConnectError
 from watchllm.env.http_aiohttp import AiohttpClient
 
 # Bytes read for a streamed body (chunk framing included) and not yet taken by its
@@ -49,7 +49,7 @@ class _Response:
         self._waiter: asyncio.Future[None] | None = None
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self._sink: Callable[[bytes, bool], None] | None = None  # set by pipe()
+        self._sink: BodySink | None = None  # set by pipe()
 
     def _wake(self) -> None:
         if self._sink is not None:
@@ -137,7 +137,7 @@ class _Response:
     def ended(self) -> bool:
         return self.done and not self.chunks and self.error is None
 
-    def pipe(self, sink: Callable[[bytes, bool], None]) -> asyncio.Future[None]:
+    def pipe(self, sink: BodySink) -> asyncio.Future[None]:
         """Hand the body to `sink(chunk, last)` from now on, in the callback of the read
         that brought it, instead of waking a reader: a stream's events are forwarded
         without a task switch (and four levels of Python resumed) per read. `last` is

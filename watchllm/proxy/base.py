@@ -8,6 +8,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from watchllm.env.base import BodySink
+
 # Client headers forwarded upstream (OpenAI's own request options); nothing else is.
 FORWARDED_HEADERS = frozenset((b"openai-organization", b"openai-project", b"openai-beta",
                                b"anthropic-beta", b"anthropic-version", b"idempotency-key"))
@@ -49,7 +51,7 @@ class UpstreamResult:
     ended: Callable[[], bool] = lambda: False
     # The client's push mode, when it has one (`env.http_lean`): `pipe(sink)` hands each
     # read's chunks to `sink(chunk, last)` in the read's callback; awaited to the end.
-    pipe: Callable[[Callable[[bytes, bool], None]], Awaitable[None]] | None = None
+    pipe: Callable[[BodySink], Awaitable[None]] | None = None
 
     async def read(self) -> bytes:
         if self.body is not None:
