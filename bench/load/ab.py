@@ -3,6 +3,7 @@
     .venv/bin/python bench/load/ab.py '{"a": {"ENV": "1"}, "b": {}}' [--rounds 10]
         [--seconds 2] [--kind hit|passthrough|stream] [--events off|chdb|http] [--rate R]
         [--replicas N] [--provider-headers] [--ceiling [--floor]] [--paced MS]
+        [--yardstick] [--lean]
 
 Each configuration is a gateway (one worker, core 0) in front of the fixed-answer mock
 (core 1); all run at once, and `hey -c 50` (core 1) drives them in turn for a short
@@ -24,6 +25,16 @@ share of the ceiling's in the same round and replica (median and every round): a
 minute of the VM then moves both sides of the ratio alike. `--floor` adds, as a
 configuration of its own, the RSGI app that reads the body and answers (`ceiling.py
 --rsgi-read`): what any hit path on this stack costs before our code runs.
+
+`--yardstick` also runs issue 2's yardstick, the featureless granian + aiohttp
+pass-through (`aiohttp_passthrough.py`, one per replica on core 0, in front of a
+fixed-answer mock on core 1), measured with a plain request in every round next to the
+gateways, and prints each configuration's CPU per request as a share of the yardstick's in
+the same round and replica (issue 2's bound: 0.2 / 0.22 ms = 91%). `run.py` measures the
+two minutes apart, and this VM's speed moves by more than the margin in that time.
+`--lean` adds, as a configuration of its own, the gateway's transport without its
+features (`lean_passthrough.py`: granian RSGI and the lean client, streams piped), in
+front of the same upstream: the gateway minus it is what the features cost.
 """
 
 from __future__ import annotations
@@ -71,6 +82,11 @@ def main() -> None:
                    "each round too, and print each configuration's share of it")
     p.add_argument("--floor", action="store_true", help="with --ceiling: also the RSGI "
                    "app that reads the body and answers (ceiling.py --rsgi-read)")
+    p.add_argument("--yardstick", action="store_true", help="measure the featureless "
+                   "granian + aiohttp pass-through (a plain request) in each round too, and "
+                   "print each configuration's CPU as a share of it")
+    p.add_argument("--lean", action="store_true", help="also the gateway's transport "
+                   "without its features (lean_passthrough.py), as a configuration")
     args = p.parse_args()
     args.ceiling = args.ceiling or args.floor  # the floor is a share of the ceiling
     tmp = Path(tempfile.mkdtemp(prefix="watchllm-ab-"))
@@ -105,6 +121,14 @@ def main() -> None:
             gateways[floor].append(start([str(ROOT / "bench" / "load" / "ceiling.py"),
                                           str(port), "--sched-batch", "--rsgi-read"], {},
                                          port, tmp / f"floor-{port}.log", "/", cpu=0))
+    lean = "lean pass-through (transport, no features)"
+    if args.lean:
+        gateways[lean] = []
+        for _ in range(args.replicas):
+            port = free_port()
+            gateways[lean].append(start([str(ROOT / "bench" / "load" / "lean_passthrough.py"),
+                                         str(port), upstream.url, "--sched-batch"], {}, port,
+                                        tmp / f"lean-{port}.log", "/_mock/stats", cpu=0))
     ceilings = []
     for _ in range(args.replicas if args.ceiling else 0):
         port = free_port()
@@ -112,17 +136,34 @@ def main() -> None:
                                "--sched-batch"], {}, port, tmp / f"ceiling-{port}.log", "/",
                               cpu=0))
     servers += ceilings
+    yardsticks = []  # issue 2's: the featureless pass-through, in front of the fixed mock
+    if args.yardstick:
+        fixed = upstream if args.kind != "stream" else start_mock_upstream(tmp, fixed=True,
+                                                                             cpu=1)
+        if fixed is not upstream:
+            servers.append(fixed)
+        for _ in range(args.replicas):
+            port = free_port()
+            yardsticks.append(start([str(ROOT / "bench" / "load" / "aiohttp_passthrough.py"),
+                                     str(port), fixed.url], {}, port,
+                                    tmp / f"yardstick-{port}.log", "/_mock/stats", cpu=0))
+        servers += yardsticks
+        plain = tmp / "plain.json"
+        plain.write_text(json.dumps(BODY))
     # Per configuration, per replica: each round's CPU µs/request, req/s, p99.
     cpu: dict[str, list[list[float]]] = {name: [[] for _ in gws] for name, gws in gateways.items()}
     rps: dict[str, list[float]] = {name: [] for name in gateways}
     # Per configuration: each round's req/s over the ceiling's (same round, same replica).
     share: dict[str, list[float]] = {name: [] for name in gateways}
+    # Per configuration: each round's CPU over the yardstick's (same round, same replica).
+    of_yardstick: dict[str, list[float]] = {name: [] for name in gateways}
+    yardstick_cpu: list[float] = []
     p99: dict[str, list[float]] = {name: [] for name in gateways}
     try:
         headers: dict[int, dict[str, str]] = {}
         for name, gws in gateways.items():
             for gw in gws:
-                if name == floor:
+                if name in (floor, lean):
                     headers[gw.port] = {}
                     continue
                 h = headers[gw.port] = {"authorization": f"Bearer {make_key(gw, 'bench-admin')}"}
@@ -137,6 +178,12 @@ def main() -> None:
                         c = ceilings[i]
                         ceiling_rps = measured(c, lambda u=c.url: hey(
                             u, args.seconds, None, {}))["rps"]
+                    yard_cpu = 0.0
+                    if yardsticks:
+                        y = yardsticks[i]
+                        yard_cpu = measured(y, lambda u=y.url + "/v1/chat/completions": hey(
+                            u, args.seconds, plain, {}))["cpu_ms_per_req"] * 1000
+                        yardstick_cpu.append(yard_cpu)
                     for name, gws in gateways.items():
                         gw = gws[i]
                         url, h = gw.url + "/v1/chat/completions", headers[gw.port]
@@ -153,6 +200,8 @@ def main() -> None:
                         rps[name].append(result["rps"])
                         if ceiling_rps:
                             share[name].append(result["rps"] / ceiling_rps)
+                        if yard_cpu:
+                            of_yardstick[name].append(cpu[name][i][-1] / yard_cpu)
     finally:
         for gws in gateways.values():
             for gw in gws:
@@ -160,6 +209,10 @@ def main() -> None:
         for server in servers:
             server.stop()
     print(f"\n`{' '.join(sys.argv)}`\n")
+    if yardstick_cpu:
+        print(f"yardstick (featureless granian + aiohttp, plain): median "
+              f"{statistics.median(yardstick_cpu):.1f} µs CPU/request; rounds: "
+              + ", ".join(f"{v:.0f}" for v in yardstick_cpu))
     for name, per_replica in cpu.items():
         values = [v for rounds in per_replica for v in rounds]
         print(f"{name}: median {statistics.median(values):.1f} µs CPU/request, "
@@ -172,6 +225,10 @@ def main() -> None:
             print(f"{'':{len(name)}}  share of the ceiling app's req/s: median "
                   f"{statistics.median(share[name]):.0%}; rounds: "
                   + ", ".join(f"{v:.0%}" for v in share[name]))
+        if of_yardstick[name]:
+            print(f"{'':{len(name)}}  share of the yardstick's CPU/request: median "
+                  f"{statistics.median(of_yardstick[name]):.0%}; rounds: "
+                  + ", ".join(f"{v:.0%}" for v in of_yardstick[name]))
         if p99[name]:
             print(f"{'':{len(name)}}  p99 median {statistics.median(p99[name]):.2f} ms; rounds: "
                   + ", ".join(f"{v:.1f}" for v in p99[name]))

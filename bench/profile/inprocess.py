@@ -1,7 +1,7 @@
 """Drive the ASGI app in-process (no server, no sockets) to profile our own per-request cost.
 
     .venv/bin/python bench/profile/inprocess.py [hit|miss|http|stream] [N] [CONC] \
-        [--uvloop] [--profile] [--opcodes] [--limits] [--self-hosted] [--paced=MS]
+        [--uvloop] [--profile] [--opcodes] [--limits] [--self-hosted] [--paced=MS] [--push]
 
 `miss` uses the in-process mock provider with caching off, `http` a real mock upstream
 over loopback (the lean HTTP client included; the upstream's own CPU is not counted),
@@ -10,7 +10,9 @@ Prints
 microseconds per request of pure application work. `--opcodes` instead counts the Python
 bytecodes each function runs per request (sys.settrace; exact, and slow: use N ~ 50).
 `--paced=MS`: the upstream waits MS between a stream's events (each arrives in a read of
-its own, as a model's tokens do). `--profile` prints NSTATS functions (25) sorted by
+its own, as a model's tokens do). `--push`: offer the synchronous body write granian's
+RSGI entry offers (`BODY_PUSH`), so a stream is pushed from its reads as under granian,
+not pulled by the task. `--profile` prints NSTATS functions (25) sorted by
 NSORT (tottime; cumtime shows what a subsystem costs with its callees).
 """
 
@@ -35,6 +37,7 @@ import opcodes  # bench/profile/opcodes.py
 
 from watchllm.app import Gateway
 from watchllm.entrypoints.factory import build_env
+from watchllm.http.asgi import BODY_PUSH
 from watchllm.settings import load_settings
 
 BODY = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]})
@@ -87,6 +90,12 @@ async def main(kind: str, n: int, profile: bool, concurrency: int) -> None:
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
+
+    if "--push" in sys.argv:  # as the RSGI entry's exchange offers it
+        def push(body: bytes, more: bool) -> None:
+            sent.append({"type": "http.response.body", "body": body, "more_body": more})
+
+        scope["extensions"] = {BODY_PUSH: push}
 
     for _ in range(200):
         await gw(scope, make_receive(), send)

@@ -14,7 +14,7 @@ import pytest
 from tests.contract.test_http_client import SSE_HEAD, lean_serving, read_request
 from tests.contract.test_lean_pipe import chunk
 from watchllm.proxy.base import UpstreamResult
-from watchllm.proxy.streaming import forward_stream
+from watchllm.proxy.streaming import WATCH_AFTER_S, forward_stream
 
 EVENTS = [b"data: {\"n\":%d}\n\n" % i for i in range(4)]
 
@@ -82,3 +82,47 @@ async def test_forwarding(mode: str, client_leaves: bool) -> None:
         assert all(more for _, more in written[:-1])
         assert len(written) >= 3  # chunk by chunk, not buffered
         assert outcome.ttft_s is not None and outcome.ttft_s < 0.5
+
+
+@pytest.mark.parametrize("mode", ["push", "pull"])
+@pytest.mark.parametrize("stalls", [False, True])
+async def test_the_disconnect_watcher_starts_only_for_a_long_stream(mode: str,
+                                                                    stalls: bool) -> None:
+    """A stream still running after WATCH_AFTER_S gets a watcher (it starts by twice
+    that): a client that leaves while the upstream stalls stops it. A short stream never
+    starts one, not even after it ended."""
+    closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(SSE_HEAD + chunk(EVENTS[0]) + (b"" if stalls else b"0\r\n\r\n"))
+        await writer.drain()
+        if await reader.read(1) == b"":  # stalled until the gateway drops the upstream
+            closed.set()
+
+    asked: list[float] = []
+
+    async def receive() -> dict[str, Any]:
+        asked.append(time.perf_counter())
+        return {"type": "http.disconnect"}  # the client has gone
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    async with lean_serving(handler) as (client, url):
+        resp = await client.request("POST", url, {}, b"{}", connect_timeout=2, read_timeout=5)
+        result = UpstreamResult(resp.status, dict(resp.headers), chunks=resp.iter_chunks(),
+                                close=resp.close, ended=resp.ended, pipe=resp.pipe)
+        started = time.perf_counter()
+        outcome = await asyncio.wait_for(forward_stream(
+            send, receive, result, [("content-type", "text/event-stream")], started,
+            (lambda body, more: None) if mode == "push" else None), 5)
+        if stalls:
+            await asyncio.wait_for(closed.wait(), 2)
+        else:
+            await asyncio.sleep(3 * WATCH_AFTER_S)  # past any tick that could start one
+    if stalls:
+        assert outcome.disconnected and not outcome.complete
+        assert len(asked) == 1 and WATCH_AFTER_S <= asked[0] - started < 2 * WATCH_AFTER_S + 0.1
+    else:
+        assert outcome.complete and asked == []

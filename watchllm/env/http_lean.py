@@ -329,10 +329,16 @@ class _Connection(asyncio.Protocol):
         self.on_body = r.chunks.append
         self.parser = httptools.HttpResponseParser(self)
         self.transport.write(head + body if body else head)
-        while r.status == 0 and r.error is None:
-            await r._waiting(read_timeout)
-        r._stop_timer()  # a caller that never reads the body must not leave it armed
+        try:
+            while r.status == 0 and r.error is None:
+                await r._waiting(read_timeout)
+        except BaseException:  # cancelled: the caller aborts the connection; free the timer
+            r._stop_timer()
+            raise
+        # The timer stays armed for the body's wait (one timer per response, not two):
+        # every way a response ends (read, iter_chunks, pipe, close) stops it.
         if r.status == 0:
+            r._stop_timer()
             raise ConnectError(f"connection failed before a response: {r.error}")
         return r
 

@@ -3,9 +3,10 @@
 Chunks are written as they arrive (never buffered). A watcher waits on ASGI `receive` for
 `http.disconnect`; when it comes it closes the upstream response (the provider sees the
 request cancelled) and cancels the forwarding, without a per-chunk cost. The watcher (a
-task) starts only once a stream has run for WATCH_AFTER_S: a client that leaves a stream
-that is still being generated is noticed at once; a short stream costs no task, and a
-client gone before it ends is noticed when the next write fails.
+task) starts only once a stream has run for WATCH_AFTER_S (to twice that: one timer per
+event loop starts the watchers of every stream old enough, instead of a timer per stream):
+a client that leaves a stream that is still being generated is noticed then; a short
+stream costs no task, and a client gone before it ends is noticed when the next write fails.
 
 Under granian (the RSGI entry's `BODY_PUSH`) with the lean HTTP client, the chunks are
 pushed: written from the callback of the upstream read that brought them, while this task
@@ -16,12 +17,56 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from watchllm.http.asgi import Push, Receive, Send, TextHeaders
 from watchllm.proxy.base import UpstreamResult
 
 WATCH_AFTER_S = 0.05
+
+
+class _LateWatches:
+    """Starts the disconnect watchers of one loop's streams once they have run for
+    WATCH_AFTER_S, on one timer for all of them. A timer per stream (a uvloop handle set
+    up and cancelled) cost ~1.1 µs; this is a dict insert and delete. Two generations: a
+    tick starts the watchers of the streams registered before the previous tick, so each
+    starts between WATCH_AFTER_S and twice that after its stream began."""
+
+    __slots__ = ("loop", "old", "timer", "young")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.young: dict[object, Callable[[], None]] = {}  # since the last tick
+        self.old: dict[object, Callable[[], None]] = {}  # from before it
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, key: object, start: Callable[[], None]) -> None:
+        self.young[key] = start
+        if self.timer is None:
+            self.timer = self.loop.call_later(WATCH_AFTER_S, self._tick)
+
+    def discard(self, key: object) -> None:
+        if self.young.pop(key, None) is None:
+            self.old.pop(key, None)
+
+    def _tick(self) -> None:
+        due, self.old, self.young = self.old, self.young, {}
+        self.timer = self.loop.call_later(WATCH_AFTER_S, self._tick) if self.old else None
+        for start in due.values():
+            start()
+
+
+_late: dict[asyncio.AbstractEventLoop, _LateWatches] = {}  # per loop (tests run several)
+
+
+def _late_watches(loop: asyncio.AbstractEventLoop) -> _LateWatches:
+    late = _late.get(loop)
+    if late is None:
+        for other in [lp for lp in _late if lp.is_closed()]:
+            del _late[other]
+        late = _late[loop] = _LateWatches(loop)
+    return late
 
 
 class StreamOutcome:
@@ -64,7 +109,8 @@ async def forward_stream(send: Send, receive: Receive, result: UpstreamResult,
     def watch() -> None:
         watcher.append(asyncio.ensure_future(_watch_disconnect(receive, result, outcome, task)))
 
-    timer = loop.call_later(WATCH_AFTER_S, watch)
+    late = _late_watches(loop)
+    late.add(outcome, watch)
     last = False
     try:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -114,7 +160,7 @@ async def forward_stream(send: Send, receive: Receive, result: UpstreamResult,
             except (OSError, RuntimeError):
                 outcome.disconnected = True
     finally:
-        timer.cancel()
+        late.discard(outcome)
         for w in watcher:
             w.cancel()
         if not outcome.complete:
