@@ -14,7 +14,7 @@ import pytest
 from tests.contract.test_http_client import SSE_HEAD, lean_serving, read_request
 from tests.contract.test_lean_pipe import chunk
 from watchllm.proxy.base import UpstreamResult
-from watchllm.proxy.streaming import WATCH_AFTER_S, forward_stream
+from watchllm.proxy.streaming import WATCH_AFTER_S, _late, forward_stream
 
 EVENTS = [b"data: {\"n\":%d}\n\n" % i for i in range(4)]
 
@@ -123,6 +123,8 @@ async def test_the_disconnect_watcher_starts_only_for_a_long_stream(mode: str,
             await asyncio.sleep(3 * WATCH_AFTER_S)  # past any tick that could start one
     if stalls:
         assert outcome.disconnected and not outcome.complete
-        assert len(asked) == 1 and WATCH_AFTER_S <= asked[0] - started < 2 * WATCH_AFTER_S + 0.1
+        # (by twice WATCH_AFTER_S; the slack is for a loaded machine)
+        assert len(asked) == 1 and WATCH_AFTER_S <= asked[0] - started < 2 * WATCH_AFTER_S + 0.5
     else:
         assert outcome.complete and asked == []
+        assert _late[asyncio.get_running_loop()].timer is None  # no tick left running

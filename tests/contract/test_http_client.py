@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -17,7 +18,7 @@ import pytest
 
 from watchllm.env.base import ConnectError, HttpClient
 from watchllm.env.http_aiohttp import AiohttpClient
-from watchllm.env.http_lean import LeanHttpClient
+from watchllm.env.http_lean import LeanHttpClient, _Response
 from watchllm.testing.servers import free_port
 
 SSE_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
@@ -405,3 +406,47 @@ async def test_header_values_are_their_bytes_as_latin1_text(client: HttpClient) 
         assert await resp.read() == b"{}"
         assert resp.headers["x-utf8"].encode("latin-1") == utf8
         assert resp.headers["x-legacy"].encode("latin-1") == legacy
+
+
+@pytest.mark.parametrize("end", ["read", "iter_chunks", "pipe", "close", "cancelled"])
+async def test_no_read_timer_outlives_its_response(end: str) -> None:
+    """However a response ends, its read-timeout timer is stopped: an armed one would hold
+    the response (and its body) for the whole read timeout, ten minutes by default."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        if end != "cancelled":  # (cancelled: no answer; the caller gives up waiting)
+            writer.write(SSE_HEAD + b"5\r\nhello\r\n0\r\n\r\n")
+            await writer.drain()
+        await reader.read(1)
+
+    made: list[_Response] = []  # the request's response, however it ends
+
+    async def one_request(client: LeanHttpClient, url: str) -> bytes:
+        before = {id(o) for o in gc.get_objects() if type(o) is _Response}
+        ask = asyncio.ensure_future(client.request("POST", url, {}, b"{}", connect_timeout=2,
+                                                   read_timeout=600))
+        if end == "cancelled":
+            await asyncio.sleep(0.05)  # waiting for the headers, which never come
+            made.extend(o for o in gc.get_objects()
+                        if type(o) is _Response and id(o) not in before)
+            ask.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ask
+            return b""
+        resp = await ask
+        made.append(resp)
+        if end == "read":
+            return await resp.read()
+        if end == "iter_chunks":
+            return b"".join([c async for c in resp.iter_chunks()])
+        if end == "pipe":
+            got: list[bytes] = []
+            await resp.pipe(lambda chunk, last: got.append(chunk))
+            return b"".join(got)
+        resp.close()
+        return b""
+
+    async with lean_serving(handler) as (client, url):
+        body = await one_request(client, url)
+    assert len(made) == 1 and made[0]._timer is None
+    assert body == (b"hello" if end in ("read", "iter_chunks", "pipe") else b"")

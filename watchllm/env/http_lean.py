@@ -332,7 +332,7 @@ class _Connection(asyncio.Protocol):
         try:
             while r.status == 0 and r.error is None:
                 await r._waiting(read_timeout)
-        except BaseException:  # cancelled: the caller aborts the connection; free the timer
+        except BaseException:  # cancelled or timed out: the caller aborts the connection
             r._stop_timer()
             raise
         # The timer stays armed for the body's wait (one timer per response, not two):
