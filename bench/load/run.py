@@ -11,7 +11,9 @@ generator (`hey`) on core 1. Scenarios, each also run directly against the mock 
 - cache hits vs the ceiling: a minimal granian app returning a fixed body;
 - streaming: SSE through the gateway vs direct;
 - issue 2's yardstick: a featureless granian + aiohttp pass-through, for plain requests and
-  for streams, on the gateway's core.
+  for streams, on the gateway's core;
+- the gateway's transport without its features (`lean_passthrough.py`: granian RSGI and
+  the lean client), plain and streaming: the gateway minus it is what the features cost.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ sys.path.insert(0, str(ROOT))
 from watchllm.testing.servers import Server, free_port, start, start_gateway  # noqa: E402
 
 CLK = os.sysconf("SC_CLK_TCK")
+LEAN = "the gateway's transport alone (lean pass-through, no features), saturation"
+LEAN_STREAM = "the gateway's transport alone (lean pass-through, no features), streaming, " \
+    "saturation"
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
 
 
@@ -257,10 +262,18 @@ def main() -> None:
     reference_stream = start(["bench/load/aiohttp_passthrough.py", str(reference_stream_port),
                               stream_mock.url], {}, reference_stream_port,
                              tmp / "reference-stream.log", "/_mock/stats", cpu=0)
+    lean_port = free_port()  # the gateway's transport, no features (SCHED_BATCH as it runs)
+    lean = start(["bench/load/lean_passthrough.py", str(lean_port), mock.url, "--sched-batch"],
+                 {}, lean_port, tmp / "lean.log", "/_mock/stats", cpu=0)
+    lean_stream_port = free_port()
+    lean_stream = start(["bench/load/lean_passthrough.py", str(lean_stream_port),
+                         stream_mock.url, "--sched-batch"], {}, lean_stream_port,
+                        tmp / "lean-stream.log", "/_mock/stats", cpu=0)
     admin = "bench-admin"
     env = {"OPENAI_BASE_URL": f"{mock.url}/v1", "OPENAI_API_KEY": "sk-bench",
            "WATCHLLM_ADMIN_KEY": admin, "WATCHLLM_LOG_LEVEL": "warning"}
-    servers = [mock, stream_mock, ceiling, ceiling_batch, reference, reference_stream]
+    servers = [mock, stream_mock, ceiling, ceiling_batch, reference, reference_stream, lean,
+               lean_stream]
     if args.events == "http":
         ch_port = free_port()
         servers.append(start([str(ROOT / "bench" / "micro" / "fake_clickhouse.py"), str(ch_port),
@@ -292,6 +305,7 @@ def main() -> None:
             "gateway, saturation": measured(gw, lambda: hey(url, s, body, nocache)),
             "granian + aiohttp pass-through (no features), saturation": measured(
                 reference, lambda: hey(f"{reference.url}/v1/chat/completions", s, body, {})),
+            LEAN: measured(lean, lambda: hey(f"{lean.url}/v1/chat/completions", s, body, {})),
             "ceiling app, saturation": measured(ceiling, lambda: hey(ceiling.url, s, None, {})),
             "ceiling app (SCHED_BATCH), saturation": measured(
                 ceiling_batch, lambda: hey(ceiling_batch.url, s, None, {})),
@@ -316,6 +330,8 @@ def main() -> None:
         results["granian + aiohttp pass-through (no features), streaming, saturation"] = \
             measured(reference_stream, lambda: hey(f"{reference_stream.url}/v1/chat/completions",
                                                    s, stream_body, {}))
+        results[LEAN_STREAM] = measured(lean_stream, lambda: hey(
+            f"{lean_stream.url}/v1/chat/completions", s, stream_body, {}))
     finally:
         for server in (gw, gw_stream, *servers):
             server.stop()
@@ -345,6 +361,13 @@ def main() -> None:
           f"{stream_g['cpu_ms_per_req'] / ref['cpu_ms_per_req']:.0%} of it, and "
           f"{stream_g['cpu_ms_per_req'] / ref_s['cpu_ms_per_req']:.0%} of the same "
           f"pass-through streaming ({ref_s['cpu_ms_per_req']:.3f})")
+    lean_p, lean_s = results[LEAN], results[LEAN_STREAM]
+    print(f"the gateway's transport alone (no features): plain {lean_p['cpu_ms_per_req']:.3f} "
+          f"ms = {lean_p['cpu_ms_per_req'] / ref['cpu_ms_per_req']:.0%} of the featureless "
+          f"pass-through, streaming {lean_s['cpu_ms_per_req']:.3f} ms = "
+          f"{lean_s['cpu_ms_per_req'] / ref['cpu_ms_per_req']:.0%}; the features: plain "
+          f"+{sat_g['cpu_ms_per_req'] - lean_p['cpu_ms_per_req']:.3f} ms, streaming "
+          f"+{stream_g['cpu_ms_per_req'] - lean_s['cpu_ms_per_req']:.3f} ms")
     ceil_b = results["ceiling app (SCHED_BATCH), saturation"]
     print(f"cache hit: {hit['rps']:,.0f} req/s = {hit['rps'] / ceil['rps']:.0%} of the ceiling "
           f"app's {ceil['rps']:,.0f}, {hit['rps'] / ceil_b['rps']:.0%} of the same app under "
