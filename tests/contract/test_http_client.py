@@ -441,7 +441,7 @@ async def test_no_read_timer_outlives_its_response(end: str) -> None:
             return b"".join([c async for c in resp.iter_chunks()])
         if end == "pipe":
             got: list[bytes] = []
-            await resp.pipe(lambda chunk, last: got.append(chunk))
+            await resp.pipe(lambda chunk, more: got.append(chunk))
             return b"".join(got)
         resp.close()
         return b""

@@ -54,17 +54,22 @@ async def test_each_read_reaches_the_sink_as_it_arrives_and_the_connection_is_re
         for _ in range(2):
             calls: list[tuple[bytes, bool]] = []
 
-            def sink(data: bytes, last: bool, calls: list[tuple[bytes, bool]] = calls) -> None:
-                calls.append((data, last))
-                if not last:
+            def sink(data: bytes, more: bool, calls: list[tuple[bytes, bool]] = calls) -> None:
+                calls.append((data, more))
+                if more:
                     step.set()
 
             resp = await stream(client, url)
-            await asyncio.wait_for(resp.pipe(sink), 5)
+            kept: list[bytes] = []
+            firsts: list[int] = []
+            await asyncio.wait_for(resp.pipe(sink, kept, lambda f=firsts, c=calls: f.append(
+                len(c))), 5)
             body = b"".join(c for c, _ in calls)
             assert body == b"event 0\n\nevent 1\n\nevent 2\n\n"
-            assert [last for _, last in calls] == [False] * (len(calls) - 1) + [True]
+            assert [more for _, more in calls] == [True] * (len(calls) - 1) + [False]
             assert len(calls) >= 3  # one call per read: the events came one by one
+            assert kept == [c for c, _ in calls]  # each chunk kept as it was handed over
+            assert firsts == [0]  # once, before the first call
     assert connections == 1  # the first stream's connection served the second
 
 
@@ -78,8 +83,8 @@ async def test_what_arrived_before_the_pipe_goes_in_one_last_call() -> None:
         resp = await stream(client, url)
         await asyncio.sleep(0.1)  # the whole body is read before anyone pipes it
         calls: list[tuple[bytes, bool]] = []
-        await resp.pipe(lambda data, last: calls.append((data, last)))
-        assert calls == [(b"ab", True)]
+        await resp.pipe(lambda data, more: calls.append((data, more)))
+        assert calls == [(b"ab", False)]
 
 
 async def test_an_end_that_comes_alone_is_an_empty_last_call() -> None:
@@ -97,12 +102,12 @@ async def test_an_end_that_comes_alone_is_an_empty_last_call() -> None:
         resp = await stream(client, url)
         calls: list[tuple[bytes, bool]] = []
 
-        def sink(data: bytes, last: bool) -> None:
-            calls.append((data, last))
+        def sink(data: bytes, more: bool) -> None:
+            calls.append((data, more))
             end.set()
 
         await asyncio.wait_for(resp.pipe(sink), 5)
-        assert calls == [(b"data", False), (b"", True)]
+        assert calls == [(b"data", True), (b"", False)]
 
 
 async def test_the_read_timeout_counts_from_the_last_read() -> None:
@@ -122,7 +127,7 @@ async def test_the_read_timeout_counts_from_the_last_read() -> None:
         got: list[bytes] = []
         started = time.monotonic()
         with pytest.raises(TimeoutError):
-            await resp.pipe(lambda data, last: got.append(data))
+            await resp.pipe(lambda data, more: got.append(data))
         assert b"".join(got) == b"01234"
         assert 1.0 < time.monotonic() - started < 2.5
 
@@ -138,9 +143,10 @@ async def test_an_upstream_that_breaks_mid_stream_fails_the_pipe_after_its_data(
     async with lean_serving(handler) as (client, url):
         resp = await stream(client, url)
         calls: list[tuple[bytes, bool]] = []
+        kept: list[bytes] = []
         with pytest.raises(ConnectionError, match="upstream stream broke"):
-            await resp.pipe(lambda data, last: calls.append((data, last)))
-        assert calls == [(b"partial", False)]
+            await resp.pipe(lambda data, more: calls.append((data, more)), kept)
+        assert calls == [(b"partial", True)] and kept == [b"partial"]
 
 
 async def test_a_sink_that_raises_fails_the_pipe_and_aborts_the_upstream() -> None:
@@ -148,7 +154,7 @@ async def test_a_sink_that_raises_fails_the_pipe_and_aborts_the_upstream() -> No
     async with lean_serving(first_then_stall(closed)) as (client, url):
         resp = await stream(client, url)
 
-        def sink(data: bytes, last: bool) -> None:
+        def sink(data: bytes, more: bool) -> None:
             raise RuntimeError("the client is gone")
 
         with pytest.raises(RuntimeError, match="the client is gone"):
@@ -183,7 +189,7 @@ async def test_a_stalled_upstream_is_aborted_when_the_pipe_ends(how: str) -> Non
     closed = asyncio.Event()
     async with lean_serving(first_then_stall(closed)) as (client, url):
         resp = await stream(client, url, read_timeout=0.3 if how == "read timeout" else 5)
-        piped = resp.pipe(lambda data, last: None)
+        piped = resp.pipe(lambda data, more: None)
         if how == "read timeout":
             with pytest.raises(TimeoutError):
                 await piped
@@ -206,8 +212,8 @@ async def test_a_sink_that_fails_on_the_last_call_aborts_instead_of_reusing() ->
             await writer.drain()
 
     async with lean_serving(handler) as (client, url):
-        def sink(data: bytes, last: bool) -> None:
-            if last:
+        def sink(data: bytes, more: bool) -> None:
+            if not more:
                 raise RuntimeError("the client is gone")
 
         resp = await stream(client, url)

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from watchllm.limits.ops import Op, Outcome
 
 Row = dict[str, Any]
-# Where a pushed body goes: `sink(chunk, last)` (see HttpResponse's optional `pipe`).
+# Where a pushed body goes: `sink(chunk, more)`, `more` False on the last call (ASGI's
+# `more_body`; see HttpResponse's optional `pipe`).
 BodySink = Callable[[bytes, bool], None]
 
 
@@ -160,8 +161,9 @@ class HttpResponse(Protocol):
         """Abort the exchange (cancels the upstream request if still running)."""
         ...
 
-    # Optional, not part of the Protocol: `pipe(sink: BodySink) -> Future[None]`, the body
-    # pushed to the sink as it is read instead of pulled (see `env.http_lean`).
+    # Optional, not part of the Protocol: `pipe(sink: BodySink, kept, on_first) ->
+    # Future[None]`, the body pushed to the sink as it is read instead of pulled (see
+    # `env.http_lean`).
 
 
 @runtime_checkable

@@ -34,8 +34,8 @@ _IDLE_TTL_S = 30.0
 class _Response:
     """One response; filled by the connection's parser callbacks, read by the caller."""
 
-    __slots__ = ("_conn", "_deadline", "_sink", "_timer", "_waiter", "buffered", "chunks",
-                 "done", "error", "headers", "status", "streaming")
+    __slots__ = ("_conn", "_deadline", "_kept", "_on_first", "_sink", "_timer", "_waiter",
+                 "buffered", "chunks", "done", "error", "headers", "status", "streaming")
 
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
@@ -49,7 +49,9 @@ class _Response:
         self._waiter: asyncio.Future[None] | None = None
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self._sink: BodySink | None = None  # set by pipe()
+        self._sink: BodySink | None = None  # set by pipe(), with the two below
+        self._kept: list[bytes] | None = None
+        self._on_first: Callable[[], None] | None = None
 
     def _wake(self) -> None:
         if self._sink is not None:
@@ -137,15 +139,22 @@ class _Response:
     def ended(self) -> bool:
         return self.done and not self.chunks and self.error is None
 
-    def pipe(self, sink: BodySink) -> asyncio.Future[None]:
-        """Hand the body to `sink(chunk, last)` from now on, in the callback of the read
+    def pipe(self, sink: BodySink, kept: list[bytes] | None = None,
+             on_first: Callable[[], None] | None = None) -> asyncio.Future[None]:
+        """Hand the body to `sink(chunk, more)` from now on, in the callback of the read
         that brought it, instead of waking a reader: a stream's events are forwarded
-        without a task switch (and four levels of Python resumed) per read. `last` is
-        True once, on the last call (its chunk may be empty). The future completes after
-        that call; it fails with ConnectionError when the upstream breaks, TimeoutError
-        when a read takes longer than the read timeout, or what `sink` raised (the
-        upstream is then aborted). Cancelling it aborts the upstream too."""
+        without a task switch (and four levels of Python resumed) per read. `more` is
+        False once, on the last call (its chunk may be empty): ASGI's `more_body`, so a
+        server's synchronous body write (`http.asgi.BODY_PUSH`) is a sink as it is, with
+        no Python of the caller's between a read and its write. Each chunk is appended
+        to `kept` (when given) before it is handed over, and `on_first()` runs before
+        the first. The future completes after the last call; it fails with
+        ConnectionError when the upstream breaks, TimeoutError when a read takes longer
+        than the read timeout, or what `sink` raised (the upstream is then aborted).
+        Cancelling it aborts the upstream too."""
         self._sink = sink
+        self._kept = kept
+        self._on_first = on_first
         w = self._waiting(self._conn.read_timeout)
         w.add_done_callback(self._piped)
         self._push()  # what arrived before
@@ -173,8 +182,13 @@ class _Response:
             else:
                 chunk = b"".join(chunks)
                 chunks.clear()
+            if self._on_first is not None:
+                first, self._on_first = self._on_first, None
+                first()
+            if self._kept is not None:
+                self._kept.append(chunk)
             try:
-                sink(chunk, last)
+                sink(chunk, not last)
             except Exception as exc:  # the awaiting task's to handle
                 self.close()
                 w.set_exception(exc)
@@ -244,6 +258,9 @@ class _Connection(asyncio.Protocol):
         # holds many HTTP chunks (SSE events).
         r = self.response
         if r is not None:
+            if r._sink is not None:  # piped: the read's chunk goes out from here
+                r._push()
+                return
             if r.streaming:  # back-pressure, counted per read (framing included)
                 r.buffered += len(data)
                 if r.buffered > _HIGH_WATER and self.transport is not None:

@@ -49,9 +49,10 @@ class UpstreamResult:
     close: Callable[[], None] = lambda: None
     # After a chunk: whether it was the last (its write can end the response too).
     ended: Callable[[], bool] = lambda: False
-    # The client's push mode, when it has one (`env.http_lean`): `pipe(sink)` hands each
-    # read's chunks to `sink(chunk, last)` in the read's callback; awaited to the end.
-    pipe: Callable[[BodySink], Awaitable[None]] | None = None
+    # The client's push mode, when it has one (`env.http_lean`): `pipe(sink, kept,
+    # on_first)` hands each read's chunks to `sink(chunk, more)` in the read's callback,
+    # appending each to `kept` first; `on_first()` runs before the first; awaited to the end.
+    pipe: Callable[[BodySink, list[bytes], Callable[[], None]], Awaitable[None]] | None = None
 
     async def read(self) -> bytes:
         if self.body is not None:

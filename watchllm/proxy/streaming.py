@@ -115,19 +115,15 @@ async def forward_stream(send: Send, receive: Receive, result: UpstreamResult,
     try:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         if push is not None and result.pipe is not None:
-            chunks = outcome.chunks
+            def first() -> None:
+                outcome.ttft_s = time.perf_counter() - started
 
-            def sink(chunk: bytes, last: bool) -> None:
-                if outcome.ttft_s is None:
-                    outcome.ttft_s = time.perf_counter() - started
-                chunks.append(chunk)
-                try:
-                    push(chunk, not last)
-                except RuntimeError:  # the client is gone (granian: RSGIProtocolClosed)
-                    outcome.disconnected = True
-                    raise
-
-            await result.pipe(sink)
+            # The server's write is the sink itself: no Python of ours runs per read.
+            try:
+                await result.pipe(push, outcome.chunks, first)
+            except RuntimeError:  # from push: the client is gone (granian: RSGIProtocolClosed)
+                outcome.disconnected = True
+                raise
             last = True
         else:
             async for chunk in result.chunks:
