@@ -48,19 +48,19 @@ async def app(scope: Any, proto: Any) -> None:
         return
     transport: Any = None
 
-    def sink(chunk: bytes, last: bool) -> None:
+    def push(chunk: bytes, more: bool) -> None:  # what the gateway's RSGI entry does
         nonlocal transport
         if transport is None:
-            if last:  # the whole stream came in one read
+            if not more:  # the whole stream came in one read
                 proto.response_bytes(resp.status, out, chunk)
                 return
             transport = proto.response_stream(resp.status, out)
         if chunk:
             transport.send_bytes(chunk)  # queued at once; the awaitable it returns is done
-        if last:
+        if not more:
             transport = None  # granian ends the body when the transport is freed
 
-    await resp.pipe(sink)
+    await resp.pipe(push)
 
 
 if __name__ == "__main__":

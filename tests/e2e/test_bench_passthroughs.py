@@ -1,0 +1,47 @@
+"""The benches' scale rows are real pass-throughs: issue 2's yardstick (granian + aiohttp)
+and the gateway's transport without its features (`lean_passthrough.py`) answer what the
+upstream answers, plain and streamed, so a bench cannot quietly measure a broken one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from watchllm.testing.servers import Server, free_port, start
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "load"
+MSG = [{"role": "user", "content": "Name a colour"}]
+
+
+@pytest.fixture(scope="module", params=["lean_passthrough.py", "aiohttp_passthrough.py"])
+def passthrough(request: pytest.FixtureRequest, upstream: Server,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    port = free_port()
+    server = start([str(BENCH / request.param), str(port), upstream.url], {}, port,
+                   tmp_path_factory.mktemp("bench") / "server.log", "/_mock/stats")
+    yield server
+    server.stop()
+
+
+def test_plain_and_streamed_answers_pass_through(passthrough: Server, upstream: Server) -> None:
+    through = openai.OpenAI(base_url=f"{passthrough.url}/v1", api_key="sk-any", max_retries=0,
+                         timeout=10)
+    direct = openai.OpenAI(base_url=f"{upstream.url}/v1", api_key="sk-any", max_retries=0,
+                         timeout=10)
+    for client in (through, direct):
+        reply = client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+        assert reply.choices[0].message.content
+    want = direct.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    got = through.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    assert got.choices[0].message.content == want.choices[0].message.content
+
+    def streamed(client: openai.OpenAI) -> list[str]:
+        return [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="gpt-4o-mini", messages=MSG, stream=True,
+            extra_body={"mock": {"chunk_delay_ms": 5}}) if c.choices]
+
+    pieces = streamed(through)
+    assert pieces == streamed(direct) and len(pieces) > 2
