@@ -13,10 +13,23 @@ import pytest
 
 from tests.contract.test_http_client import SSE_HEAD, lean_serving, read_request
 from tests.contract.test_lean_pipe import chunk
+from watchllm.env.http_lean import LeanHttpClient
+from watchllm.http.asgi import Push, Receive, Send
 from watchllm.proxy.base import UpstreamResult
-from watchllm.proxy.streaming import WATCH_AFTER_S, _late, forward_stream
+from watchllm.proxy.streaming import WATCH_AFTER_S, StreamOutcome, _late, forward_stream
 
 EVENTS = [b"data: {\"n\":%d}\n\n" % i for i in range(4)]
+
+
+async def forwarded(client: LeanHttpClient, url: str, send: Send, receive: Receive,
+                    push: Push | None) -> StreamOutcome:
+    """One upstream stream through `forward_stream`, pushed when `push` is given."""
+    resp = await client.request("POST", url, {}, b"{}", connect_timeout=2, read_timeout=5)
+    result = UpstreamResult(resp.status, dict(resp.headers), chunks=resp.iter_chunks(),
+                            close=resp.close, ended=resp.ended, pipe=resp.pipe)
+    return await asyncio.wait_for(forward_stream(
+        send, receive, result, [("content-type", "text/event-stream")], time.perf_counter(),
+        push), 5)
 
 
 async def never() -> dict[str, Any]:
@@ -60,13 +73,7 @@ async def test_forwarding(mode: str, client_leaves: bool) -> None:
             push(message["body"], message["more_body"])
 
     async with lean_serving(handler) as (client, url):
-        resp = await client.request("POST", url, {}, b"{}", connect_timeout=2, read_timeout=5)
-        result = UpstreamResult(resp.status, dict(resp.headers), chunks=resp.iter_chunks(),
-                                close=resp.close, ended=resp.ended, pipe=resp.pipe)
-        started = time.perf_counter()
-        outcome = await asyncio.wait_for(forward_stream(
-            send, never, result, [("content-type", "text/event-stream")], started,
-            push if mode == "push" else None), 5)
+        outcome = await forwarded(client, url, send, never, push if mode == "push" else None)
         if client_leaves:
             await asyncio.wait_for(closed.wait(), 2)  # the upstream was aborted
 
@@ -110,13 +117,9 @@ async def test_the_disconnect_watcher_starts_only_for_a_long_stream(mode: str,
         pass
 
     async with lean_serving(handler) as (client, url):
-        resp = await client.request("POST", url, {}, b"{}", connect_timeout=2, read_timeout=5)
-        result = UpstreamResult(resp.status, dict(resp.headers), chunks=resp.iter_chunks(),
-                                close=resp.close, ended=resp.ended, pipe=resp.pipe)
         started = time.perf_counter()
-        outcome = await asyncio.wait_for(forward_stream(
-            send, receive, result, [("content-type", "text/event-stream")], started,
-            (lambda body, more: None) if mode == "push" else None), 5)
+        outcome = await forwarded(client, url, send, receive,
+                                  (lambda body, more: None) if mode == "push" else None)
         if stalls:
             await asyncio.wait_for(closed.wait(), 2)
         else:

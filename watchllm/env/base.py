@@ -10,15 +10,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from watchllm.http.asgi import Push
 from watchllm.settings import Mode, Settings
 
 if TYPE_CHECKING:
     from watchllm.limits.ops import Op, Outcome
 
 Row = dict[str, Any]
-# Where a pushed body goes: `sink(chunk, more)`, `more` False on the last call (ASGI's
-# `more_body`; see HttpResponse's optional `pipe`).
-BodySink = Callable[[bytes, bool], None]
+# Where a pushed body goes (see HttpResponse's optional `pipe`): `sink(chunk, more)`, the
+# shape of a server's synchronous body write (`http.asgi.Push`), so that write is a sink.
+BodySink = Push
 
 
 @runtime_checkable
