@@ -166,9 +166,16 @@ class Gateway:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._env is None:  # servers without lifespan support
             await self.startup()
-        req = Request(scope, receive)
-        request_id = req.header(b"x-request-id") or new_request_id()
         self.begin()
+        try:
+            await self.dispatch(Request(scope, receive), send)
+        finally:
+            self.end()
+
+    async def dispatch(self, req: Request, send: Send) -> None:
+        """Answer one HTTP request (between `begin` and `end`). The RSGI entry calls this
+        with a Request it made straight from granian's scope for a proxied POST."""
+        request_id = req.header(b"x-request-id") or new_request_id()
         try:
             endpoint = proxy_routes.ENDPOINTS.get(req.path) if req.method == "POST" else None
             if endpoint is not None:
@@ -194,8 +201,6 @@ class Gateway:
                 await send_body(send, 500, INTERNAL_ERROR_BODY,
                                 [(b"content-type", b"application/json"),
                                  (b"x-request-id", request_id.encode())])
-        finally:
-            self.end()
 
     def begin(self) -> None:
         """A request starts (shutdown waits for every begun request to end)."""

@@ -144,6 +144,10 @@ def main() -> None:
         print(f"{name}: {total:,.0f} instructions per request"
               + ("" if cost is base else f" ({(total / base_total - 1) * 100:+.1f}% "
                  f"against {base_name})"))
+    if len(costs) == 1:  # one variant: where its instructions go
+        print(f"by function (self cost), the {args.top} largest:")
+        for (obj, fn), c in sorted(base.items(), key=lambda kv: -kv[1])[:args.top]:
+            print(f"  {c / n:10,.0f}  {fn[:90]}  [{obj}]")
     for name, cost in list(costs.items())[1:]:
         print(f"\n{name} minus {base_name}, per request, by object:")
         by_obj: dict[str, int] = defaultdict(int)

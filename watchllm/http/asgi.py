@@ -56,8 +56,8 @@ class ClientDisconnected(Exception):
 
 
 class Request:
-    __slots__ = ("_body", "_headers", "method", "path", "query", "raw_headers", "receive",
-                 "scope")
+    __slots__ = ("_body", "_headers", "method", "path", "push", "query", "raw_headers",
+                 "receive", "scope")
 
     def __init__(self, scope: Scope, receive: Receive) -> None:
         self.scope = scope
@@ -70,6 +70,25 @@ class Request:
         self.raw_headers: dict[bytes, bytes] = dict(scope["headers"])
         self._headers: dict[str, str] | None = None
         self._body: bytes | None = None
+        extensions = scope.get("extensions")
+        self.push: Push | None = extensions.get(BODY_PUSH) if extensions else None
+
+    @classmethod
+    def made(cls, scope: Scope, receive: Receive, raw_headers: dict[bytes, bytes],
+             body: bytes | None, push: Push | None) -> Request:
+        """A request a server entry made itself (`entrypoints.rsgi`): `scope` without
+        its headers (they are `raw_headers`), and the body when it was read already."""
+        req = cls.__new__(cls)
+        req.scope = scope
+        req.receive = receive
+        req.method = scope["method"]
+        req.path = scope["path"]
+        req.query = scope["query_string"]
+        req.raw_headers = raw_headers
+        req._headers = None
+        req._body = body
+        req.push = push
+        return req
 
     def header(self, name: bytes) -> str | None:
         value = self.raw_headers.get(name)

@@ -19,7 +19,6 @@ from watchllm.cache.service import CacheHit
 from watchllm.errors import InvalidRequestError, UpstreamError, WatchLLMError
 from watchllm.events import usage as usage_mod
 from watchllm.http.asgi import (
-    BODY_PUSH,
     JSON_TEXT_HEADERS,
     SSE_TEXT_HEADERS,
     Request,
@@ -371,9 +370,8 @@ async def _forward(gw: Gateway, req: Request, send: Send, ctx: ProxyContext,
 
     if result.chunks is not None:
         out_headers = response_headers(ctx, result.headers) + SSE_TEXT_HEADERS
-        extensions = req.scope.get("extensions")
         outcome = await forward_stream(send, req.receive, result, out_headers, ctx.started,
-                                       extensions.get(BODY_PUSH) if extensions else None)
+                                       req.push)
         ctx.ttft_s = outcome.ttft_s
         raw_stream = outcome.raw()
         # A stream without usage is counted; the admission's estimate is that count when
