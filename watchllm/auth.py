@@ -78,6 +78,14 @@ class Authenticator:
         principal.require(scope)
         return principal
 
+    def authenticate_now(self, token: str | None, scope: str) -> Principal | None:
+        """`authenticate` without a coroutine for a caller `cached` knows; None: await
+        `authenticate`."""
+        principal = self.cached(token) if token else None
+        if principal is not None:
+            principal.require(scope)
+        return principal
+
     def cached(self, token: str) -> Principal | None:
         """The caller behind a token this worker authenticated recently (no I/O), or None."""
         hit = self._tokens.get(token)

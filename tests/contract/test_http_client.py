@@ -450,3 +450,29 @@ async def test_no_read_timer_outlives_its_response(end: str) -> None:
         body = await one_request(client, url)
     assert len(made) == 1 and made[0]._timer is None
     assert body == (b"hello" if end in ("read", "iter_chunks", "pipe") else b"")
+
+
+async def test_a_body_left_unread_is_not_the_next_responses() -> None:
+    """A stream whose reader stopped after its end had arrived, with the last chunk still
+    unread, gives its connection back: the next response on that connection (its parser
+    and body deque are the connection's) gets its own body, not that chunk."""
+    seen: list[int] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(1)
+        await read_request(reader)
+        writer.write(SSE_HEAD + b"5\r\nfirst\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"4\r\nlast\r\n0\r\n\r\n")
+        await writer.drain()
+        await echo_server(reader, writer)
+
+    async with lean_serving(handler) as (client, url):
+        resp = await client.request("POST", url, {}, b"{}", connect_timeout=2, read_timeout=5)
+        chunks = resp.iter_chunks()
+        assert await anext(chunks) == b"first"
+        await asyncio.sleep(0.2)  # the end has arrived, its chunk unread
+        await chunks.aclose()
+        assert await call(client, url, b"next") == b"POST / HTTP/1.1|yes|next"
+        assert len(seen) == 1  # the same connection served both

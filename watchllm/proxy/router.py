@@ -121,9 +121,9 @@ class ProviderRouter:
         A non-retryable answer (e.g. a 400) is returned as is. Raises UpstreamError /
         UpstreamTimeoutError when no provider answered at all.
         """
-        models = [call.model, *self.fallbacks.get(call.model, ())]
+        fallbacks = self.fallbacks.get(call.model)
+        models = (call.model, *fallbacks) if fallbacks else (call.model,)
         failure: UpstreamResult | Exception | None = None
-        route = self.resolve(call.model, call.provider_keys)
         for model in models:
             route = self.resolve(model, call.provider_keys)
             if not route.provider.supports(call.endpoint):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 
 _HITS = ("HIT", "SEMANTIC_HIT")
 _MODE = b"x-watchllm-cache-mode"
+_MODE_ONLY = {_MODE}
+_CONTROL_HEADERS = frozenset(cache_controls.HEADER_NAMES)
 ENDPOINTS = {
     "/v1/chat/completions": "chat/completions",
     "/v1/completions": "completions",
@@ -77,7 +80,7 @@ def validate(endpoint: str, data: dict[str, Any]) -> tuple[str, bool]:
         raise InvalidRequestError("'stream' must be a boolean.", param="stream")
     field, types = _REQUIRED[endpoint]
     value = data.get(field)
-    if not isinstance(value, types) or (isinstance(value, list | str) and not value):
+    if not isinstance(value, types) or not value:  # (each of `types` is list or str)
         kinds = " or ".join("an array" if t is list else "a string" for t in types)
         raise InvalidRequestError(f"'{field}' is required and must be {kinds} (non-empty).",
                                   param=field)
@@ -150,34 +153,40 @@ async def handle(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
         headers += exc.headers.items()
         await send_body(send, exc.status, exc.body(), headers)
     finally:
-        await finish(gw, ctx)
+        settling = finish(gw, ctx)
+        if settling is not None:
+            await settling
 
 
-async def finish(gw: Gateway, ctx: ProxyContext) -> None:
-    """After the answer: settle limits, record metrics, emit the request's event."""
+def finish(gw: Gateway, ctx: ProxyContext) -> Awaitable[None] | None:
+    """After the answer: settle limits, record metrics, emit the request's event. Returns
+    the settle still to await when the limits are kept in a store (made last: nothing
+    before it can leave it un-awaited); else all is done, with no coroutine."""
     u = ctx.usage
     used = 0 if ctx.cache_status in _HITS else u.prompt + u.completion
     admission = ctx.admission
     if (settle := ctx.settle) is not None:  # admitted by `Limits.admit_at_once`
         settle(admission, used if used < MAX_SETTLED_TOKENS else MAX_SETTLED_TOKENS)
+        admission = None
     elif isinstance(admission, core.RateGrant):
         # Admitted at once (rates only: in process, or from a prefetch): settled here and
         # now, no coroutine.
         gw.limits.settle_now(admission, used)
-    elif admission is not None:
-        settle = gw.limits.settle(admission, used, ctx.cost_usd)
-        plan = admission.plan  # None only for an unlimited caller: no ops at all
-        if plan is not None and plan.has_conc:
-            # A client that hangs up must not cancel the release of its concurrency slot
-            # (the shield's task costs ~10 µs, so only when a slot is held).
-            await asyncio.shield(settle)
-        else:
-            await settle
+        admission = None
     metrics.record_request(ctx.endpoint, ctx.model, ctx.status, ctx.elapsed_ms() / 1000,
                            ctx.ttft_s, u.prompt, u.completion, ctx.cost_usd,
                            None if ctx.cache_status == "NONE" else ctx.cache_status)
     if ctx.project_id:  # unauthenticated noise is not the project's event
         gw.env.events.put(ctx.event())
+    if admission is None:
+        return None
+    settling: Awaitable[None] = gw.limits.settle(admission, used, ctx.cost_usd)
+    plan = admission.plan  # None only for an unlimited caller: no ops at all
+    if plan is not None and plan.has_conc:
+        # A client that hangs up must not cancel the release of its concurrency slot
+        # (the shield's task costs ~10 µs, so only when a slot is held).
+        settling = asyncio.shield(settling)
+    return settling
 
 
 def _admitted_at_once(ctx: ProxyContext, limits: Limits, estimate: int) -> bool:
@@ -212,11 +221,13 @@ def _text_prompt_tokens(data: dict[str, Any], model: str) -> int:
 
 
 async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> None:
-    principal = await gw.auth.authenticate(req.bearer(), "proxy")
+    token = req.bearer()
+    principal = gw.auth.authenticate_now(token, "proxy") \
+        or await gw.auth.authenticate(token, "proxy")
     ctx.project_id, ctx.key_id = principal.project_id, principal.key_id
     raw = await req.body(gw.settings.max_body_bytes)
     raw_headers = req.raw_headers
-    present = [h for h in cache_controls.HEADER_NAMES if h in raw_headers]
+    present = raw_headers.keys() & _CONTROL_HEADERS  # one C call: no comprehension frame
     plain = not present
     memo_key = (ctx.key_id, ctx.endpoint, raw)
     if plain and (hot := gw.hot.get(memo_key)) is not None:
@@ -243,7 +254,7 @@ async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
     body_controls = data.get("watchllm")
     if body_controls is None and plain:
         controls = cache_controls.DEFAULT  # the common case: nothing to parse
-    elif body_controls is None and present == [_MODE] and raw_headers[_MODE] == b"off":
+    elif body_controls is None and present == _MODE_ONLY and raw_headers[_MODE] == b"off":
         controls = cache_controls.OFF
     else:
         controls = cache_controls.parse(req.headers, body_controls)
@@ -253,11 +264,18 @@ async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
     ctx.prompt = raw.decode("utf-8", "replace")
     if isinstance(data.get("user"), str):
         ctx.user = data["user"]
-    own_keys = await gw.provider_keys.get(ctx.project_id) if ctx.project_id != "*" else {}
+    # The per-worker caches' fresh answers are read at once (peek); a coroutine only
+    # when one must be read from the store.
+    pid = ctx.project_id
+    own_keys = {} if pid == "*" else gw.provider_keys.peek(pid)
+    if own_keys is None:
+        own_keys = await gw.provider_keys.get(pid)
     route = gw.router.resolve(ctx.model, own_keys)
     ctx.provider = route.provider.name
 
-    settings = await gw.projects.get(ctx.project_id)
+    settings = gw.projects.peek(pid)
+    if settings is None:
+        settings = await gw.projects.get(pid)
     plan = gw.cache.plan(ctx.project_id, settings.get("cache") or {}, controls, ctx.endpoint,
                          raw, data)
     ctx.cache_status = "BYPASS" if plan is None else "MISS"
