@@ -77,6 +77,46 @@ def test_twin_equals_extension(rust: ModuleType, twin: ModuleType, raw: bytes) -
     assert twin.stream_usage(raw) == rust.stream_usage(raw)
 
 
+# Bytes that make JSON invalid, or valid in another way, when they land somewhere in it.
+DAMAGE = list(b'{}[]",:\\0123456789.eE+-tfnul \t\r\nx\xff\xc3\xa9\x00\x1f')
+
+
+@settings(max_examples=1500, deadline=None)
+@given(streams(), st.lists(st.tuples(st.integers(0, 1 << 16),
+                                     st.sampled_from(["put", "cut", "set"]),
+                                     st.sampled_from(DAMAGE)), min_size=1, max_size=4))
+def test_twin_equals_extension_on_damaged_bytes(rust: ModuleType, twin: ModuleType, raw: bytes,
+                                                damage: list[tuple[int, str, int]]) -> None:
+    """The two JSON readers (Rust's, orjson in the twin) accept and reject the same events,
+    malformed ones included."""
+    data = bytearray(raw)
+    for at, how, byte in damage:
+        at %= len(data) + 1
+        if how == "put":
+            data[at:at] = bytes([byte])
+        elif data:
+            at = min(at, len(data) - 1)
+            if how == "cut":
+                del data[at]
+            else:
+                data[at] = byte
+    assert twin.stream_usage(bytes(data)) == rust.stream_usage(bytes(data))
+
+
+def test_the_deepest_nesting_read_is_the_same(rust: ModuleType, twin: ModuleType) -> None:
+    """An event whose arrays and objects nest deeper than MAX_DEPTH is skipped by both (the
+    limit of the Rust reader); one at MAX_DEPTH is read."""
+    from watchllm.proxy.sse import MAX_DEPTH
+
+    for depth in (MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1, 1100):
+        for opener, closer in ((b"[", b"]"), (b'{"a":', b"}")):
+            inner = opener * (depth - 1) + b"1" + closer * (depth - 1)  # in the event's object
+            raw = b'data: {"id":' + inner + b',"choices":[{"delta":{"content":"X"}}]}\n\n'
+            want = (None, "X" if depth <= MAX_DEPTH else "")
+            for impl in (rust, twin):
+                assert impl.stream_usage(raw) == want, (impl, depth, opener)
+
+
 def test_openai_stream(rust: ModuleType, twin: ModuleType) -> None:
     raw = (b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n'
            b'data: {"choices":[{"delta":{"content":"Hel"}}]}\n\n'

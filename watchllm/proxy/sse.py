@@ -8,6 +8,9 @@ from typing import Any
 import orjson
 
 DONE = b"[DONE]"
+# The deepest nesting of arrays and objects an event may have: a deeper one is not read
+# as JSON (the limit of the Rust reader, `stream.rs`; the two must agree).
+MAX_DEPTH = 254
 
 
 def encode(data: bytes, event: str | None = None) -> bytes:
@@ -81,7 +84,27 @@ def json_events(raw: bytes) -> tuple[list[Any], bool, bool]:
             done = True
             continue
         try:
-            values.append(orjson.loads(payload))
+            value = orjson.loads(payload)
         except orjson.JSONDecodeError:
             invalid = True
+            continue
+        # Counted in C first: only an event with that many brackets can be too deep.
+        if payload.count(b"[") + payload.count(b"{") > MAX_DEPTH and _too_deep(value):
+            invalid = True
+            continue
+        values.append(value)
     return values, invalid, done
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether arrays and objects nest more than MAX_DEPTH deep in `value`."""
+    level = [value] if isinstance(value, dict | list) else []
+    for _ in range(MAX_DEPTH):
+        inner: list[Any] = []
+        for v in level:
+            inner.extend(x for x in (v.values() if isinstance(v, dict) else v)
+                         if isinstance(x, dict | list))
+        if not inner:
+            return False
+        level = inner
+    return True
