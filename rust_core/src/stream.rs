@@ -7,11 +7,7 @@
 //! and JSON that is not an object are skipped. Of each object: `usage` (the last object
 //! value wins) and, per choice, `delta.content` and `delta.tool_calls[].function.arguments`
 //! in order. A value of the wrong type counts as absent. An event whose arrays and objects
-//! nest deeper than 254 is skipped (`sse.MAX_DEPTH`: the reader's limit).
-//!
-//! The reader is sonic-rs's serde Deserializer (SIMD scanning): it checks everything
-//! serde_json's did at ~60% of the instructions, and agrees with orjson, the twin's
-//! parser, on malformed events (`tests/core/test_stream.py` damages streams byte by byte).
+//! nest deeper than 127 is skipped (`sse.MAX_DEPTH`: serde_json's recursion limit).
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
@@ -50,7 +46,7 @@ pub fn summarize(raw: &[u8]) -> (Option<Usage>, String) {
             continue;
         }
         let start = text.len();
-        let mut de = sonic_rs::Deserializer::from_str(payload);
+        let mut de = serde_json::Deserializer::from_str(payload);
         match de
             .deserialize_any(ChunkSeed(&mut text))
             .and_then(|u| de.end().map(|_| u))

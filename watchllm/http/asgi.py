@@ -101,6 +101,11 @@ class Request:
                              for k, v in self.raw_headers.items()}
         return self._headers
 
+    def read_already(self) -> bytes | None:
+        """The body, when it has been read (by `body`, or by the server entry): no
+        coroutine for it."""
+        return self._body
+
     async def body(self, limit: int) -> bytes:
         """The whole body; 413 beyond `limit` bytes (checked before reading when declared)."""
         if self._body is not None:

@@ -9,8 +9,9 @@ import orjson
 
 DONE = b"[DONE]"
 # The deepest nesting of arrays and objects an event may have: a deeper one is not read
-# as JSON (the limit of the Rust reader, `stream.rs`; the two must agree).
-MAX_DEPTH = 254
+# as JSON (serde_json's recursion limit, which the Rust reader, `stream.rs`, has; orjson's
+# is ~1024, and the two must agree).
+MAX_DEPTH = 127
 
 
 def encode(data: bytes, event: str | None = None) -> bytes:

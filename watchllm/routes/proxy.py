@@ -225,7 +225,9 @@ async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
     principal = gw.auth.authenticate_now(token, "proxy") \
         or await gw.auth.authenticate(token, "proxy")
     ctx.project_id, ctx.key_id = principal.project_id, principal.key_id
-    raw = await req.body(gw.settings.max_body_bytes)
+    raw = req.read_already()
+    if raw is None:
+        raw = await req.body(gw.settings.max_body_bytes)
     raw_headers = req.raw_headers
     present = raw_headers.keys() & _CONTROL_HEADERS  # one C call: no comprehension frame
     plain = not present
@@ -295,8 +297,9 @@ async def _proxy(gw: Gateway, req: Request, send: Send, ctx: ProxyContext) -> No
             return
     entry: CacheEntry | None = None
     try:
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw_headers.items()
-                   if k in FORWARDED_HEADERS}
+        forwarded = raw_headers.keys() & FORWARDED_HEADERS  # one C call; mostly empty
+        headers = {k.decode("latin-1"): raw_headers[k].decode("latin-1")
+                   for k in forwarded} if forwarded else {}
         call = UpstreamCall(ctx.endpoint, raw, data, ctx.model, ctx.stream, headers, own_keys)
         entry = await _forward(gw, req, send, ctx, call, cache=plan is not None)
     finally:
