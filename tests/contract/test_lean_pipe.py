@@ -237,3 +237,52 @@ async def test_closing_an_ended_response_leaves_its_reused_connection_alone() ->
         assert second._conn is first._conn
         first.close()  # late: must not abort the second
         assert await asyncio.wait_for(second.read(), 2) == b"ok"
+
+
+def test_a_short_answer_whose_rest_arrives_with_its_start_goes_to_the_sink_whole() -> None:
+    """The first read's body is handed over on the loop's next turn, after one more poll
+    of the sockets (uvloop: I/O callbacks run before the next turn's callbacks): when the
+    rest of the answer is there by then, the sink gets it all in one call, as the whole
+    response, instead of a stream's start and end."""
+    import socket
+    import threading
+
+    import uvloop
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    send_rest = threading.Event()
+
+    def serve() -> None:  # a thread of its own: it answers while the loop is busy
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(SSE_HEAD + chunk(b"data: one\n\n"))
+            send_rest.wait(5)
+            conn.sendall(chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+            conn.recv(1)  # until the client closes
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+
+    async def main() -> list[tuple[bytes, bool]]:
+        client = LeanHttpClient(pool_size=1)
+        try:
+            resp = await stream(client, f"http://127.0.0.1:{port}/")
+            while not resp.chunks:  # the start of the body is in
+                await asyncio.sleep(0.005)
+            calls: list[tuple[bytes, bool]] = []
+            piped = resp.pipe(lambda data, more: calls.append((data, more)))
+            assert calls == []  # held for the loop's next turn
+            send_rest.set()
+            time.sleep(0.2)  # the loop is busy; the rest arrives meanwhile
+            await piped
+            return calls
+        finally:
+            await client.close()
+
+    try:
+        calls = uvloop.run(main())
+    finally:
+        listener.close()
+    assert calls == [(b"data: one\n\ndata: [DONE]\n\n", False)]
