@@ -269,13 +269,14 @@ def test_a_short_answer_whose_rest_arrives_with_its_start_goes_to_the_sink_whole
         client = LeanHttpClient(pool_size=1)
         try:
             resp = await stream(client, f"http://127.0.0.1:{port}/")
-            while not resp.chunks:  # the start of the body is in
+            # (the client's state has no event to wait on)
+            while not resp.chunks:  # noqa: ASYNC110  (until the start of the body is in)
                 await asyncio.sleep(0.005)
             calls: list[tuple[bytes, bool]] = []
             piped = resp.pipe(lambda data, more: calls.append((data, more)))
             assert calls == []  # held for the loop's next turn
             send_rest.set()
-            time.sleep(0.2)  # the loop is busy; the rest arrives meanwhile
+            time.sleep(0.2)  # noqa: ASYNC251  (on purpose: the loop is busy; the rest arrives)
             await piped
             return calls
         finally:
