@@ -35,9 +35,8 @@ _HEADS_KEPT = 1024  # request heads remembered (method, URL and headers): then f
 class _Response:
     """One response; filled by the connection's parser callbacks, read by the caller."""
 
-    __slots__ = ("_conn", "_deadline", "_fresh", "_kept", "_on_first", "_sink", "_timer",
-                 "_waiter", "buffered", "chunks", "done", "error", "headers", "status",
-                 "streaming")
+    __slots__ = ("_conn", "_deadline", "_kept", "_on_first", "_sink", "_timer", "_waiter",
+                 "buffered", "chunks", "done", "error", "headers", "status", "streaming")
 
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
@@ -54,7 +53,6 @@ class _Response:
         self._sink: BodySink | None = None  # set by pipe(), with the two below
         self._kept: list[bytes] | None = None
         self._on_first: Callable[[], None] | None = None
-        self._fresh = True  # nothing handed to the sink yet
 
     async def head(self) -> _Response:
         """Wait for the status and headers (the read timeout's timer stays armed for the
@@ -177,10 +175,6 @@ class _Response:
         self._push()  # what arrived before
         return w
 
-    def _push_held(self, w: asyncio.Future[None]) -> None:
-        if self._waiter is w and not w.done():  # (done: all of it went out meanwhile)
-            self._push()
-
     def _piped(self, w: asyncio.Future[None]) -> None:
         """Every end but the body's own (a timeout, a failure, a cancel) aborts the
         upstream (`close` is a no-op once the response was released)."""
@@ -196,16 +190,6 @@ class _Response:
         chunks = self.chunks
         last = self.done and self.error is None
         if chunks or last:
-            if self._fresh and not last and self.error is None:
-                # The start of the body, not its end: handed over on the loop's next turn,
-                # after it has polled its sockets once more (without waiting). A short
-                # answer whose rest has arrived by then goes out whole, in one write
-                # (granian's response_bytes); a stream starts with the head and each
-                # chunk a write of their own, and a wake-up of granian's thread.
-                self._fresh = False
-                self._conn.loop.call_soon(self._push_held, w)
-                return
-            self._fresh = False
             if not chunks:
                 chunk = b""
             elif len(chunks) == 1:
