@@ -6,6 +6,7 @@ disconnect (recorded as 499), not an upstream error, and the upstream is aborted
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
@@ -130,4 +131,4 @@ async def test_the_disconnect_watcher_starts_only_for_a_long_stream(mode: str,
         assert len(asked) == 1 and WATCH_AFTER_S <= asked[0] - started < 2 * WATCH_AFTER_S + 0.5
     else:
         assert outcome.complete and asked == []
-        assert _late[asyncio.get_running_loop()].timer is None  # no tick left running
+        assert _late[threading.get_ident()].timer is None  # no tick left running

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from threading import get_ident
 from typing import Any
 
 from watchllm.http.asgi import Push, Receive, Send, TextHeaders
@@ -57,15 +58,18 @@ class _LateWatches:
             start()
 
 
-_late: dict[asyncio.AbstractEventLoop, _LateWatches] = {}  # per loop (tests run several)
+_late: dict[int, _LateWatches] = {}  # per thread: its running loop's
 
 
-def _late_watches(loop: asyncio.AbstractEventLoop) -> _LateWatches:
-    late = _late.get(loop)
-    if late is None:
-        for other in [lp for lp in _late if lp.is_closed()]:
-            del _late[other]
-        late = _late[loop] = _LateWatches(loop)
+def _late_watches() -> _LateWatches:
+    """The running loop's watches. Found by thread: a loop running on this thread is the
+    running loop (asyncio.get_running_loop() is a getpid() syscall per call on 3.11); a
+    thread's next loop (tests run several) replaces its last."""
+    late = _late.get(get_ident())
+    if late is None or not late.loop.is_running():
+        for thread in [t for t, lw in _late.items() if lw.loop.is_closed()]:
+            del _late[thread]
+        late = _late[get_ident()] = _LateWatches(asyncio.get_running_loop())
     return late
 
 
@@ -101,15 +105,14 @@ async def forward_stream(send: Send, receive: Receive, result: UpstreamResult,
     and a client that pushes (`result.pipe`), each read's chunk is written from the read's
     own callback; otherwise this task pulls each chunk and sends it."""
     outcome = StreamOutcome()
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task(loop)  # with the loop given: no second lookup
+    late = _late_watches()
+    task = asyncio.current_task(late.loop)  # with the loop given: no getpid()
     assert task is not None and result.chunks is not None
     watcher: list[Any] = []
 
     def watch() -> None:
         watcher.append(asyncio.ensure_future(_watch_disconnect(receive, result, outcome, task)))
 
-    late = _late_watches(loop)
     late.add(outcome, watch)
     last = False
     try:
