@@ -85,6 +85,9 @@ class Settings:
     spool_dir: Path | None = None  # default: data_dir / "spool"
     events_batch_size: int = 20_000  # flush to ClickHouse at N events...
     events_flush_ms: float = 1000.0  # ...or after T ms, whichever comes first
+    # Under load the spool writer gathers what arrives in this long into one record: the
+    # most a killed process can lose, against one writer wake-up per record.
+    events_linger_ms: float = 5.0
     spool_max_bytes: int = 1 << 30  # events not yet in ClickHouse, on disk
     pg_pool_size: int = 10
     redis_fail_mode: Literal["open", "closed"] = "open"  # open: degrade to in-process
@@ -308,6 +311,7 @@ def _pipeline_settings(r: _Reader) -> dict[str, Any]:
         "spool_dir": Path(spool) if spool else None,
         "events_batch_size": r.integer("WATCHLLM_EVENTS_BATCH_SIZE", 20_000, minimum=1),
         "events_flush_ms": r.number("WATCHLLM_EVENTS_FLUSH_MS", 1000.0, minimum=1.0),
+        "events_linger_ms": r.number("WATCHLLM_EVENTS_LINGER_MS", 5.0),
         "spool_max_bytes": r.integer("WATCHLLM_SPOOL_MAX_BYTES", 1 << 30, minimum=1 << 20),
         "pg_pool_size": r.integer("WATCHLLM_PG_POOL_SIZE", 10, minimum=1),
         "redis_fail_mode": fail_mode,

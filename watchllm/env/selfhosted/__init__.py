@@ -45,6 +45,7 @@ async def build_pipeline(
         spool_dir(settings),
         batch_size=settings.events_batch_size,
         flush_ms=settings.events_flush_ms,
+        linger_ms=settings.events_linger_ms,
         max_bytes=settings.spool_max_bytes,
         buffer=settings.events_buffer,
         idle=settings.analytics_idle,
