@@ -147,8 +147,9 @@ class Request:
         return dict(parse_qsl(self.query.decode("latin-1"), keep_blank_values=True))
 
     def bearer(self) -> str | None:
-        return bearer_token(self.header(b"authorization"), self.header(b"x-api-key"),
-                            self.header(b"api-key"))
+        token = bearer_token(self.header(b"authorization"), None, None)
+        # The fallback headers are read only without a bearer token.
+        return token or self.header(b"x-api-key") or self.header(b"api-key")
 
 
 def bearer_token(authorization: str | None, x_api_key: str | None,

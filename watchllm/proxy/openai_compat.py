@@ -18,15 +18,20 @@ class OpenAICompatible:
         self.base_url = settings.base_url
         self.http = http
         self._auth = {"authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+        # The headers of a call with no headers of its own and no project key: made once.
+        self._plain = {False: {**_JSON, **self._auth}, True: {**_STREAM, **self._auth}}
 
     def supports(self, endpoint: str) -> bool:
         return True
 
     async def send(self, call: UpstreamCall, connect_timeout: float,
                    read_timeout: float) -> UpstreamResult:
-        own = call.provider_keys.get(self.name)
-        auth = {"authorization": f"Bearer {own}"} if own else self._auth
-        headers = {**(_STREAM if call.stream else _JSON), **call.headers, **auth}
+        own = call.provider_keys.get(self.name) if call.provider_keys else None
+        if not own and not call.headers:
+            headers = self._plain[call.stream]
+        else:
+            auth = {"authorization": f"Bearer {own}"} if own else self._auth
+            headers = {**(_STREAM if call.stream else _JSON), **call.headers, **auth}
         resp = await self.http.request(
             "POST", f"{self.base_url}/{call.endpoint}", headers, call.body,
             connect_timeout=connect_timeout, read_timeout=read_timeout,
