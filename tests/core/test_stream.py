@@ -115,6 +115,14 @@ def test_the_deepest_nesting_read_is_the_same(rust: ModuleType, twin: ModuleType
             want = (None, "X" if depth <= MAX_DEPTH else "")
             for impl in (rust, twin):
                 assert impl.stream_usage(raw) == want, (impl, depth, opener)
+        # The depth is the text's: a deep value under a key given twice is walked too,
+        # though the parsed object keeps only the last; brackets in strings do not count.
+        deep = b"[" * depth + b"]" * depth
+        for raw in (b'data: {"choices":[{"delta":{"content":"X"}}],"x":' + deep + b',"x":1}\n\n',
+                    b'data: {"choices":[{"delta":{"content":"X"}}],"s":"' + deep + b'"}\n\n'):
+            want = (None, "X" if depth < MAX_DEPTH or b'"s"' in raw else "")
+            for impl in (rust, twin):
+                assert impl.stream_usage(raw) == want, (impl, depth, raw[:60])
 
 
 def test_openai_stream(rust: ModuleType, twin: ModuleType) -> None:

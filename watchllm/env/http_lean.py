@@ -236,7 +236,8 @@ class _Connection(asyncio.Protocol):
         # httptools calls `on_body` for each HTTP chunk of a body: this deque's own append,
         # no Python frame per chunk (a stream's SSE events are chunks). One deque and one
         # parser serve every response of the connection: each response's body is in it
-        # while that response is the connection's (see `release`).
+        # while that response is the connection's (see `release`). Never reassigned: the
+        # parser holds this deque's append from here on.
         self.body: deque[bytes] = deque()
         self.on_body = self.body.append
         self.parser = httptools.HttpResponseParser(self)

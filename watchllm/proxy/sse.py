@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -90,22 +91,29 @@ def json_events(raw: bytes) -> tuple[list[Any], bool, bool]:
             invalid = True
             continue
         # Counted in C first: only an event with that many brackets can be too deep.
-        if payload.count(b"[") + payload.count(b"{") > MAX_DEPTH and _too_deep(value):
+        if payload.count(b"[") + payload.count(b"{") > MAX_DEPTH and _too_deep(payload):
             invalid = True
             continue
         values.append(value)
     return values, invalid, done
 
 
-def _too_deep(value: Any) -> bool:
-    """Whether arrays and objects nest more than MAX_DEPTH deep in `value`."""
-    level = [value] if isinstance(value, dict | list) else []
-    for _ in range(MAX_DEPTH):
-        inner: list[Any] = []
-        for v in level:
-            inner.extend(x for x in (v.values() if isinstance(v, dict) else v)
-                         if isinstance(x, dict | list))
-        if not inner:
-            return False
-        level = inner
-    return True
+def _too_deep(payload: bytes) -> bool:
+    """Whether arrays and objects nest more than MAX_DEPTH deep in `payload` (valid JSON).
+    Counted in the text, as the Rust reader counts: a key given twice keeps only its last
+    value in the parsed object, but the reader walked the first one too."""
+    brackets = _STRING.sub(b"", payload).translate(None, _NOT_BRACKETS)
+    depth = 0
+    for b in brackets:
+        if b in _OPENERS:
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')  # a JSON string, escapes included
+_OPENERS = frozenset(b"[{")
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))

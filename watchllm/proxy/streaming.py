@@ -16,6 +16,7 @@ sleeps until the stream ends (docs/design.md). Otherwise this task pulls each ch
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from threading import get_ident
@@ -59,11 +60,14 @@ class _LateWatches:
 
 
 _late: dict[int, _LateWatches] = {}  # per thread: its running loop's
+if hasattr(os, "register_at_fork"):  # a forked child's thread ids and loops are not these
+    os.register_at_fork(after_in_child=_late.clear)
 
 
 def _late_watches() -> _LateWatches:
-    """The running loop's watches. Found by thread: a loop running on this thread is the
-    running loop (asyncio.get_running_loop() is a getpid() syscall per call on 3.11); a
+    """The running loop's watches. Found by thread: the loop that was running on this
+    thread, if it still runs, is the running loop (a loop is not moved between threads
+    while it runs; asyncio.get_running_loop() is a getpid() syscall per call on 3.11); a
     thread's next loop (tests run several) replaces its last."""
     late = _late.get(get_ident())
     if late is None or not late.loop.is_running():

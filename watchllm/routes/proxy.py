@@ -7,6 +7,7 @@ Response bodies reach the client as the provider sent them; WatchLLM adds only t
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from watchllm.auth import Principal
     from watchllm.limits.plan import Limits
 
+log = logging.getLogger("watchllm.proxy")
 _HITS = ("HIT", "SEMANTIC_HIT")
 _MODE = b"x-watchllm-cache-mode"
 _MODE_ONLY = {_MODE}
@@ -173,11 +175,14 @@ def finish(gw: Gateway, ctx: ProxyContext) -> Awaitable[None] | None:
         # now, no coroutine.
         gw.limits.settle_now(admission, used)
         admission = None
-    metrics.record_request(ctx.endpoint, ctx.model, ctx.status, ctx.elapsed_ms() / 1000,
-                           ctx.ttft_s, u.prompt, u.completion, ctx.cost_usd,
-                           None if ctx.cache_status == "NONE" else ctx.cache_status)
-    if ctx.project_id:  # unauthenticated noise is not the project's event
-        gw.env.events.put(ctx.event())
+    try:  # (neither raises; if one ever did, the limits must still be settled below)
+        metrics.record_request(ctx.endpoint, ctx.model, ctx.status, ctx.elapsed_ms() / 1000,
+                               ctx.ttft_s, u.prompt, u.completion, ctx.cost_usd,
+                               None if ctx.cache_status == "NONE" else ctx.cache_status)
+        if ctx.project_id:  # unauthenticated noise is not the project's event
+            gw.env.events.put(ctx.event())
+    except Exception:
+        log.exception("recording request %s failed", ctx.request_id)
     if admission is None:
         return None
     settling: Awaitable[None] = gw.limits.settle(admission, used, ctx.cost_usd)
