@@ -178,24 +178,22 @@ class RSGIGateway:
                     if current:
                         self._replay(headers, proto, endpoint, hot, started)
                         return
-            await self._proxy(scope, proto, body, one_read)
+            # A proxied POST goes to the app's dispatch with a Request made here: the ASGI
+            # scope, its header list and the app's own entry are not built for it (and no
+            # coroutine of this module's: each level is resumed on every wake-up).
+            exchange = _Exchange(proto, body, one_read)
+            exchange.received = body is not None  # the Request holds it
+            req = Request.made(
+                {"type": "http", "method": "POST", "path": scope.path,
+                 "query_string": scope.query_string.encode("latin-1"), "client": None,
+                 "scheme": scope.scheme, "http_version": scope.http_version},
+                exchange.receive,
+                # (visible-ASCII values only: encode() is latin-1's bytes, ~25% cheaper)
+                {k.encode(): v.encode() for k, v in headers.items()},
+                body, exchange.push)
+            await gw.dispatch(req, exchange.send)
         finally:
             gw.end()
-
-    async def _proxy(self, scope: Any, proto: Any, body: bytes | None, one_read: bool) -> None:
-        """A proxied POST, handed to the app's dispatch with a Request made here: the
-        ASGI scope, its header list and the app's own entry are not built for it."""
-        exchange = _Exchange(proto, body, one_read)
-        exchange.received = body is not None  # the Request holds it
-        req = Request.made(
-            {"type": "http", "method": "POST", "path": scope.path,
-             "query_string": scope.query_string.encode("latin-1"), "client": None,
-             "scheme": scope.scheme, "http_version": scope.http_version},
-            exchange.receive,
-            # (visible-ASCII values only: encode() is latin-1's bytes, ~25% cheaper)
-            {k.encode(): v.encode() for k, v in scope.headers.items()},
-            body, exchange.push)
-        await self.gateway.dispatch(req, exchange.send)
 
     async def _full(self, scope: Any, proto: Any, body: bytes | None, one_read: bool) -> None:
         """The ASGI app, with the body if it was read already."""
