@@ -54,20 +54,6 @@ class _Response:
         self._kept: list[bytes] | None = None
         self._on_first: Callable[[], None] | None = None
 
-    async def head(self) -> _Response:
-        """Wait for the status and headers (the read timeout's timer stays armed for the
-        body's wait: every way a response ends (read, iter_chunks, pipe, close) stops it)."""
-        try:
-            while self.status == 0 and self.error is None:
-                await self._waiting(self._conn.read_timeout)
-        except BaseException:  # cancelled or timed out: the caller aborts the connection
-            self._stop_timer()
-            raise
-        if self.status == 0:
-            self._stop_timer()
-            raise ConnectError(f"connection failed before a response: {self.error}")
-        return self
-
     def _wake(self) -> None:
         if self._sink is not None:
             self._push()
@@ -364,7 +350,7 @@ class _Connection(asyncio.Protocol):
 
     def send(self, head: bytes, body: bytes | None, read_timeout: float) -> _Response:
         """Write the request; its response is the connection's until it has been read (the
-        caller waits for its head: `_Response.head`)."""
+        caller waits for its head: `LeanHttpClient.request`)."""
         assert self.transport is not None
         self.read_timeout = read_timeout
         r = self.response = _Response(self)
@@ -477,19 +463,30 @@ class LeanHttpClient:
         head += b"Content-Length: %d\r\n\r\n" % (len(body) if body else 0)
         for attempt in (0, 1):
             conn = pool.acquire_now() or await pool.acquire(connect_timeout)
+            r: _Response | None = None
             try:
-                return await conn.send(head, body, read_timeout).head()
+                r = conn.send(head, body, read_timeout)
+                # The status and headers, awaited here: no coroutine of their own (each
+                # level is resumed on the wake-up). The read timeout's timer stays armed
+                # for the body's wait: every way a response ends (read, iter_chunks, pipe,
+                # close) stops it; the ways it fails here stop it below.
+                while r.status == 0 and r.error is None:
+                    await r._waiting(read_timeout)
+                if r.status == 0:
+                    raise ConnectError(f"connection failed before a response: {r.error}")
+                return r
             except ConnectError:
+                if r is not None:
+                    r._stop_timer()
                 # An idle connection the server had already closed: nothing was processed,
                 # so one immediate retry on a fresh connection is safe.
                 reused = conn._reused
                 conn.abort()
                 if not reused or attempt:
                     raise
-            except TimeoutError:
-                conn.abort()
-                raise
-            except BaseException:
+            except BaseException:  # timed out, cancelled, or the write failed
+                if r is not None:
+                    r._stop_timer()
                 conn.abort()
                 raise
         raise AssertionError("unreachable")
