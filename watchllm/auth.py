@@ -74,8 +74,10 @@ class Authenticator:
         self._tokens: dict[str, tuple[Principal, ApiKey, float, float]] = {}
 
     async def authenticate(self, token: str | None, scope: str) -> Principal:
-        principal = (self.cached(token) if token else None) or await self._authenticate(token)
-        principal.require(scope)
+        principal = self.authenticate_now(token, scope)
+        if principal is None:
+            principal = await self._authenticate(token)
+            principal.require(scope)
         return principal
 
     def authenticate_now(self, token: str | None, scope: str) -> Principal | None:

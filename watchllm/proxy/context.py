@@ -86,8 +86,6 @@ class ProxyContext:
                                   self.elapsed_ms(), None if self.ttft_s is None
                                   else self.ttft_s * 1000)
         ok = 200 <= self.status < 400
-        # (inline, not `_cut`/`ms3`/`elapsed_ms` calls: this runs for every request)
-        prompt, response, ttft_s = self.prompt, self.response, self.ttft_s
         return {
             "event_id": self.request_id,
             "event_type": "prompt_call" if ok or not self.error_type else "error",
@@ -98,8 +96,8 @@ class ProxyContext:
             "client_sdk_version": "gateway",
             "client_platform": "watchllm-gateway",
             "endpoint": self.endpoint,
-            "prompt": prompt if len(prompt) <= MAX_LOGGED_BODY else _cut(prompt),
-            "response": response if len(response) <= MAX_LOGGED_BODY else _cut(response),
+            "prompt": _cut(self.prompt),
+            "response": _cut(self.response),
             "model": self.model,
             "provider": self.provider,
             "tokens_input": self.usage.prompt,
@@ -107,8 +105,8 @@ class ProxyContext:
             "tokens_cached": self.usage.cached,
             "cost_estimate_usd": self.cost_usd,
             "cost_saved_usd": self.cost_saved_usd,
-            "latency_ms": int((time.perf_counter() - self.started) * 1e6 + 0.5) / 1000,  # ms3
-            "time_to_first_token_ms": None if ttft_s is None else int(ttft_s * 1e6 + 0.5) / 1000,
+            "latency_ms": ms3(self.elapsed_ms()),
+            "time_to_first_token_ms": None if self.ttft_s is None else ms3(self.ttft_s * 1000),
             "status": "success" if ok else ("cancelled" if self.status == 499 else "error"),
             "http_status": self.status,
             "cache_status": self.cache_status,
