@@ -30,7 +30,8 @@ configuration of its own, the RSGI app that reads the body and answers (`ceiling
 pass-through (`aiohttp_passthrough.py`, one per replica on core 0, in front of a
 fixed-answer mock on core 1), measured with a plain request in every round next to the
 gateways, and prints each configuration's CPU per request as a share of the yardstick's in
-the same round and replica (issue 2's bound: 0.2 / 0.22 ms = 91%). `run.py` measures the
+the same round and replica (issue 2's bound: 0.2 / 0.22 ms = 91%); with `--rate`, the
+yardstick runs at that rate too, so both sides are measured at the same load. `run.py` measures the
 two minutes apart, and this VM's speed moves by more than the margin in that time.
 `--lean` adds, as a configuration of its own, the gateway's transport without its
 features (`lean_passthrough.py`: granian RSGI and the lean client, streams piped), in
@@ -93,8 +94,9 @@ def main() -> None:
     body = tmp / "body.json"
     stream = {"stream": True, **({"mock": {"chunk_delay_ms": args.paced}} if args.paced else {})}
     body.write_text(json.dumps({**BODY, **stream} if args.kind == "stream" else BODY))
-    # The fixed-answer mock does not stream; the scripted one does (8 chunks).
-    upstream = start_mock_upstream(tmp, fixed=args.kind != "stream", cpu=1,
+    # The fixed-answer mock streams its precomputed 8 chunks; only a paced stream needs the
+    # scripted one (slower: sharing core 1 with hey, it would cap the gateway's rate).
+    upstream = start_mock_upstream(tmp, fixed=not args.paced, cpu=1,
                                    provider_headers=args.provider_headers)
     base = {"OPENAI_BASE_URL": upstream.url + "/v1", "OPENAI_API_KEY": "sk-bench",
             "WATCHLLM_ADMIN_KEY": "bench-admin", "WATCHLLM_LOG_LEVEL": "warning",
@@ -138,8 +140,7 @@ def main() -> None:
     servers += ceilings
     yardsticks = []  # issue 2's: the featureless pass-through, in front of the fixed mock
     if args.yardstick:
-        fixed = upstream if args.kind != "stream" else start_mock_upstream(tmp, fixed=True,
-                                                                             cpu=1)
+        fixed = upstream if not args.paced else start_mock_upstream(tmp, fixed=True, cpu=1)
         if fixed is not upstream:
             servers.append(fixed)
         for _ in range(args.replicas):
@@ -181,8 +182,11 @@ def main() -> None:
                     yard_cpu = 0.0
                     if yardsticks:
                         y = yardsticks[i]
-                        yard_cpu = measured(y, lambda u=y.url + "/v1/chat/completions": hey(
-                            u, args.seconds, plain, {}))["cpu_ms_per_req"] * 1000
+                        def load(u: str = y.url + "/v1/chat/completions") -> dict[str, float]:
+                            if args.rate:  # at the gateways' load
+                                return fixed_rate(u, args.seconds, plain, {}, args.rate)
+                            return hey(u, args.seconds, plain, {})
+                        yard_cpu = measured(y, load)["cpu_ms_per_req"] * 1000
                         yardstick_cpu.append(yard_cpu)
                     for name, gws in gateways.items():
                         gw = gws[i]

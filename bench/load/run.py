@@ -245,10 +245,11 @@ def main() -> None:
     mock_port = free_port()
     mock = start(["-m", "watchllm.testing.mock_upstream", "--port", str(mock_port), "--fixed"],
                  {}, mock_port, tmp / "mock.log", "/_mock/stats", cpu=1)
-    stream_mock_port = free_port()
+    stream_mock_port = free_port()  # its precomputed stream: the scripted one, sharing
+    # core 1 with hey, tops out below the gateway's rate (the rows would not be saturation)
     stream_mock = start(["-m", "watchllm.testing.mock_upstream", "--port",
-                         str(stream_mock_port)], {}, stream_mock_port, tmp / "smock.log",
-                        "/_mock/stats", cpu=1)
+                         str(stream_mock_port), "--fixed"], {}, stream_mock_port,
+                        tmp / "smock.log", "/_mock/stats", cpu=1)
     ceiling_port = free_port()
     ceiling = start(["bench/load/ceiling.py", str(ceiling_port)], {}, ceiling_port,
                     tmp / "ceiling.log", "/", cpu=0)

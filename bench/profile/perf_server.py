@@ -65,8 +65,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="watchllm-perf-"))
     body = tmp / "body.json"
     body.write_text(json.dumps({**BODY, "stream": True} if args.kind == "stream" else BODY))
-    # The fixed-answer mock does not stream; the scripted one does (8 chunks).
-    upstream = start_mock_upstream(tmp, fixed=args.kind != "stream", cpu=1)
+    # The fixed-answer mock (a precomputed stream of 8 chunks for a stream)
+    upstream = start_mock_upstream(tmp, fixed=True, cpu=1)
     headers: dict[str, str] = {}
     if args.kind in ("ceiling", "floor"):
         port = free_port()

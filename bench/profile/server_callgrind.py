@@ -76,7 +76,7 @@ def _run(label: str, extra: dict[str, str], args: argparse.Namespace,
          tmp: Path) -> dict[tuple[str, str], int]:
     extra = dict(extra)
     kind, paced = extra.pop("_kind", args.kind), float(extra.pop("_paced", args.paced))
-    upstream = start_mock_upstream(tmp, fixed=kind == "passthrough", cpu=1)
+    upstream = start_mock_upstream(tmp, fixed=not paced, cpu=1)  # paced: the scripted one
     port = free_port()
     data = tmp / label
     data.mkdir()

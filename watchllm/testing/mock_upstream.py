@@ -6,7 +6,13 @@ It answers exactly like the in-process `mock` provider, counts what it receives
 (`GET /_mock/stats`, `POST /_mock/reset`), notices clients that hang up mid-stream, and
 follows the `mock` script object in request bodies (status, retry_after, latency_ms,
 chunk_delay_ms, chunks, content, tool_call, fail_first + fail_key). `--fixed` answers every
-chat request with one precomputed body: the cheapest possible upstream, for benchmarks.
+chat request with one precomputed answer: the cheapest possible upstream, for benchmarks. A
+request that asks to stream gets the events the scripted mock sends for a short chat (8
+chunks, the usage chunk if `stream_options` asks for it, `[DONE]`), precomputed, each
+written as the scripted mock writes it (one body message per event), without the watch for
+a hang-up: so that a stream bench measures the gateway at its own saturation, not the
+upstream's (the scripted mock's stream, sharing the load generator's core, tops out below
+the gateway's rate and leaves the gateway's core idle part of the time).
 `--provider-headers`: its answers carry the headers OpenAI's API sends with every one (a
 request id, its processing time and its own `x-ratelimit-*` limits; fixed values here), so
 the gateway forwards what it would in front of the real provider. The tests run it so;
@@ -51,8 +57,14 @@ class MockUpstream:
         self.failures: Counter[str] = Counter()
         self.last_body: dict[str, Any] = {}
         self.last_headers: dict[str, str] = {}
-        self._fixed_body = orjson.dumps(mock.chat_completion(
-            {"model": "mock-1", "messages": [{"role": "user", "content": "hello"}]}))
+        fixed_request = {"model": "mock-1", "messages": [{"role": "user", "content": "hello"}]}
+        self._fixed_body = orjson.dumps(mock.chat_completion(fixed_request))
+        # The stream, without and with the usage chunk (as the request's stream_options ask)
+        asked: list[dict[str, Any]] = [{}, {"stream_options": {"include_usage": True}}]
+        self._fixed_events = [
+            [*(sse.encode(orjson.dumps(c)) for c in mock.chat_chunks(
+                {**fixed_request, "stream": True, **options})), sse.encode(sse.DONE)]
+            for options in asked]
 
     def stats(self) -> dict[str, Any]:
         return {"requests": dict(self.requests), "total": sum(self.requests.values()),
@@ -67,8 +79,20 @@ class MockUpstream:
             return
         req = Request(scope, receive)
         if self.fixed and req.path == "/v1/chat/completions":
-            await req.body(1 << 24)
+            body = await req.body(1 << 24)
             self.requests[req.path] += 1
+            data = orjson.loads(body) if b'"stream"' in body else {}
+            if data.get("stream") is True:
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": self._sse})
+                options = data.get("stream_options")
+                usage = isinstance(options, dict) and options.get("include_usage") is True
+                for event in self._fixed_events[usage]:
+                    await send({"type": "http.response.body", "body": event,
+                                "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                self.completed_streams += 1
+                return
             await send_body(send, 200, self._fixed_body, self._answer)
             return
         if req.path == "/_mock/stats":
