@@ -8,7 +8,8 @@ and answers the way the gateway's RSGI entry does: a whole body in one `response
 an SSE body piped (`_Response.pipe`), each read's chunk written from the read's callback
 through granian's stream send, and a stream that came in one read answered at once.
 Nothing else: no auth, no validation, no routing, no events, no usage scan, no headers
-of ours. `--sched-batch` runs it under SCHED_BATCH as `watchllm serve` runs the gateway.
+of ours. `--sched-batch` runs it under SCHED_BATCH as `watchllm serve` runs the gateway,
+and its garbage collector is set as the gateway's is.
 
 Measured beside the gateway and issue 2's yardstick (`ab.py --lean`), it splits what a
 request costs into the transport (this) and the features (the gateway minus this), for
@@ -24,6 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from watchllm.app import _settle_gc
 from watchllm.env.http_lean import LeanHttpClient
 
 UPSTREAM = os.environ.get("PASSTHROUGH_UPSTREAM", "")  # the workers import this afresh
@@ -36,6 +38,8 @@ async def app(scope: Any, proto: Any) -> None:
         return
     if _client is None:
         _client = LeanHttpClient(256)
+        _settle_gc()  # as the gateway does at start-up: else the GC runs for a stream's
+        # short-lived containers (~6 µs a stream here), which the gateway does not pay
     body = await proto()
     headers = {"content-type": "application/json"}
     if (auth := scope.headers.get("authorization")) is not None:
@@ -47,14 +51,15 @@ async def app(scope: Any, proto: Any) -> None:
         proto.response_bytes(resp.status, out, await resp.read())
         return
     transport: Any = None
+    status = resp.status  # (push must not hold resp, which holds push: a cycle per stream)
 
     def push(chunk: bytes, more: bool) -> None:  # what the gateway's RSGI entry does
         nonlocal transport
         if transport is None:
             if not more:  # the whole stream came in one read
-                proto.response_bytes(resp.status, out, chunk)
+                proto.response_bytes(status, out, chunk)
                 return
-            transport = proto.response_stream(resp.status, out)
+            transport = proto.response_stream(status, out)
         if chunk:
             transport.send_bytes(chunk)  # queued at once; the awaitable it returns is done
         if not more:

@@ -56,7 +56,7 @@ async def main(kind: str, n: int, profile: bool, concurrency: int) -> None:
     if kind in ("http", "stream"):  # a real upstream over loopback (the fixed-answer mock)
         from watchllm.testing.servers import start_mock_upstream
 
-        upstream = start_mock_upstream(Path(data_dir), fixed=kind == "http", cpu=1)
+        upstream = start_mock_upstream(Path(data_dir), fixed=True, cpu=1)
         env |= {"OPENAI_BASE_URL": upstream.url + "/v1", "OPENAI_API_KEY": "sk-profile"}
     settings = load_settings(env, None)
     gw = Gateway(settings, build_env)
