@@ -7,7 +7,8 @@ process (one chDB engine), interleaved over rounds. Not a test.
 
 Configurations: `raw` = the pipeline with plain RowBinary inserts (the insert route before),
 `route` = the INSERT ... SELECT FROM file() route, as the gateway runs it (flush 1000 ms),
-`route5s` the same with WATCHLLM_EVENTS_FLUSH_MS=5000 (5x bigger inserts at this rate);
+`routeNs` (e.g. `route5s`) the same with WATCHLLM_EVENTS_FLUSH_MS=N*1000 (N x bigger inserts
+at this rate);
 `--configs tree` runs whatever this source tree does (for a copy of an older commit:
 `git archive <commit> | tar -x -C /tmp/old`, copy watchllm/_core*.so and this file there).
 """
@@ -87,7 +88,8 @@ async def measure(url: str, config: str, rate: int, seconds: float, spool: Path,
     p = None
     if sink is not None:
         await sink.query("SELECT 1")
-        flush = {"route5s": {"flush_ms": 5000.0}}.get(config, {})
+        flush_s = config.removeprefix("route").removesuffix("s")
+        flush = {"flush_ms": float(flush_s) * 1000} if flush_s.isdigit() else {}
         p = await EventPipeline(sink, spool, **flush).start()  # type: ignore[arg-type]
     names = thread_names(p, sink)
     before, c0 = thread_cpu(), time.process_time()
