@@ -243,13 +243,10 @@ def main() -> None:
     stream_body.write_text(json.dumps({**BODY, "stream": True}))
 
     mock_port = free_port()
+    # The streaming rows use it too: it streams precomputed events (the scripted mock, on
+    # core 1 with hey, tops out below the gateway's rate: they would not be saturation rows).
     mock = start(["-m", "watchllm.testing.mock_upstream", "--port", str(mock_port), "--fixed"],
                  {}, mock_port, tmp / "mock.log", "/_mock/stats", cpu=1)
-    stream_mock_port = free_port()  # its precomputed stream: the scripted one, sharing
-    # core 1 with hey, tops out below the gateway's rate (the rows would not be saturation)
-    stream_mock = start(["-m", "watchllm.testing.mock_upstream", "--port",
-                         str(stream_mock_port), "--fixed"], {}, stream_mock_port,
-                        tmp / "smock.log", "/_mock/stats", cpu=1)
     ceiling_port = free_port()
     ceiling = start(["bench/load/ceiling.py", str(ceiling_port)], {}, ceiling_port,
                     tmp / "ceiling.log", "/", cpu=0)
@@ -261,19 +258,19 @@ def main() -> None:
                       {}, reference_port, tmp / "reference.log", "/_mock/stats", cpu=0)
     reference_stream_port = free_port()  # the same yardstick, streaming
     reference_stream = start(["bench/load/aiohttp_passthrough.py", str(reference_stream_port),
-                              stream_mock.url], {}, reference_stream_port,
+                              mock.url], {}, reference_stream_port,
                              tmp / "reference-stream.log", "/_mock/stats", cpu=0)
     lean_port = free_port()  # the gateway's transport, no features (SCHED_BATCH as it runs)
     lean = start(["bench/load/lean_passthrough.py", str(lean_port), mock.url, "--sched-batch"],
                  {}, lean_port, tmp / "lean.log", "/_mock/stats", cpu=0)
     lean_stream_port = free_port()
     lean_stream = start(["bench/load/lean_passthrough.py", str(lean_stream_port),
-                         stream_mock.url, "--sched-batch"], {}, lean_stream_port,
+                         mock.url, "--sched-batch"], {}, lean_stream_port,
                         tmp / "lean-stream.log", "/_mock/stats", cpu=0)
     admin = "bench-admin"
     env = {"OPENAI_BASE_URL": f"{mock.url}/v1", "OPENAI_API_KEY": "sk-bench",
            "WATCHLLM_ADMIN_KEY": admin, "WATCHLLM_LOG_LEVEL": "warning"}
-    servers = [mock, stream_mock, ceiling, ceiling_batch, reference, reference_stream, lean,
+    servers = [mock, ceiling, ceiling_batch, reference, reference_stream, lean,
                lean_stream]
     if args.events == "http":
         ch_port = free_port()
@@ -282,8 +279,7 @@ def main() -> None:
                              {}, ch_port, tmp / "clickhouse.log", "/ping", cpu=1))
         env["WATCHLLM_CLICKHOUSE_URL"] = f"http://127.0.0.1:{ch_port}"
     gw = start_gateway(tmp / "gw", env, cpu=0)
-    env_s = {**env, "OPENAI_BASE_URL": f"{stream_mock.url}/v1"}
-    gw_stream = start_gateway(tmp / "gws", env_s, cpu=0)
+    gw_stream = start_gateway(tmp / "gws", env, cpu=0)
     GATEWAYS.extend((gw, gw_stream))
     try:
         key = make_key(gw, admin)
@@ -320,12 +316,11 @@ def main() -> None:
         }
         sauth = {"authorization": f"Bearer {skey}", "x-watchllm-cache-mode": "off"}
         surl = f"{gw_stream.url}/v1/chat/completions"
-        sdirect = f"{stream_mock.url}/v1/chat/completions"
         hey(surl, 2, stream_body, sauth)
         # CPU here is the streaming mock's own (a granian ASGI app writing the 9 events):
         # what producing the stream costs the stack we run on, for scale.
         results["direct, streaming, saturation (CPU: the mock's)"] = measured(
-            stream_mock, lambda: hey(sdirect, s, stream_body, {}))
+            mock, lambda: hey(direct, s, stream_body, {}))
         results["gateway, streaming, saturation"] = measured(
             gw_stream, lambda: hey(surl, s, stream_body, sauth))
         results["granian + aiohttp pass-through (no features), streaming, saturation"] = \
