@@ -10,7 +10,7 @@ from tests.conftest import fresh_clickhouse
 from tests.pipeline.helpers import make_event
 from watchllm import core
 from watchllm.analytics import queries
-from watchllm.events.clickhouse_schema import BACKFILL_MARK, ensure_schema, raw_table
+from watchllm.events.clickhouse_schema import BACKFILL_MARK, RAW_SETTINGS, ensure_schema, raw_table
 from watchllm.events.schema import TABLES
 from watchllm.events.validation import now_ms
 
@@ -79,6 +79,43 @@ async def test_first_release_usage_view_is_upgraded_and_backfilled(chdb_url: str
         await ch.command(f"ALTER TABLE usage_hourly MODIFY COMMENT '{BACKFILL_MARK}{before}'")
         assert await ensure_schema(ch, 0) == [done[3]]
         assert await avg() == expected
+    finally:
+        await ch.command(f"DROP DATABASE IF EXISTS {ch.database}")
+        await ch.close()
+
+
+async def test_older_raw_tables_get_vertical_merges_and_a_merge_keeps_every_row(
+        chdb_url: str) -> None:
+    ch = await fresh_clickhouse(chdb_url, schema=False)
+    try:
+        for name, cols in TABLES.items():  # as created before RAW_SETTINGS
+            await ch.command(raw_table(name, cols, 0).replace(
+                RAW_SETTINGS, "non_replicated_deduplication_window = 1000"))
+        done = await ensure_schema(ch, 0)
+        assert [d for d in done if d.endswith("vertical merges")] == [
+            f"{name}: vertical merges" for name in TABLES]
+        tables = await ch.query("SELECT name, create_table_query AS q FROM system.tables "
+                                "WHERE database = currentDatabase()")
+        assert all(setting in t["q"] for t in tables if t["name"] in TABLES
+                   for setting in RAW_SETTINGS.split(", "))
+        assert await ensure_schema(ch, 0) == []
+
+        # Wide parts from the first byte, so the merge below is a vertical one: rows
+        # delivered twice collapse and every column of every row comes through it.
+        await ch.command("ALTER TABLE events MODIFY SETTING min_bytes_for_wide_part = 0")
+        first = [{**make_event(i, run="v"), "metadata": {"i": str(i)}} for i in range(300)]
+        second = [{**e, "response": f"again {e['event_id']}"} for e in first[::3]]
+        await insert(ch, first)
+        await insert(ch, second)
+        await insert(ch, [make_event(i, run="w") for i in range(300, 400)])
+        rows = "SELECT * FROM events FINAL ORDER BY event_id"
+        before = await ch.query(rows)
+        await ch.command("OPTIMIZE TABLE events FINAL")
+        parts = await ch.query("SELECT part_type, rows FROM system.parts WHERE database = "
+                               "currentDatabase() AND table = 'events' AND active")
+        assert parts == [{"part_type": "Wide", "rows": 400}]
+        assert await ch.query("SELECT * FROM events ORDER BY event_id") == before
+        assert len(before) == 400
     finally:
         await ch.command(f"DROP DATABASE IF EXISTS {ch.database}")
         await ch.close()
