@@ -1,6 +1,7 @@
 -- WatchLLM ClickHouse schema. Generated from watchllm/events/schema.py by
 -- watchllm/events/clickhouse_schema.py; edit those, then `make migrations`.
 -- Raw events expire after 90 days (WATCHLLM_EVENT_TTL_DAYS).
+-- `watchllm migrate` also sets, on the raw tables, where the server knows it: merge_selector_base = 8.
 
 CREATE TABLE IF NOT EXISTS events
 (

@@ -84,7 +84,7 @@ async def test_first_release_usage_view_is_upgraded_and_backfilled(chdb_url: str
         await ch.close()
 
 
-async def test_older_raw_tables_get_vertical_merges_and_a_merge_keeps_every_row(
+async def test_older_raw_tables_get_the_merge_settings_and_a_merge_keeps_every_row(
         chdb_url: str) -> None:
     ch = await fresh_clickhouse(chdb_url, schema=False)
     try:
@@ -94,11 +94,19 @@ async def test_older_raw_tables_get_vertical_merges_and_a_merge_keeps_every_row(
         done = await ensure_schema(ch, 0)
         assert [d for d in done if d.endswith("vertical merges")] == [
             f"{name}: vertical merges" for name in TABLES]
+        assert done[-len(TABLES):] == [f"{name}: merge_selector_base = 8"
+                                       for name in sorted(TABLES)]
         tables = await ch.query("SELECT name, create_table_query AS q FROM system.tables "
                                 "WHERE database = currentDatabase()")
         assert all(setting in t["q"] for t in tables if t["name"] in TABLES
-                   for setting in RAW_SETTINGS.split(", "))
+                   for setting in [*RAW_SETTINGS.split(", "), "merge_selector_base = 8"])
         assert await ensure_schema(ch, 0) == []
+        # A value set by hand is the operator's: migrate leaves it.
+        await ch.command("ALTER TABLE events MODIFY SETTING merge_selector_base = 3")
+        assert await ensure_schema(ch, 0) == []
+        q = (await ch.query("SELECT create_table_query AS q FROM system.tables WHERE "
+                            "database = currentDatabase() AND name = 'events'"))[0]["q"]
+        assert "merge_selector_base = 3" in q
 
         # Wide parts from the first byte, so the merge below is a vertical one: rows
         # delivered twice collapse and every column of every row comes through it.
@@ -116,6 +124,23 @@ async def test_older_raw_tables_get_vertical_merges_and_a_merge_keeps_every_row(
         assert parts == [{"part_type": "Wide", "rows": 400}]
         assert await ch.query("SELECT * FROM events ORDER BY event_id") == before
         assert len(before) == 400
+    finally:
+        await ch.command(f"DROP DATABASE IF EXISTS {ch.database}")
+        await ch.close()
+
+
+async def test_a_merge_setting_the_engine_does_not_know_is_left_out(
+        chdb_url: str, monkeypatch: Any) -> None:
+    # ClickHouse 24.8 has no merge_selector_base: migrate must still succeed there.
+    from watchllm.events import clickhouse_schema
+
+    monkeypatch.setattr(clickhouse_schema, "MERGE_TUNING",
+                        {"merge_selector_base_of_a_later_release": 9, "merge_selector_base": 8})
+    ch = await fresh_clickhouse(chdb_url)
+    try:
+        q = (await ch.query("SELECT create_table_query AS q FROM system.tables WHERE "
+                            "database = currentDatabase() AND name = 'events'"))[0]["q"]
+        assert "merge_selector_base = 8" in q and "of_a_later_release" not in q
     finally:
         await ch.command(f"DROP DATABASE IF EXISTS {ch.database}")
         await ch.close()

@@ -50,6 +50,14 @@ RAW_SETTINGS = ("non_replicated_deduplication_window = 1000, "
                 "vertical_merge_algorithm_min_rows_to_activate = 1, "
                 "vertical_merge_algorithm_min_columns_to_activate = 1")
 VERTICAL = "vertical_merge_algorithm_min_rows_to_activate = 1"
+# Fewer, wider merges: the merge selector waits for parts worth 8x the largest of them
+# (default 5). At 6,500 events/s over 120 s, rows rewritten by merges fell from 3.2x to
+# 2.1x the rows inserted, and the engine's merge CPU from 4.9-5.0 to 3.4 µs an event; the
+# price is more parts alive (5.8-5.9 on average instead of 4.0-4.3, at most 10 instead of
+# 8), and a query reads each (docs/pipeline.md). Not in the DDL: ClickHouse 24.8 does
+# not know the setting, so `ensure_schema` sets it where the engine lists it, on raw
+# tables that have no value of their own for it.
+MERGE_TUNING: Mapping[str, int] = {"merge_selector_base": 8}
 
 
 def ttl_clause(ttl_days: int) -> str:
@@ -207,7 +215,9 @@ def render(ttl_days: int = DEFAULT_TTL_DAYS) -> str:
     head = (
         "-- WatchLLM ClickHouse schema. Generated from watchllm/events/schema.py by\n"
         "-- watchllm/events/clickhouse_schema.py; edit those, then `make migrations`.\n"
-        f"-- Raw events expire after {ttl_days} days (WATCHLLM_EVENT_TTL_DAYS).\n\n"
+        f"-- Raw events expire after {ttl_days} days (WATCHLLM_EVENT_TTL_DAYS).\n"
+        "-- `watchllm migrate` also sets, on the raw tables, where the server knows it: "
+        + ", ".join(f"{k} = {v}" for k, v in MERGE_TUNING.items()) + ".\n\n"
     )
     return head + "".join(f"{s};\n\n" for s in statements(ttl_days)).rstrip("\n") + "\n"
 
@@ -251,6 +261,25 @@ async def ensure_schema(analytics: object, ttl_days: int) -> list[str]:
         done.append(f"{name}: TTL {ttl_days or 'off'}")
     if "usage_hourly" in existing:
         done += await _upgrade_usage(analytics, existing)
+    return done + await _tune_merges(analytics)
+
+
+async def _tune_merges(analytics: Any) -> list[str]:
+    """`MERGE_TUNING` on the raw tables: each setting this engine knows, on each table
+    that has no value for it (one set by hand stays)."""
+    known = {r["name"] for r in await analytics.query(
+        "SELECT name FROM system.merge_tree_settings WHERE name IN {names:Array(String)}",
+        {"names": list(MERGE_TUNING)})}
+    tables = {r["name"]: r["q"] for r in await analytics.query(
+        "SELECT name, create_table_query AS q FROM system.tables "
+        "WHERE database = currentDatabase() AND name IN {names:Array(String)}",
+        {"names": list(TABLES)})}
+    done = []
+    for name, q in sorted(tables.items()):
+        todo = [f"{k} = {v}" for k, v in MERGE_TUNING.items() if k in known and f" {k} = " not in q]
+        if todo:
+            await analytics.command(f"ALTER TABLE {name} MODIFY SETTING {', '.join(todo)}")
+            done.append(f"{name}: {', '.join(todo)}")
     return done
 
 
