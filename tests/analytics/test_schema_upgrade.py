@@ -102,11 +102,15 @@ async def test_older_raw_tables_get_the_merge_settings_and_a_merge_keeps_every_r
                    for setting in [*RAW_SETTINGS.split(", "), "merge_selector_base = 8"])
         assert await ensure_schema(ch, 0) == []
         # A value set by hand is the operator's: migrate leaves it.
-        await ch.command("ALTER TABLE events MODIFY SETTING merge_selector_base = 3")
+        await ch.command("ALTER TABLE events MODIFY SETTING merge_selector_base = 3, "
+                         "vertical_merge_algorithm_min_rows_to_activate = 50000")
         assert await ensure_schema(ch, 0) == []
         q = (await ch.query("SELECT create_table_query AS q FROM system.tables WHERE "
                             "database = currentDatabase() AND name = 'events'"))[0]["q"]
         assert "merge_selector_base = 3" in q
+        assert "vertical_merge_algorithm_min_rows_to_activate = 50000" in q
+        await ch.command("ALTER TABLE events MODIFY SETTING merge_selector_base = 8, "
+                         "vertical_merge_algorithm_min_rows_to_activate = 1")
 
         # Wide parts from the first byte, so the merge below is a vertical one: rows
         # delivered twice collapse and every column of every row comes through it.

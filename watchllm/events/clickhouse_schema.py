@@ -42,21 +42,20 @@ QUANTILES = "0.5, 0.9, 0.99"
 ORDER_BY = "(project_id, timestamp, event_id)"
 # Every merge into a wide part (>= 10 MB uncompressed) is vertical: ReplacingMergeTree's
 # horizontal merge copies every column row by row to spot duplicates, the vertical one
-# does that for the order key only and gathers the other columns in runs. Merging 20
-# parts of 6,500 events into one: 2.7-2.8 µs a row against 4.5-4.9 (the default engages
-# only at 131,072 rows); the embedded engine's merges 4.8-4.9 µs an event against 6.1-6.5
-# at 6,500 events/s over 60 s (docs/pipeline.md). Smaller merges stay horizontal anyway.
-RAW_SETTINGS = ("non_replicated_deduplication_window = 1000, "
-                "vertical_merge_algorithm_min_rows_to_activate = 1, "
-                "vertical_merge_algorithm_min_columns_to_activate = 1")
-VERTICAL = "vertical_merge_algorithm_min_rows_to_activate = 1"
-# Fewer, wider merges: the merge selector waits for parts worth 8x the largest of them
-# (default 5). At 6,500 events/s over 120 s, rows rewritten by merges fell from 3.2x to
-# 2.1x the rows inserted, and the engine's merge CPU from 4.9-5.0 to 3.4 µs an event; the
-# price is more parts alive (5.8-5.9 on average instead of 4.0-4.3, at most 10 instead of
-# 8), and a query reads each (docs/pipeline.md). Not in the DDL: ClickHouse 24.8 does
-# not know the setting, so `ensure_schema` sets it where the engine lists it, on raw
-# tables that have no value of their own for it.
+# does that for the order key only and gathers the other columns in runs (the default
+# engages only at 131,072 rows; smaller merges into compact parts stay horizontal).
+# One merge of 20 parts of 6,500 events: 2.5-2.6 µs CPU a row against 4.9-5.7; at 6,500
+# events/s over 120 s, the engine's merges 4.5-4.7 µs an event against 6.3-6.8
+# (bench/pipeline/merges.py, docs/pipeline.md).
+VERTICAL = ("vertical_merge_algorithm_min_rows_to_activate = 1, "
+            "vertical_merge_algorithm_min_columns_to_activate = 1")
+RAW_SETTINGS = f"non_replicated_deduplication_window = 1000, {VERTICAL}"
+# Fewer, wider merges: the merge selector waits for a range worth 8x its largest part
+# (default 5). Over the same 120 s, rows rewritten by merges 2.0-2.4x the rows inserted
+# instead of 2.6x, merge CPU 3.4-4.5 µs an event; the price is more parts alive, which
+# every query opens (6.3-6.5 on average instead of 4.0-4.2, at most 11-12 instead of
+# 7-8). Not in the DDL: ClickHouse 24.8 does not know the setting, so `ensure_schema`
+# sets it where the engine lists it, on raw tables that have no value of their own.
 MERGE_TUNING: Mapping[str, int] = {"merge_selector_base": 8}
 
 
@@ -234,8 +233,8 @@ def clickhouse_url(settings: Settings) -> str:
 
 async def ensure_schema(analytics: object, ttl_days: int) -> list[str]:
     """Create what is missing, bring an older `usage_hourly` up to date, the raw tables'
-    merge settings to `RAW_SETTINGS` and their TTL to `ttl_days`; return the changes.
-    Safe to run again (and after a crash)."""
+    merge settings (`VERTICAL`, `MERGE_TUNING`; a value set by hand stays) and their TTL
+    to `ttl_days`; return the changes. Safe to run again (and after a crash)."""
     from watchllm.env.selfhosted.clickhouse import ClickHouseAnalytics
 
     assert isinstance(analytics, ClickHouseAnalytics)
@@ -251,9 +250,9 @@ async def ensure_schema(analytics: object, ttl_days: int) -> list[str]:
     ttl = ttl_clause(ttl_days)
     for name in TABLES:
         q = existing.get(name)
-        if q is not None and VERTICAL not in q:  # created before vertical merges
-            await analytics.command(f"ALTER TABLE {name} MODIFY SETTING {RAW_SETTINGS}")
-            done.append(f"{name}: vertical merges")
+        if q is not None and " vertical_merge_algorithm_min_rows_to_activate = " not in q:
+            await analytics.command(f"ALTER TABLE {name} MODIFY SETTING {VERTICAL}")
+            done.append(f"{name}: vertical merges")  # created before them
         if q is None or (ttl and f"TTL {ttl}" in q) or (not ttl and " TTL " not in q):
             continue
         change = f"MODIFY TTL {ttl}" if ttl else "REMOVE TTL"
