@@ -64,6 +64,29 @@ async def test_flushes_after_interval_without_a_full_batch(clickhouse: Any, tmp_
     await p.close()
 
 
+async def test_an_idle_shipper_is_woken_by_the_writer_and_by_flush(
+        clickhouse: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    # The idle shipper sleeps without polling: were the writer not to wake it, an event
+    # would wait for the minute-long fallback check and this test would time out.
+    monkeypatch.setattr(pipeline_mod, "IDLE_CHECK_S", 60.0)
+    p = await started(clickhouse, tmp_path, batch_size=10_000, flush_ms=100)
+    for i in range(3):  # idle, then an event; again after each delivery
+        await asyncio.sleep(0.2)
+        p.put(make_event(i))
+        await eventually(lambda i=i: p.metrics.events_sent == i + 1, within_s=10)
+    await p.close()
+
+    # A shipper gathering a batch (flush_ms a minute away) ships at once on flush().
+    p = await started(clickhouse, tmp_path / "b", batch_size=10_000, flush_ms=60_000)
+    p.put(make_event(10))
+    await asyncio.sleep(0.2)
+    async with asyncio.timeout(10):
+        await p.flush()
+    assert p.metrics.events_sent == 1
+    assert await stored(clickhouse) == (4, 4)
+    await p.close()
+
+
 async def test_tool_calls_and_agent_steps_reach_their_tables(
     clickhouse: Any, tmp_path: Path
 ) -> None:

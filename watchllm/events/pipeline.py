@@ -67,6 +67,7 @@ from watchllm.scheduling import background_priority
 __all__ = ["EventPipeline", "Metrics", "default_route", "dumps"]
 log = logging.getLogger("watchllm.events")
 RECORD_EVENTS = 2000  # most events the writer puts in one spool record
+IDLE_CHECK_S = 1.0  # an idle shipper looks at the spool this often even if not woken
 RECORD_BYTES = 8 << 20  # a larger record is split (unless it is one event)
 
 
@@ -135,6 +136,10 @@ class EventPipeline:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._progress: asyncio.Event | None = None
         self._urgent = 0  # flush() waits for acks: ship what there is, now
+        # The shipper sleeps while the spool is empty: the writer wakes it when it spools
+        # into an empty one (set before the shipper checks the spool, read by the writer
+        # after it appends, so one of them sees the other; see _ship_loop).
+        self._ship_idle = False
         self._waiting = 0  # flush() / wait_spooled() wait for the writer: no linger
         self._closed = False
         self._writer: threading.Thread | None = None
@@ -175,6 +180,8 @@ class EventPipeline:
         await self._wait_written(self.metrics.accepted, 0.05)
         end = self.spool.committed()
         self._urgent += 1
+        if self._progress is not None:
+            self._progress.set()  # a shipper gathering a batch ships it now
         try:
             while self.spool.acked < end and self.spool.pending_events:
                 await self._wait_progress(0.05)
@@ -244,9 +251,10 @@ class EventPipeline:
             self._spool_items(items)
             self._written += take
             # Waking the event loop costs more than writing a small record: only when a
-            # caller waits (flush, wait_spooled) or a full batch is ready. Otherwise the
-            # shipper notices new records on its own 50 ms poll.
-            if self._waiting or self._urgent or self.spool.pending_events >= self.batch_size:
+            # caller waits (flush, wait_spooled), the shipper sleeps on an empty spool, or
+            # a full batch is ready. A shipper gathering a batch wakes at its deadline.
+            if (self._waiting or self._urgent or self._ship_idle
+                    or self.spool.pending_events >= self.batch_size):
                 self._notify()
             if (self.linger_s and not self._buf and not self._waiting
                     and not self._stop.is_set()):
@@ -314,16 +322,22 @@ class EventPipeline:
         failures = 0
         while True:
             if batch is None and prefetch is None:
+                # Idle: sleep until the writer spools something (it wakes us, _ship_idle),
+                # not on a poll: a wake-up costs ~0.1-0.3 ms of CPU, 20 a second idle.
+                self._ship_idle = True
                 pending = self.spool.pending_events
                 if not pending:
-                    await self._wait_progress(0.05)
+                    await self._wait_progress(IDLE_CHECK_S)
+                self._ship_idle = False
+                if not pending:
                     continue
                 if pending < self.batch_size and not self._urgent:
-                    # Wait for a full batch, at most flush_ms after we saw the first event.
+                    # Wait for a full batch, at most flush_ms after we saw the first event
+                    # (the writer wakes us for a full batch, flush() when it is urgent).
                     deadline = time.monotonic() + self.flush_s
                     while (self.spool.pending_events < self.batch_size and not self._urgent
                            and (left := deadline - time.monotonic()) > 0):
-                        await self._wait_progress(min(left, 0.05))
+                        await self._wait_progress(left)
             try:
                 if batch is None:
                     if prefetch is not None:
