@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +71,13 @@ async def test_an_idle_shipper_is_woken_by_the_writer_and_by_flush(
     # would wait for the minute-long fallback check and this test would time out.
     monkeypatch.setattr(pipeline_mod, "IDLE_CHECK_S", 60.0)
     p = await started(clickhouse, tmp_path, batch_size=10_000, flush_ms=100)
+    def sent(n: int) -> Callable[[], bool]:
+        return lambda: p.metrics.events_sent == n
+
     for i in range(3):  # idle, then an event; again after each delivery
         await asyncio.sleep(0.2)
         p.put(make_event(i))
-        await eventually(lambda i=i: p.metrics.events_sent == i + 1, within_s=10)
+        await eventually(sent(i + 1), within_s=10)
     await p.close()
 
     # A shipper gathering a batch (flush_ms a minute away) ships at once on flush().
