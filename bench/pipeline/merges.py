@@ -34,9 +34,9 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -75,6 +75,12 @@ def comm(tid: int) -> str:
         return "?"
 
 
+async def logs_query_s(a: Any) -> float:
+    started = time.perf_counter()
+    await a.query(LOGS)
+    return time.perf_counter() - started
+
+
 async def run(root: Path, config: str, rate: int, seconds: float, name: str) -> dict[str, float]:
     a = await fresh(f"chdb://{root / 'ch'}", name)
     if (sql := alter(config)) is not None:
@@ -89,9 +95,7 @@ async def run(root: Path, config: str, rate: int, seconds: float, name: str) -> 
             rows = await a.query("SELECT count() AS c FROM system.parts WHERE database = "
                                  "currentDatabase() AND table = 'events' AND active")
             parts.append(rows[0]["c"])
-            started = time.perf_counter()
-            await a.query(LOGS)
-            query_s.append(time.perf_counter() - started)
+            query_s.append(await logs_query_s(a))
 
     sampler = asyncio.create_task(sample())
     before = thread_cpu()
@@ -101,7 +105,8 @@ async def run(root: Path, config: str, rate: int, seconds: float, name: str) -> 
     after = thread_cpu()
     by: dict[str, float] = {}
     for tid, t in after.items():
-        by[comm(tid)] = by.get(comm(tid), 0.0) + t - before.get(tid, 0.0)
+        label = comm(tid)
+        by[label] = by.get(label, 0.0) + t - before.get(tid, 0.0)
     merged = await a.query("SELECT sum(rows) AS r FROM system.parts WHERE database = "
                            "currentDatabase() AND table = 'events' AND level > 0")
     await p.close()
@@ -134,11 +139,7 @@ async def optimize(root: Path, config: str, name: str) -> tuple[float, float]:
     started = time.process_time()
     await a.command("OPTIMIZE TABLE events FINAL")
     cpu = time.process_time() - started
-    times = []
-    for _ in range(20):
-        t = time.perf_counter()
-        await a.query(LOGS)
-        times.append(time.perf_counter() - t)
+    times = [await logs_query_s(a) for _ in range(20)]
     await a.command(f"DROP DATABASE {name}")
     await a.close()
     return cpu / (20 * 6500) * 1e6, statistics.median(times) * 1e3
@@ -152,28 +153,26 @@ async def main() -> None:
     ap.add_argument("--configs", default="before,vertical,now")
     ap.add_argument("--optimize", action="store_true")
     args = ap.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="watchllm-merges-"))
-    if args.optimize:
-        print(f"$ {' '.join(sys.argv)}\n\n| config | round | merge CPU µs/row | logs query "
-              "median ms (one part) |\n| --- | ---: | ---: | ---: |", flush=True)
-        for r in range(args.rounds):
-            for c in ("horizontal", "vertical", "mergetree"):
-                per_row, ms = await optimize(root, c, f"o_{c}_{r}")
-                print(f"| {c} | {r + 1} | {per_row:.2f} | {ms:.1f} |", flush=True)
-        shutil.rmtree(root, ignore_errors=True)
-        return
     configs = args.configs.split(",")
     for c in configs:
         alter(c)
-    print(f"$ {' '.join(sys.argv)}\n")
-    print("| config | round | merge µs/event | engine pool (inserts, sampled queries) "
-          "µs/event | rows merged per row | parts alive mean / max | logs query median ms |"
-          "\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |", flush=True)
+    root = Path(tempfile.mkdtemp(prefix="watchllm-merges-"))
     try:
+        if args.optimize:
+            print(f"$ {' '.join(sys.argv)}\n\n| config | round | merge CPU µs/row | logs query "
+                  "median ms (one part) |\n| --- | ---: | ---: | ---: |", flush=True)
+            for r in range(args.rounds):
+                for c in ("horizontal", "vertical", "mergetree"):
+                    per_row, ms = await optimize(root, c, f"o_{c}_{r}")
+                    print(f"| {c} | {r + 1} | {per_row:.2f} | {ms:.1f} |", flush=True)
+            return
+        print(f"$ {' '.join(sys.argv)}\n")
+        print("| config | round | merge µs/event | engine pool (inserts, sampled queries) "
+              "µs/event | rows merged per row | parts alive mean / max | logs query median ms "
+              "|\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |", flush=True)
         for r in range(args.rounds):
             for c in configs:
-                m = await run(root, c, args.rate, args.seconds,
-                              f"m_{c}_{r}_{threading.get_native_id()}")
+                m = await run(root, c, args.rate, args.seconds, f"m_{c}_{r}")
                 print(f"| {c} | {r + 1} | {m['merge']:.2f} | {m['insert']:.2f} | "
                       f"{m['amplification']:.2f} | {m['parts_mean']:.1f} / {m['parts_max']} | "
                       f"{m['logs_ms']:.1f} |", flush=True)

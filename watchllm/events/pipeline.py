@@ -67,8 +67,8 @@ from watchllm.scheduling import background_priority
 __all__ = ["EventPipeline", "Metrics", "default_route", "dumps"]
 log = logging.getLogger("watchllm.events")
 RECORD_EVENTS = 2000  # most events the writer puts in one spool record
-IDLE_CHECK_S = 1.0  # an idle shipper looks at the spool this often even if not woken
 RECORD_BYTES = 8 << 20  # a larger record is split (unless it is one event)
+IDLE_CHECK_S = 1.0  # an idle shipper looks at the spool this often even if not woken
 
 
 @dataclass(slots=True)
@@ -325,12 +325,13 @@ class EventPipeline:
                 # Idle: sleep until the writer spools something (it wakes us, _ship_idle),
                 # not on a poll: a wake-up costs ~0.1-0.3 ms of CPU, 20 a second idle.
                 self._ship_idle = True
-                pending = self.spool.pending_events
-                if not pending:
-                    await self._wait_progress(IDLE_CHECK_S)
-                self._ship_idle = False
-                if not pending:
-                    continue
+                try:
+                    pending = self.spool.pending_events
+                    if not pending:
+                        await self._wait_progress(IDLE_CHECK_S)
+                        continue
+                finally:
+                    self._ship_idle = False
                 if pending < self.batch_size and not self._urgent:
                     # Wait for a full batch, at most flush_ms after we saw the first event
                     # (the writer wakes us for a full batch, flush() when it is urgent).
