@@ -45,3 +45,23 @@ def test_plain_and_streamed_answers_pass_through(passthrough: Server, upstream: 
 
     pieces = streamed(through)
     assert pieces == streamed(direct) and len(pieces) > 2
+
+
+def test_the_ttfb_bench_times_the_first_event(upstream: Server) -> None:
+    """`bench/load/ttfb.py` times a stream's first `data:`, not the request's send nor the
+    answer's end: with the upstream 60 ms to its first event and 8 more 15 ms apart, that
+    is after the 60 ms and well before the end."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("ttfb", BENCH / "ttfb.py")
+    assert spec is not None and spec.loader is not None
+    ttfb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ttfb)
+    body = json.dumps({"model": "gpt-4o-mini", "messages": MSG, "stream": True,
+                       "mock": {"latency_ms": 60, "chunk_delay_ms": 15}}).encode()
+    client = ttfb.Client(upstream.port, {}, body)
+    for _ in range(2):  # the same kept-alive connection answers again
+        first, last = client.stream()
+        assert 60 <= first < 60 + 100
+        assert last - first >= 8 * 15
