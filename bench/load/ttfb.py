@@ -11,6 +11,9 @@ the request's first byte sent to the first `data:` of the answer (TTFB) and to t
 answer's last byte. Not a load test: no request waits behind another. For scale, the same
 is timed through issue 2's yardstick (granian + aiohttp, no features) and through the
 gateway's own transport without its features (`lean_passthrough.py`), both on core 0.
+`--awake`: a SCHED_IDLE spinner keeps core 0 from idling (a machine with other work, or no
+deep idle states), so that an idle core's wake-up is not part of the reading: the client
+and the mock share core 1, which the client keeps awake, so direct never pays it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -81,6 +85,9 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=300, help="per target")
     p.add_argument("--latency-ms", type=float, default=10.0)
     p.add_argument("--chunk-ms", type=float, default=2.0)
+    p.add_argument("--awake", action="store_true", help="keep core 0 from idling")
+    p.add_argument("--gateway-only", action="store_true",
+                   help="no yardstick or transport on core 0 between the gateway's requests")
     args = p.parse_args()
     os.sched_setaffinity(0, {1})  # the client beside the mock, off the gateway's core
     tmp = Path(tempfile.mkdtemp(prefix="watchllm-ttfb-"))
@@ -89,8 +96,9 @@ def main() -> None:
                                     "OPENAI_API_KEY": "sk-bench", "WATCHLLM_ADMIN_KEY": "a",
                                     "WATCHLLM_LOG_LEVEL": "warning"}, cpu=0)
     refs: dict[str, Server] = {}
-    for name, script in (("yardstick (granian + aiohttp)", "aiohttp_passthrough.py"),
-                         ("transport alone (lean)", "lean_passthrough.py")):
+    for name, script in () if args.gateway_only else (
+            ("yardstick (granian + aiohttp)", "aiohttp_passthrough.py"),
+            ("transport alone (lean)", "lean_passthrough.py")):
         port = free_port()
         refs[name] = start([str(HERE / script), str(port), mock.url], {}, port,
                            tmp / f"{script}.log", "/_mock/stats", cpu=0)
@@ -102,17 +110,25 @@ def main() -> None:
                    "gateway": Client(gw.port, auth, body),
                    **{name: Client(ref.port, {}, body) for name, ref in refs.items()}}
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in clients}
+        spinner = subprocess.Popen(["taskset", "-c", "0", "chrt", "-i", "0", sys.executable,
+                                    "-c", "while True: pass"]) if args.awake else None
         for _ in range(20):  # warm-up: connections, the gateway's caches and upstream pool
             for c in clients.values():
                 c.stream()
-        for _ in range(args.requests):
-            for name, c in clients.items():
-                times[name].append(c.stream())
+        try:
+            for _ in range(args.requests):
+                for name, c in clients.items():
+                    times[name].append(c.stream())
+        finally:
+            if spinner is not None:
+                spinner.kill()
+                spinner.wait()
     finally:
         for server in (gw, *refs.values(), mock):
             server.stop()
     print(f"\n`{' '.join(sys.argv)}` — {time.strftime('%Y-%m-%d %H:%M')}; upstream: "
-          f"{args.latency_ms:g} ms to its first event, then one every {args.chunk_ms:g} ms\n")
+          f"{args.latency_ms:g} ms to its first event, then one every {args.chunk_ms:g} ms"
+          + ("; core 0 kept awake" if args.awake else "") + "\n")
     print("| target | TTFB p50 ms | p90 | p99 | last byte p50 ms | p99 |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, ts in times.items():
