@@ -4,8 +4,11 @@ upstream answers, plain and streamed, so a bench cannot quietly measure a broken
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import openai
 import pytest
@@ -14,6 +17,14 @@ from watchllm.testing.servers import Server, free_port, start
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "load"
 MSG = [{"role": "user", "content": "Name a colour"}]
+
+
+def _bench_module(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module", params=["lean_passthrough.py", "aiohttp_passthrough.py"])
@@ -51,13 +62,7 @@ def test_the_ttfb_bench_times_the_first_event(upstream: Server) -> None:
     """`bench/load/ttfb.py` times a stream's first `data:`, not the request's send nor the
     answer's end: with the upstream 60 ms to its first event and 8 more 15 ms apart, that
     is after the 60 ms and well before the end."""
-    import importlib.util
-    import json
-
-    spec = importlib.util.spec_from_file_location("ttfb", BENCH / "ttfb.py")
-    assert spec is not None and spec.loader is not None
-    ttfb = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ttfb)
+    ttfb = _bench_module("ttfb")
     body = json.dumps({"model": "gpt-4o-mini", "messages": MSG, "stream": True,
                        "mock": {"latency_ms": 60, "chunk_delay_ms": 15}}).encode()
     client = ttfb.Client(upstream.port, {}, body)
@@ -65,3 +70,15 @@ def test_the_ttfb_bench_times_the_first_event(upstream: Server) -> None:
         first, last = client.stream()
         assert 60 <= first < 60 + 100
         assert last - first >= 8 * 15
+
+
+def test_the_ttfb_bench_stops_at_an_error_answer(upstream: Server) -> None:
+    """An answer that is not a streamed 200 fails the bench at once instead of leaving it
+    waiting for a last chunk that never comes."""
+    ttfb = _bench_module("ttfb")
+    body = json.dumps({"model": "gpt-4o-mini", "messages": MSG, "stream": True,
+                       "mock": {"status": 429}}).encode()
+    client = ttfb.Client(upstream.port, {}, body)
+    client.sock.settimeout(10)
+    with pytest.raises(RuntimeError, match="429"):
+        client.stream()
