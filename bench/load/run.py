@@ -291,6 +291,10 @@ def main() -> None:
         nocache = {**auth, "x-watchllm-cache-mode": "off"}
         s = args.seconds
         url, direct = f"{gw.url}/v1/chat/completions", f"{mock.url}/v1/chat/completions"
+
+        def yardstick() -> dict[str, float]:  # issue 2's scale, at saturation
+            return hey(f"{reference.url}/v1/chat/completions", s, body, {})
+
         hey(url, 2, body, nocache)  # warm-up
         hey(url, 2, body, auth)
         own: list[float] = []
@@ -303,8 +307,8 @@ def main() -> None:
             "gateway, fixed rate": fixed,
             "direct, saturation": measured(None, lambda: hey(direct, s, body, {})),
             "gateway, saturation": measured(gw, lambda: hey(url, s, body, nocache)),
-            "granian + aiohttp pass-through (no features), saturation": measured(
-                reference, lambda: hey(f"{reference.url}/v1/chat/completions", s, body, {})),
+            "granian + aiohttp pass-through (no features), saturation":
+                measured(reference, yardstick),
             LEAN: measured(lean, lambda: hey(f"{lean.url}/v1/chat/completions", s, body, {})),
             "ceiling app, saturation": measured(ceiling, lambda: hey(ceiling.url, s, None, {})),
             "ceiling app (SCHED_BATCH), saturation": measured(
@@ -327,12 +331,10 @@ def main() -> None:
         # The yardstick again, right before and right after the gateway's streams: the
         # first one was timed minutes earlier, and this VM's speed moves by more than
         # the margin in minutes (sessions 19-20). The stream's share is of their mean.
-        results[YARD_BEFORE] = measured(
-            reference, lambda: hey(f"{reference.url}/v1/chat/completions", s, body, {}))
+        results[YARD_BEFORE] = measured(reference, yardstick)
         results["gateway, streaming, saturation"] = measured(
             gw_stream, lambda: hey(surl, s, stream_body, sauth))
-        results[YARD_AFTER] = measured(
-            reference, lambda: hey(f"{reference.url}/v1/chat/completions", s, body, {}))
+        results[YARD_AFTER] = measured(reference, yardstick)
         results["granian + aiohttp pass-through (no features), streaming, saturation"] = \
             measured(reference_stream, lambda: hey(f"{reference_stream.url}/v1/chat/completions",
                                                    s, stream_body, {}))

@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import BODY, make_key
+from run import BODY, make_key, pct
 
 from watchllm.testing.servers import (
     Server,
@@ -80,11 +80,6 @@ class Client:
         return (first - started) * 1e3, (time.perf_counter() - started) * 1e3
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--requests", type=int, default=300, help="per target")
@@ -101,15 +96,15 @@ def main() -> None:
                                     "OPENAI_API_KEY": "sk-bench", "WATCHLLM_ADMIN_KEY": "a",
                                     "WATCHLLM_LOG_LEVEL": "warning"}, cpu=0)
     refs: dict[str, Server] = {}
-    for name, script in () if args.gateway_only else (
-            ("yardstick (granian + aiohttp)", "aiohttp_passthrough.py"),
-            ("transport alone (lean)", "lean_passthrough.py")):
-        port = free_port()
-        refs[name] = start([str(HERE / script), str(port), mock.url], {}, port,
-                           tmp / f"{script}.log", "/_mock/stats", cpu=0)
     body = json.dumps({**BODY, "stream": True, "mock": {
         "latency_ms": args.latency_ms, "chunk_delay_ms": args.chunk_ms}}).encode()
     try:
+        for name, script in () if args.gateway_only else (
+                ("yardstick (granian + aiohttp)", "aiohttp_passthrough.py"),
+                ("transport alone (lean)", "lean_passthrough.py")):
+            port = free_port()
+            refs[name] = start([str(HERE / script), str(port), mock.url], {}, port,
+                               tmp / f"{script}.log", "/_mock/stats", cpu=0)
         auth = {"authorization": f"Bearer {make_key(gw, 'a')}", "x-watchllm-cache-mode": "off"}
         clients = {"direct": Client(mock.port, {}, body),
                    "gateway": Client(gw.port, auth, body),
@@ -117,10 +112,10 @@ def main() -> None:
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in clients}
         spinner = subprocess.Popen(["taskset", "-c", "0", "chrt", "-i", "0", sys.executable,
                                     "-c", "while True: pass"]) if args.awake else None
-        for _ in range(20):  # warm-up: connections, the gateway's caches and upstream pool
-            for c in clients.values():
-                c.stream()
         try:
+            for _ in range(20):  # warm-up: connections, the gateway's caches and upstream pool
+                for c in clients.values():
+                    c.stream()
             for _ in range(args.requests):
                 for name, c in clients.items():
                     times[name].append(c.stream())
